@@ -1,0 +1,1 @@
+"""Input pipelines: tokenizers, corpora, pretraining instances, GLUE. NumPy only, no JAX."""

@@ -1,0 +1,481 @@
+"""BERT (Devlin et al. 2018) as pure-function Flax Linen modules.
+
+Token + segment + learned absolute position embeddings, summed and LayerNorm-ed; a stack of post-LN
+Transformer encoder layers; a tanh pooler on [CLS]; and the heads for pretraining (MLM tied to the word
+embeddings + NSP), sequence classification/regression, span prediction and token classification.
+
+Every parameter carries logical axis names (see `bert_jax.sharding.LOGICAL_AXIS_RULES`), so the trainer can
+create it already sharded. `dtype` is the compute dtype and `param_dtype` the storage dtype; softmax,
+LayerNorm statistics and the logits fed to losses are float32.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Mapping
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+Array = jax.Array
+
+ACTIVATIONS = {
+    "gelu": functools.partial(
+        jax.nn.gelu, approximate=False
+    ),  # exact erf GELU, as the paper's code
+    "gelu_new": functools.partial(jax.nn.gelu, approximate=True),
+    "gelu_pytorch_tanh": functools.partial(jax.nn.gelu, approximate=True),
+    "gelu_tanh": functools.partial(jax.nn.gelu, approximate=True),
+    "relu": jax.nn.relu,
+}
+ATTENTION_IMPLS = ("auto", "xla", "jax", "cudnn")
+REMAT_POLICIES = ("none", "full", "dots")
+HEADS = ("none", "pretraining", "classification", "span", "token")
+
+
+@dataclasses.dataclass(frozen=True)
+class BertConfig:
+    """Sizes and numerics of a BERT model; field names follow BERT's own (and Hugging Face's)."""
+
+    vocab_size: int = 30522
+    hidden_size: int = 768
+    num_layers: int = 12
+    num_heads: int = 12
+    intermediate_size: int = 3072
+    hidden_act: str = "gelu"
+    hidden_dropout_prob: float = 0.1
+    attention_dropout_prob: float = 0.1
+    max_position_embeddings: int = 512
+    type_vocab_size: int = 2
+    initializer_range: float = 0.02
+    layer_norm_eps: float = 1e-12
+    dtype: str = "float32"  # compute dtype: "float32" or "bfloat16"
+    param_dtype: str = "float32"  # storage dtype of the parameters
+    attention_impl: str = "auto"  # one of ATTENTION_IMPLS
+    remat_policy: str = "none"  # one of REMAT_POLICIES: recompute layer activations in backward
+
+    def __post_init__(self):
+        if self.hidden_size % self.num_heads:
+            raise ValueError(
+                f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}"
+            )
+        if self.hidden_act not in ACTIVATIONS:
+            raise ValueError(f"hidden_act {self.hidden_act!r} is not one of {sorted(ACTIVATIONS)}")
+        if self.attention_impl not in ATTENTION_IMPLS:
+            raise ValueError(f"attention_impl {self.attention_impl!r} not in {ATTENTION_IMPLS}")
+        if self.remat_policy not in REMAT_POLICIES:
+            raise ValueError(f"remat_policy {self.remat_policy!r} not in {REMAT_POLICIES}")
+        for name in ("dtype", "param_dtype"):
+            if getattr(self, name) not in ("float32", "bfloat16", "float16"):
+                raise ValueError(
+                    f"{name} must be float32, bfloat16 or float16, not {getattr(self, name)!r}"
+                )
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> BertConfig:
+        """Builds a config from a mapping (e.g. an ml_collections ConfigDict), rejecting unknown keys."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown model config keys {unknown}; known: {sorted(known)}")
+        return cls(**dict(values))
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_heads
+
+    @property
+    def compute_dtype(self):
+        return jnp.dtype(self.dtype)
+
+    @property
+    def storage_dtype(self):
+        return jnp.dtype(self.param_dtype)
+
+
+def _init(config: BertConfig, axes: tuple[str | None, ...]):
+    """Truncated-normal kernel init with std `initializer_range`, annotated with logical axes."""
+    return nn.with_logical_partitioning(
+        nn.initializers.truncated_normal(stddev=config.initializer_range), axes
+    )
+
+
+def _zeros(axes):
+    return nn.with_logical_partitioning(nn.initializers.zeros_init(), axes)
+
+
+def _layer_norm(config: BertConfig, name: str) -> nn.LayerNorm:
+    # Flax computes the mean/variance in float32 even for bfloat16 inputs.
+    return nn.LayerNorm(
+        epsilon=config.layer_norm_eps,
+        dtype=config.compute_dtype,
+        param_dtype=config.storage_dtype,
+        scale_init=nn.with_logical_partitioning(nn.initializers.ones_init(), ("embed",)),
+        bias_init=_zeros(("embed",)),
+        name=name,
+    )
+
+
+def _dense(config: BertConfig, features, axes, name: str, **kwargs) -> nn.Module:
+    return nn.DenseGeneral(
+        features,
+        dtype=config.compute_dtype,
+        param_dtype=config.storage_dtype,
+        kernel_init=_init(config, axes),
+        bias_init=_zeros(axes[-1:] if isinstance(features, int) else axes[-len(features) :]),
+        name=name,
+        **kwargs,
+    )
+
+
+def dot_product_attention(
+    query: Array,
+    key: Array,
+    value: Array,
+    mask: Array,
+    *,
+    impl: str = "auto",
+    dropout_rate: float = 0.0,
+    dropout_rng: Array | None = None,
+    return_weights: bool = False,
+) -> tuple[Array, Array | None]:
+    """Multi-head attention on [batch, length, heads, head_dim] inputs.
+
+    `mask` is boolean, broadcastable to [batch, heads, q_length, kv_length], True where attending is allowed.
+    impl: "xla" is an explicit einsum/softmax path (float32 softmax, supports dropout and returning the
+    weights); "jax" and "cudnn" call `jax.nn.dot_product_attention` (cuDNN flash attention on GPU); "auto"
+    takes cuDNN on a GPU for 16-bit inputs when no dropout or weights are needed, XLA otherwise.
+    Returns (output [batch, length, heads, head_dim] in the input dtype, weights or None).
+    """
+    needs_xla = return_weights or (dropout_rate > 0.0 and dropout_rng is not None)
+    if impl == "auto":
+        on_gpu = jax.default_backend() == "gpu"
+        impl = "cudnn" if on_gpu and query.dtype in (jnp.bfloat16, jnp.float16) else "xla"
+        impl = "xla" if needs_xla else impl
+    if impl in ("jax", "cudnn"):
+        if needs_xla:
+            raise ValueError(
+                f"attention_impl {impl!r} supports neither attention dropout nor weights"
+            )
+        out = jax.nn.dot_product_attention(
+            query, key, value, mask=mask, implementation=None if impl == "jax" else "cudnn"
+        )
+        return out, None
+
+    scale = query.shape[-1] ** -0.5
+    logits = jnp.einsum("btnd,bsnd->bnts", query, key, preferred_element_type=jnp.float32) * scale
+    logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
+    weights = jax.nn.softmax(logits, axis=-1)
+    probs = weights
+    if dropout_rate > 0.0 and dropout_rng is not None:
+        keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout_rate, probs.shape)
+        probs = jnp.where(keep, probs / (1.0 - dropout_rate), 0.0)
+    out = jnp.einsum("bnts,bsnd->btnd", probs.astype(value.dtype), value)
+    return out, (weights if return_weights else None)
+
+
+class Embeddings(nn.Module):
+    """Word + token type + learned absolute position embeddings, summed, LayerNorm, dropout."""
+
+    config: BertConfig
+
+    def setup(self):
+        cfg = self.config
+        embed = functools.partial(nn.Embed, dtype=cfg.compute_dtype, param_dtype=cfg.storage_dtype)
+        self.word_embeddings = embed(
+            cfg.vocab_size, cfg.hidden_size, embedding_init=_init(cfg, ("vocab", "embed"))
+        )
+        self.position_embeddings = embed(
+            cfg.max_position_embeddings,
+            cfg.hidden_size,
+            embedding_init=_init(cfg, ("position", "embed")),
+        )
+        self.token_type_embeddings = embed(
+            cfg.type_vocab_size, cfg.hidden_size, embedding_init=_init(cfg, ("token_type", "embed"))
+        )
+        self.layer_norm = _layer_norm(cfg, "layer_norm")
+        self.dropout = nn.Dropout(cfg.hidden_dropout_prob)
+
+    def __call__(self, input_ids, token_type_ids, deterministic: bool):
+        length = input_ids.shape[1]
+        if length > self.config.max_position_embeddings:
+            raise ValueError(
+                f"sequence length {length} exceeds max_position_embeddings "
+                f"{self.config.max_position_embeddings}"
+            )
+        x = self.word_embeddings(input_ids)
+        x = x + self.token_type_embeddings(token_type_ids)
+        x = x + self.position_embeddings(jnp.arange(length))[None]
+        x = self.layer_norm(x)
+        return self.dropout(x, deterministic=deterministic)
+
+    def attend(self, x: Array) -> Array:
+        """Logits against the word embeddings (the tied MLM decoder)."""
+        return self.word_embeddings.attend(x)
+
+
+class SelfAttention(nn.Module):
+    """Multi-head self-attention with the padding mask; query/key/value/output projections."""
+
+    config: BertConfig
+
+    @nn.compact
+    def __call__(self, x, mask, deterministic: bool, output_attentions: bool):
+        cfg = self.config
+        heads = (cfg.num_heads, cfg.head_dim)
+        q = _dense(cfg, heads, ("embed", "heads", "kv"), "query")(x)
+        k = _dense(cfg, heads, ("embed", "heads", "kv"), "key")(x)
+        v = _dense(cfg, heads, ("embed", "heads", "kv"), "value")(x)
+        rate = cfg.attention_dropout_prob
+        rng = None if deterministic or rate == 0.0 else self.make_rng("dropout")
+        out, weights = dot_product_attention(
+            q,
+            k,
+            v,
+            mask,
+            impl=cfg.attention_impl,
+            dropout_rate=rate,
+            dropout_rng=rng,
+            return_weights=output_attentions,
+        )
+        out = _dense(cfg, cfg.hidden_size, ("heads", "kv", "embed"), "output", axis=(-2, -1))(out)
+        return out, weights
+
+
+class EncoderLayer(nn.Module):
+    """One post-LN Transformer layer: attention, residual, LN; feed-forward, residual, LN."""
+
+    config: BertConfig
+
+    @nn.compact
+    def __call__(self, x, mask, deterministic: bool, output_attentions: bool = False):
+        cfg = self.config
+        attn, weights = SelfAttention(cfg, name="attention")(
+            x, mask, deterministic, output_attentions
+        )
+        attn = nn.Dropout(cfg.hidden_dropout_prob)(attn, deterministic=deterministic)
+        x = _layer_norm(cfg, "attention_layer_norm")(x + attn)
+        h = _dense(cfg, cfg.intermediate_size, ("embed", "mlp"), "intermediate")(x)
+        h = ACTIVATIONS[cfg.hidden_act](h)
+        h = _dense(cfg, cfg.hidden_size, ("mlp", "embed"), "output")(h)
+        h = nn.Dropout(cfg.hidden_dropout_prob)(h, deterministic=deterministic)
+        x = _layer_norm(cfg, "output_layer_norm")(x + h)
+        x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
+        return x, weights
+
+
+class BertModel(nn.Module):
+    """The bare encoder: embeddings, `num_layers` encoder layers and (optionally) the tanh pooler."""
+
+    config: BertConfig
+    add_pooling_layer: bool = True
+
+    def setup(self):
+        cfg = self.config
+        self.embeddings = Embeddings(cfg)
+        layer_cls = EncoderLayer
+        if cfg.remat_policy != "none":
+            policy = {
+                "full": None,
+                "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+            }
+            # Argument numbers count `self`: (self, x, mask, deterministic, output_attentions).
+            layer_cls = nn.remat(
+                EncoderLayer, policy=policy[cfg.remat_policy], static_argnums=(3, 4)
+            )
+        self.layers = [layer_cls(cfg, name=f"layer_{i}") for i in range(cfg.num_layers)]
+        if self.add_pooling_layer:
+            self.pooler = _dense(cfg, cfg.hidden_size, ("embed", "embed_out"), "pooler")
+
+    def __call__(
+        self,
+        input_ids,
+        token_type_ids=None,
+        attention_mask=None,
+        *,
+        deterministic: bool = True,
+        output_hidden_states: bool = False,
+        output_attentions: bool = False,
+    ) -> dict[str, Any]:
+        if token_type_ids is None:
+            token_type_ids = jnp.zeros_like(input_ids)
+        if attention_mask is None:
+            attention_mask = jnp.ones_like(input_ids)
+        # [batch, 1 (heads), 1 (queries), keys]: padding keys are never attended to.
+        mask = (attention_mask > 0)[:, None, None, :]
+
+        x = self.embeddings(input_ids, token_type_ids, deterministic)
+        x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
+        hidden_states, attentions = [x], []
+        for layer in self.layers:
+            x, weights = layer(x, mask, deterministic, output_attentions)
+            hidden_states.append(x)
+            attentions.append(weights)
+
+        outputs: dict[str, Any] = {"last_hidden_state": x}
+        if self.add_pooling_layer:
+            outputs["pooler_output"] = jnp.tanh(self.pooler(x[:, 0]))
+        if output_hidden_states:
+            outputs["hidden_states"] = tuple(hidden_states)
+        if output_attentions:
+            outputs["attentions"] = tuple(attentions)
+        return outputs
+
+
+class MaskedLMHead(nn.Module):
+    """MLM head: dense + activation + LayerNorm, then the decoder tied to the word embeddings + a bias."""
+
+    config: BertConfig
+
+    @nn.compact
+    def __call__(self, x, embeddings: Embeddings):
+        cfg = self.config
+        x = _dense(cfg, cfg.hidden_size, ("embed", "embed_out"), "transform")(x)
+        x = ACTIVATIONS[cfg.hidden_act](x)
+        x = _layer_norm(cfg, "transform_layer_norm")(x)
+        bias = self.param("bias", _zeros(("vocab",)), (cfg.vocab_size,), cfg.storage_dtype)
+        logits = embeddings.attend(x.astype(cfg.compute_dtype))
+        return logits.astype(jnp.float32) + bias.astype(jnp.float32)
+
+
+def _base_kwargs(kwargs):
+    return {k: kwargs[k] for k in ("output_hidden_states", "output_attentions") if k in kwargs}
+
+
+class BertForPreTraining(nn.Module):
+    """BERT with the MLM and next-sentence-prediction heads.
+
+    With `masked_lm_positions` [batch, predictions], MLM logits are computed only at those positions (so the
+    head costs what the paper's FLOP count says); otherwise at every position.
+    """
+
+    config: BertConfig
+
+    @nn.compact
+    def __call__(
+        self,
+        input_ids,
+        token_type_ids=None,
+        attention_mask=None,
+        masked_lm_positions=None,
+        *,
+        deterministic: bool = True,
+        **kwargs,
+    ):
+        bert = BertModel(self.config, name="bert")
+        outputs = bert(
+            input_ids,
+            token_type_ids,
+            attention_mask,
+            deterministic=deterministic,
+            **_base_kwargs(kwargs),
+        )
+        sequence = outputs["last_hidden_state"]
+        if masked_lm_positions is not None:
+            sequence = jnp.take_along_axis(sequence, masked_lm_positions[..., None], axis=1)
+        # The decoder is tied to the word embeddings: the head calls back into bert's embedding module.
+        outputs["prediction_logits"] = MaskedLMHead(self.config, name="mlm")(
+            sequence, bert.embeddings
+        )
+        nsp = _dense(self.config, 2, ("embed", "classes"), "nsp")
+        outputs["seq_relationship_logits"] = nsp(outputs["pooler_output"]).astype(jnp.float32)
+        return outputs
+
+
+class BertForSequenceClassification(nn.Module):
+    """Pooled [CLS] -> dropout -> linear; `num_labels == 1` is regression (e.g. STS-B)."""
+
+    config: BertConfig
+    num_labels: int = 2
+
+    @nn.compact
+    def __call__(
+        self, input_ids, token_type_ids=None, attention_mask=None, *, deterministic=True, **kw
+    ):
+        outputs = BertModel(self.config, name="bert")(
+            input_ids,
+            token_type_ids,
+            attention_mask,
+            deterministic=deterministic,
+            **_base_kwargs(kw),
+        )
+        x = nn.Dropout(self.config.hidden_dropout_prob)(outputs["pooler_output"], deterministic)
+        logits = _dense(self.config, self.num_labels, ("embed", "classes"), "classifier")(x)
+        outputs["logits"] = logits.astype(jnp.float32)
+        return outputs
+
+
+class BertForQuestionAnswering(nn.Module):
+    """Span prediction (SQuAD): a linear layer gives start and end logits per token."""
+
+    config: BertConfig
+
+    @nn.compact
+    def __call__(
+        self, input_ids, token_type_ids=None, attention_mask=None, *, deterministic=True, **kw
+    ):
+        outputs = BertModel(self.config, add_pooling_layer=False, name="bert")(
+            input_ids,
+            token_type_ids,
+            attention_mask,
+            deterministic=deterministic,
+            **_base_kwargs(kw),
+        )
+        logits = _dense(self.config, 2, ("embed", "classes"), "qa_outputs")(
+            outputs["last_hidden_state"]
+        )
+        logits = logits.astype(jnp.float32)
+        outputs["start_logits"], outputs["end_logits"] = logits[..., 0], logits[..., 1]
+        return outputs
+
+
+class BertForTokenClassification(nn.Module):
+    """Per-token labels (NER): dropout -> linear on every position."""
+
+    config: BertConfig
+    num_labels: int = 2
+
+    @nn.compact
+    def __call__(
+        self, input_ids, token_type_ids=None, attention_mask=None, *, deterministic=True, **kw
+    ):
+        outputs = BertModel(self.config, add_pooling_layer=False, name="bert")(
+            input_ids,
+            token_type_ids,
+            attention_mask,
+            deterministic=deterministic,
+            **_base_kwargs(kw),
+        )
+        x = nn.Dropout(self.config.hidden_dropout_prob)(outputs["last_hidden_state"], deterministic)
+        logits = _dense(self.config, self.num_labels, ("embed", "classes"), "classifier")(x)
+        outputs["logits"] = logits.astype(jnp.float32)
+        return outputs
+
+
+def build_model(config: BertConfig, head: str = "none", num_labels: int = 2) -> nn.Module:
+    """The module for a head name (one of HEADS)."""
+    if head == "none":
+        return BertModel(config)
+    if head == "pretraining":
+        return BertForPreTraining(config)
+    if head == "classification":
+        return BertForSequenceClassification(config, num_labels=num_labels)
+    if head == "span":
+        return BertForQuestionAnswering(config)
+    if head == "token":
+        return BertForTokenClassification(config, num_labels=num_labels)
+    raise ValueError(f"unknown head {head!r}; expected one of {HEADS}")
+
+
+def dummy_inputs(batch: int = 1, length: int = 8) -> dict[str, Array]:
+    """Shape-only inputs for `model.init` / `jax.eval_shape`."""
+    ids = jnp.zeros((batch, length), jnp.int32)
+    return {"input_ids": ids, "token_type_ids": ids, "attention_mask": jnp.ones_like(ids)}
+
+
+def init_params(model: nn.Module, rng: Array, batch: int = 1, length: int = 8):
+    """Initialises parameters (boxed with their logical axes; `nn.unbox` strips the boxes)."""
+    return model.init(rng, **dummy_inputs(batch, length))["params"]

