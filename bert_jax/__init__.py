@@ -1,0 +1,16 @@
+"""bert_jax: BERT pretraining, fine-tuning and evaluation in JAX/Flax.
+
+`bert_jax.load_pretrained(path, head=...)` loads a checkpoint in the Hugging Face transformers layout.
+Attributes are imported lazily so that `bert_jax.data` (NumPy only) never pulls in JAX.
+"""
+
+__version__ = "0.1.0"
+__all__ = ["load_pretrained", "save_pretrained"]
+
+
+def __getattr__(name):
+    if name in __all__:
+        from bert_jax import convert
+
+        return getattr(convert, name)
+    raise AttributeError(f"module 'bert_jax' has no attribute {name!r}")
