@@ -34,6 +34,15 @@ ACTIVATIONS = {
 ATTENTION_IMPLS = ("auto", "xla", "jax", "cudnn")
 REMAT_POLICIES = ("none", "full", "dots")
 HEADS = ("none", "pretraining", "classification", "span", "token")
+# The sizes of the released BERT models (Devlin et al. 2018; Turc et al. 2019 for the compact ones).
+PRESETS = {
+    "tiny": dict(num_layers=2, hidden_size=128, num_heads=2, intermediate_size=512),
+    "mini": dict(num_layers=4, hidden_size=256, num_heads=4, intermediate_size=1024),
+    "small": dict(num_layers=4, hidden_size=512, num_heads=8, intermediate_size=2048),
+    "medium": dict(num_layers=8, hidden_size=512, num_heads=8, intermediate_size=2048),
+    "base": dict(num_layers=12, hidden_size=768, num_heads=12, intermediate_size=3072),
+    "large": dict(num_layers=24, hidden_size=1024, num_heads=16, intermediate_size=4096),
+}
 
 
 @dataclasses.dataclass(frozen=True)
