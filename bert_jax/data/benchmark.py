@@ -1,0 +1,122 @@
+"""Data-pipeline throughput on ONE CPU core: sequences/s at length 128, batch 256.
+
+    python -m bert_jax.data.benchmark [--documents=6000]
+
+Measures (1) on the fly from raw text, tokenizing included (loader construction + one epoch of
+batches, i.e. tokenize + instances + masking for every sequence), (2) on the fly from a
+tokenized corpus in memory (instances + masking + batching, later epochs), (3) from
+pre-tokenized ArrayRecord shards with dynamic re-masking, (4) the offline reader
+`read_instances`. The process is pinned to core 0 before anything is imported.
+"""
+
+import os
+
+os.sched_setaffinity(0, {0})
+os.environ["RAYON_NUM_THREADS"] = "1"  # the Rust tokenizer's thread pool: one core
+
+import argparse  # noqa: E402
+import pathlib  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+
+import ml_collections  # noqa: E402
+
+from bert_jax.assets import make_sample_corpus  # noqa: E402
+from bert_jax.data import corpus as corpus_lib  # noqa: E402
+from bert_jax.data import loader as loader_lib  # noqa: E402
+from bert_jax.data import read_instances, records  # noqa: E402
+from bert_jax.data.create_pretraining_data import create_shards  # noqa: E402
+from bert_jax.data.tokenizer import load_tokenizer  # noqa: E402
+
+BATCH = 256
+
+
+def _config(**kw):
+    cfg = dict(
+        source="text",
+        input_pattern="",
+        eval_input_pattern="unused",
+        vocab_file="",
+        do_lower_case=True,
+        seq_length=128,
+        max_predictions_per_seq=20,
+        phase2_fraction=0.0,
+        masked_lm_prob=0.15,
+        short_seq_prob=0.1,
+        whole_word_mask=False,
+    )
+    cfg.update(kw)
+    return ml_collections.ConfigDict(cfg)
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--documents", type=int, default=6000)
+    args = parser.parse_args()
+    tmp = pathlib.Path(tempfile.mkdtemp())
+    text = tmp / "corpus.txt"
+    make_sample_corpus.write_corpus(text, make_sample_corpus.make_documents(args.documents, 3))
+    print(f"corpus: {args.documents} documents, {text.stat().st_size / 1e6:.1f} MB, core 0 only")
+
+    # (1) raw text: construction tokenizes everything; one epoch of batches masks everything.
+    t0 = time.perf_counter()
+    loader = loader_lib.make_pretraining_loader(
+        _config(input_pattern=str(text)), global_batch_size=BATCH, num_train_steps=10**6
+    )
+    loader.batch(0)
+    steps = 1
+    while (steps + 1) * BATCH <= loader.get_state(0)["epoch_sizes"][0][0]:
+        loader.batch(steps)
+        steps += 1
+    raw = steps * BATCH / (time.perf_counter() - t0)
+    fill = loader.batch(0)["attention_mask"].sum(1).mean()
+    print(f"raw text (tokenize + instances + mask): {raw:10,.0f} sequences/s")
+    print(f"  (mean {fill:.0f} real tokens per 128-token sequence: {raw * fill:,.0f} tokens/s)")
+
+    # (2) tokenized corpus in memory, later epochs: instances + masking + batching.
+    t0 = time.perf_counter()
+    for s in range(steps, 3 * steps):
+        loader.batch(s)
+    mem = 2 * steps * BATCH / (time.perf_counter() - t0)
+    print(f"tokenized in memory (instances + mask): {mem:10,.0f} sequences/s")
+
+    # (3) pre-tokenized ArrayRecord shards, dynamically re-masked.
+    tok = load_tokenizer(str(corpus_lib.SAMPLE_VOCAB))
+
+    def writer_for(block, current):
+        return current or records.InstanceWriter([str(tmp / "shard.array_record")])
+
+    create_shards(
+        str(text),
+        tok,
+        writer_for,
+        max_seq_length=128,
+        max_predictions=20,
+        masked_lm_prob=0.15,
+        short_seq_prob=0.1,
+        dupe_factor=2,
+        seed=0,
+        whole_word=False,
+        documents_per_shard=10**6,
+    )
+    shard_loader = loader_lib.make_pretraining_loader(
+        _config(source="instances", input_pattern=str(tmp / "shard.array_record")),
+        global_batch_size=BATCH,
+        num_train_steps=10**6,
+    )
+    shard_loader.batch(0)
+    t0 = time.perf_counter()
+    for s in range(1, 41):
+        shard_loader.batch(s)
+    shards = 40 * BATCH / (time.perf_counter() - t0)
+    print(f"pre-tokenized shards (read + re-mask):  {shards:10,.0f} sequences/s")
+
+    # (4) the offline reader, one dict per instance.
+    t0 = time.perf_counter()
+    n = sum(1 for _ in read_instances(str(tmp / "shard.array_record")))
+    reader = n / (time.perf_counter() - t0)
+    print(f"offline reader read_instances:          {reader:10,.0f} sequences/s ({n} instances)")
+
+
+if __name__ == "__main__":
+    main()
