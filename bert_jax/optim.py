@@ -1,0 +1,150 @@
+"""Optimizer, learning-rate schedule and the train state.
+
+BERT's recipe (Devlin et al. 2018, appendix A.2): Adam with β1 0.9, β2 0.999, ε 1e-6, L2 weight decay 0.01
+decoupled from the gradient (AdamW) and not applied to LayerNorm parameters or biases, gradients clipped at
+global norm 1.0, learning rate warmed up linearly over 10k steps and then decayed linearly to zero. LAMB
+(You et al. 2019) is the large-batch option.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+from flax import struct
+
+# Config fields read here with their defaults when absent; see `make_optimizer`.
+_DEFAULTS = {
+    "adam_b1": 0.9,
+    "adam_b2": 0.999,
+    "adam_epsilon": 1e-6,
+    "weight_decay": 0.01,
+    "max_grad_norm": 1.0,
+    "optimizer": "adamw",
+    "grad_accum_steps": 1,
+}
+
+
+def _get(config, name: str):
+    value = getattr(config, name, None)
+    return _DEFAULTS[name] if value is None else value
+
+
+def make_schedule(config) -> optax.Schedule:
+    """Linear warmup 0 -> `learning_rate` over `warmup_steps`, then linear decay to 0 at `num_train_steps`.
+
+    Reads `learning_rate`, `warmup_steps`, `num_train_steps`. The step is the optimizer-update count.
+    """
+    lr, warmup, total = config.learning_rate, config.warmup_steps, config.num_train_steps
+    if not 0 <= warmup <= total:
+        raise ValueError(f"warmup_steps {warmup} must be between 0 and num_train_steps {total}")
+    warm = optax.linear_schedule(0.0, lr, warmup)
+    decay = optax.linear_schedule(lr, 0.0, max(total - warmup, 1))
+    return optax.join_schedules([warm, decay], boundaries=[warmup])
+
+
+def weight_decay_mask(params) -> Any:
+    """True for parameters that get weight decay: everything but LayerNorm scale/bias and biases.
+
+    Works on boxed (`nn.LogicallyPartitioned`) or plain parameter trees; returns a tree of Python bools of
+    the unboxed structure.
+    """
+
+    def decays(path, _):
+        names = [str(getattr(k, "key", getattr(k, "name", k))) for k in path]
+        leaf, modules = names[-1], [n.lower() for n in names[:-1]]
+        in_layer_norm = any("layer_norm" in m or "layernorm" in m for m in modules)
+        return not (leaf == "bias" or in_layer_norm)
+
+    return jax.tree_util.tree_map_with_path(decays, nn.unbox(params))
+
+
+def make_optimizer(config) -> optax.GradientTransformation:
+    """Clip by global norm, then AdamW (or LAMB) with the decay mask, with optional gradient accumulation.
+
+    Config fields (defaults in brackets when the field is absent):
+      learning_rate, warmup_steps, num_train_steps: the schedule (`make_schedule`), counted in optimizer
+        updates; with gradient accumulation one update takes `grad_accum_steps` calls.
+      adam_b1 [0.9], adam_b2 [0.999], adam_epsilon [1e-6]: Adam moments and ε (also LAMB's).
+      weight_decay [0.01]: decoupled decay, scaled by the learning rate, masked by `weight_decay_mask`.
+      max_grad_norm [1.0]: global-norm clip applied to the (accumulated) gradient; 0 disables clipping.
+      optimizer ["adamw"]: "adamw" or "lamb".
+      grad_accum_steps [1]: average gradients over this many calls and apply them on the last one
+        (`optax.MultiSteps`); the mean over k micro-batches equals one step on their concatenation.
+    """
+    schedule = make_schedule(config)
+    b1, b2, eps = _get(config, "adam_b1"), _get(config, "adam_b2"), _get(config, "adam_epsilon")
+    weight_decay = _get(config, "weight_decay")
+    name = _get(config, "optimizer")
+    if name == "adamw":
+        opt = optax.adamw(
+            schedule, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay, mask=weight_decay_mask
+        )
+    elif name == "lamb":
+        opt = optax.lamb(
+            schedule, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay, mask=weight_decay_mask
+        )
+    else:
+        raise ValueError(f"optimizer {name!r} is not one of ('adamw', 'lamb')")
+    max_norm = _get(config, "max_grad_norm")
+    tx = optax.chain(optax.clip_by_global_norm(max_norm), opt) if max_norm > 0 else opt
+    k = int(_get(config, "grad_accum_steps"))
+    if k < 1:
+        raise ValueError(f"grad_accum_steps must be >= 1, not {k}")
+    return optax.MultiSteps(tx, every_k_schedule=k).gradient_transformation() if k > 1 else tx
+
+
+@struct.dataclass
+class TrainState:
+    """Everything a training step updates: the step count, parameters and optimizer state (a pytree).
+
+    The optimizer itself is not stored (it is not an array); pass the same `tx` to `create` and
+    `apply_gradients`, e.g. bound with `functools.partial`.
+    """
+
+    step: jax.Array
+    params: Any
+    opt_state: Any
+
+    @classmethod
+    def create(cls, params, tx: optax.GradientTransformation) -> TrainState:
+        """A state at step 0; `params` unboxed (call under jit with out_shardings to create it sharded)."""
+        params = nn.unbox(params)
+        return cls(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
+
+    @classmethod
+    def abstract(cls, params, param_shardings, tx: optax.GradientTransformation) -> TrainState:
+        """The state's shapes, dtypes and shardings as `jax.ShapeDtypeStruct`s, without allocating it.
+
+        `params`: boxed or plain, real or `jax.eval_shape`d; `param_shardings`: the matching tree of
+        NamedShardings (e.g. `sharding.logical_shardings`). Optimizer leaves shaped like a parameter (Adam
+        moments, accumulated gradients) take that parameter's sharding; counters are replicated. Use it as
+        Orbax's restore target, and `jax.tree.map(lambda x: x.sharding, ...)` as jit out_shardings.
+        """
+        params = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), nn.unbox(params))
+        is_sharding = lambda x: isinstance(x, jax.sharding.Sharding)
+        mesh = jax.tree.leaves(param_shardings, is_leaf=is_sharding)[0].mesh
+        replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+        opt_state = jax.eval_shape(tx.init, params)
+        opt_shardings = optax.tree_map_params(
+            tx,
+            lambda _, sharding: sharding,
+            opt_state,
+            param_shardings,
+            transform_non_params=lambda _: replicated,
+            is_leaf=is_sharding,
+        )
+        state = cls(step=jax.ShapeDtypeStruct((), jnp.int32), params=params, opt_state=opt_state)
+        shardings = cls(step=replicated, params=param_shardings, opt_state=opt_shardings)
+        return jax.tree.map(
+            lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state, shardings
+        )
+
+    def apply_gradients(self, grads, tx: optax.GradientTransformation) -> TrainState:
+        """One optimizer call: the state at step + 1 (with accumulation, params change every k-th call)."""
+        updates, opt_state = tx.update(grads, self.opt_state, self.params)
+        params = optax.apply_updates(self.params, updates)
+        return self.replace(step=self.step + 1, params=params, opt_state=opt_state)

@@ -1,0 +1,277 @@
+"""Schedule, weight-decay mask, AdamW/LAMB against NumPy, gradient accumulation, TrainState."""
+
+import functools
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from bert_jax import model as model_lib
+from bert_jax import optim, sharding
+
+FIELDS = (
+    "learning_rate",
+    "warmup_steps",
+    "num_train_steps",
+    "adam_b1",
+    "adam_b2",
+    "adam_epsilon",
+    "weight_decay",
+    "max_grad_norm",
+    "optimizer",
+    "grad_accum_steps",
+)
+
+
+def _config(**overrides):
+    values = dict(
+        learning_rate=1e-4,
+        warmup_steps=10_000,
+        num_train_steps=1_000_000,
+        adam_b1=0.9,
+        adam_b2=0.999,
+        adam_epsilon=1e-6,
+        weight_decay=0.01,
+        max_grad_norm=1.0,
+        optimizer="adamw",
+        grad_accum_steps=1,
+    )
+    values.update(overrides)
+    return ml_collections.ConfigDict(values)
+
+
+def test_bert_schedule_at_the_documented_steps():
+    schedule = optim.make_schedule(_config())
+    expected = {0: 0.0, 5_000: 5e-5, 10_000: 1e-4, 505_000: 5e-5, 1_000_000: 0.0}
+    for step, lr in expected.items():
+        assert float(schedule(step)) == pytest.approx(lr, rel=1e-6, abs=1e-12), step
+    # Everywhere else: the piecewise-linear formula (warmup ramp, then a line from 1e-4 at 10k to 0 at 1M).
+    steps = np.array([1, 777, 9_999, 10_001, 123_456, 900_000, 999_999])
+    formula = np.where(steps < 10_000, 1e-4 * steps / 10_000, 1e-4 * (1e6 - steps) / 990_000)
+    got = np.array([float(schedule(int(s))) for s in steps])
+    np.testing.assert_allclose(got, formula, rtol=1e-5, atol=1e-10)  # float32: 1e-6 of the peak
+
+
+def test_schedule_rejects_warmup_past_the_end():
+    with pytest.raises(
+        ValueError, match="warmup_steps 20 must be between 0 and num_train_steps 10"
+    ):
+        optim.make_schedule(_config(warmup_steps=20, num_train_steps=10))
+
+
+def test_decay_mask_excludes_exactly_layer_norms_and_biases():
+    config = model_lib.BertConfig(
+        vocab_size=100, hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64
+    )
+    model = model_lib.build_model(config, "pretraining")
+    params = jax.eval_shape(lambda: model_lib.init_params(model, jax.random.key(0)))
+    mask = optim.weight_decay_mask(params)
+    flat = jax.tree_util.tree_flatten_with_path(mask)[0]
+    names = {"/".join(k.key for k in path): value for path, value in flat}
+    no_decay = {name for name, decays in names.items() if not decays}
+    expected = {
+        "bert/embeddings/layer_norm/scale",
+        "bert/embeddings/layer_norm/bias",
+        "bert/pooler/bias",
+        "mlm/transform/bias",
+        "mlm/transform_layer_norm/scale",
+        "mlm/transform_layer_norm/bias",
+        "mlm/bias",
+        "nsp/bias",
+    }
+    for i in range(2):
+        layer = f"bert/layer_{i}"
+        expected |= {f"{layer}/attention/{p}/bias" for p in ("query", "key", "value", "output")}
+        expected |= {f"{layer}/intermediate/bias", f"{layer}/output/bias"}
+        for norm in ("attention_layer_norm", "output_layer_norm"):
+            expected |= {f"{layer}/{norm}/scale", f"{layer}/{norm}/bias"}
+    assert no_decay == expected
+    decayed = {name for name, decays in names.items() if decays}
+    assert all(name.endswith(("kernel", "embedding")) for name in decayed)
+    assert (
+        len(decayed) == 3 + 2 * 6 + 3
+    )  # 3 embeddings; q/k/v/out/ffn-in/ffn-out; pooler/transform/nsp
+    assert all(isinstance(v, bool) for v in names.values())
+
+
+def _tree(rng, scale=1.0):
+    """A small float32 parameter-shaped tree: one dense layer and one LayerNorm."""
+    tree = {
+        "dense": {"kernel": scale * rng.normal(size=(3, 4)), "bias": scale * rng.normal(size=(4,))},
+        "layer_norm": {"scale": 1 + scale * rng.normal(size=(4,)), "bias": rng.normal(size=(4,))},
+    }
+    return jax.tree.map(np.float32, tree)
+
+
+def _numpy_optimizer(params, grads_list, lr_at, *, b1, b2, eps, wd, max_norm, lamb=False):
+    """Textbook AdamW / LAMB in float64 NumPy: clip, moments, bias correction, decoupled decay."""
+    decay = {"dense": {"kernel": 1.0, "bias": 0.0}, "layer_norm": {"scale": 0.0, "bias": 0.0}}
+    p = jax.tree.map(np.float64, params)
+    m = jax.tree.map(np.zeros_like, p)
+    v = jax.tree.map(np.zeros_like, p)
+    for t, g in enumerate(grads_list, start=1):
+        norm = np.sqrt(sum(np.sum(x**2) for x in jax.tree.leaves(g)))
+        g = jax.tree.map(lambda x, n=norm: x * min(1.0, max_norm / n), g)
+        m = jax.tree.map(lambda m_, g_: b1 * m_ + (1 - b1) * g_, m, g)
+        v = jax.tree.map(lambda v_, g_: b2 * v_ + (1 - b2) * g_**2, v, g)
+
+        def step(p_, m_, v_, d_, t=t):
+            u = (m_ / (1 - b1**t)) / (np.sqrt(v_ / (1 - b2**t)) + eps) + wd * d_ * p_
+            if lamb:
+                pn, un = np.linalg.norm(p_), np.linalg.norm(u)
+                u = u * (pn / un if pn > 0 and un > 0 else 1.0)
+            return p_ - lr_at(t - 1) * u  # the t-th update uses the schedule at count t - 1
+
+        p = jax.tree.map(step, p, m, v, decay)
+    return p
+
+
+@pytest.mark.parametrize("name", ["adamw", "lamb"])
+def test_optimizer_matches_numpy(name):
+    rng = np.random.default_rng(0)
+    params = _tree(rng)
+    # Step 2's gradient is huge, so clipping at 1.0 is active there; the others are below the norm.
+    grads_list = [_tree(rng, 0.1), _tree(rng, 50.0), _tree(rng, 0.2), _tree(rng, 0.1)]
+    config = _config(
+        learning_rate=0.05, warmup_steps=2, num_train_steps=10, weight_decay=0.1, optimizer=name
+    )
+    lr_at = lambda s: 0.05 * s / 2 if s < 2 else 0.05 * (10 - s) / 8
+    want = _numpy_optimizer(
+        params,
+        grads_list,
+        lr_at,
+        b1=0.9,
+        b2=0.999,
+        eps=1e-6,
+        wd=0.1,
+        max_norm=1.0,
+        lamb=name == "lamb",
+    )
+    tx = optim.make_optimizer(config)
+    state = optim.TrainState.create(jax.tree.map(jnp.float32, params), tx)
+    for g in grads_list:
+        state = state.apply_gradients(jax.tree.map(jnp.float32, g), tx)
+    assert int(state.step) == 4
+    for got, expected, start in zip(
+        jax.tree.leaves(state.params), jax.tree.leaves(want), jax.tree.leaves(params), strict=True
+    ):
+        assert not np.allclose(expected, start)  # every leaf moved
+        np.testing.assert_allclose(np.asarray(got), expected, rtol=2e-5, atol=1e-6)
+
+
+def test_lamb_differs_from_adamw():
+    rng = np.random.default_rng(1)
+    params, grads = _tree(rng), _tree(rng, 0.1)
+    results = []
+    for name in ("adamw", "lamb"):
+        tx = optim.make_optimizer(_config(learning_rate=0.1, warmup_steps=0, optimizer=name))
+        state = optim.TrainState.create(params, tx)
+        results.append(state.apply_gradients(grads, tx).params["dense"]["kernel"])
+    assert np.abs(np.asarray(results[0]) - np.asarray(results[1])).max() > 1e-3
+
+
+def _loss(params, x, y):
+    pred = jnp.tanh(x @ params["dense"]["kernel"] + params["dense"]["bias"])
+    pred = pred * params["layer_norm"]["scale"] + params["layer_norm"]["bias"]
+    return jnp.mean((pred - y) ** 2)
+
+
+def test_gradient_accumulation_equals_one_big_step():
+    rng = np.random.default_rng(2)
+    params = jax.tree.map(jnp.float32, _tree(rng))
+    x = jnp.asarray(rng.normal(size=(2, 16, 3)), jnp.float32)  # 2 big steps of 16 examples
+    y = jnp.asarray(rng.normal(size=(2, 16, 4)), jnp.float32)
+    # A small clip norm makes clipping active: it must act on the accumulated gradient, not per micro-step.
+    common = dict(learning_rate=0.05, warmup_steps=1, num_train_steps=4, max_grad_norm=0.1)
+    grad = jax.jit(jax.grad(_loss))
+
+    big_tx = optim.make_optimizer(_config(**common))
+    big = optim.TrainState.create(params, big_tx)
+    for i in range(2):
+        big = big.apply_gradients(grad(big.params, x[i], y[i]), big_tx)
+
+    k = 4
+    tx = optim.make_optimizer(_config(**common, grad_accum_steps=k))
+    apply = jax.jit(functools.partial(optim.TrainState.apply_gradients, tx=tx), donate_argnums=0)
+    small = optim.TrainState.create(params, tx)
+    for i in range(2):
+        before = jax.tree.map(np.asarray, small.params)
+        for j in range(k):
+            rows = slice(4 * j, 4 * (j + 1))
+            small = apply(small, grad(small.params, x[i, rows], y[i, rows]))
+            if j < k - 1:  # parameters move only on the k-th micro-step
+                jax.tree.map(
+                    np.testing.assert_array_equal, jax.tree.map(np.asarray, small.params), before
+                )
+    assert int(small.step) == 2 * k
+    for got, want in zip(jax.tree.leaves(small.params), jax.tree.leaves(big.params), strict=True):
+        np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-7)
+    assert not np.allclose(
+        np.asarray(big.params["dense"]["kernel"]), np.asarray(params["dense"]["kernel"])
+    )
+
+
+def test_train_state_create_and_jit_with_donation():
+    rng = np.random.default_rng(3)
+    params = jax.tree.map(jnp.float32, _tree(rng))
+    tx = optim.make_optimizer(_config(learning_rate=0.01, warmup_steps=0, num_train_steps=5))
+    state = optim.TrainState.create(params, tx)
+    assert int(state.step) == 0 and state.step.dtype == jnp.int32
+    assert jax.tree.structure(state.opt_state) == jax.tree.structure(tx.init(params))
+    apply = jax.jit(functools.partial(optim.TrainState.apply_gradients, tx=tx), donate_argnums=0)
+    eager = state.apply_gradients(_tree(np.random.default_rng(4)), tx)
+    jitted = apply(state, _tree(np.random.default_rng(4)))
+    assert int(jitted.step) == 1
+    for a, b in zip(jax.tree.leaves(eager), jax.tree.leaves(jitted), strict=True):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6)
+
+
+def test_config_fields_are_documented_and_checked():
+    for field in FIELDS:
+        assert field in optim.make_optimizer.__doc__, field
+    with pytest.raises(ValueError, match="'sgd' is not one of"):
+        optim.make_optimizer(_config(optimizer="sgd"))
+    with pytest.raises(ValueError, match="grad_accum_steps must be >= 1"):
+        optim.make_optimizer(_config(grad_accum_steps=0))
+    # Absent optional fields take BERT's defaults: the same updates as spelling them out.
+    minimal = ml_collections.ConfigDict(dict(learning_rate=0.01, warmup_steps=0, num_train_steps=5))
+    rng = np.random.default_rng(5)
+    params, grads = _tree(rng), _tree(rng, 3.0)
+    out = []
+    for config in (minimal, _config(learning_rate=0.01, warmup_steps=0, num_train_steps=5)):
+        tx = optim.make_optimizer(config)
+        out.append(optim.TrainState.create(params, tx).apply_gradients(grads, tx).params)
+    for a, b in zip(jax.tree.leaves(out[0]), jax.tree.leaves(out[1]), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+@pytest.mark.parametrize("k", [1, 2])
+def test_abstract_state_shards_moments_like_their_parameters(k):
+    config = model_lib.BertConfig(
+        vocab_size=100, hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64
+    )
+    model = model_lib.build_model(config, "pretraining")
+    boxed = jax.eval_shape(lambda: model_lib.init_params(model, jax.random.key(0)))
+    mesh = sharding.make_mesh((2, 2, 2))
+    param_shardings = sharding.logical_shardings(boxed, mesh)
+    tx = optim.make_optimizer(_config(grad_accum_steps=k))
+    abstract = optim.TrainState.abstract(boxed, param_shardings, tx)
+    assert all(isinstance(x, jax.ShapeDtypeStruct) for x in jax.tree.leaves(abstract))
+    assert abstract.step.shape == () and abstract.step.sharding.spec == jax.sharding.PartitionSpec()
+    want = jax.tree.leaves(param_shardings)
+    assert [x.sharding for x in jax.tree.leaves(abstract.params)] == want
+    adam = abstract.opt_state.inner_opt_state if k > 1 else abstract.opt_state
+    adam_state = adam[1][0]  # chain(clip, adamw) -> adamw = chain(scale_by_adam, ...)
+    for moments in (adam_state.mu, adam_state.nu):
+        assert [x.sharding for x in jax.tree.leaves(moments)] == want
+    assert adam_state.count.sharding.spec == jax.sharding.PartitionSpec()
+    if k > 1:
+        assert [x.sharding for x in jax.tree.leaves(abstract.opt_state.acc_grads)] == want
+    # Shapes and dtypes are those of a real state.
+    real = jax.eval_shape(lambda: optim.TrainState.create(nn.unbox(boxed), tx))
+    assert jax.tree.structure(real) == jax.tree.structure(abstract)
+    for a, b in zip(jax.tree.leaves(real), jax.tree.leaves(abstract), strict=True):
+        assert (a.shape, a.dtype) == (b.shape, b.dtype)
