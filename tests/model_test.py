@@ -257,3 +257,11 @@ def test_save_pretrained_round_trips_through_transformers(tmp_path):
     ours = model.apply({"params": params}, **inputs)
     theirs = torch_outputs(reference, inputs)
     assert rel_err(ours["prediction_logits"], theirs["prediction_logits"]) <= 1e-5
+
+
+def test_dropout_drops_the_rate_and_keeps_the_mean():
+    x = jnp.ones((1000, 1000), jnp.float32)
+    y = model_lib.dropout(x, 0.1, jax.random.key(0))
+    assert abs(float(jnp.mean(y == 0)) - 0.1) < 0.002  # 1M draws: the std of the fraction is 0.0003
+    assert abs(float(jnp.mean(y)) - 1.0) < 0.005
+    np.testing.assert_allclose(np.unique(np.asarray(y)), [0.0, 65536 / (65536 - 6554)], rtol=1e-6)
