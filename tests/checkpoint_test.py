@@ -64,9 +64,13 @@ def test_restore_onto_another_mesh(tmp_path, data8_state, target):
     ckpt.wait_until_finished()
     assert ckpt.latest_step() == 1
 
-    abstract = _abstract(sharding.make_mesh(target))
-    state, data, saved_config = ckpt.restore(None, abstract)
     ckpt.close()
+
+    # A fresh Checkpointer, as in a restarted process, restores what another instance saved.
+    abstract = _abstract(sharding.make_mesh(target))
+    restarted = checkpoint.Checkpointer(str(tmp_path), keep=3, save_interval_steps=1)
+    state, data, saved_config = restarted.restore(None, abstract)
+    restarted.close()
     assert data == data_state
     assert saved_config == {**config, "mesh_shape": [8, 1, 1]}  # JSON: tuples come back as lists
     assert jax.tree.structure(state) == jax.tree.structure(data8_state)
@@ -204,8 +208,8 @@ def test_gs_paths_take_the_same_code_path(monkeypatch):
     """A gs:// directory goes to Orbax as an epath.Path, like a local one (no GCS access here)."""
     seen = {}
 
-    def fake_manager(directory, *, options, item_names):
-        seen.update(directory=directory, options=options, item_names=item_names)
+    def fake_manager(directory, *, options, item_handlers):
+        seen.update(directory=directory, options=options, item_names=tuple(item_handlers))
         return object()
 
     monkeypatch.setattr(ocp, "CheckpointManager", fake_manager)
