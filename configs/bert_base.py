@@ -1,0 +1,14 @@
+"""BERT-Base pretraining: L12/H768/A12, FFN 3072 (110M parameters), the paper's BERT-Base, on the paper's schedule.
+
+1M steps x 256 sequences, length 128 then 512 for the last 10%, AdamW lr 1e-4 (see configs/pretraining.py).
+
+    python -m bert_jax.main --config=configs/bert_base.py --workdir=gs://BUCKET/bert_base \
+        --config.data.input_pattern='gs://BUCKET/corpus/*.txt' --config.data.vocab_file=gs://BUCKET/vocab.txt \
+        --config.dtype=bfloat16
+"""
+
+from configs import pretraining
+
+
+def get_config():
+    return pretraining.get_config("base")

@@ -1,0 +1,160 @@
+"""The entry point: config overrides, locked configs, one-line errors for bad input, resume from a corrupt
+checkpoint, and the embedded default run learning (subprocesses, as a user runs it)."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from absl import flags
+from ml_collections import config_flags
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = str(REPO / "configs" / "bert_tiny.py")
+ENV = {
+    **os.environ,
+    "XLA_FLAGS": "--xla_force_host_platform_device_count=8",
+    "JAX_PLATFORMS": "cpu",
+}
+FAST = [
+    "--config.log_every_steps=1",
+    "--config.eval_every_steps=0",
+    "--config.async_checkpoints=False",
+]
+
+
+def main(*args, timeout=300):
+    return subprocess.run([sys.executable, "-m", "bert_jax.main", *args], cwd=REPO, env=ENV,
+                          capture_output=True, text=True, timeout=timeout)  # fmt: skip
+
+
+def metrics(workdir):
+    return [json.loads(line) for line in (Path(workdir) / "metrics.jsonl").read_text().splitlines()]
+
+
+def parse(*args):
+    sys.path.insert(0, str(REPO))
+    values = flags.FlagValues()
+    argv = [
+        "prog",
+        *args,
+    ]  # config_flags reads argv at definition time to define the override flags
+    config_flags.DEFINE_config_file(
+        "config", TINY, flag_values=values, lock_config=True, sys_argv=argv
+    )
+    values(argv)
+    return values.config
+
+
+def test_overrides_parse_and_unknown_keys_are_rejected():
+    config = parse(
+        f"--config={REPO}/configs/bert_base.py", "--config.num_train_steps=10",
+        "--config.global_batch_size=64", "--config.learning_rate=2e-4", "--config.warmup_steps=3",
+        "--config.checkpoint_every_steps=5", "--config.seed=7", "--config.mesh_shape=(2,2,2)",
+        "--config.dtype=bfloat16", "--config.model.remat_policy=dots",
+    )  # fmt: skip
+    assert (config.num_train_steps, config.global_batch_size, config.learning_rate) == (
+        10,
+        64,
+        2e-4,
+    )
+    assert (config.warmup_steps, config.checkpoint_every_steps, config.seed) == (3, 5, 7)
+    assert (tuple(config.mesh_shape), config.dtype, config.model.remat_policy) == (
+        (2, 2, 2),
+        "bfloat16",
+        "dots",
+    )
+    assert config.model.num_layers == 12
+    with pytest.raises((flags.Error, AttributeError), match="learning_rat"):
+        parse("--config.learning_rat=1.0")
+
+
+def test_unknown_key_on_the_command_line_fails():
+    result = main("--workdir=/nonexistent", "--config.learning_rat=1.0", timeout=60)
+    assert result.returncode != 0 and "learning_rat" in result.stderr
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--config.mesh_shape=(3,1,1)"], "error: mesh_shape: mesh_shape (3, 1, 1) needs 3 devices but there are 8"),
+        (["--config.global_batch_size=12"], "error: global_batch_size: global_batch_size 12 is not divisible by the 8 batch shards"),
+        (["--config.model.max_position_embeddings=128"], "error: model: seq_length 256 > max_position_embeddings 128"),
+        (["--config.mode=train"], "error: config.mode 'train' is not one of ('pretrain'"),
+    ],
+)  # fmt: skip
+def test_bad_input_is_one_line_before_training(tmp_path, args, message):
+    result = main(f"--workdir={tmp_path}", *args, timeout=120)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1].startswith(message)
+    assert not (tmp_path / "metrics.jsonl").exists()
+
+
+@pytest.mark.slow
+def test_overrides_run_then_bad_and_corrupt_checkpoints(tmp_path):
+    """A short run with every documented override; then a checkpoint from another size is a one-line error,
+    and a corrupt latest checkpoint falls back to the previous one with a warning."""
+    workdir = tmp_path / "run"
+    result = main(
+        f"--config={TINY}", f"--workdir={workdir}", "--config.num_train_steps=6",
+        "--config.global_batch_size=16", "--config.learning_rate=2e-4", "--config.warmup_steps=2",
+        "--config.checkpoint_every_steps=3", "--config.seed=3", "--config.mesh_shape=(2,2,2)",
+        "--config.dtype=bfloat16", "--config.data.phase2_seq_length=256", *FAST,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert sorted(int(p.name) for p in (workdir / "checkpoints").iterdir()) == [3, 6]
+    stored = json.loads((workdir / "checkpoints" / "6" / "config" / "metadata").read_text())
+    assert (stored["seed"], stored["dtype"], stored["mesh_shape"], stored["global_batch_size"]) == (
+        3,
+        "bfloat16",
+        [2, 2, 2],
+        16,
+    )
+    lr = {
+        m["step"]: m["train/learning_rate"] for m in metrics(workdir) if "train/learning_rate" in m
+    }
+    # The rate used by update s (1-based) is schedule(s - 1): 0, 1e-4, 2e-4 (peak), then linear to 0 at 6.
+    assert [lr[s] for s in range(1, 7)] == pytest.approx([0.0, 1e-4, 2e-4, 1.5e-4, 1e-4, 5e-5])
+
+    result = main(f"--config={REPO}/configs/bert_mini.py", f"--workdir={workdir}", "--config.mesh_shape=(2,2,2)",
+                  "--config.model.vocab_size=-1", *FAST)  # fmt: skip
+    assert result.returncode == 1
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: checkpoint: checkpoint ") and "has shape" in last
+
+    for f in (workdir / "checkpoints" / "6" / "state").rglob("*"):
+        if f.is_file():
+            f.write_bytes(b"garbage")
+    result = main(f"--config={TINY}", f"--workdir={workdir}", "--config.num_train_steps=6",
+                  "--config.global_batch_size=16", "--config.learning_rate=2e-4", "--config.warmup_steps=2",
+                  "--config.checkpoint_every_steps=3", "--config.seed=3", "--config.mesh_shape=(2,2,2)",
+                  "--config.dtype=bfloat16", "--config.data.phase2_seq_length=256", *FAST)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (
+        "unreadable" in result.stderr
+        and "resumed from" in result.stderr
+        and "at step 3" in result.stderr
+    )
+    assert [m["step"] for m in metrics(workdir) if "train/loss" in m] == [1, 2, 3, 4, 5, 6, 4, 5, 6]
+
+
+@pytest.mark.slow
+def test_default_run_learns(tmp_path):
+    """`python -m bert_jax.main` with no --config/--workdir (the tiny default, found beside the package, in
+    ./workdir/bert_tiny), shortened to 120 steps: the MLM loss falls clearly."""
+    env = {**ENV, "PYTHONPATH": str(REPO)}
+    result = subprocess.run(
+        [sys.executable, "-m", "bert_jax.main", "--config.num_train_steps=120",
+         "--config.warmup_steps=12", "--config.log_every_steps=20", "--config.eval_every_steps=120"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    workdir = tmp_path / "workdir" / "bert_tiny"
+    train = [m for m in metrics(workdir) if "train/mlm_loss" in m]
+    assert [m["step"] for m in train] == [20, 40, 60, 80, 100, 120]
+    assert train[-1]["train/mlm_loss"] < train[0]["train/mlm_loss"] - 1.5
+    evals = [m for m in metrics(workdir) if "eval/mlm_accuracy" in m]
+    assert len(evals) == 1 and evals[0]["eval/mlm_accuracy"] > 0.05
+    assert sorted(p.name for p in (workdir / "checkpoints").iterdir()) == ["120"]
