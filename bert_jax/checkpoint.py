@@ -179,6 +179,20 @@ class Checkpointer:
             return restored["state"], restored["data"], restored["config"]
         raise ValueError(f"no usable checkpoint in {self.directory}: {'; '.join(failures)}")
 
+    def read_config(self, step: int | None = None) -> tuple[int, dict]:
+        """(step, config) of `step` (None: the latest), without reading the state.
+
+        Lets a caller that does not know the stored model (fine-tuning from a pretraining workdir) build the
+        abstract state that `restore` needs. Raises ValueError if there is no checkpoint.
+        """
+        step = self._manager.latest_step() if step is None else step
+        if step is None:
+            raise ValueError(f"no checkpoints in {self.directory}")
+        restored = self._manager.restore(
+            step, args=ocp.args.Composite(config=ocp.args.JsonRestore())
+        )
+        return step, restored["config"]
+
     def wait_until_finished(self) -> None:
         """Blocks until the pending save is on disk; raises if it failed."""
         self._manager.wait_until_finished()

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import itertools
 import json
 import math
 import time
@@ -23,7 +22,6 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
-import orbax.checkpoint as ocp
 from absl import logging
 from etils import epath
 from jax.sharding import NamedSharding, PartitionSpec
@@ -33,9 +31,7 @@ from bert_jax.data import glue
 from bert_jax.data.corpus import SAMPLE_VOCAB
 from bert_jax.data.tokenizer import load_tokenizer
 from bert_jax.model import BertConfig, build_model, dummy_inputs
-from bert_jax.pretrain import NonFiniteLossError, _bad_input
-
-FROM_MNLI = ("rte", "mrpc", "stsb")  # tasks the suite may start from the fine-tuned MNLI model
+from bert_jax.pretrain import NonFiniteLossError, setup_error
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -68,18 +64,10 @@ def _model_config(fields, tokenizer, config) -> BertConfig:
 def _restore_workdir(path: epath.Path, config, mesh) -> Start:
     """Parameters of the latest checkpoint in a bert_jax workdir (checkpoint.py's layout), on `mesh`."""
     directory = path / "checkpoints"
-    # Handlers named up front: a fresh manager cannot read an item's metadata before it knows them
-    # (`checkpoint.Checkpointer.restore` in a new process needs the same; see the report to the lead).
-    handlers = {"state": ocp.StandardCheckpointHandler()}
-    handlers |= {k: ocp.JsonCheckpointHandler() for k in checkpoint.ITEMS if k != "state"}
-    options = ocp.CheckpointManagerOptions(read_only=True)
-    with ocp.CheckpointManager(directory, item_handlers=handlers, options=options) as manager:
-        step = manager.latest_step()
-        if step is None:
-            raise ValueError(f"{directory}: no checkpoints")
+    ckpt = checkpoint.Checkpointer(str(directory), keep=1, save_interval_steps=1, async_save=False)
+    try:
         # The stored config says which model and optimizer wrote the state (its restore target).
-        args = ocp.args.Composite(config=ocp.args.JsonRestore())
-        stored = manager.restore(step, args=args)["config"]
+        step, stored = ckpt.read_config()
         if stored["mode"] == "pretrain":
             spec = {"path": stored["data"]["vocab_file"] or str(SAMPLE_VOCAB)}
             spec["do_lower_case"] = stored["data"]["do_lower_case"]
@@ -96,8 +84,10 @@ def _restore_workdir(path: epath.Path, config, mesh) -> Start:
         abstract = optim.TrainState.abstract(
             boxed, sharding.logical_shardings(boxed, mesh), optim.make_optimizer(opt_config)
         )
-        args = ocp.args.Composite(state=ocp.args.StandardRestore(abstract))
-        params = manager.restore(step, args=args)["state"].params
+        state, _, _ = ckpt.restore(step, abstract)
+        params = state.params
+    finally:
+        ckpt.close()
     kept = {k: v for k, v in params.items() if k in ("bert", "classifier")}
     dropped = sorted(set(params) - set(kept))
     logging.info("%s step %d: restored the encoder; dropped heads %s", directory, step, dropped)
@@ -234,23 +224,23 @@ def _score(results) -> float:
 def fine_tune(config, workdir) -> dict:
     """Fine-tunes `config.task` with the config's single setting; writes WORKDIR/results.json."""
     workdir = epath.Path(workdir)
-    with _bad_input("task"):
+    with setup_error("task"):
         task = glue.get_task(config.task)
         if task.name == "ax":
             raise ValueError("ax is not trained: it is predicted by the MNLI model (task=mnli)")
     regression, process_count = task.is_regression, jax.process_count()
 
     # Mesh.
-    with _bad_input("mesh_shape"):
+    with setup_error("mesh_shape"):
         mesh = sharding.make_mesh(config.mesh_shape)
-    with _bad_input("batch_size"):
+    with setup_error("batch_size"):
         sharding.check_batch_divisible(config.batch_size, mesh, process_count)
         sharding.check_batch_divisible(config.eval_batch_size, mesh, process_count)
 
     # Data: read every split first, so a missing file fails before any weights are loaded.
     splits = ["train", *task.dev_splits]
     splits += [*task.test_splits] if config.predict_test else []
-    with _bad_input("data"):
+    with setup_error("data"):
         read = lambda name, split: glue.read_examples(
             name, split, config.data_dir, tfds_data_dir=config.get("tfds_data_dir")
         )
@@ -267,17 +257,17 @@ def fine_tune(config, workdir) -> dict:
     warmup_steps = round(config.warmup_fraction * num_train_steps)
 
     # Model and train state, born sharded; checkpoint weights replace the fresh ones.
-    with _bad_input("init_checkpoint"):
+    with setup_error("init_checkpoint"):
         start = load_start(config, mesh)
         if config.max_seq_length > start.model_config.max_position_embeddings:
             raise ValueError(f"max_seq_length {config.max_seq_length} > max_position_embeddings")
-    with _bad_input("data"):
+    with setup_error("data"):
         features = {
             split: glue.encode_examples(ex, start.tokenizer, config.max_seq_length)
             for split, ex in examples.items()
         }
     run = {**config.to_dict(), "num_train_steps": num_train_steps, "warmup_steps": warmup_steps}
-    with _bad_input("optimizer"):
+    with setup_error("optimizer"):
         tx = optim.make_optimizer(ml_collections.ConfigDict(run))
         schedule = optim.make_schedule(ml_collections.ConfigDict(run))
     init_rng, dropout_rng = jax.random.split(jax.random.key(config.seed))
@@ -412,131 +402,15 @@ def fine_tune(config, workdir) -> dict:
         "num_train_examples": len(examples["train"]),
         "config": stored,
     }
-    _write_json(workdir / "results.json", summary)
+    write_json(workdir / "results.json", summary)
     logging.info("%s dev (best epoch %d): %s", task.name, best["epoch"], best["results"])
     return {**summary, "workdir": str(workdir)}
 
 
-def _write_json(path: epath.Path, value) -> None:
+def write_json(path: epath.Path, value) -> None:
     if jax.process_index() == 0:
         path.parent.mkdir(parents=True, exist_ok=True)
         # -inf (no defined score) becomes null, so the file stays valid JSON.
         clean = lambda x: None if isinstance(x, float) and not math.isfinite(x) else x
         text = json.dumps(jax.tree.map(clean, value), indent=2, default=str, allow_nan=False)
         path.write_text(text + "\n")
-
-
-# ----------------------------------------------------------------------------------------------------------
-# The paper's grid with several seeds, and the suite.
-# ----------------------------------------------------------------------------------------------------------
-def _copy_leaderboard(source: epath.Path, target: epath.Path) -> None:
-    """Copies SOURCE/leaderboard/*.tsv into TARGET/leaderboard/ (process 0)."""
-    if jax.process_index() == 0 and (source / "leaderboard").is_dir():
-        (target / "leaderboard").mkdir(parents=True, exist_ok=True)
-        for f in (source / "leaderboard").glob("*.tsv"):
-            f.copy(target / "leaderboard" / f.name, overwrite=True)
-
-
-def _median_results(runs: list[dict]) -> dict:
-    """Per-entry, per-metric median over the runs' dev results."""
-    first = runs[0]["results"]
-    return {
-        e: {m: float(np.median([r["results"][e][m] for r in runs])) for m in first[e]}
-        for e in first
-    }
-
-
-def train_and_evaluate(config, workdir) -> dict:
-    """One run, or with `config.sweep` the paper's grid x seeds; WORKDIR/results.json says the best.
-
-    A sweep's runs go to WORKDIR/runs/<setting>_seed<k>/; a run that already has its results.json is
-    reused (a restarted sweep goes on where it stopped). The best single run's leaderboard files are copied
-    to WORKDIR/leaderboard/. Returns the summary (with `workdir`: the run that holds the best checkpoint).
-    """
-    workdir = epath.Path(workdir)
-    if not config.sweep:
-        return fine_tune(config, workdir)
-    grid = itertools.product(
-        config.sweep_batch_sizes, config.sweep_learning_rates, config.sweep_num_epochs
-    )
-    settings = []
-    for batch_size, learning_rate, num_epochs in grid:
-        runs = []
-        for seed in config.sweep_seeds:
-            run_config = config.copy_and_resolve_references()
-            run_config.update(
-                batch_size=batch_size, learning_rate=learning_rate, num_epochs=num_epochs,
-                seed=seed, sweep=False,
-            )  # fmt: skip
-            run_dir = (
-                workdir / "runs" / f"bs{batch_size}_lr{learning_rate:g}_ep{num_epochs}_seed{seed}"
-            )
-            if (run_dir / "results.json").exists():
-                logging.info("%s: done before, reusing its results", run_dir)
-                summary = {
-                    **json.loads((run_dir / "results.json").read_text()),
-                    "workdir": str(run_dir),
-                }
-                summary["score"] = -math.inf if summary["score"] is None else summary["score"]
-            else:
-                summary = fine_tune(run_config, run_dir)
-            runs.append({"seed": seed, **{k: summary[k] for k in ("score", "results", "workdir")}})
-        scores = [r["score"] for r in runs]
-        settings.append({
-            "batch_size": batch_size, "learning_rate": learning_rate, "num_epochs": num_epochs,
-            "median_score": float(np.median(scores)), "median_results": _median_results(runs),
-            "runs": runs,
-        })  # fmt: skip
-    best_run = max((r for s in settings for r in s["runs"]), key=lambda r: r["score"])
-    best_setting = max(settings, key=lambda s: s["median_score"])
-    _copy_leaderboard(epath.Path(best_run["workdir"]), workdir)
-    summary = {
-        "task": glue.get_task(config.task).name,
-        "split": "dev",
-        "results": best_run[
-            "results"
-        ],  # the best single run (its checkpoint made the leaderboard files)
-        "score": best_run["score"],
-        "best_run": best_run,
-        "median_over_seeds": {k: v for k, v in best_setting.items() if k != "runs"},
-        "settings": settings,
-        "config": config.to_dict(),
-    }
-    _write_json(workdir / "results.json", summary)
-    logging.info(
-        "%s sweep: best dev score %.4f (%s); best median over seeds %.4f (bs %d, lr %g, %d epochs)",
-        summary["task"], best_run["score"], best_run["workdir"], best_setting["median_score"],
-        best_setting["batch_size"], best_setting["learning_rate"], best_setting["num_epochs"],
-    )  # fmt: skip
-    return {**summary, "workdir": best_run["workdir"]}
-
-
-def run_suite(config, workdir) -> str:
-    """Fine-tunes every task of `config.suite_tasks` into WORKDIR/<task>/ and returns the GLUE table.
-
-    With `suite_from_mnli`, RTE, MRPC and STS-B start from the fine-tuned MNLI model (whose classifier is
-    re-initialised). Writes WORKDIR/results.json (entry -> metric -> dev value), WORKDIR/glue_table.txt and
-    every task's leaderboard files into WORKDIR/leaderboard/.
-    """
-    workdir = epath.Path(workdir)
-    with _bad_input("suite_tasks"):
-        tasks = [glue.get_task(t).name for t in config.suite_tasks]
-        if config.suite_from_mnli and "mnli" not in tasks:
-            raise ValueError("suite_from_mnli needs mnli in suite_tasks")
-    tasks.sort(key=lambda t: t != "mnli")  # MNLI first: the others may start from it
-    results, summaries = {}, {}
-    for name in tasks:
-        task_config = config.copy_and_resolve_references()
-        task_config.task = name
-        if config.suite_from_mnli and name in FROM_MNLI:
-            task_config.init_checkpoint = summaries["mnli"]["workdir"]
-        summaries[name] = train_and_evaluate(task_config, workdir / name)
-        results.update(summaries[name]["results"])
-        _copy_leaderboard(workdir / name, workdir)
-    table = metrics.format_glue_table(results, split="dev")
-    summary = {"split": "dev", "results": results, "glue_table": table, "config": config.to_dict()}
-    _write_json(workdir / "results.json", summary)
-    if jax.process_index() == 0:
-        (workdir / "glue_table.txt").write_text(table + "\n")
-        print(table, flush=True)
-    return table

@@ -75,16 +75,16 @@ def main(argv) -> int:
     logging.get_absl_handler().addFilter(_QuietOrbax())
     _initialize_distributed()
 
-    from bert_jax import finetune, pretrain
+    from bert_jax import pretrain, sweep
 
     logging.info("config:\n%s", config)
     try:
         if config.mode == "pretrain":
             pretrain.train_and_evaluate(config, workdir)
         elif config.mode == "finetune":
-            finetune.train_and_evaluate(config, workdir)
+            sweep.train_and_evaluate(config, workdir)
         elif config.mode == "glue_suite":
-            finetune.run_suite(config, workdir)
+            sweep.run_suite(config, workdir)
         else:
             modes = ("pretrain", "finetune", "glue_suite")
             raise pretrain.SetupError(f"config.mode {config.mode!r} is not one of {modes}")

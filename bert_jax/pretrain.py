@@ -22,7 +22,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-import orbax.checkpoint as ocp
 from absl import logging
 from etils import epath
 from jax.experimental import multihost_utils
@@ -60,7 +59,7 @@ class NonFiniteLossError(RuntimeError):
 
 
 @contextlib.contextmanager
-def _bad_input(what: str):
+def setup_error(what: str):
     """Turns a ValueError/OSError raised while setting up `what` into a one-line SetupError."""
     try:
         yield
@@ -230,27 +229,6 @@ class _Preemption:
         signal.signal(signal.SIGTERM, self._previous)
 
 
-def _register_checkpoint_handlers(ckpt: checkpoint.Checkpointer, config) -> None:
-    """Workaround (reported to checkpoint.py's owner): an Orbax manager made without item handlers cannot
-    read a stored state's metadata in a fresh process, which `Checkpointer.restore`'s size check needs; this
-    rebuilds it with the handlers of the three items (same options)."""
-    options = ocp.CheckpointManagerOptions(
-        max_to_keep=config.keep_checkpoints,
-        save_interval_steps=config.checkpoint_every_steps,
-        enable_async_checkpointing=config.async_checkpoints,
-        create=True,
-    )
-    handlers = {
-        "state": ocp.StandardCheckpointHandler(),
-        "data": ocp.JsonCheckpointHandler(),
-        "config": ocp.JsonCheckpointHandler(),
-    }
-    ckpt._manager.close()
-    ckpt._manager = ocp.CheckpointManager(
-        ckpt.directory, options=options, item_names=checkpoint.ITEMS, item_handlers=handlers
-    )
-
-
 def train_and_evaluate(config, workdir: str):
     """Pretrains per `config` in `workdir` (resuming from its latest checkpoint); returns the final state."""
     # Orbax wants absolute paths; gs:// and other URLs are absolute already.
@@ -260,9 +238,9 @@ def train_and_evaluate(config, workdir: str):
     # ------------------------------------------------------------------------------------------------------
     # Mesh.
     # ------------------------------------------------------------------------------------------------------
-    with _bad_input("mesh_shape"):
+    with setup_error("mesh_shape"):
         mesh = sharding.make_mesh(config.mesh_shape)
-    with _bad_input("global_batch_size"):
+    with setup_error("global_batch_size"):
         sharding.check_batch_divisible(config.global_batch_size, mesh, process_count)
         k = config.grad_accum_steps
         if k < 1 or config.global_batch_size % (
@@ -277,7 +255,7 @@ def train_and_evaluate(config, workdir: str):
     # ------------------------------------------------------------------------------------------------------
     # Data.
     # ------------------------------------------------------------------------------------------------------
-    with _bad_input("data"):
+    with setup_error("data"):
         loader = make_pretraining_loader(
             config.data,
             global_batch_size=config.global_batch_size,
@@ -300,10 +278,10 @@ def train_and_evaluate(config, workdir: str):
     # ------------------------------------------------------------------------------------------------------
     # Model and train state, born sharded: shapes -> logical axes -> shardings -> jit(init, out_shardings).
     # ------------------------------------------------------------------------------------------------------
-    with _bad_input("model"):
+    with setup_error("model"):
         model_fields = {**config.model.to_dict(), "dtype": config.dtype}
         # The loader's tokenizer decides the ids; older loaders keep it private.
-        tokenizer = getattr(loader, "tokenizer", None) or loader._tok
+        tokenizer = loader.tokenizer
         tokenizer_vocab = tokenizer.vocab_size
         if model_fields["vocab_size"] == -1:
             model_fields["vocab_size"] = tokenizer_vocab
@@ -317,7 +295,7 @@ def train_and_evaluate(config, workdir: str):
                 raise ValueError(
                     f"seq_length {length} > max_position_embeddings {model_config.max_position_embeddings}"
                 )
-    with _bad_input("optimizer"):
+    with setup_error("optimizer"):
         # Accumulation happens inside train_step (one loop step = one update), not in optax.MultiSteps.
         opt_config = config.copy_and_resolve_references()
         opt_config.grad_accum_steps = 1
@@ -379,14 +357,13 @@ def train_and_evaluate(config, workdir: str):
         save_interval_steps=config.checkpoint_every_steps,
         async_save=config.async_checkpoints,
     )
-    _register_checkpoint_handlers(ckpt, config)
     if ckpt.latest_step() is not None:
         abstract = jax.tree.map(
             lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
             abstract_state,
             state_shardings,
         )
-        with _bad_input("checkpoint"):
+        with setup_error("checkpoint"):
             state, data_state, _ = ckpt.restore(None, abstract)
             loader.set_state(data_state)
         logging.info("resumed from %s at step %d", ckpt.directory, int(state.step))

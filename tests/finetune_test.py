@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from bert_jax import checkpoint, convert, finetune, metrics, optim, sharding
+from bert_jax import checkpoint, convert, finetune, metrics, optim, sharding, sweep
 from bert_jax.data import glue
 from bert_jax.data.corpus import SAMPLE_VOCAB
 from bert_jax.model import BertConfig, build_model, init_params
@@ -76,7 +76,7 @@ def test_suite_every_task_end_to_end_on_mock_tfds(tmp_path, caplog):
     caplog.set_level(logging.INFO)
     config = tiny_config(suite_from_mnli=True)
     with mock_source(24):
-        table = finetune.run_suite(config, tmp_path)
+        table = sweep.run_suite(config, tmp_path)
         test_rows = {
             (t, s): glue.read_examples(t, s)
             for t in [*glue.TASKS]
@@ -107,7 +107,7 @@ def test_suite_every_task_end_to_end_on_mock_tfds(tmp_path, caplog):
         # 24 examples at batch 8: 3 steps, one epoch; the only checkpoint kept is that epoch's.
         assert result["epochs"][0]["step"] == 3
         assert [p.name for p in (tmp_path / name / "checkpoints").iterdir()] == ["3"]
-        from_mnli = name in finetune.FROM_MNLI
+        from_mnli = name in sweep.FROM_MNLI
         assert result["init_checkpoint"].startswith(mnli_workdir) == from_mnli
         if from_mnli:
             assert f"but {name} needs {task.num_labels}: re-initialising it" in caplog.text
@@ -157,7 +157,7 @@ def test_learns_a_clear_rule_over_seeds_and_predicts_test(tmp_path):
         sweep=True, sweep_batch_sizes=(32,), sweep_learning_rates=(3e-3,), sweep_num_epochs=(4,),
         sweep_seeds=(0, 1, 2), log_every_steps=5,
     )  # fmt: skip
-    summary = finetune.train_and_evaluate(config, tmp_path / "out")
+    summary = sweep.train_and_evaluate(config, tmp_path / "out")
 
     result = json.loads((tmp_path / "out" / "results.json").read_text())
     runs = result["settings"][0]["runs"]
@@ -197,7 +197,7 @@ def test_learns_a_clear_rule_over_seeds_and_predicts_test(tmp_path):
     np.testing.assert_array_equal(out["logits"].argmax(-1), predicted)
     # A restarted sweep reuses finished runs instead of training them again.
     (Path(best) / "checkpoints").rename(tmp_path / "moved")
-    again = finetune.train_and_evaluate(config, tmp_path / "out")
+    again = sweep.train_and_evaluate(config, tmp_path / "out")
     assert again["score"] == summary["score"] and not (Path(best) / "checkpoints").exists()
 
 
@@ -299,19 +299,19 @@ def test_bad_input_fails_before_training_with_one_line(tmp_path):
     with pytest.raises(
         SetupError, match=r"unknown GLUE task 'mprc'; valid tasks: cola, sst2, mrpc"
     ):
-        finetune.train_and_evaluate(tiny_config(task="mprc"), tmp_path / "a")
+        sweep.train_and_evaluate(tiny_config(task="mprc"), tmp_path / "a")
     with pytest.raises(SetupError, match=r"ax is not trained: it is predicted by the MNLI model"):
-        finetune.train_and_evaluate(tiny_config(task="ax"), tmp_path / "b")
+        sweep.train_and_evaluate(tiny_config(task="ax"), tmp_path / "b")
     missing = tmp_path / "glue" / "RTE"
     with pytest.raises(SetupError, match=f"GLUE task folder not found: {missing}$"):
-        finetune.train_and_evaluate(tiny_config(task="rte", data_dir=str(missing.parent)), tmp_path)
+        sweep.train_and_evaluate(tiny_config(task="rte", data_dir=str(missing.parent)), tmp_path)
     (tmp_path / "empty").mkdir()
     with pytest.raises(SetupError, match="neither a bert_jax workdir .* nor a transformers-layout"):
         with mock_source(16):
             config = tiny_config(task="rte", init_checkpoint=str(tmp_path / "empty"))
-            finetune.train_and_evaluate(config, tmp_path / "c")
+            sweep.train_and_evaluate(config, tmp_path / "c")
     with pytest.raises(SetupError, match="not divisible by the 8 batch shards"):
-        finetune.train_and_evaluate(tiny_config(batch_size=12), tmp_path / "d")
+        sweep.train_and_evaluate(tiny_config(batch_size=12), tmp_path / "d")
     assert not (tmp_path / "a").exists() and not (tmp_path / "c").exists()
 
 
