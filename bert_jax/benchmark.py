@@ -37,6 +37,12 @@ _DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "bert_ja
 _REFERENCE = flags.DEFINE_enum(
     "reference", "torch", ["torch", "none"], "Also time transformers' BERT."
 )
+_PRNG = flags.DEFINE_enum(
+    "prng_impl",
+    "rbg",
+    ["rbg", "unsafe_rbg", "threefry2x32"],
+    "Dropout bits (the trainer's default: rbg).",
+)
 _ONLY = flags.DEFINE_enum("only", "both", ["both", "fwdbwd", "train"], "Which measurements to run.")
 
 
@@ -76,7 +82,7 @@ def bert_jax_timings(cfg, batch, steps, which):
     model = model_lib.BertForPreTraining(cfg)
     params = jax.jit(lambda: nn.unbox(model_lib.init_params(model, jax.random.key(0))))()
     batch = jax.tree.map(jnp.asarray, batch)
-    rng = jax.random.key(1)
+    rng = jax.random.key(1, impl=_PRNG.value)
     out = {}
     if which in ("both", "fwdbwd"):
         grad = jax.jit(jax.grad(lambda p: pretrain._objective(p, batch, rng, model=model)[0]))

@@ -270,7 +270,9 @@ def fine_tune(config, workdir) -> dict:
     with setup_error("optimizer"):
         tx = optim.make_optimizer(ml_collections.ConfigDict(run))
         schedule = optim.make_schedule(ml_collections.ConfigDict(run))
-    init_rng, dropout_rng = jax.random.split(jax.random.key(config.seed))
+    init_rng = jax.random.key(config.seed)
+    # Dropout keys may use a faster generator than threefry (config.prng_impl); init stays threefry.
+    dropout_rng = jax.random.fold_in(jax.random.key(config.seed, impl=config.prng_impl), 1)
     model, boxed, param_shardings, params = initial_params(start, task, mesh, init_rng)
     abstract_state = optim.TrainState.abstract(boxed, param_shardings, tx)
     state_shardings = jax.tree.map(lambda x: x.sharding, abstract_state)

@@ -306,7 +306,9 @@ def train_and_evaluate(config, workdir: str):
     def init_boxed_params(rng):
         return model.init(rng, **dummy_inputs(1, 8))["params"]
 
-    init_rng, dropout_rng = jax.random.split(jax.random.key(config.seed))
+    init_rng = jax.random.key(config.seed)
+    # Dropout keys may use a faster generator than threefry (config.prng_impl); init stays threefry.
+    dropout_rng = jax.random.fold_in(jax.random.key(config.seed, impl=config.prng_impl), 1)
     replicated = NamedSharding(mesh, PartitionSpec())
     param_shardings = sharding.logical_shardings(jax.eval_shape(init_boxed_params, init_rng), mesh)
     create = lambda rng: optim.TrainState.create(nn.unbox(init_boxed_params(rng)), tx)

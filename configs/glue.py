@@ -49,6 +49,9 @@ def get_config(size: str = "base") -> ml_collections.ConfigDict:
     c.model = pretraining.model_config(size)  # used only when init_checkpoint is ""
     c.dtype = "float32"  # compute dtype; "bfloat16" on TPU/GPU (params and Adam state stay float32)
     c.seed = 0  # classifier init, dropout (folded with the step) and the order of the examples
+    c.prng_impl = (
+        "rbg"  # dropout bits: XLA's RngBitGenerator, ~2x cheaper than threefry; same across meshes
+    )
 
     # The paper's recipe.
     c.max_seq_length = (
