@@ -39,9 +39,9 @@ _REFERENCE = flags.DEFINE_enum(
 )
 _PRNG = flags.DEFINE_enum(
     "prng_impl",
-    "rbg",
-    ["rbg", "unsafe_rbg", "threefry2x32"],
-    "Dropout bits (the trainer's default: rbg).",
+    "threefry2x32",
+    ["threefry2x32", "rbg", "unsafe_rbg"],
+    "Generator of the dropout keys (the trainer's default).",
 )
 _ONLY = flags.DEFINE_enum("only", "both", ["both", "fwdbwd", "train"], "Which measurements to run.")
 

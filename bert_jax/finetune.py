@@ -271,7 +271,7 @@ def fine_tune(config, workdir) -> dict:
         tx = optim.make_optimizer(ml_collections.ConfigDict(run))
         schedule = optim.make_schedule(ml_collections.ConfigDict(run))
     init_rng = jax.random.key(config.seed)
-    # Dropout keys may use a faster generator than threefry (config.prng_impl); init stays threefry.
+    # The dropout keys' generator is configurable (config.prng_impl); init always uses threefry.
     dropout_rng = jax.random.fold_in(jax.random.key(config.seed, impl=config.prng_impl), 1)
     model, boxed, param_shardings, params = initial_params(start, task, mesh, init_rng)
     abstract_state = optim.TrainState.abstract(boxed, param_shardings, tx)
