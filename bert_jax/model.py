@@ -389,6 +389,18 @@ def _base_kwargs(kwargs):
     return {k: kwargs[k] for k in ("output_hidden_states", "output_attentions") if k in kwargs}
 
 
+def _encode(config, pooler: bool, input_ids, token_type_ids, attention_mask, deterministic, kwargs):
+    """The heads' shared encoder call; run inside a head's compact method, it names the submodule "bert"."""
+    bert = BertModel(config, add_pooling_layer=pooler, name="bert")
+    return bert(
+        input_ids,
+        token_type_ids,
+        attention_mask,
+        deterministic=deterministic,
+        **_base_kwargs(kwargs),
+    )
+
+
 class BertForPreTraining(nn.Module):
     """BERT with the MLM and next-sentence-prediction heads.
 
@@ -439,12 +451,8 @@ class BertForSequenceClassification(nn.Module):
     def __call__(
         self, input_ids, token_type_ids=None, attention_mask=None, *, deterministic=True, **kw
     ):
-        outputs = BertModel(self.config, name="bert")(
-            input_ids,
-            token_type_ids,
-            attention_mask,
-            deterministic=deterministic,
-            **_base_kwargs(kw),
+        outputs = _encode(
+            self.config, True, input_ids, token_type_ids, attention_mask, deterministic, kw
         )
         x = Dropout(self.config.hidden_dropout_prob)(outputs["pooler_output"], deterministic)
         logits = _dense(self.config, self.num_labels, ("embed", "classes"), "classifier")(x)
@@ -461,12 +469,8 @@ class BertForQuestionAnswering(nn.Module):
     def __call__(
         self, input_ids, token_type_ids=None, attention_mask=None, *, deterministic=True, **kw
     ):
-        outputs = BertModel(self.config, add_pooling_layer=False, name="bert")(
-            input_ids,
-            token_type_ids,
-            attention_mask,
-            deterministic=deterministic,
-            **_base_kwargs(kw),
+        outputs = _encode(
+            self.config, False, input_ids, token_type_ids, attention_mask, deterministic, kw
         )
         logits = _dense(self.config, 2, ("embed", "classes"), "qa_outputs")(
             outputs["last_hidden_state"]
@@ -486,12 +490,8 @@ class BertForTokenClassification(nn.Module):
     def __call__(
         self, input_ids, token_type_ids=None, attention_mask=None, *, deterministic=True, **kw
     ):
-        outputs = BertModel(self.config, add_pooling_layer=False, name="bert")(
-            input_ids,
-            token_type_ids,
-            attention_mask,
-            deterministic=deterministic,
-            **_base_kwargs(kw),
+        outputs = _encode(
+            self.config, False, input_ids, token_type_ids, attention_mask, deterministic, kw
         )
         x = Dropout(self.config.hidden_dropout_prob)(outputs["last_hidden_state"], deterministic)
         logits = _dense(self.config, self.num_labels, ("embed", "classes"), "classifier")(x)

@@ -9,6 +9,7 @@ int32 NumPy arrays. WordPiece runs on the Rust `tokenizers` library, so ids equa
 
 from __future__ import annotations
 
+import abc
 import json
 import threading
 from collections.abc import Sequence
@@ -52,7 +53,7 @@ def truncate_pair_lengths(n1: int, n2: int, max_tokens: int) -> tuple[int, int]:
     return n1_keep, max_tokens - n1_keep
 
 
-class _Tokenizer:
+class _Tokenizer(abc.ABC):
     """Shared `__call__`: assembling, truncating and padding BERT inputs from encoded ids."""
 
     model_max_length: int = DEFAULT_MODEL_MAX_LENGTH
@@ -63,8 +64,9 @@ class _Tokenizer:
     mask_id: int
     unk_id: int
 
+    @abc.abstractmethod
     def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
-        raise NotImplementedError
+        """Token ids of each text, without special tokens."""
 
     def _set_specials(self, ids: dict[str, int]) -> None:
         self.pad_id, self.unk_id = ids["pad"], ids["unk"]
