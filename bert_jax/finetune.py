@@ -314,7 +314,7 @@ def fine_tune(config, workdir) -> dict:
 
     # Loop: train an epoch, evaluate on dev, keep the best.
     writer = metrics.MetricWriter(workdir, process_index=jax.process_index())
-    history, best, step, bad_in_a_row = [], None, 0, 0
+    history, best, step, bad_in_a_row, pending = [], None, 0, 0, None
     window, window_start = [], time.perf_counter()
     try:
         for epoch in range(1, config.num_epochs + 1):
@@ -331,18 +331,23 @@ def fine_tune(config, workdir) -> dict:
                 )
                 step += 1
                 window.append(step_metrics)
+                # The previous step's flag is read while this step runs, so the device never idles.
+                if pending is not None:
+                    bad_in_a_row = (bad_in_a_row + 1) * int(pending["nonfinite"])
+                    if bad_in_a_row >= config.max_consecutive_nonfinite:
+                        raise NonFiniteLossError(
+                            f"{bad_in_a_row} non-finite losses in a row at step {step - 1}"
+                        )
+                pending = step_metrics
                 if step % config.log_every_steps and step != num_train_steps:
                     continue
                 window = jax.device_get(window)
-                for m in window:
-                    bad_in_a_row = (bad_in_a_row + 1) * int(m["nonfinite"])
-                if bad_in_a_row >= config.max_consecutive_nonfinite:
-                    raise NonFiniteLossError(f"{bad_in_a_row} non-finite losses in a row at {step}")
                 sums = jax.tree.map(lambda *xs: float(np.sum(xs)), *window)
+                good = len(window) - sums["nonfinite"] or math.nan  # finite steps in the window
                 elapsed = time.perf_counter() - window_start
                 scalars = {
                     "train/loss": sums["loss_sum"] / max(sums["weight_sum"], 1e-5),
-                    "train/grad_norm": sums["grad_norm"] / len(window),
+                    "train/grad_norm": sums["grad_norm"] / good,
                     "train/learning_rate": float(window[-1]["learning_rate"]),
                     "train/nonfinite_steps": sums["nonfinite"],
                     "perf/sequences_per_sec": len(window) * config.batch_size / elapsed,

@@ -144,8 +144,9 @@ def train_step(state, batch, rng, *, model, tx, schedule, grad_accum_steps: int 
 
     With `grad_accum_steps` k the batch is split into k interleaved micro-batches whose gradients are
     averaged (a scan, so activations of one micro-batch live at a time). A non-finite loss or gradient
-    skips the update (params and optimizer state stay as they were; the step still advances) and sets
-    `nonfinite` to 1.
+    skips the update and sets `nonfinite` to 1: params and optimizer state stay as they were, so the
+    optimizer's own count (which drives the learning rate and Adam's bias correction) pauses while the
+    step, the data and the logged `learning_rate` (the schedule at the step) move on.
     """
     rng = jax.random.fold_in(rng, state.step)
     grad_fn = jax.value_and_grad(functools.partial(_objective, model=model), has_aux=True)
@@ -314,21 +315,12 @@ def train_and_evaluate(config, workdir: str):
     # The dropout keys' generator is configurable (config.prng_impl); init always uses threefry.
     dropout_rng = jax.random.fold_in(jax.random.key(config.seed, impl=config.prng_impl), 1)
     replicated = NamedSharding(mesh, PartitionSpec())
-    param_shardings = sharding.logical_shardings(jax.eval_shape(init_boxed_params, init_rng), mesh)
+    boxed = jax.eval_shape(init_boxed_params, init_rng)
+    param_shardings = sharding.logical_shardings(boxed, mesh)
     create = lambda rng: optim.TrainState.create(nn.unbox(init_boxed_params(rng)), tx)
-    abstract_state = jax.eval_shape(create, init_rng)
-    state_shardings = abstract_state.replace(
-        step=replicated,
-        params=param_shardings,
-        # Adam's moments mirror the parameters, so they take the parameters' shardings.
-        opt_state=optax.tree_map_params(
-            tx,
-            lambda _, s: s,
-            abstract_state.opt_state,
-            param_shardings,
-            transform_non_params=lambda _: replicated,
-        ),
-    )
+    # Adam's moments take their parameters' shardings; counters are replicated.
+    abstract_state = optim.TrainState.abstract(boxed, param_shardings, tx)
+    state_shardings = jax.tree.map(lambda x: x.sharding, abstract_state)
     num_params = sum(x.size for x in jax.tree.leaves(abstract_state.params))
     logging.info("model %s: %s parameters", config.get("size", "?"), f"{num_params:,}")
 
