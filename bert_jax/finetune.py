@@ -31,7 +31,7 @@ from bert_jax.data import glue
 from bert_jax.data.corpus import SAMPLE_VOCAB
 from bert_jax.data.tokenizer import load_tokenizer
 from bert_jax.model import BertConfig, build_model, dummy_inputs
-from bert_jax.pretrain import NonFiniteLossError, setup_error
+from bert_jax.pretrain import NonFiniteGuard, setup_error
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -183,12 +183,10 @@ def train_step(state, batch, rng, *, model, tx, schedule, regression: bool):
     (loss, sums), grads = jax.value_and_grad(objective, has_aux=True)(state.params)
     grad_norm = optax.global_norm(grads)
     ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-    new = state.apply_gradients(grads, tx)
-    keep = jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, state)
     metrics_ = {k: jnp.where(ok, v, 0.0) for k, v in {**sums, "grad_norm": grad_norm}.items()}
     metrics_["learning_rate"] = schedule(state.step)
     metrics_["nonfinite"] = 1 - ok.astype(jnp.int32)
-    return keep.replace(step=new.step), metrics_
+    return state.apply_gradients_if(ok, grads, tx), metrics_
 
 
 def eval_step(params, batch, *, model, regression: bool):
@@ -314,7 +312,8 @@ def fine_tune(config, workdir) -> dict:
 
     # Loop: train an epoch, evaluate on dev, keep the best.
     writer = metrics.MetricWriter(workdir, process_index=jax.process_index())
-    history, best, step, bad_in_a_row, pending = [], None, 0, 0, None
+    history, best, step = [], None, 0
+    guard = NonFiniteGuard(config.max_consecutive_nonfinite)
     window, window_start = [], time.perf_counter()
     try:
         for epoch in range(1, config.num_epochs + 1):
@@ -331,14 +330,7 @@ def fine_tune(config, workdir) -> dict:
                 )
                 step += 1
                 window.append(step_metrics)
-                # The previous step's flag is read while this step runs, so the device never idles.
-                if pending is not None:
-                    bad_in_a_row = (bad_in_a_row + 1) * int(pending["nonfinite"])
-                    if bad_in_a_row >= config.max_consecutive_nonfinite:
-                        raise NonFiniteLossError(
-                            f"{bad_in_a_row} non-finite losses in a row at step {step - 1}"
-                        )
-                pending = step_metrics
+                guard.check(step_metrics, step)
                 if step % config.log_every_steps and step != num_train_steps:
                     continue
                 window = jax.device_get(window)

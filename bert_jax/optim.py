@@ -8,6 +8,7 @@ global norm 1.0, learning rate warmed up linearly over 10k steps and then decaye
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import flax.linen as nn
@@ -148,3 +149,12 @@ class TrainState:
         updates, opt_state = tx.update(grads, self.opt_state, self.params)
         params = optax.apply_updates(self.params, updates)
         return self.replace(step=self.step + 1, params=params, opt_state=opt_state)
+
+    def apply_gradients_if(self, ok, grads, tx: optax.GradientTransformation) -> TrainState:
+        """`apply_gradients` where the scalar `ok` is true; otherwise params and optimizer state stay as they
+        were (so the optimizer's count, and with it the schedule, pauses) while `step` still advances."""
+        new = self.apply_gradients(grads, tx)
+        keep = functools.partial(jax.tree.map, lambda n, o: jnp.where(ok, n, o))
+        return new.replace(
+            params=keep(new.params, self.params), opt_state=keep(new.opt_state, self.opt_state)
+        )

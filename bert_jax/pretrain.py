@@ -54,6 +54,31 @@ class SetupError(Exception):
     """Bad input found before training starts (mesh, batch, checkpoint, data); main prints it as one line."""
 
 
+class NonFiniteGuard:
+    """Counts skipped (non-finite) steps from each step's `nonfinite` flag and stops a run of them.
+
+    `check(metrics, step)` reads the flag of the step *before* `metrics`' step, so reading it never waits for
+    the device to finish the step just dispatched.
+    """
+
+    def __init__(self, limit: int, note=lambda: ""):
+        self.limit, self.note = (
+            limit,
+            note,
+        )  # note(): appended to the error, e.g. the last good checkpoint
+        self.in_a_row, self.total, self._pending = 0, 0, None
+
+    def check(self, metrics, step: int) -> None:
+        if self._pending is not None:
+            bad = int(self._pending["nonfinite"])
+            self.in_a_row, self.total = (self.in_a_row + 1) * bad, self.total + bad
+            if self.in_a_row >= self.limit:
+                raise NonFiniteLossError(
+                    f"{self.in_a_row} non-finite losses in a row at step {step - 1}; stopping.{self.note()}"
+                )
+        self._pending = metrics
+
+
 class NonFiniteLossError(RuntimeError):
     """Too many non-finite losses in a row; the last good checkpoint is left in the workdir."""
 
@@ -171,12 +196,7 @@ def train_step(state, batch, rng, *, model, tx, schedule, grad_accum_steps: int 
 
     grad_norm = optax.global_norm(grads)
     ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-    new = state.apply_gradients(grads, tx)
-    keep_if_bad = functools.partial(jax.tree.map, lambda n, o: jnp.where(ok, n, o))
-    state = new.replace(
-        params=keep_if_bad(new.params, state.params),
-        opt_state=keep_if_bad(new.opt_state, state.opt_state),
-    )
+    state = state.apply_gradients_if(ok, grads, tx)
     # A skipped step contributes nothing to the sums (a NaN would poison the whole logging window).
     zero_if_bad = lambda x: jnp.where(ok, x, jnp.zeros_like(x))
     metrics = {
@@ -186,7 +206,7 @@ def train_step(state, batch, rng, *, model, tx, schedule, grad_accum_steps: int 
         **{f"nsp_{k}": v for k, v in nsp.items()},
     }
     metrics = jax.tree.map(zero_if_bad, metrics)
-    metrics["learning_rate"] = schedule(new.step - 1)
+    metrics["learning_rate"] = schedule(state.step - 1)
     metrics["nonfinite"] = 1 - ok.astype(jnp.int32)
     return state, metrics
 
@@ -377,7 +397,10 @@ def train_and_evaluate(config, workdir: str):
     logging.info("peak %.3g FLOP/s (%s)", peak, peak_source)
     preemption = _Preemption(config.preemption_check_every_steps)
     window, window_start, window_steps, window_flops = [], time.perf_counter(), 0, 0.0
-    pending, bad_in_a_row, total_bad = None, 0, 0
+    guard = NonFiniteGuard(
+        config.max_consecutive_nonfinite,
+        note=lambda: f" The last good checkpoint is step {ckpt.latest_step()} in {ckpt.directory}",
+    )
     batches = loader.iterate(start_step)
     try:
         for step, batch in batches:
@@ -392,16 +415,7 @@ def train_and_evaluate(config, workdir: str):
                 model_config, length, predictions
             )
 
-            # The previous step's flag is read while this step runs, so the device never idles.
-            if pending is not None:
-                bad = int(pending["nonfinite"])
-                bad_in_a_row, total_bad = (bad_in_a_row + 1) * bad, total_bad + bad
-                if bad_in_a_row >= config.max_consecutive_nonfinite:
-                    raise NonFiniteLossError(
-                        f"{bad_in_a_row} non-finite losses in a row at step {done - 1}; stopping. "
-                        f"The last good checkpoint is step {ckpt.latest_step()} in {ckpt.directory}"
-                    )
-            pending = metrics
+            guard.check(metrics, done)
 
             if done % config.log_every_steps == 0 or done == config.num_train_steps:
                 sums = jax.tree.map(lambda *xs: float(np.sum(xs)), *jax.device_get(window))
@@ -415,7 +429,7 @@ def train_and_evaluate(config, workdir: str):
                         **{f"train/{k}": v for k, v in summarize(sums).items()},
                         "train/learning_rate": float(window[-1]["learning_rate"]),
                         "train/grad_norm": sums["grad_norm"] / good,
-                        "train/nonfinite_steps": total_bad + int(window[-1]["nonfinite"]),
+                        "train/nonfinite_steps": guard.total + int(window[-1]["nonfinite"]),
                         "perf/step_time": step_time,
                         "perf/sequences_per_sec": config.global_batch_size / step_time,
                         "perf/tokens_per_sec": config.global_batch_size * length / step_time,
@@ -439,7 +453,7 @@ def train_and_evaluate(config, workdir: str):
             if (
                 done == config.num_train_steps
                 or stop
-                or (done % config.checkpoint_every_steps == 0 and not bad_in_a_row)
+                or (done % config.checkpoint_every_steps == 0 and not guard.in_a_row)
             ):
                 ckpt.save(
                     done,
