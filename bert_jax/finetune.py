@@ -290,13 +290,18 @@ def fine_tune(config, workdir) -> dict:
     replicated = NamedSharding(mesh, PartitionSpec())
     data_sharding = sharding.batch_sharding(mesh)
     p_train_step = jax.jit(
-        functools.partial(train_step, model=model, tx=tx, schedule=schedule, regression=regression),
+        sharding.under_mesh(
+            functools.partial(
+                train_step, model=model, tx=tx, schedule=schedule, regression=regression
+            ),
+            mesh,
+        ),
         in_shardings=(state_shardings, data_sharding, replicated),
         out_shardings=(state_shardings, replicated),
         donate_argnums=0,
     )
     p_eval_step = jax.jit(
-        functools.partial(eval_step, model=model, regression=regression),
+        sharding.under_mesh(functools.partial(eval_step, model=model, regression=regression), mesh),
         in_shardings=(state_shardings.params, data_sharding),
         out_shardings=replicated,
     )

@@ -105,15 +105,39 @@ class BertConfig:
         return jnp.dtype(self.param_dtype)
 
 
+class _FlatInit(nn.LogicallyPartitioned):
+    """A box for the flattened value `nn.DenseGeneral` initialises before reshaping it to the named shape.
+
+    DenseGeneral calls its initializer with the 2-D (or 1-D) flattened shape and then reshapes the boxed
+    value (`replace_boxed`). A plain `nn.LogicallyPartitioned` would apply its 3 axis names to the flat
+    value as a sharding constraint under a mesh context and fail; this box skips the constraint while the
+    rank does not match and becomes a plain box once the value has its real shape.
+    """
+
+    def unbox(self, apply_constraint=True):
+        return super().unbox(apply_constraint and jnp.ndim(self.value) == len(self.names))
+
+    def replace_boxed(self, val):
+        return nn.LogicallyPartitioned(val, self.names, self.mesh, self.rules)
+
+
+def _partitioned(init, axes: tuple[str | None, ...]):
+    """`init` whose value is boxed with the logical `axes` (also when DenseGeneral flattens the shape)."""
+
+    def boxed(rng, shape, dtype=jnp.float32):
+        box = _FlatInit if len(shape) != len(axes) else nn.LogicallyPartitioned
+        return box(init(rng, shape, dtype), tuple(axes))
+
+    return boxed
+
+
 def _init(config: BertConfig, axes: tuple[str | None, ...]):
     """Truncated-normal kernel init with std `initializer_range`, annotated with logical axes."""
-    return nn.with_logical_partitioning(
-        nn.initializers.truncated_normal(stddev=config.initializer_range), axes
-    )
+    return _partitioned(nn.initializers.truncated_normal(stddev=config.initializer_range), axes)
 
 
 def _zeros(axes):
-    return nn.with_logical_partitioning(nn.initializers.zeros_init(), axes)
+    return _partitioned(nn.initializers.zeros_init(), axes)
 
 
 def _layer_norm(config: BertConfig, name: str) -> nn.LayerNorm:

@@ -348,20 +348,24 @@ def train_and_evaluate(config, workdir: str):
     # Steps, jitted with explicit shardings; the state is donated (updated in place).
     # ------------------------------------------------------------------------------------------------------
     data_sharding = sharding.batch_sharding(mesh)
+    # Traced under the mesh and the logical rules, so the block-boundary constraints take effect.
     p_train_step = jax.jit(
-        functools.partial(
-            train_step,
-            model=model,
-            tx=tx,
-            schedule=schedule,
-            grad_accum_steps=config.grad_accum_steps,
+        sharding.under_mesh(
+            functools.partial(
+                train_step,
+                model=model,
+                tx=tx,
+                schedule=schedule,
+                grad_accum_steps=config.grad_accum_steps,
+            ),
+            mesh,
         ),
         in_shardings=(state_shardings, data_sharding, replicated),
         out_shardings=(state_shardings, replicated),
         donate_argnums=0,
     )
     p_eval_step = jax.jit(
-        functools.partial(eval_step, model=model),
+        sharding.under_mesh(functools.partial(eval_step, model=model), mesh),
         in_shardings=(state_shardings.params, data_sharding),
         out_shardings=replicated,
     )
@@ -386,7 +390,7 @@ def train_and_evaluate(config, workdir: str):
             loader.set_state(data_state)
         logging.info("resumed from %s at step %d", ckpt.directory, int(state.step))
     else:
-        state = jax.jit(create, out_shardings=state_shardings)(init_rng)
+        state = jax.jit(sharding.under_mesh(create, mesh), out_shardings=state_shardings)(init_rng)
     start_step = int(state.step)
 
     # ------------------------------------------------------------------------------------------------------

@@ -8,6 +8,8 @@ these to create the train state already sharded and to turn per-host NumPy batch
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import logging
 import math
 from collections.abc import Sequence
@@ -42,34 +44,75 @@ LOGICAL_AXIS_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
 )
 
 
-def make_mesh(mesh_shape: Sequence[int], devices=None) -> Mesh:
-    """A mesh with axes ("data", "fsdp", "tensor") of `mesh_shape`; one entry may be -1 ("the rest").
-
-    `devices` defaults to all devices (over every process); on TPU the order follows the physical topology.
-    Raises a one-line ValueError if the shape does not multiply to the number of devices.
-    """
+def _resolve_shape(mesh_shape: Sequence[int], count: int, what: str = "mesh_shape") -> list[int]:
+    """`mesh_shape` with its -1 replaced so that it multiplies to `count`; one-line ValueError otherwise."""
     shape = [int(s) for s in mesh_shape]
-    all_devices = list(jax.devices() if devices is None else np.asarray(devices).ravel())
-    count = len(all_devices)
     if len(shape) != len(MESH_AXES):
-        raise ValueError(f"mesh_shape {tuple(shape)} must have 3 entries for axes {MESH_AXES}")
+        raise ValueError(f"{what} {tuple(shape)} must have 3 entries for axes {MESH_AXES}")
     if shape.count(-1) > 1 or any(s == 0 or s < -1 for s in shape):
-        raise ValueError(f"mesh_shape {tuple(shape)}: sizes must be positive, with at most one -1")
+        raise ValueError(f"{what} {tuple(shape)}: sizes must be positive, with at most one -1")
     if -1 in shape:
         known = math.prod(s for s in shape if s != -1)
         if count % known:
             raise ValueError(
-                f"mesh_shape {tuple(shape)} does not fit {count} devices: {count} is not divisible by {known}"
+                f"{what} {tuple(shape)} does not fit {count} devices: {count} is not divisible by {known}"
             )
         shape[shape.index(-1)] = count // known
     if math.prod(shape) != count:
         raise ValueError(
-            f"mesh_shape {tuple(shape)} needs {math.prod(shape)} devices but there are {count}"
+            f"{what} {tuple(shape)} needs {math.prod(shape)} devices but there are {count}"
         )
+    return shape
+
+
+def make_mesh(mesh_shape: Sequence[int], devices=None, dcn_mesh_shape=None) -> Mesh:
+    """A mesh with axes ("data", "fsdp", "tensor") of `mesh_shape`; one entry may be -1 ("the rest").
+
+    `devices` defaults to all devices (over every process); on TPU the order follows the physical topology.
+    With `dcn_mesh_shape` (multi-slice), `mesh_shape` is the mesh inside one slice and `dcn_mesh_shape` the
+    mesh of slices over the data-center network; each axis of the result is their product, slices outermost
+    (e.g. dcn (2, 1, 1) x ici (1, 16, 1) = data 2 across slices, fsdp 16 inside each). `None` or all ones
+    means one slice. Raises a one-line ValueError if a shape does not multiply to the devices it covers.
+    """
+    all_devices = list(jax.devices() if devices is None else np.asarray(devices).ravel())
+    count = len(all_devices)
     # Auto axes: the compiler propagates shardings from the jit in/out shardings and the constraints at
     # block boundaries (JAX's newer default, Explicit, would make every op's output sharding a typing rule).
     axis_types = (jax.sharding.AxisType.Auto,) * len(MESH_AXES)
+    if dcn_mesh_shape is not None and math.prod(int(s) for s in dcn_mesh_shape) != 1:
+        slices = len({getattr(d, "slice_index", 0) for d in all_devices})
+        dcn = _resolve_shape(dcn_mesh_shape, slices, "dcn_mesh_shape")
+        ici = _resolve_shape(mesh_shape, count // slices)
+        from jax.experimental import mesh_utils  # noqa: PLC0415 (only multi-slice runs need it)
+
+        grid = mesh_utils.create_hybrid_device_mesh(
+            ici, dcn, devices=all_devices, allow_split_physical_axes=True
+        )
+        return Mesh(grid, MESH_AXES, axis_types=axis_types)
+    shape = _resolve_shape(mesh_shape, count)
     return jax.make_mesh(tuple(shape), MESH_AXES, axis_types=axis_types, devices=all_devices)
+
+
+@contextlib.contextmanager
+def logical_rules(mesh: Mesh, rules=LOGICAL_AXIS_RULES):
+    """Inside it, `nn.with_logical_constraint` and logically boxed parameters constrain onto `mesh`.
+
+    Usable inside a function being traced by `jax.jit` (it sets the abstract mesh, not the concrete one), so
+    the constraints at the model's block boundaries become real `sharding_constraint`s instead of no-ops.
+    """
+    with jax.sharding.use_abstract_mesh(mesh.abstract_mesh), nn.logical_axis_rules(rules):
+        yield
+
+
+def under_mesh(fn, mesh: Mesh, rules=LOGICAL_AXIS_RULES):
+    """`fn` traced under `logical_rules(mesh)`: what every step passes to `jax.jit`."""
+
+    @functools.wraps(fn)
+    def traced_under_mesh(*args, **kwargs):
+        with logical_rules(mesh, rules):
+            return fn(*args, **kwargs)
+
+    return traced_under_mesh
 
 
 def _divisible_spec(spec: PartitionSpec, shape: Sequence[int], mesh: Mesh) -> PartitionSpec:
@@ -118,13 +161,13 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec(BATCH_AXES))
 
 
-def _batch_shards(mesh: Mesh) -> int:
+def batch_shards(mesh: Mesh) -> int:
     return math.prod(mesh.shape[a] for a in BATCH_AXES)
 
 
 def check_batch_divisible(global_batch_size: int, mesh: Mesh, process_count: int) -> None:
     """Raises a one-line ValueError unless the global batch splits evenly over processes and batch shards."""
-    shards = _batch_shards(mesh)
+    shards = batch_shards(mesh)
     if global_batch_size % shards:
         raise ValueError(
             f"global_batch_size {global_batch_size} is not divisible by the {shards} batch shards "

@@ -140,14 +140,16 @@ def read_metrics(workdir, prefix="train/loss"):
 def run(config, workdir, devices=None, monkeypatch=None):
     if devices is not None:
         make_mesh = sharding.make_mesh
-        monkeypatch.setattr(sharding, "make_mesh", lambda shape: make_mesh(shape, devices=devices))
+        monkeypatch.setattr(
+            sharding, "make_mesh", lambda shape, **kw: make_mesh(shape, devices=devices, **kw)
+        )
     state = pretrain.train_and_evaluate(config, str(workdir))
     return jax.device_get(state), read_metrics(workdir)
 
 
 @pytest.mark.slow
 def test_meshes_match_one_device(tmp_path, monkeypatch):
-    """data=8, fsdp=8 and 2x2x2 give one device's losses and parameters within 1e-5 over 10 steps,
+    """data=8, fsdp=8, 2x2x2 and tensor=4 give one device's losses and parameters within 1e-5 over 10 steps,
     across the phase switch (step 9 runs at length 32), and each parameter is sharded as the rules say."""
     use_fake_data(monkeypatch)
     config = tiny_config(**{"mesh_shape": (1, 1, 1)})
@@ -155,7 +157,7 @@ def test_meshes_match_one_device(tmp_path, monkeypatch):
         reference, ref_losses = run(config, tmp_path / "one", jax.devices()[:1], m)
     assert sorted(ref_losses) == list(range(1, 11))
     assert int(reference.step) == 10
-    for shape in [(8, 1, 1), (1, 8, 1), (2, 2, 2)]:
+    for shape in [(8, 1, 1), (1, 8, 1), (2, 2, 2), (2, 1, 4)]:
         workdir = tmp_path / "x".join(map(str, shape))
         state = pretrain.train_and_evaluate(tiny_config(mesh_shape=shape), str(workdir))
         mesh = sharding.make_mesh(shape)

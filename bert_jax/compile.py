@@ -1,0 +1,365 @@
+"""Ahead-of-time compile check for a Cloud TPU topology, on a machine with no TPU.
+
+    python -m bert_jax.compile --config=configs/bert_large.py --topology=v5e-16 [--json] [--num_slices=2] \
+        [--config.mesh_shape='(1,16,1)'] [--config.model.remat_policy=dots] [--config.dtype=bfloat16]
+
+libtpu (the `[tpu]` extra) describes the topology's chips (`jax.experimental.topologies`); the real pretraining
+train step at the phase-1 and phase-2 lengths and the eval step are lowered and compiled for them, and for each
+the per-chip memory (parameters + optimizer state, temporaries, total against the chip's HBM), the compiled
+against the counted model FLOPs and the collectives in the compiled HLO are printed. Exit status 1 if a step
+does not fit.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import importlib.util
+import json
+import math
+import re
+import sys
+import time
+from pathlib import Path
+
+import jax
+from absl import app, flags
+from jax.sharding import NamedSharding, PartitionSpec
+from ml_collections import config_flags
+
+from bert_jax import optim, pretrain, sharding
+from bert_jax.model import BertConfig, build_model, dummy_inputs
+
+GiB = 2**30
+# HBM per chip (bytes) and the topology_name prefix libtpu accepts, by generation. v4 and v5p chips hold two
+# TensorCores that JAX drives as one device ("megacore"); v5e and v6e chips have one.
+GENERATIONS = {
+    "v4": dict(hbm=32 * GiB, prefix="v4", megacore=True, dims=3),
+    "v5p": dict(hbm=95 * GiB, prefix="v5p", megacore=True, dims=3),
+    "v5e": dict(hbm=16 * GiB, prefix="v5e", megacore=False, dims=2),
+    "v6e": dict(hbm=32 * GiB, prefix="v6e", megacore=False, dims=2),
+}
+ALIASES = {"v5litepod": "v5e", "v5lite": "v5e", "v6": "v6e", "v5": "v5p"}
+# Chips -> physical shape of the standard slices (Cloud TPU's tables).
+SHAPES_2D = {
+    1: "1x1",
+    4: "2x2",
+    8: "2x4",
+    16: "4x4",
+    32: "4x8",
+    64: "8x8",
+    128: "8x16",
+    256: "16x16",
+}
+SHAPES_3D = {4: "2x2x1", 8: "2x2x2", 16: "2x2x4", 32: "2x4x4", 64: "4x4x4", 128: "4x4x8", 256: "4x8x8",
+             512: "8x8x8", 1024: "8x8x16", 2048: "8x16x16", 4096: "16x16x16"}  # fmt: skip
+VALID_FORMS = (
+    "v4-8..v4-4096 and v5p-8..v5p-8192 (TensorCores: chips x 2), v5e-1..v5e-256 (also v5litepod-N) and "
+    "v6e-1..v6e-256 (chips), or GENERATION:SHAPE such as v5e:4x4, v6e:2x4, v4:2x2x4, v5p:2x2x2"
+)
+COLLECTIVES = ("all-reduce", "all-gather", "reduce-scatter", "all-to-all", "collective-permute")
+
+
+@dataclasses.dataclass(frozen=True)
+class Topology:
+    """A slice: its generation, libtpu's topology name, its chip count and each chip's HBM."""
+
+    name: str
+    generation: str
+    topology_name: str
+    chips: int
+    hbm_bytes: int
+
+
+def parse_topology(name: str) -> Topology:
+    """`v5e-16`, `v4-32`, `v5litepod-16`, `v5e:4x4`, ... -> Topology; one-line ValueError otherwise."""
+    bad = f"unknown topology {name!r}; valid forms: {VALID_FORMS}"
+    match = re.fullmatch(r"(v\d[a-z]*)([-:])([0-9x]+)", name.strip().lower())
+    if not match:
+        raise ValueError(bad)
+    generation, sep, size = match.groups()
+    generation = ALIASES.get(generation, generation)
+    if generation not in GENERATIONS:
+        raise ValueError(bad)
+    gen = GENERATIONS[generation]
+    if sep == ":":
+        dims = [int(d) for d in size.split("x") if d]
+        if len(dims) != gen["dims"] or min(dims) < 1:
+            raise ValueError(f"{bad} ({generation} shapes have {gen['dims']} dimensions)")
+        shape, chips = size, math.prod(dims)
+    else:
+        count = int(size) if size.isdigit() else -1
+        # v4 and v5p names count TensorCores, two per chip.
+        chips = count // 2 if gen["megacore"] else count
+        shapes = SHAPES_3D if gen["dims"] == 3 else SHAPES_2D
+        if chips not in shapes or (gen["megacore"] and count % 2):
+            raise ValueError(bad)
+        shape = shapes[chips]
+    return Topology(name, generation, f"{gen['prefix']}:{shape}", chips, gen["hbm"])
+
+
+def topology_devices(topology: Topology, num_slices: int = 1) -> list:
+    """The abstract TPU devices of `num_slices` slices of `topology` (needs libtpu, not a TPU)."""
+    if importlib.util.find_spec("libtpu") is None:
+        raise pretrain.SetupError(
+            "libtpu is not installed; the compile check needs it: pip install 'bert_jax[tpu]' "
+            "(or pip install 'jax[tpu]')"
+        )
+    from jax.experimental import topologies  # noqa: PLC0415 (imports libtpu's plugin)
+
+    kwargs = (
+        {"chip_config_name": "megacore"} if GENERATIONS[topology.generation]["megacore"] else {}
+    )
+    if num_slices > 1:
+        kwargs["num_slices"] = num_slices
+    desc = topologies.get_topology_desc(
+        platform="tpu", topology_name=topology.topology_name, **kwargs
+    )
+    return list(desc.devices)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Compiling the steps.
+# ----------------------------------------------------------------------------------------------------------
+def model_config_of(config) -> BertConfig:
+    fields = {**config.model.to_dict(), "dtype": config.dtype}
+    if fields["vocab_size"] == -1:  # "the tokenizer's": BERT's uncased WordPiece size stands in
+        fields["vocab_size"] = 30522
+    return BertConfig.from_dict(fields)
+
+
+def _abstract_batch(batch_size: int, length: int, predictions: int, data_sharding):
+    spec = lambda shape, dtype="int32": jax.ShapeDtypeStruct(shape, dtype, sharding=data_sharding)
+    return {
+        "input_ids": spec((batch_size, length)),
+        "token_type_ids": spec((batch_size, length)),
+        "attention_mask": spec((batch_size, length)),
+        "masked_lm_positions": spec((batch_size, predictions)),
+        "masked_lm_ids": spec((batch_size, predictions)),
+        "masked_lm_weights": spec((batch_size, predictions), "float32"),
+        "next_sentence_labels": spec((batch_size,)),
+    }
+
+
+def _bytes_per_device(tree) -> int:
+    """Bytes one device holds of a tree of sharded `jax.ShapeDtypeStruct`s."""
+    return sum(
+        math.prod(x.sharding.shard_shape(x.shape)) * x.dtype.itemsize for x in jax.tree.leaves(tree)
+    )
+
+
+def count_collectives(hlo_text: str) -> dict[str, int]:
+    """Instructions of each collective in compiled HLO text (an async -start/-done pair counts once)."""
+    counts = {}
+    for op in COLLECTIVES:
+        pattern = rf"=\s*[^=\n]*?\s{op}(?:-start)?\("
+        counts[op] = len(re.findall(pattern, hlo_text))
+    return counts
+
+
+def compile_steps(config, devices, hbm_bytes: int) -> list[dict]:
+    """Compiles pretraining's train step (phase-1 and phase-2 lengths) and eval step for `devices`.
+
+    Returns one report per step: per-device bytes, FLOPs, collectives and whether it fits `hbm_bytes`.
+    A step the compiler itself rejects for memory comes back with `fits` False and the compiler's line.
+    """
+    model_config = model_config_of(config)
+    mesh = sharding.make_mesh(
+        config.mesh_shape, devices=devices, dcn_mesh_shape=config.get("dcn_mesh_shape")
+    )
+    chips = mesh.devices.size
+    sharding.check_batch_divisible(config.global_batch_size, mesh, 1)
+    k = config.grad_accum_steps
+    if k < 1 or config.global_batch_size % (k * sharding.batch_shards(mesh)):
+        raise ValueError(
+            f"global_batch_size {config.global_batch_size} does not split into grad_accum_steps={k} "
+            f"micro-batches over the mesh's {sharding.batch_shards(mesh)} batch shards"
+        )
+    opt_config = config.copy_and_resolve_references()
+    opt_config.grad_accum_steps = 1
+    tx, schedule = optim.make_optimizer(opt_config), optim.make_schedule(config)
+    model = build_model(model_config, head="pretraining")
+    boxed = jax.eval_shape(
+        lambda r: model.init(r, **dummy_inputs(1, 8))["params"], jax.random.key(0)
+    )
+    state = optim.TrainState.abstract(boxed, sharding.logical_shardings(boxed, mesh), tx)
+    state_shardings = jax.tree.map(lambda x: x.sharding, state)
+    replicated = NamedSharding(mesh, PartitionSpec())
+    rng = jax.eval_shape(lambda: jax.random.key(0, impl=config.prng_impl))
+    rng = jax.ShapeDtypeStruct(rng.shape, rng.dtype, sharding=replicated)
+    data_sharding = sharding.batch_sharding(mesh)
+
+    train = jax.jit(
+        sharding.under_mesh(
+            functools.partial(
+                pretrain.train_step, model=model, tx=tx, schedule=schedule, grad_accum_steps=k
+            ),
+            mesh,
+        ),
+        in_shardings=(state_shardings, data_sharding, replicated),
+        out_shardings=(state_shardings, replicated),
+        donate_argnums=0,
+    )
+    evaluate = jax.jit(
+        sharding.under_mesh(functools.partial(pretrain.eval_step, model=model), mesh),
+        in_shardings=(state_shardings.params, data_sharding),
+        out_shardings=replicated,
+    )
+    data = config.data
+    phases = [("train phase 1", data.seq_length, data.max_predictions_per_seq)]
+    if data.phase2_fraction > 0:
+        phases.append(
+            ("train phase 2", data.phase2_seq_length, data.phase2_max_predictions_per_seq)
+        )
+    state_bytes = _bytes_per_device(state)
+    reports = []
+    for name, length, predictions in [*phases, ("eval", *phases[-1][1:])]:
+        batch = _abstract_batch(config.global_batch_size, length, predictions, data_sharding)
+        step, args = (
+            (train, (state, batch, rng)) if name != "eval" else (evaluate, (state.params, batch))
+        )
+        flops = config.global_batch_size * pretrain.model_flops_per_sequence(
+            model_config, length, predictions
+        )
+        report = {
+            "step": name,
+            "seq_length": length,
+            "sequences_per_chip": config.global_batch_size / chips,
+            "params_and_optimizer_bytes": state_bytes
+            if name != "eval"
+            else _bytes_per_device(state.params),
+            "model_flops": (flops if name != "eval" else flops / 3) / chips,
+            "hbm_bytes": hbm_bytes,
+        }
+        start = time.perf_counter()
+        try:
+            compiled = step.lower(*args).compile()
+        except Exception as error:  # noqa: BLE001 (the TPU compiler reports running out of HBM this way)
+            text = str(error)
+            if "RESOURCE_EXHAUSTED" not in text and "exceeds" not in text.lower():
+                raise
+            report.update(fits=False, error=_memory_error_line(text))
+            report["compile_seconds"] = time.perf_counter() - start
+            reports.append(report)
+            continue
+        report["compile_seconds"] = time.perf_counter() - start
+        memory, cost = compiled.memory_analysis(), compiled.cost_analysis()
+        cost = cost[0] if isinstance(cost, list | tuple) else cost
+        total = (
+            memory.argument_size_in_bytes
+            + memory.output_size_in_bytes
+            - memory.alias_size_in_bytes
+            + memory.temp_size_in_bytes
+            + memory.generated_code_size_in_bytes
+        )
+        report.update(
+            argument_bytes=memory.argument_size_in_bytes,
+            output_bytes=memory.output_size_in_bytes,
+            alias_bytes=memory.alias_size_in_bytes,
+            temp_bytes=memory.temp_size_in_bytes,
+            total_bytes=total,
+            fits=total <= hbm_bytes,
+            compiled_flops=float(cost.get("flops", math.nan)),
+            collectives=count_collectives(compiled.as_text()),
+        )
+        reports.append(report)
+    return reports
+
+
+def _memory_error_line(text: str) -> str:
+    """The compiler's out-of-memory message, as one line."""
+    for line in text.splitlines():
+        if re.search(r"exceeds|Ran out of memory|RESOURCE_EXHAUSTED", line):
+            return re.sub(r"\s+", " ", line).strip()[:300]
+    return re.sub(r"\s+", " ", text).strip()[:300]
+
+
+def suggestion(config) -> str:
+    """What to try when a step does not fit, given what the config already uses."""
+    tips = []
+    if config.model.remat_policy == "none":
+        tips.append("--config.model.remat_policy=dots (or full)")
+    if config.dtype == "float32":
+        tips.append("--config.dtype=bfloat16")
+    if tuple(config.mesh_shape)[1] == 1:
+        tips.append("--config.mesh_shape='(1,-1,1)' (fsdp shards params and Adam state)")
+    tips.append(f"--config.grad_accum_steps={2 * config.grad_accum_steps}")
+    return "try " + ", ".join(tips)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Command line.
+# ----------------------------------------------------------------------------------------------------------
+def _gib(n: float) -> str:
+    return f"{n / GiB:.2f} GiB"
+
+
+def format_report(topology: Topology, num_slices: int, config, reports: list[dict]) -> str:
+    """The human-readable table of `compile_steps`' reports."""
+    chips = topology.chips * num_slices
+    lines = [
+        f"{topology.name} ({topology.topology_name}, {chips} chips"
+        + (f" in {num_slices} slices" if num_slices > 1 else "")
+        + f", {_gib(topology.hbm_bytes)} HBM each): mesh {tuple(config.mesh_shape)}"
+        + (f" x dcn {tuple(config.dcn_mesh_shape)}" if num_slices > 1 else "")
+        + f", batch {config.global_batch_size}, grad_accum_steps {config.grad_accum_steps}, "
+        f"dtype {config.dtype}, remat {config.model.remat_policy}"
+    ]
+    for r in reports:
+        head = f"{r['step']} (length {r['seq_length']}, {r['sequences_per_chip']:g} sequences/chip)"
+        if "error" in r:
+            lines.append(f"  {head}: DOES NOT FIT: {r['error']}")
+            continue
+        margin = r["hbm_bytes"] - r["total_bytes"]
+        verdict = f"fits, {_gib(margin)} free" if r["fits"] else f"DOES NOT FIT by {_gib(-margin)}"
+        collectives = ", ".join(f"{k} {v}" for k, v in r["collectives"].items())
+        lines += [
+            f"  {head}: compiled in {r['compile_seconds']:.1f} s",
+            f"    per chip: params+optimizer {_gib(r['params_and_optimizer_bytes'])}, arguments "
+            f"{_gib(r['argument_bytes'])}, temporaries {_gib(r['temp_bytes'])}, total "
+            f"{_gib(r['total_bytes'])} of {_gib(r['hbm_bytes'])}: {verdict}",
+            f"    FLOPs per chip: compiled {r['compiled_flops'] / 1e12:.2f} T, model "
+            f"{r['model_flops'] / 1e12:.2f} T (x{r['compiled_flops'] / r['model_flops']:.2f})",
+            f"    collectives: {collectives}",
+        ]
+    if not all(r["fits"] for r in reports):
+        worst = max(reports, key=lambda r: r.get("temp_bytes", math.inf))
+        lines.append(f"does not fit ({worst['step']}): {suggestion(config)}")
+    return "\n".join(lines)
+
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+if (REPO_ROOT / "configs").is_dir() and str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Pretraining recipe (configs/*.py).")
+_TOPOLOGY = flags.DEFINE_string("topology", None, f"Cloud TPU slice: {VALID_FORMS}.")
+_NUM_SLICES = flags.DEFINE_integer(
+    "num_slices", 1, "Slices joined over DCN (multi-slice); set config.dcn_mesh_shape to match."
+)
+_JSON = flags.DEFINE_bool("json", False, "Print one JSON object instead of the table.")
+
+
+def main(argv) -> int:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments {argv[1:]}")
+    if _CONFIG.value is None or not _TOPOLOGY.value:
+        sys.exit("error: --config and --topology are required")
+    config = _CONFIG.value
+    try:
+        with pretrain.setup_error("topology"):
+            topology = parse_topology(_TOPOLOGY.value)
+            devices = topology_devices(topology, _NUM_SLICES.value)
+        with pretrain.setup_error("config"):
+            reports = compile_steps(config, devices, topology.hbm_bytes)
+    except pretrain.SetupError as error:
+        sys.exit(f"error: {error}")
+    if _JSON.value:
+        print(json.dumps({"topology": dataclasses.asdict(topology), "num_slices": _NUM_SLICES.value,
+                          "mesh_shape": list(config.mesh_shape), "steps": reports}))  # fmt: skip
+    else:
+        print(format_report(topology, _NUM_SLICES.value, config, reports))
+    return 0 if all(r["fits"] for r in reports) else 1
+
+
+if __name__ == "__main__":
+    app.run(main)
