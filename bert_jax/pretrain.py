@@ -264,7 +264,9 @@ def train_and_evaluate(config, workdir: str):
     # Mesh.
     # ------------------------------------------------------------------------------------------------------
     with setup_error("mesh_shape"):
-        mesh = sharding.make_mesh(config.mesh_shape)
+        mesh = sharding.make_mesh(
+            config.mesh_shape, dcn_mesh_shape=config.get("dcn_mesh_shape")
+        )
     with setup_error("global_batch_size"):
         sharding.check_batch_divisible(config.global_batch_size, mesh, process_count)
         k = config.grad_accum_steps

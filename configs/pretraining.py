@@ -118,6 +118,9 @@ def get_config(size: str = "base") -> ml_collections.ConfigDict:
         1,
         1,
     )  # (data, fsdp, tensor); -1 = all remaining devices. Default: pure data parallel
+    # Multi-slice: the (data, fsdp, tensor) mesh of slices over the data-center network (DCN); mesh_shape is
+    # then the mesh inside one slice. (2, 1, 1) = data parallel across 2 slices. All ones = one slice.
+    c.dcn_mesh_shape = (1, 1, 1)
 
     # Checkpoints, logging, evaluation.
     c.checkpoint_every_steps = 10_000  # save (asynchronously) this often, and always at the end

@@ -1,31 +1,38 @@
 #!/usr/bin/env bash
-# Creates a Cloud TPU VM or pod slice and installs bert_jax on every worker.
+# Creates a Cloud TPU VM or pod slice and installs bert_jax (Python 3.12, jax[tpu]) on every worker.
 #
-#   launch/create.sh NAME ZONE ACCELERATOR [RUNTIME]
+#   launch/create.sh [--dry-run] NAME ZONE TOPOLOGY [RUNTIME]
 #   launch/create.sh bert-v4-32 us-central2-b v4-32            # 4 hosts x 4 chips
-#   launch/create.sh bert-v5e-8 us-west4-a v5litepod-8 v2-alpha-tpuv5-lite
+#   launch/create.sh bert-v5e-16 us-west4-a v5e-16             # v5litepod-16, image v2-alpha-tpuv5-lite
 #
-# Set REPO_URL to clone from your fork (default: the directory's origin remote). Set SPOT=1 for a spot VM
-# (preemptible: bert_jax saves on SIGTERM and resumes from the workdir on the next run).
+# TOPOLOGY is spelled as for `python -m bert_jax.compile --topology` (v4-32, v5e-16, v5p-16, v6e-8); RUNTIME
+# defaults to the generation's image. bert_jax needs Python >= 3.11 and the images ship 3.10 (ubuntu 22.04)
+# or 3.12, so every worker installs uv and makes a Python 3.12 venv with it, whatever the image.
+# Set REPO_URL to clone from your fork (default: the directory's origin remote). SPOT=1 for a spot VM
+# (bert_jax saves on SIGTERM and resumes from the workdir on the next run). --dry-run prints the commands.
 set -euo pipefail
-NAME=${1:?usage: create.sh NAME ZONE ACCELERATOR [RUNTIME]}
+. "$(dirname "$0")/common.sh"
+if [[ "${1:-}" == "--dry-run" ]]; then DRY_RUN=1; shift; fi
+NAME=${1:?usage: create.sh [--dry-run] NAME ZONE TOPOLOGY [RUNTIME]}
 ZONE=${2:?zone}
-ACCELERATOR=${3:?accelerator type, e.g. v4-32}
-RUNTIME=${4:-tpu-ubuntu2204-base}
-REPO_URL=${REPO_URL:-$(git -C "$(dirname "$0")/.." remote get-url origin)}
+TOPOLOGY=${3:?topology, e.g. v5e-16 or v4-32}
+ACCELERATOR=$(accelerator_type "$TOPOLOGY")
+RUNTIME=${4:-$(runtime_version "$TOPOLOGY")}
+REPO_URL=${REPO_URL:-$(git -C "$(dirname "$0")/.." remote get-url origin 2>/dev/null || echo REPO_URL)}
 EXTRA=()
 if [[ "${SPOT:-0}" == 1 ]]; then EXTRA+=(--spot); fi
 
-gcloud compute tpus tpu-vm create "$NAME" --zone="$ZONE" --accelerator-type="$ACCELERATOR" \
+run gcloud compute tpus tpu-vm create "$NAME" --zone="$ZONE" --accelerator-type="$ACCELERATOR" \
   --version="$RUNTIME" "${EXTRA[@]}"
 
-# The same install on every worker: Python 3.12 venv, bert_jax with JAX for TPU.
-gcloud compute tpus tpu-vm ssh "$NAME" --zone="$ZONE" --worker=all --command="
+run gcloud compute tpus tpu-vm ssh "$NAME" --zone="$ZONE" --worker=all --command="
   set -e
-  sudo apt-get update -qq && sudo apt-get install -y -qq python3-venv git
+  command -v git >/dev/null || (sudo apt-get update -qq && sudo apt-get install -y -qq git)
+  command -v uv >/dev/null || curl -LsSf https://astral.sh/uv/install.sh | sh
+  export PATH=\$HOME/.local/bin:\$PATH
   test -d bert_jax || git clone $REPO_URL bert_jax
   cd bert_jax && git pull --ff-only
-  python3 -m venv .venv && . .venv/bin/activate
-  pip install -q --upgrade pip && pip install -q -e '.[tpu]'
-  python -c 'import jax; print(jax.process_index(), jax.local_device_count(), jax.device_count())'
+  uv venv --python 3.12 .venv && . .venv/bin/activate
+  uv pip install -q -e '.[tpu]'
+  python -c 'import sys, jax; assert sys.version_info >= (3, 11); print(jax.process_index(), jax.local_device_count(), jax.device_count())'
 "

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Deletes the TPU VM / pod slice (checkpoints and metrics live in the gs:// workdir and survive it).
 #
-#   launch/delete.sh NAME ZONE
+#   launch/delete.sh [--dry-run] NAME ZONE   (--dry-run prints the command)
 set -euo pipefail
-NAME=${1:?usage: delete.sh NAME ZONE}
+. "$(dirname "$0")/common.sh"
+if [[ "${1:-}" == "--dry-run" ]]; then DRY_RUN=1; shift; fi
+NAME=${1:?usage: delete.sh [--dry-run] NAME ZONE}
 ZONE=${2:?zone}
-gcloud compute tpus tpu-vm delete "$NAME" --zone="$ZONE" --quiet
+run gcloud compute tpus tpu-vm delete "$NAME" --zone="$ZONE" --quiet

@@ -1,23 +1,37 @@
 #!/usr/bin/env bash
-# Runs the same bert_jax command on every worker of a TPU VM / pod slice (JAX's distributed runtime finds
-# the other workers by itself). Arguments after the zone go to `python -m bert_jax.main`.
+# Checks that the step compiles and fits TOPOLOGY (here, no TPU needed), then runs the same bert_jax command
+# on every worker of the TPU VM / pod slice (JAX's distributed runtime finds the other workers by itself).
+# Arguments after the topology go to `python -m bert_jax.main`; its --config flags also go to the check.
 #
-#   launch/run.sh NAME ZONE --config=configs/bert_base.py --workdir=gs://BUCKET/bert_base \
+#   launch/run.sh [--dry-run] NAME ZONE TOPOLOGY --config=configs/bert_base.py --workdir=gs://BUCKET/bert_base \
 #       --config.data.input_pattern='gs://BUCKET/wiki/*.txt' --config.data.vocab_file=gs://BUCKET/vocab.txt \
 #       --config.dtype=bfloat16
+#   launch/run.sh NAME ZONE --tail            # follow worker 0's log
 #
 # The command runs under nohup, logging to ~/bert_jax.log on each worker, so a dropped ssh session does not
-# stop training; `launch/run.sh NAME ZONE --tail` shows worker 0's log. Rerunning the same command resumes
-# from the workdir's latest checkpoint.
+# stop training. Rerunning the same command resumes from the workdir's latest checkpoint. SKIP_CHECK=1 skips
+# the compile check (e.g. without libtpu on this machine); --dry-run prints the commands and runs nothing.
 set -euo pipefail
-NAME=${1:?usage: run.sh NAME ZONE ARGS...}
+. "$(dirname "$0")/common.sh"
+if [[ "${1:-}" == "--dry-run" ]]; then DRY_RUN=1; shift; fi
+NAME=${1:?usage: run.sh [--dry-run] NAME ZONE TOPOLOGY ARGS... | run.sh NAME ZONE --tail}
 ZONE=${2:?zone}
-shift 2
-if [[ "${1:-}" == "--tail" ]]; then
-  exec gcloud compute tpus tpu-vm ssh "$NAME" --zone="$ZONE" --worker=0 --command="tail -f ~/bert_jax.log"
+if [[ "${3:-}" == "--tail" ]]; then
+  run gcloud compute tpus tpu-vm ssh "$NAME" --zone="$ZONE" --worker=0 --command="tail -f ~/bert_jax.log"
+  exit
+fi
+TOPOLOGY=${3:?topology, e.g. v5e-16 or v4-32}
+shift 3
+CHECK=()
+for arg in "$@"; do
+  case "$arg" in --config=* | --config.*) CHECK+=("$arg") ;; esac
+done
+if [[ "${SKIP_CHECK:-0}" != 1 ]]; then
+  # Exit status 1 (does not fit) or 2 (bad input) stops here, before the slice is used.
+  run python -m bert_jax.compile --topology="$TOPOLOGY" "${CHECK[@]}"
 fi
 ARGS=$(printf '%q ' "$@")
-gcloud compute tpus tpu-vm ssh "$NAME" --zone="$ZONE" --worker=all --command="
+run gcloud compute tpus tpu-vm ssh "$NAME" --zone="$ZONE" --worker=all --command="
   cd bert_jax && . .venv/bin/activate
   nohup python -m bert_jax.main $ARGS > ~/bert_jax.log 2>&1 &
   echo \"worker \$(hostname): started (pid \$!)\"
