@@ -17,6 +17,7 @@ import functools
 import importlib.util
 import json
 import math
+import os
 import re
 import sys
 import time
@@ -105,6 +106,10 @@ def topology_devices(topology: Topology, num_slices: int = 1) -> list:
             "libtpu is not installed; the compile check needs it: pip install 'bert_jax[tpu]' "
             "(or pip install 'jax[tpu]')"
         )
+    # No TPU is attached: let several compile checks (or test workers) load libtpu at once, and do not ask
+    # the TPU VM metadata server (absent here) who the workers are.
+    os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
+    os.environ.setdefault("TPU_SKIP_MDS_QUERY", "1")
     from jax.experimental import topologies  # noqa: PLC0415 (imports libtpu's plugin)
 
     kwargs = (

@@ -261,3 +261,60 @@ def test_unboxed_leaves_are_replicated():
     assert got["w"].spec == PartitionSpec("fsdp", "tensor")
     assert got["b"].spec == PartitionSpec(None)
     assert got["b"].is_fully_replicated
+
+
+def _constraints(fn, *args):
+    jaxpr = jax.make_jaxpr(fn)(*args).jaxpr
+    return [e for e in jaxpr.eqns if e.primitive.name == "sharding_constraint"]
+
+
+def test_block_boundary_constraints_take_effect_only_under_the_mesh():
+    model = model_lib.build_model(TINY, "pretraining")
+    params = jax.eval_shape(lambda: nn.unbox(model_lib.init_params(model, jax.random.key(0))))
+    forward = lambda p, b: model.apply({"params": p}, **b)["prediction_logits"]
+    batch = model_lib.dummy_inputs(8, 16)
+    assert _constraints(forward, params, batch) == []  # no mesh context: no-ops, as before
+    mesh = sharding.make_mesh((2, 2, 2))
+    found = _constraints(sharding.under_mesh(forward, mesh), params, batch)
+    # After the embeddings and after each of the 2 layers: [batch, length, hidden], batch over data x fsdp.
+    assert len(found) == 1 + TINY.num_layers
+    for eqn in found:
+        assert eqn.invars[0].aval.shape == (8, 16, TINY.hidden_size)
+        assert eqn.params["sharding"].spec == PartitionSpec(("data", "fsdp"), None, None)
+        assert eqn.params["sharding"].mesh.shape == mesh.shape
+
+
+def test_init_under_the_mesh_constrains_every_parameter_including_flattened_kernels():
+    """DenseGeneral initialises Q/K/V/output kernels flattened to 2-D; their 3 axis names apply after the
+    reshape, so init under the rules neither fails nor loses a parameter's constraint."""
+    model = model_lib.build_model(TINY, "pretraining")
+    mesh = sharding.make_mesh((2, 2, 2))
+    init = lambda rng: model_lib.init_params(model, rng)
+    boxes = _boxes(jax.eval_shape(init, jax.random.key(0)))
+    found = _constraints(sharding.under_mesh(init, mesh), jax.random.key(0))
+    want = sorted(
+        (box.value.shape, str(nn.logical_to_mesh_axes(box.names, sharding.LOGICAL_AXIS_RULES)))
+        for box in boxes.values()
+    )
+    got = sorted((e.invars[0].aval.shape, str(e.params["sharding"].spec)) for e in found)
+    # Init also runs the forward pass once, on a [1, 8] dummy batch: its block-boundary constraints.
+    activation = ((1, 8, TINY.hidden_size), "P(('data', 'fsdp'), None, None)")
+    assert got.count(activation) == 1 + TINY.num_layers
+    # Every parameter is constrained as its axes say (a parameter used twice, e.g. the word embeddings by
+    # the tied decoder, is constrained at each use).
+    assert sorted(set(got) - {activation}) == sorted(set(want))
+    assert ((32, 2, 16), "P('fsdp', 'tensor', None)") in got  # e.g. a query kernel, 3-D
+    # And the values equal those of an init without any mesh.
+    sharded = jax.jit(sharding.under_mesh(lambda r: nn.unbox(init(r)), mesh))(jax.random.key(0))
+    plain = nn.unbox(init(jax.random.key(0)))
+    for a, b in zip(jax.tree.leaves(sharded), jax.tree.leaves(plain), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_dcn_mesh_shape_of_ones_is_one_slice():
+    mesh = sharding.make_mesh((-1, 2, 1), dcn_mesh_shape=(1, 1, 1))
+    assert dict(mesh.shape) == {"data": 4, "fsdp": 2, "tensor": 1}
+    with pytest.raises(
+        ValueError, match=r"dcn_mesh_shape \(2, 1, 1\) needs 2 devices but there are 1"
+    ):
+        sharding.make_mesh((-1, 1, 1), dcn_mesh_shape=(2, 1, 1))  # CPU devices are one slice
