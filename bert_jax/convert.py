@@ -8,6 +8,7 @@ projections per head ([hidden, heads, head_dim]), so conversion transposes and r
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import re
@@ -165,7 +166,8 @@ def hf_to_flat_params(
 
 def flat_params_to_hf(params, config: model_lib.BertConfig, head: str) -> dict[str, np.ndarray]:
     """bert_jax parameters (nested dict) -> a transformers state dict for the matching Bert* class."""
-    flat = traverse_util.flatten_dict(nn.unbox(params), sep="/")
+    # A scan_layers model's stacked `layers` are written as the per-layer tensors transformers knows.
+    flat = traverse_util.flatten_dict(model_lib.unstack_layers(nn.unbox(params)), sep="/")
     if (
         head == "none"
     ):  # the bare encoder's tree has no "bert/" level; transformers' BertModel no prefix
@@ -243,8 +245,11 @@ def load_pretrained(
     param_dtype: str = "float32",
     attention_impl: str = "auto",
     seed: int = 0,
+    scan_layers: bool = False,
 ):
     """Loads a transformers-layout BERT directory: returns (model, params, tokenizer).
+
+    With `scan_layers` the model scans over its layers and the per-layer tensors are stacked for it.
 
     head: "none" (bare encoder), "pretraining", "classification" (num_labels; 1 = regression), "span" or
     "token" (num_labels). Parameters of the head that the checkpoint lacks are initialised (with `seed`) and
@@ -273,6 +278,7 @@ def load_pretrained(
         param_dtype=param_dtype,
         attention_impl=attention_impl,
     )
+    config = dataclasses.replace(config, scan_layers=scan_layers)
     if num_labels is None:
         num_labels = len(hf_config.get("id2label") or {}) or hf_config.get("num_labels", 2)
     model = model_lib.build_model(config, head, num_labels)
@@ -297,6 +303,8 @@ def load_flat_params(
     """Fills `model`'s parameter tree from flat 'bert/...' arrays: checks shapes, initialises the rest."""
     dtype = config.storage_dtype
     fresh = jax.jit(lambda rng: nn.unbox(model_lib.init_params(model, rng)))(jax.random.key(seed))
+    # Filled per layer, as stored; a scan_layers model gets them stacked at the end.
+    fresh = model_lib.unstack_layers(fresh)
     expected = traverse_util.flatten_dict(fresh, sep="/")
     if head == "none":  # the bare encoder's tree has no "bert/" level
         loaded = {k[len("bert/") :]: v for k, v in loaded.items() if k.startswith("bert/")} | {
@@ -327,7 +335,8 @@ def load_flat_params(
         logging.info(
             "%s: initialised parameters missing from the checkpoint: %s", source, initialised
         )
-    return traverse_util.unflatten_dict(out, sep="/")
+    tree = traverse_util.unflatten_dict(out, sep="/")
+    return model_lib.stack_layers(tree, config.num_layers) if config.scan_layers else tree
 
 
 def save_pretrained(

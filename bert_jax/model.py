@@ -65,6 +65,9 @@ class BertConfig:
     param_dtype: str = "float32"  # storage dtype of the parameters
     attention_impl: str = "auto"  # one of ATTENTION_IMPLS
     remat_policy: str = "none"  # one of REMAT_POLICIES: recompute layer activations in backward
+    scan_layers: bool = (
+        False  # one nn.scan over stacked layer weights: compiles one layer, not num_layers
+    )
 
     def __post_init__(self):
         if self.hidden_size % self.num_heads:
@@ -335,6 +338,51 @@ class EncoderLayer(nn.Module):
         return x, weights
 
 
+def _scan_body(layer, x, mask, deterministic, output_attentions):
+    x, weights = layer(x, mask, deterministic, output_attentions)
+    return x, (x, weights)
+
+
+def _scan_layers(layer, x, mask, deterministic: bool, output_attentions: bool):
+    """Runs `layer` (whose parameters are stacked over a leading layer axis) once per layer in a scan.
+
+    Returns (last hidden state, (every layer's output [layers, ...], attention weights [layers, ...] or
+    None)). Each layer gets its own dropout key, as the unrolled loop's distinct module names give it.
+    """
+    scan = nn.scan(
+        _scan_body,
+        variable_axes={"params": 0},
+        split_rngs={"params": True, "dropout": True},
+        in_axes=(nn.broadcast, nn.broadcast, nn.broadcast),
+        length=layer.config.num_layers,
+        metadata_params={nn.PARTITION_NAME: "layers"},
+    )
+    return scan(layer, x, mask, deterministic, output_attentions)
+
+
+def stack_layers(params: dict, num_layers: int) -> dict:
+    """Per-layer parameters (`layer_0` ... `layer_{L-1}`, as saved and converted) -> the scanned model's
+    `layers` subtree with a leading [num_layers] axis. Works on the encoder or any tree that holds it."""
+    params = dict(params)
+    if "layer_0" in params:
+        layers = [params.pop(f"layer_{i}") for i in range(num_layers)]
+        params["layers"] = jax.tree.map(lambda *xs: jnp.stack(xs), *layers)
+    return {k: stack_layers(v, num_layers) if isinstance(v, dict) and k != "layers" else v
+            for k, v in params.items()}  # fmt: skip
+
+
+def unstack_layers(params: dict) -> dict:
+    """The inverse of `stack_layers`: `layers` [num_layers, ...] -> `layer_0` ... `layer_{L-1}`."""
+    params = dict(params)
+    if "layers" in params:
+        layers = params.pop("layers")
+        num_layers = jax.tree.leaves(layers)[0].shape[0]
+        for i in range(num_layers):
+            params[f"layer_{i}"] = jax.tree.map(lambda x, i=i: x[i], layers)
+    return {k: unstack_layers(v) if isinstance(v, dict) and not k.startswith("layer_") else v
+            for k, v in params.items()}  # fmt: skip
+
+
 class BertModel(nn.Module):
     """The bare encoder: embeddings, `num_layers` encoder layers and (optionally) the tanh pooler."""
 
@@ -354,7 +402,11 @@ class BertModel(nn.Module):
             layer_cls = nn.remat(
                 EncoderLayer, policy=policy[cfg.remat_policy], static_argnums=(3, 4)
             )
-        self.layers = [layer_cls(cfg, name=f"layer_{i}") for i in range(cfg.num_layers)]
+        if cfg.scan_layers:
+            # One module whose parameters carry a leading [num_layers] axis (logical name "layers").
+            self.layers = layer_cls(cfg, name="layers")
+        else:
+            self.layers = [layer_cls(cfg, name=f"layer_{i}") for i in range(cfg.num_layers)]
         if self.add_pooling_layer:
             self.pooler = _dense(cfg, cfg.hidden_size, ("embed", "embed_out"), "pooler")
 
@@ -378,11 +430,17 @@ class BertModel(nn.Module):
         x = self.embeddings(input_ids, token_type_ids, deterministic)
         x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
         hidden_states, attentions = [x], []
-        for layer in self.layers:
-            x, weights = layer(x, mask, deterministic, output_attentions)
-            hidden_states.append(x)
-            attentions.append(weights)
-
+        if self.config.scan_layers:
+            x, (states, weights) = _scan_layers(
+                self.layers, x, mask, deterministic, output_attentions
+            )
+            hidden_states += [states[i] for i in range(self.config.num_layers)]
+            attentions = [None if weights is None else weights[i] for i in range(len(states))]
+        else:
+            for layer in self.layers:
+                x, weights = layer(x, mask, deterministic, output_attentions)
+                hidden_states.append(x)
+                attentions.append(weights)
         outputs: dict[str, Any] = {"last_hidden_state": x}
         if self.add_pooling_layer:
             outputs["pooler_output"] = jnp.tanh(self.pooler(x[:, 0]))

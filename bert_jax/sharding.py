@@ -40,6 +40,7 @@ LOGICAL_AXIS_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
     ("position", None),  # 512 positions: small, and gathered by every example anyway
     ("token_type", None),  # 2 segment rows
     ("classes", None),  # 1-3 labels: too small to split
+    ("layers", None),  # the stacked layer axis of `scan_layers`: every device runs every layer
     ("length", None),  # sequence parallelism is not used; BERT's 512 tokens fit on one device
 )
 

@@ -65,7 +65,7 @@ def test_the_parameters_use_exactly_the_closed_set_of_axes():
         for box in _boxes(_abstract_params(head)).values():
             used.update(box.names)
     assert used == PARAM_AXES
-    assert set(dict(sharding.LOGICAL_AXIS_RULES)) == PARAM_AXES | {"batch", "length"}
+    assert set(dict(sharding.LOGICAL_AXIS_RULES)) == PARAM_AXES | {"batch", "length", "layers"}
 
 
 def test_activation_batch_takes_fsdp_so_embed_is_replicated():
