@@ -1,0 +1,146 @@
+"""The TPU compile check (`bert_jax.compile`): topology names, collective counts, bad input, and real compiles
+for TPU topologies through libtpu on this CPU machine (slow ones marked)."""
+
+import importlib.util
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import pytest
+from jax.sharding import NamedSharding, PartitionSpec
+
+from bert_jax import compile as compile_lib
+from bert_jax import model as model_lib
+from bert_jax import pretrain, sharding
+
+REPO = Path(__file__).resolve().parents[1]
+GiB = 2**30
+
+
+@pytest.mark.parametrize(
+    "name, topology_name, chips, hbm",
+    [
+        ("v5e-16", "v5e:4x4", 16, 16),
+        ("v5litepod-16", "v5e:4x4", 16, 16),
+        ("v5e:4x4", "v5e:4x4", 16, 16),
+        ("v5e-8", "v5e:2x4", 8, 16),
+        ("v4-32", "v4:2x2x4", 16, 32),  # v4 names count TensorCores: 32 cores = 16 chips
+        ("v4-8", "v4:2x2x1", 4, 32),
+        ("v4:2x2x4", "v4:2x2x4", 16, 32),
+        ("v5p-16", "v5p:2x2x2", 8, 95),
+        ("v5p-64", "v5p:2x4x4", 32, 95),
+        ("v6e-8", "v6e:2x4", 8, 32),
+        ("V6E-256", "v6e:16x16", 256, 32),
+    ],
+)
+def test_parse_topology(name, topology_name, chips, hbm):
+    topology = compile_lib.parse_topology(name)
+    assert (topology.topology_name, topology.chips, topology.hbm_bytes) == (
+        topology_name,
+        chips,
+        hbm * GiB,
+    )
+
+
+@pytest.mark.parametrize(
+    "name", ["v7-8", "v4-33", "v4-12", "v5e-12", "v5e:4x4x4", "v4:4x4", "tpu", "v5e-"]
+)
+def test_unknown_topologies_list_the_valid_forms(name):
+    with pytest.raises(ValueError) as error:
+        compile_lib.parse_topology(name)
+    message = str(error.value)
+    assert message.startswith(f"unknown topology {name!r}; valid forms: v4-8..v4-4096")
+    assert "v5e:4x4" in message and "\n" not in message
+
+
+def test_count_collectives():
+    hlo = """
+  %all-reduce.1 = bf16[8,128,256]{2,1,0:T(8,128)(2,1)} all-reduce(%fusion.365), channel_id=3, replica_groups={}
+  %all-gather-start = (f32[4]{0}, f32[16]{0}) all-gather-start(%p), channel_id=4, dimensions={0}
+  %all-gather-done = f32[16]{0} all-gather-done(%all-gather-start)
+  %reduce-scatter.2 = f32[4]{0} reduce-scatter(%x), channel_id=5, dimensions={0}, to_apply=%add
+  %fusion.3 = f32[4]{0} fusion(%all-reduce.1), kind=kLoop, calls=%fused_computation
+  %all-reduce-start.7 = f32[] all-reduce-start(%y), channel_id=6, to_apply=%add
+  %all-reduce-done.7 = f32[] all-reduce-done(%all-reduce-start.7)
+"""
+    assert compile_lib.count_collectives(hlo) == {
+        "all-reduce": 2, "all-gather": 1, "reduce-scatter": 1, "all-to-all": 0, "collective-permute": 0,
+    }  # fmt: skip
+
+
+def test_a_missing_libtpu_is_one_line(monkeypatch):
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda n, *a: None if n == "libtpu" else find_spec(n, *a)
+    )
+    with pytest.raises(
+        pretrain.SetupError, match=r"^libtpu is not installed; .*pip install 'bert_jax\[tpu\]'"
+    ):
+        compile_lib.topology_devices(compile_lib.parse_topology("v5e-8"))
+
+
+def _cli(*args):
+    result = subprocess.run(
+        [sys.executable, "-m", "bert_jax.compile", *args],
+        cwd=REPO, capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    return result.returncode, result.stdout, result.stderr.strip().splitlines()
+
+
+def test_cli_bad_topology_and_bad_mesh_are_one_line_errors():
+    rc, _, err = _cli("--config=configs/bert_tiny.py", "--topology=v5e-15")
+    assert rc == 1 and err[-1].startswith(
+        "error: topology: unknown topology 'v5e-15'; valid forms: "
+    )
+    rc, _, err = _cli(
+        "--config=configs/bert_tiny.py", "--topology=v5e-8", "--config.mesh_shape=(3,1,1)"
+    )
+    assert (
+        rc == 1 and err[-1] == "error: config: mesh_shape (3, 1, 1) needs 3 devices but there are 8"
+    )
+    rc, _, err = _cli(
+        "--config=configs/bert_tiny.py", "--topology=v5e-8", "--config.global_batch_size=12"
+    )
+    assert rc == 1 and err[-1] == (
+        "error: config: global_batch_size 12 is not divisible by the 8 batch shards of the mesh "
+        "(data=8 x fsdp=1)"
+    )
+
+
+def _abstract(tree, shardings):
+    return jax.tree.map(
+        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings
+    )
+
+
+@pytest.mark.slow
+def test_tensor_parallel_forward_has_the_megatron_all_reduces():
+    """tensor=8 on a v5e-8: per layer exactly one all-reduce of the [batch, length, hidden] activations after
+    attention (row-split output projection) and one after the feed-forward (row-split output), plus one
+    for the vocabulary-split embedding lookup, and no all-gather: heads and FFN never leave their device."""
+    devices = compile_lib.topology_devices(compile_lib.parse_topology("v5e-8"))
+    mesh = sharding.make_mesh((1, 1, 8), devices=devices)
+    config = model_lib.BertConfig(
+        vocab_size=1024, hidden_size=256, num_layers=3, num_heads=8, intermediate_size=1024,
+        max_position_embeddings=128, dtype="bfloat16",
+    )  # fmt: skip
+    model = model_lib.build_model(config, "none")
+    boxed = jax.eval_shape(lambda: model_lib.init_params(model, jax.random.key(0)))
+    params = _abstract(nn.unbox(boxed), sharding.logical_shardings(boxed, mesh))
+    spec = jax.ShapeDtypeStruct((8, 128), jnp.int32, sharding=sharding.batch_sharding(mesh))
+    batch = dict.fromkeys(("input_ids", "token_type_ids", "attention_mask"), spec)
+    forward = lambda p, b: model.apply({"params": p}, **b)["last_hidden_state"]
+    step = jax.jit(
+        sharding.under_mesh(forward, mesh), out_shardings=NamedSharding(mesh, PartitionSpec())
+    )
+    hlo = step.lower(params, batch).compile().as_text()
+    reduces = re.findall(r"= (\S+) all-reduce(?:-start)?\(", hlo)
+    assert len(reduces) == 1 + 2 * config.num_layers
+    assert all(shape.startswith("bf16[8,128,256]") for shape in reduces)
+    counts = compile_lib.count_collectives(hlo)
+    assert counts == {"all-reduce": 7, "all-gather": 0, "reduce-scatter": 0, "all-to-all": 0,
+                      "collective-permute": 0}  # fmt: skip
