@@ -131,6 +131,8 @@ def main(argv) -> int:
             raise train_lib.SetupError(f"config.mode {config.mode!r} is not one of {modes}")
     except (train_lib.SetupError, train_lib.NonFiniteLossError) as error:
         sys.exit(f"error: {error}")
+    except train_lib.Preempted as stopped:
+        logging.warning("preempted: %s; rerun the same command to resume", stopped)
     return 0
 
 

@@ -25,7 +25,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec
 
 from bert_jax import optim, sharding
-from bert_jax.model import BertConfig, dummy_inputs
+from bert_jax.model import BertConfig, init_params
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -33,6 +33,10 @@ from bert_jax.model import BertConfig, dummy_inputs
 # ----------------------------------------------------------------------------------------------------------
 class SetupError(Exception):
     """Bad input found before training starts (mesh, batch, checkpoint, data); main prints it as one line."""
+
+
+class Preempted(Exception):
+    """SIGTERM or SIGINT stopped a run after it saved its state; rerunning the command resumes it."""
 
 
 class NonFiniteLossError(RuntimeError):
@@ -52,6 +56,36 @@ def setup_error(what: str):
 def absolute_workdir(workdir) -> epath.Path:
     """The workdir as an absolute path (Orbax needs one); gs:// and other URLs are absolute already."""
     return epath.Path(workdir if "://" in str(workdir) else os.path.abspath(workdir))
+
+
+def _flatten(config, prefix="") -> dict:
+    config = config.to_dict() if hasattr(config, "to_dict") else config
+    flat = {}
+    for key, value in config.items():
+        if isinstance(value, Mapping):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            # JSON (the stored config) has lists where the recipe has tuples.
+            flat[f"{prefix}{key}"] = list(value) if isinstance(value, tuple) else value
+    return flat
+
+
+def config_changes(stored, current, safe: Iterable[str]) -> tuple[list[str], list[str]]:
+    """(breaking, safe) changes from a workdir's stored config to the current one, as "field: old -> new".
+
+    A change is safe when its field is in `safe` (or starts with one of them followed by "."): logging, cadence,
+    more steps; every other difference breaks continuation (vocab, lower-casing, model shape, data, optimizer).
+    """
+    old, new = _flatten(stored), _flatten(current)
+    safe = tuple(safe)
+    breaking, allowed = [], []
+    for key in sorted(set(old) | set(new)):
+        if old.get(key) == new.get(key):
+            continue
+        line = f"{key}: {old.get(key, '(absent)')!r} -> {new.get(key, '(absent)')!r}"
+        is_safe = any(key == s or key.startswith(f"{s}.") for s in safe)
+        (allowed if is_safe else breaking).append(line)
+    return breaking, allowed
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -98,7 +132,7 @@ def dropout_key(config) -> jax.Array:
 # ----------------------------------------------------------------------------------------------------------
 def boxed_init(model) -> Callable:
     """rng -> the model's boxed (logically annotated) parameters."""
-    return lambda rng: model.init(rng, **dummy_inputs(1, 8))["params"]
+    return lambda rng: init_params(model, rng)
 
 
 def abstract_state(model, tx, mesh):

@@ -114,8 +114,10 @@ def test_overrides_run_then_bad_and_corrupt_checkpoints(tmp_path):
     lr = {
         m["step"]: m["train/learning_rate"] for m in metrics(workdir) if "train/learning_rate" in m
     }
-    # The rate used by update s (1-based) is schedule(s - 1): 0, 1e-4, 2e-4 (peak), then linear to 0 at 6.
-    assert [lr[s] for s in range(1, 7)] == pytest.approx([0.0, 1e-4, 2e-4, 1.5e-4, 1e-4, 5e-5])
+    # The rate used by update s (1-based) is schedule(s - 1), the original's formula: warmup 0, 1e-4, then
+    # 2e-4 * (1 - step / 6) from step 2 on (its decay runs from step 0 beneath the warmup).
+    want = [0.0, 1e-4, 2e-4 * 4 / 6, 2e-4 * 3 / 6, 2e-4 * 2 / 6, 2e-4 / 6]
+    assert [lr[s] for s in range(1, 7)] == pytest.approx(want)
 
     result = main(f"--config={REPO}/bert_jax/configs/bert_mini.py", f"--workdir={workdir}", "--config.mesh_shape=(2,2,2)",
                   "--config.model.vocab_size=-1", *FAST)  # fmt: skip

@@ -125,8 +125,9 @@ def get_config(size: str = "base") -> ml_collections.ConfigDict:
     c.warmup_steps = 10_000
 
     # Optimizer.
-    # "adamw" as the paper; "lamb" for very large batches (You et al. 2019).
-    c.optimizer = "adamw"
+    # The original code's Adam (no bias correction, its warmup/decay formula); "adamw" = optax's
+    # bias-corrected AdamW; "lamb" for very large batches (You et al. 2019). docs/pretraining.md compares them.
+    c.optimizer = "bert_adam"
     # First-moment decay.
     c.adam_b1 = 0.9
     # Second-moment decay.
