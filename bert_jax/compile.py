@@ -21,15 +21,13 @@ import os
 import re
 import sys
 import time
-from pathlib import Path
 
 import jax
 from absl import app, flags
 from jax.sharding import NamedSharding, PartitionSpec
-from ml_collections import config_flags
 
-from bert_jax import optim, pretrain, sharding
-from bert_jax.model import BertConfig, build_model, dummy_inputs
+from bert_jax import flops, main, optim, pretrain, sharding, train_lib
+from bert_jax.model import build_model
 
 GiB = 2**30
 # HBM per chip (bytes) and the topology_name prefix libtpu accepts, by generation. v4 and v5p chips hold two
@@ -102,7 +100,7 @@ def parse_topology(name: str) -> Topology:
 def topology_devices(topology: Topology, num_slices: int = 1) -> list:
     """The abstract TPU devices of `num_slices` slices of `topology` (needs libtpu, not a TPU)."""
     if importlib.util.find_spec("libtpu") is None:
-        raise pretrain.SetupError(
+        raise train_lib.SetupError(
             "libtpu is not installed; the compile check needs it: pip install 'bert_jax[tpu]' "
             "(or pip install 'jax[tpu]')"
         )
@@ -126,13 +124,6 @@ def topology_devices(topology: Topology, num_slices: int = 1) -> list:
 # ----------------------------------------------------------------------------------------------------------
 # Compiling the steps.
 # ----------------------------------------------------------------------------------------------------------
-def model_config_of(config) -> BertConfig:
-    fields = {**config.model.to_dict(), "dtype": config.dtype}
-    if fields["vocab_size"] == -1:  # "the tokenizer's": BERT's uncased WordPiece size stands in
-        fields["vocab_size"] = 30522
-    return BertConfig.from_dict(fields)
-
-
 def _abstract_batch(batch_size: int, length: int, predictions: int, data_sharding):
     spec = lambda shape, dtype="int32": jax.ShapeDtypeStruct(shape, dtype, sharding=data_sharding)
     return {
@@ -168,48 +159,35 @@ def compile_steps(config, devices, hbm_bytes: int) -> list[dict]:
     Returns one report per step: per-device bytes, FLOPs, collectives and whether it fits `hbm_bytes`.
     A step the compiler itself rejects for memory comes back with `fits` False and the compiler's line.
     """
-    model_config = model_config_of(config)
-    mesh = sharding.make_mesh(
-        config.mesh_shape, devices=devices, dcn_mesh_shape=config.get("dcn_mesh_shape")
+    # The vocabulary is the tokenizer's when vocab_size is -1; BERT's uncased WordPiece size stands in here.
+    with train_lib.setup_error("model"):
+        model_config = train_lib.model_config(
+            config.model.to_dict(),
+            vocab_size=30522,
+            dtype=config.dtype,
+            param_dtype=config.param_dtype,
+        )
+    k = config.grad_accum_steps
+    mesh = train_lib.make_mesh(
+        config.mesh_shape,
+        {"global_batch_size": config.global_batch_size},
+        k,
+        dcn_mesh_shape=config.get("dcn_mesh_shape"),
+        devices=devices,
     )
     chips = mesh.devices.size
-    sharding.check_batch_divisible(config.global_batch_size, mesh, 1)
-    k = config.grad_accum_steps
-    if k < 1 or config.global_batch_size % (k * sharding.batch_shards(mesh)):
-        raise ValueError(
-            f"global_batch_size {config.global_batch_size} does not split into grad_accum_steps={k} "
-            f"micro-batches over the mesh's {sharding.batch_shards(mesh)} batch shards"
-        )
-    opt_config = config.copy_and_resolve_references()
-    opt_config.grad_accum_steps = 1
-    tx, schedule = optim.make_optimizer(opt_config), optim.make_schedule(config)
+    tx, schedule = optim.make_optimizer(config), optim.make_schedule(config)
     model = build_model(model_config, head="pretraining")
-    boxed = jax.eval_shape(
-        lambda r: model.init(r, **dummy_inputs(1, 8))["params"], jax.random.key(0)
+    # Exactly what pretrain.run jits: the same abstract state, shardings, mesh context and donation.
+    state = train_lib.abstract_state(model, tx, mesh)
+    step_fn = functools.partial(
+        pretrain.train_step, model=model, tx=tx, schedule=schedule, grad_accum_steps=k
     )
-    state = optim.TrainState.abstract(boxed, sharding.logical_shardings(boxed, mesh), tx)
-    state_shardings = jax.tree.map(lambda x: x.sharding, state)
-    replicated = NamedSharding(mesh, PartitionSpec())
-    rng = jax.eval_shape(lambda: jax.random.key(0, impl=config.prng_impl))
-    rng = jax.ShapeDtypeStruct(rng.shape, rng.dtype, sharding=replicated)
+    train = train_lib.jit_step(step_fn, state, mesh)
+    evaluate = train_lib.jit_eval(functools.partial(pretrain.eval_step, model=model), state, mesh)
+    rng = jax.eval_shape(lambda: train_lib.dropout_key(config))
+    rng = jax.ShapeDtypeStruct(rng.shape, rng.dtype, sharding=NamedSharding(mesh, PartitionSpec()))
     data_sharding = sharding.batch_sharding(mesh)
-
-    train = jax.jit(
-        sharding.under_mesh(
-            functools.partial(
-                pretrain.train_step, model=model, tx=tx, schedule=schedule, grad_accum_steps=k
-            ),
-            mesh,
-        ),
-        in_shardings=(state_shardings, data_sharding, replicated),
-        out_shardings=(state_shardings, replicated),
-        donate_argnums=0,
-    )
-    evaluate = jax.jit(
-        sharding.under_mesh(functools.partial(pretrain.eval_step, model=model), mesh),
-        in_shardings=(state_shardings.params, data_sharding),
-        out_shardings=replicated,
-    )
     data = config.data
     phases = [("train phase 1", data.seq_length, data.max_predictions_per_seq)]
     if data.phase2_fraction > 0:
@@ -223,7 +201,7 @@ def compile_steps(config, devices, hbm_bytes: int) -> list[dict]:
         step, args = (
             (train, (state, batch, rng)) if name != "eval" else (evaluate, (state.params, batch))
         )
-        flops = config.global_batch_size * pretrain.model_flops_per_sequence(
+        model_flops = config.global_batch_size * flops.model_flops_per_sequence(
             model_config, length, predictions
         )
         report = {
@@ -233,7 +211,7 @@ def compile_steps(config, devices, hbm_bytes: int) -> list[dict]:
             "params_and_optimizer_bytes": state_bytes
             if name != "eval"
             else _bytes_per_device(state.params),
-            "model_flops": (flops if name != "eval" else flops / 3) / chips,
+            "model_flops": (model_flops if name != "eval" else model_flops / 3) / chips,
             "hbm_bytes": hbm_bytes,
         }
         start = time.perf_counter()
@@ -333,10 +311,9 @@ def format_report(topology: Topology, num_slices: int, config, reports: list[dic
     return "\n".join(lines)
 
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-if (REPO_ROOT / "configs").is_dir() and str(REPO_ROOT) not in sys.path:
-    sys.path.insert(0, str(REPO_ROOT))
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Pretraining recipe (configs/*.py).")
+# --config (and its overrides) is the trainer's own flag, from bert_jax.main: the same recipes, resolved the
+# same way (configs/bert_large.py, bert_large, or a path).
+_CONFIG = main._CONFIG
 _TOPOLOGY = flags.DEFINE_string("topology", None, f"Cloud TPU slice: {VALID_FORMS}.")
 _NUM_SLICES = flags.DEFINE_integer(
     "num_slices", 1, "Slices joined over DCN (multi-slice); set config.dcn_mesh_shape to match."
@@ -347,16 +324,15 @@ _JSON = flags.DEFINE_bool("json", False, "Print one JSON object instead of the t
 def main(argv) -> int:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments {argv[1:]}")
-    if _CONFIG.value is None or not _TOPOLOGY.value:
+    if not flags.FLAGS["config"].present or not _TOPOLOGY.value:
         sys.exit("error: --config and --topology are required")
     config = _CONFIG.value
     try:
-        with pretrain.setup_error("topology"):
+        with train_lib.setup_error("topology"):
             topology = parse_topology(_TOPOLOGY.value)
             devices = topology_devices(topology, _NUM_SLICES.value)
-        with pretrain.setup_error("config"):
-            reports = compile_steps(config, devices, topology.hbm_bytes)
-    except pretrain.SetupError as error:
+        reports = compile_steps(config, devices, topology.hbm_bytes)
+    except train_lib.SetupError as error:
         sys.exit(f"error: {error}")
     if _JSON.value:
         print(json.dumps({"topology": dataclasses.asdict(topology), "num_slices": _NUM_SLICES.value,

@@ -15,7 +15,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from bert_jax import compile as compile_lib
 from bert_jax import model as model_lib
-from bert_jax import pretrain, sharding
+from bert_jax import sharding, train_lib
 
 REPO = Path(__file__).resolve().parents[1]
 GiB = 2**30
@@ -78,7 +78,7 @@ def test_a_missing_libtpu_is_one_line(monkeypatch):
         importlib.util, "find_spec", lambda n, *a: None if n == "libtpu" else find_spec(n, *a)
     )
     with pytest.raises(
-        pretrain.SetupError, match=r"^libtpu is not installed; .*pip install 'bert_jax\[tpu\]'"
+        train_lib.SetupError, match=r"^libtpu is not installed; .*pip install 'bert_jax\[tpu\]'"
     ):
         compile_lib.topology_devices(compile_lib.parse_topology("v5e-8"))
 
@@ -100,13 +100,14 @@ def test_cli_bad_topology_and_bad_mesh_are_one_line_errors():
         "--config=configs/bert_tiny.py", "--topology=v5e-8", "--config.mesh_shape=(3,1,1)"
     )
     assert (
-        rc == 1 and err[-1] == "error: config: mesh_shape (3, 1, 1) needs 3 devices but there are 8"
+        rc == 1
+        and err[-1] == "error: mesh_shape: mesh_shape (3, 1, 1) needs 3 devices but there are 8"
     )
     rc, _, err = _cli(
         "--config=configs/bert_tiny.py", "--topology=v5e-8", "--config.global_batch_size=12"
     )
     assert rc == 1 and err[-1] == (
-        "error: config: global_batch_size 12 is not divisible by the 8 batch shards of the mesh "
+        "error: global_batch_size: global_batch_size 12 is not divisible by the 8 batch shards of the mesh "
         "(data=8 x fsdp=1)"
     )
 
