@@ -23,7 +23,7 @@ import sys
 import time
 
 import jax
-from absl import app, flags
+from absl import app, flags, logging
 from jax.sharding import NamedSharding, PartitionSpec
 
 from bert_jax import flops, main, optim, pretrain, sharding, train_lib
@@ -153,8 +153,13 @@ def count_collectives(hlo_text: str) -> dict[str, int]:
     return counts
 
 
-def compile_steps(config, devices, hbm_bytes: int) -> list[dict]:
+STEPS = ("phase1", "phase2", "eval")
+
+
+def compile_steps(config, devices, hbm_bytes: int, steps=STEPS) -> list[dict]:
     """Compiles pretraining's train step (phase-1 and phase-2 lengths) and eval step for `devices`.
+
+    `steps`: which of STEPS to compile ("eval" runs at the longest length the schedule trains at).
 
     Returns one report per step: per-device bytes, FLOPs, collectives and whether it fits `hbm_bytes`.
     A step the compiler itself rejects for memory comes back with `fits` False and the compiler's line.
@@ -189,14 +194,19 @@ def compile_steps(config, devices, hbm_bytes: int) -> list[dict]:
     rng = jax.ShapeDtypeStruct(rng.shape, rng.dtype, sharding=NamedSharding(mesh, PartitionSpec()))
     data_sharding = sharding.batch_sharding(mesh)
     data = config.data
-    phases = [("train phase 1", data.seq_length, data.max_predictions_per_seq)]
-    if data.phase2_fraction > 0:
-        phases.append(
-            ("train phase 2", data.phase2_seq_length, data.phase2_max_predictions_per_seq)
-        )
+    lengths = {
+        "phase1": (data.seq_length, data.max_predictions_per_seq),
+        "phase2": (data.phase2_seq_length, data.phase2_max_predictions_per_seq),
+    }
+    if data.phase2_fraction <= 0:  # no phase 2: eval at the phase-1 length
+        lengths["phase2"] = lengths["phase1"]
+        steps = [s for s in steps if s != "phase2"]
+    names = {"phase1": "train phase 1", "phase2": "train phase 2", "eval": "eval"}
+    todo = [(names[s], *lengths.get(s, lengths["phase2"])) for s in steps]
     state_bytes = _bytes_per_device(state)
     reports = []
-    for name, length, predictions in [*phases, ("eval", *phases[-1][1:])]:
+    for name, length, predictions in todo:
+        logging.info("compiling %s (length %d) for %d chips", name, length, chips)
         batch = _abstract_batch(config.global_batch_size, length, predictions, data_sharding)
         step, args = (
             (train, (state, batch, rng)) if name != "eval" else (evaluate, (state.params, batch))
@@ -214,7 +224,8 @@ def compile_steps(config, devices, hbm_bytes: int) -> list[dict]:
             "model_flops": (model_flops if name != "eval" else model_flops / 3) / chips,
             "hbm_bytes": hbm_bytes,
         }
-        start = time.perf_counter()
+        # Wall time, and CPU time (this process), which does not depend on how busy the machine is.
+        start, start_cpu = time.perf_counter(), time.process_time()
         try:
             compiled = step.lower(*args).compile()
         except Exception as error:  # noqa: BLE001 (the TPU compiler reports running out of HBM this way)
@@ -226,6 +237,7 @@ def compile_steps(config, devices, hbm_bytes: int) -> list[dict]:
             reports.append(report)
             continue
         report["compile_seconds"] = time.perf_counter() - start
+        report["compile_cpu_seconds"] = time.process_time() - start_cpu
         memory, cost = compiled.memory_analysis(), compiled.cost_analysis()
         cost = cost[0] if isinstance(cost, list | tuple) else cost
         total = (
@@ -297,7 +309,7 @@ def format_report(topology: Topology, num_slices: int, config, reports: list[dic
         verdict = f"fits, {_gib(margin)} free" if r["fits"] else f"DOES NOT FIT by {_gib(-margin)}"
         collectives = ", ".join(f"{k} {v}" for k, v in r["collectives"].items())
         lines += [
-            f"  {head}: compiled in {r['compile_seconds']:.1f} s",
+            f"  {head}: compiled in {r['compile_seconds']:.1f} s ({r['compile_cpu_seconds']:.1f} s CPU)",
             f"    per chip: params+optimizer {_gib(r['params_and_optimizer_bytes'])}, arguments "
             f"{_gib(r['argument_bytes'])}, temporaries {_gib(r['temp_bytes'])}, total "
             f"{_gib(r['total_bytes'])} of {_gib(r['hbm_bytes'])}: {verdict}",
@@ -318,6 +330,7 @@ _TOPOLOGY = flags.DEFINE_string("topology", None, f"Cloud TPU slice: {VALID_FORM
 _NUM_SLICES = flags.DEFINE_integer(
     "num_slices", 1, "Slices joined over DCN (multi-slice); set config.dcn_mesh_shape to match."
 )
+_STEPS = flags.DEFINE_list("steps", list(STEPS), f"Which of {STEPS} to compile.")
 _JSON = flags.DEFINE_bool("json", False, "Print one JSON object instead of the table.")
 
 
@@ -331,7 +344,9 @@ def main(argv) -> int:
         with train_lib.setup_error("topology"):
             topology = parse_topology(_TOPOLOGY.value)
             devices = topology_devices(topology, _NUM_SLICES.value)
-        reports = compile_steps(config, devices, topology.hbm_bytes)
+        if set(_STEPS.value) - set(STEPS):
+            raise train_lib.SetupError(f"--steps {_STEPS.value}: each must be one of {STEPS}")
+        reports = compile_steps(config, devices, topology.hbm_bytes, _STEPS.value)
     except train_lib.SetupError as error:
         sys.exit(f"error: {error}")
     if _JSON.value:
