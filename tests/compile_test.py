@@ -1,6 +1,7 @@
 """The TPU compile check (`bert_jax.compile`): topology names, collective counts, bad input, and real compiles
 for TPU topologies through libtpu on this CPU machine (slow ones marked)."""
 
+import importlib
 import importlib.util
 import re
 import subprocess
@@ -145,3 +146,63 @@ def test_tensor_parallel_forward_has_the_megatron_all_reduces():
     counts = compile_lib.count_collectives(hlo)
     assert counts == {"all-reduce": 7, "all-gather": 0, "reduce-scatter": 0, "all-to-all": 0,
                       "collective-permute": 0}  # fmt: skip
+
+
+def _recipe(name, **overrides):
+    config = importlib.import_module(f"bert_jax.configs.{name}").get_config()
+    for key, value in overrides.items():
+        target = config
+        *parents, leaf = key.split(".")
+        for parent in parents:
+            target = target[parent]
+        target[leaf] = value
+    return config
+
+
+def _v5e16():
+    topology = compile_lib.parse_topology("v5e-16")
+    return compile_lib.topology_devices(topology), topology.hbm_bytes
+
+
+@pytest.mark.slow
+def test_bert_base_both_phases_fit_a_v5e16():
+    devices, hbm = _v5e16()
+    config = _recipe("bert_base", **{"model.scan_layers": True})
+    reports = compile_lib.compile_steps(config, devices, hbm, steps=("phase1", "phase2"))
+    assert [(r["step"], r["seq_length"], r["sequences_per_chip"]) for r in reports] == [
+        ("train phase 1", 128, 16), ("train phase 2", 512, 16),
+    ]  # fmt: skip
+    # Pure data parallelism: every chip holds all float32 parameters and both Adam moments.
+    num_params = 110_106_428
+    for r in reports:
+        assert r["fits"] and r["total_bytes"] < hbm
+        assert abs(r["params_and_optimizer_bytes"] - 3 * 4 * num_params) < 1024
+        assert 0.95 < r["compiled_flops"] / r["model_flops"] < 1.3
+        assert r["collectives"]["all-reduce"] >= 1  # the gradients' mean over 16 chips
+
+
+@pytest.mark.slow
+def test_bert_large_phase2_fits_a_v5e16_with_fsdp():
+    devices, hbm = _v5e16()
+    config = _recipe("bert_large", mesh_shape=(1, 16, 1), **{"model.scan_layers": True})
+    (report,) = compile_lib.compile_steps(config, devices, hbm, steps=("phase2",))
+    assert report["fits"], report
+    # fsdp=16 shards every hidden dimension 16 ways: each chip holds ~1/16 of params and Adam state.
+    assert report["params_and_optimizer_bytes"] < 3 * 4 * 336_000_000 / 16 * 1.05
+    assert report["collectives"]["all-gather"] >= 1 and report["collectives"]["reduce-scatter"] >= 1
+
+
+def test_two_slices_make_a_data_parallel_mesh_over_dcn():
+    topology = compile_lib.parse_topology("v5e-8")
+    devices = compile_lib.topology_devices(topology, num_slices=2)
+    assert len(devices) == 16 and {d.slice_index for d in devices} == {0, 1}
+    mesh = sharding.make_mesh((-1, 2, 1), devices=devices, dcn_mesh_shape=(2, 1, 1))
+    assert dict(mesh.shape) == {"data": 8, "fsdp": 2, "tensor": 1}
+    # Slices are outermost on the data axis: the first 4 data rows are slice 0, the last 4 slice 1, so only
+    # the data-parallel gradient mean crosses the data-center network.
+    slices = [[d.slice_index for d in row] for row in mesh.devices[:, :, 0]]
+    assert slices == [[0, 0]] * 4 + [[1, 1]] * 4
+    with pytest.raises(
+        ValueError, match=r"dcn_mesh_shape \(3, 1, 1\) needs 3 devices but there are 2"
+    ):
+        sharding.make_mesh((-1, 1, 1), devices=devices, dcn_mesh_shape=(3, 1, 1))
