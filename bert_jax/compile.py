@@ -318,8 +318,8 @@ def format_report(topology: Topology, num_slices: int, config, reports: list[dic
             f"    collectives: {collectives}",
         ]
     if not all(r["fits"] for r in reports):
-        worst = max(reports, key=lambda r: r.get("temp_bytes", math.inf))
-        lines.append(f"does not fit ({worst['step']}): {suggestion(config)}")
+        failed = ", ".join(r["step"] for r in reports if not r["fits"])
+        lines.append(f"does not fit ({failed}): {suggestion(config)}")
     return "\n".join(lines)
 
 

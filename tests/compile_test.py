@@ -206,3 +206,38 @@ def test_two_slices_make_a_data_parallel_mesh_over_dcn():
         ValueError, match=r"dcn_mesh_shape \(3, 1, 1\) needs 3 devices but there are 2"
     ):
         sharding.make_mesh((-1, 1, 1), devices=devices, dcn_mesh_shape=(3, 1, 1))
+
+
+def test_report_says_by_how_much_a_step_does_not_fit_and_what_to_try():
+    config = _recipe("bert_large", dtype="float32", **{"model.remat_policy": "none"})
+    topology = compile_lib.parse_topology("v5e-16")
+    common = dict(
+        seq_length=512, sequences_per_chip=16, hbm_bytes=16 * GiB, params_and_optimizer_bytes=GiB
+    )
+    fits = dict(common, step="train phase 1", argument_bytes=GiB, output_bytes=GiB, alias_bytes=GiB,
+                temp_bytes=3 * GiB, total_bytes=4 * GiB, fits=True, compiled_flops=2e12, model_flops=1.6e12,
+                compile_seconds=10.0, compile_cpu_seconds=9.0,
+                collectives=dict.fromkeys(compile_lib.COLLECTIVES, 0))  # fmt: skip
+    over = dict(
+        fits, step="train phase 2", temp_bytes=17.5 * GiB, total_bytes=18.5 * GiB, fits=False
+    )
+    oom = dict(
+        common, step="eval", fits=False, error="RESOURCE_EXHAUSTED: Ran out of memory in hbm"
+    )
+    text = compile_lib.format_report(topology, 1, config, [fits, over, oom])
+    lines = text.splitlines()
+    assert lines[0].startswith(
+        "v5e-16 (v5e:4x4, 16 chips, 16.00 GiB HBM each): mesh (-1, 1, 1), batch 256"
+    )
+    assert "total 4.00 GiB of 16.00 GiB: fits, 12.00 GiB free" in text
+    assert "temporaries 17.50 GiB, total 18.50 GiB of 16.00 GiB: DOES NOT FIT by 2.50 GiB" in text
+    assert "FLOPs per chip: compiled 2.00 T, model 1.60 T (x1.25)" in text
+    assert (
+        "eval (length 512, 16 sequences/chip): DOES NOT FIT: RESOURCE_EXHAUSTED: Ran out of memory in hbm"
+        in text
+    )
+    assert lines[-1] == (
+        "does not fit (train phase 2, eval): try --config.model.remat_policy=dots (or full), "
+        "--config.dtype=bfloat16, --config.mesh_shape='(1,-1,1)' (fsdp shards params and Adam state), "
+        "--config.grad_accum_steps=2"
+    )
