@@ -54,7 +54,8 @@ SHAPES_3D = {4: "2x2x1", 8: "2x2x2", 16: "2x2x4", 32: "2x4x4", 64: "4x4x4", 128:
              512: "8x8x8", 1024: "8x8x16", 2048: "8x16x16", 4096: "16x16x16"}  # fmt: skip
 VALID_FORMS = (
     "v4-8..v4-4096 and v5p-8..v5p-8192 (TensorCores: chips x 2), v5e-1..v5e-256 (also v5litepod-N) and "
-    "v6e-1..v6e-256 (chips), or GENERATION:SHAPE such as v5e:4x4, v6e:2x4, v4:2x2x4, v5p:2x2x2"
+    "v6e-1..v6e-256 (chips), or GENERATION:SHAPE such as v5e:4x4, v6e:2x4, v4:2x2x4, v5p:2x2x2 "
+    "(or cpu: this machine)"
 )
 COLLECTIVES = ("all-reduce", "all-gather", "reduce-scatter", "all-to-all", "collective-permute")
 
@@ -73,6 +74,9 @@ class Topology:
 def parse_topology(name: str) -> Topology:
     """`v5e-16`, `v4-32`, `v5litepod-16`, `v5e:4x4`, ... -> Topology; one-line ValueError otherwise."""
     bad = f"unknown topology {name!r}; valid forms: {VALID_FORMS}"
+    if name.strip().lower() == "cpu":  # this machine's CPU devices: compile times, no HBM limit
+        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        return Topology("cpu", "cpu", "cpu", len(jax.devices("cpu")), memory)
     match = re.fullmatch(r"(v\d[a-z]*)([-:])([0-9x]+)", name.strip().lower())
     if not match:
         raise ValueError(bad)
@@ -99,6 +103,8 @@ def parse_topology(name: str) -> Topology:
 
 def topology_devices(topology: Topology, num_slices: int = 1) -> list:
     """The abstract TPU devices of `num_slices` slices of `topology` (needs libtpu, not a TPU)."""
+    if topology.generation == "cpu":
+        return jax.devices("cpu")
     if importlib.util.find_spec("libtpu") is None:
         raise train_lib.SetupError(
             "libtpu is not installed; the compile check needs it: pip install 'bert_jax[tpu]' "
@@ -223,6 +229,8 @@ def compile_steps(config, devices, hbm_bytes: int, steps=STEPS) -> list[dict]:
             else _bytes_per_device(state.params),
             "model_flops": (model_flops if name != "eval" else model_flops / 3) / chips,
             "hbm_bytes": hbm_bytes,
+            # XLA's cost analysis counts a loop body once: with scan_layers, compiled FLOPs cover one layer.
+            "scan_layers": model_config.scan_layers,
         }
         # Wall time, and CPU time (this process), which does not depend on how busy the machine is.
         start, start_cpu = time.perf_counter(), time.process_time()
@@ -314,7 +322,10 @@ def format_report(topology: Topology, num_slices: int, config, reports: list[dic
             f"{_gib(r['argument_bytes'])}, temporaries {_gib(r['temp_bytes'])}, total "
             f"{_gib(r['total_bytes'])} of {_gib(r['hbm_bytes'])}: {verdict}",
             f"    FLOPs per chip: compiled {r['compiled_flops'] / 1e12:.2f} T, model "
-            f"{r['model_flops'] / 1e12:.2f} T (x{r['compiled_flops'] / r['model_flops']:.2f})",
+            f"{r['model_flops'] / 1e12:.2f} T (x{r['compiled_flops'] / r['model_flops']:.2f})"
+            + (
+                " (scan_layers: XLA counts the scanned layers once)" if r.get("scan_layers") else ""
+            ),
             f"    collectives: {collectives}",
         ]
     if not all(r["fits"] for r in reports):
