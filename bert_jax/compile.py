@@ -352,6 +352,11 @@ def main(argv) -> int:
         sys.exit("error: --config and --topology are required")
     config = _CONFIG.value
     try:
+        train_lib.check_config(config)
+        if config.mode != "pretrain":
+            raise train_lib.SetupError(
+                f"config.mode {config.mode!r}: the compile check is for pretraining"
+            )
         with train_lib.setup_error("topology"):
             topology = parse_topology(_TOPOLOGY.value)
             devices = topology_devices(topology, _NUM_SLICES.value)
