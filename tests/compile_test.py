@@ -194,7 +194,8 @@ def test_bert_large_phase2_fits_a_v5e16_with_fsdp():
     assert report["fits"], report
     # fsdp=16 shards every hidden dimension 16 ways: each chip holds ~1/16 of params and Adam state.
     assert report["params_and_optimizer_bytes"] < 3 * 4 * 336_000_000 / 16 * 1.05
-    assert report["collectives"]["all-gather"] >= 1 and report["collectives"]["reduce-scatter"] >= 1
+    # The sharded weights are gathered for use (the gradients are reduced with all-reduces on TPU).
+    assert report["collectives"]["all-gather"] >= 1 and report["collectives"]["all-reduce"] >= 1
 
 
 def test_two_slices_make_a_data_parallel_mesh_over_dcn():
