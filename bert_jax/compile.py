@@ -270,11 +270,13 @@ def compile_steps(config, devices, hbm_bytes: int, steps=STEPS) -> list[dict]:
 
 
 def _memory_error_line(text: str) -> str:
-    """The compiler's out-of-memory message, as one line."""
-    for line in text.splitlines():
-        if re.search(r"exceeds|Ran out of memory|RESOURCE_EXHAUSTED", line):
-            return re.sub(r"\s+", " ", line).strip()[:300]
-    return re.sub(r"\s+", " ", text).strip()[:300]
+    """The compiler's out-of-memory message as one line, with the shortfall when it names both sizes."""
+    lines = [line for line in text.splitlines() if re.search(r"exceeds|Ran out of memory", line)]
+    line = re.sub(r"\s+", " ", (lines or [text])[0]).strip()[:300]
+    sizes = re.search(r"\(([\d.]+)G\) exceeds available HBM \(([\d.]+)G\)", line)
+    if sizes:
+        line += f" (short by {float(sizes[1]) - float(sizes[2]):.2f}G)"
+    return line
 
 
 def suggestion(config) -> str:
