@@ -65,9 +65,8 @@ class BertConfig:
     param_dtype: str = "float32"  # storage dtype of the parameters
     attention_impl: str = "auto"  # one of ATTENTION_IMPLS
     remat_policy: str = "none"  # one of REMAT_POLICIES: recompute layer activations in backward
-    scan_layers: bool = (
-        False  # one nn.scan over stacked layer weights: compiles one layer, not num_layers
-    )
+    # One nn.scan over layer weights stacked on a leading axis: XLA compiles one layer, not num_layers.
+    scan_layers: bool = False
 
     def __post_init__(self):
         if self.hidden_size % self.num_heads:
@@ -338,26 +337,30 @@ class EncoderLayer(nn.Module):
         return x, weights
 
 
-def _scan_body(layer, x, mask, deterministic, output_attentions):
+def _scan_body(layer, x, mask, deterministic, output_attentions, output_hidden_states):
     x, weights = layer(x, mask, deterministic, output_attentions)
-    return x, (x, weights)
+    # Emit each layer's output only when asked: a stacked [layers, batch, length, hidden] costs memory.
+    return x, (x if output_hidden_states else None, weights)
 
 
-def _scan_layers(layer, x, mask, deterministic: bool, output_attentions: bool):
+def _scan_layers(
+    layer, x, mask, deterministic: bool, output_attentions: bool, output_hidden_states: bool
+):
     """Runs `layer` (whose parameters are stacked over a leading layer axis) once per layer in a scan.
 
-    Returns (last hidden state, (every layer's output [layers, ...], attention weights [layers, ...] or
-    None)). Each layer gets its own dropout key, as the unrolled loop's distinct module names give it.
+    Returns (last hidden state, (every layer's output [layers, ...] or None, attention weights
+    [layers, ...] or None)). Each layer gets its own dropout key, as the unrolled loop's distinct module
+    names give it.
     """
     scan = nn.scan(
         _scan_body,
         variable_axes={"params": 0},
         split_rngs={"params": True, "dropout": True},
-        in_axes=(nn.broadcast, nn.broadcast, nn.broadcast),
+        in_axes=(nn.broadcast,) * 4,
         length=layer.config.num_layers,
         metadata_params={nn.PARTITION_NAME: "layers"},
     )
-    return scan(layer, x, mask, deterministic, output_attentions)
+    return scan(layer, x, mask, deterministic, output_attentions, output_hidden_states)
 
 
 def stack_layers(params: dict, num_layers: int) -> dict:
@@ -432,10 +435,11 @@ class BertModel(nn.Module):
         hidden_states, attentions = [x], []
         if self.config.scan_layers:
             x, (states, weights) = _scan_layers(
-                self.layers, x, mask, deterministic, output_attentions
+                self.layers, x, mask, deterministic, output_attentions, output_hidden_states
             )
-            hidden_states += [states[i] for i in range(self.config.num_layers)]
-            attentions = [None if weights is None else weights[i] for i in range(len(states))]
+            layers = range(self.config.num_layers)
+            hidden_states += [None if states is None else states[i] for i in layers]
+            attentions = [None if weights is None else weights[i] for i in layers]
         else:
             for layer in self.layers:
                 x, weights = layer(x, mask, deterministic, output_attentions)
