@@ -259,3 +259,19 @@ def test_the_compilers_out_of_memory_error_becomes_one_line_with_the_shortfall()
         "jax.errors.JaxRuntimeError: RESOURCE_EXHAUSTED: Ran out of memory on HBM, the total memory required "
         "for HLO temporaries (34.07G) exceeds available HBM (15.75G). (short by 18.32G)"
     )
+
+
+@pytest.mark.slow
+def test_the_train_step_compiles_for_two_slices():
+    devices = compile_lib.topology_devices(compile_lib.parse_topology("v5e-8"), num_slices=2)
+    config = _recipe(
+        "bert_tiny",
+        dtype="bfloat16",
+        global_batch_size=64,
+        mesh_shape=(1, 8, 1),
+        dcn_mesh_shape=(2, 1, 1),
+    )
+    (report,) = compile_lib.compile_steps(config, devices, 16 * GiB, steps=("phase1",))
+    assert report["fits"] and report["sequences_per_chip"] == 4
+    # The gradient mean across the two slices (and the fsdp weight gathers inside each).
+    assert report["collectives"]["all-reduce"] >= 1 and report["collectives"]["all-gather"] >= 1
