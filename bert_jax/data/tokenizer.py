@@ -196,6 +196,15 @@ class WordPieceTokenizer(_Tokenizer):
     def id_to_token(self, i: int) -> str | None:
         return self._tok.id_to_token(int(i))
 
+    def basic_tokenize(self, text: str) -> list[str]:
+        """The words WordPiece starts from: text normalized (lower case, accents, control
+        characters as configured) and split on whitespace and punctuation, as the original's
+        BasicTokenizer; SQuAD maps predicted pieces back to the original text through it."""
+        normalized = self._tok.normalizer.normalize_str(text) if self._tok.normalizer else text
+        if self._tok.pre_tokenizer is None:
+            return normalized.split()
+        return [word for word, _ in self._tok.pre_tokenizer.pre_tokenize_str(normalized)]
+
     def token_to_id(self, token: str) -> int | None:
         return self._tok.token_to_id(token)
 
