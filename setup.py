@@ -20,6 +20,7 @@ INSTALL_REQUIRES = [
     "array-record>=0.8.6",
     "scikit-learn>=1.5",  # GLUE metrics
     "scipy>=1.13",
+    "seqeval>=1.2.2",  # CoNLL-2003 NER entity-level P/R/F1 (conlleval rules)
     "tensorboardX>=2.6.2",  # TensorBoard event files without TensorFlow
 ]
 

@@ -42,7 +42,8 @@ def _gold_logits(features):
     """Logits that pick each window's labelled span (only where its start has max context)."""
     start = np.zeros(features["input_ids"].shape, np.float32)
     end = start.copy()
-    for r, (s, e) in enumerate(zip(features["start_positions"], features["end_positions"])):
+    pairs = zip(features["start_positions"], features["end_positions"], strict=True)
+    for r, (s, e) in enumerate(pairs):
         if s and features["max_context"][r, s]:
             start[r, s], end[r, e] = 10.0, 9.0
     return start, end

@@ -99,7 +99,9 @@ def read_corpus(split: str, data_dir: str | None = None, *, tfds_data_dir=None) 
     for path in candidates:
         if path.exists():
             return Corpus(split, str(path), read_columns(path))
-    raise FileNotFoundError(f"CoNLL-2003 {split} file not found: {' or '.join(map(str, candidates))}")
+    raise FileNotFoundError(
+        f"CoNLL-2003 {split} file not found: {' or '.join(map(str, candidates))}"
+    )
 
 
 def _read_tfds(split: str, tfds_data_dir) -> list[Sentence]:
@@ -107,14 +109,15 @@ def _read_tfds(split: str, tfds_data_dir) -> list[Sentence]:
     import tensorflow_datasets.text.conll2003  # noqa: F401  (registers conll2003)
 
     builder = tfds.builder("conll2003", data_dir=tfds_data_dir)
-    names = {
-        key: builder.info.features[key].feature.names for key in ("pos", "chunks", "ner")
-    }
+    names = {key: builder.info.features[key].feature.names for key in ("pos", "chunks", "ner")}
     source = tfds.data_source("conll2003", split=TFDS_SPLITS[split], data_dir=tfds_data_dir)
     sentences = []
-    for row in source:
+    for number, row in enumerate(source):
         words = tuple(w.decode("utf-8") if isinstance(w, bytes) else str(w) for w in row["tokens"])
         tags = {key: [names[key][int(i)] for i in row[key]] for key in names}
+        lengths = {"tokens": len(words), **{key: len(value) for key, value in tags.items()}}
+        if len(set(lengths.values())) != 1:
+            raise ValueError(f"tfds conll2003 {split} row {number}: lengths differ {lengths}")
         columns = tuple(zip(words, tags["pos"], tags["chunks"], tags["ner"], strict=True))
         sentences.append(Sentence(words, tuple(tags["ner"]), columns, 0))
     return sentences
