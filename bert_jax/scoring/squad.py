@@ -118,7 +118,9 @@ def evaluate_v2(
 ) -> dict:
     """The v2.0 script's dict: exact, f1, total, HasAns_*, NoAns_* and, with `na_probs` (its
     --na-prob-file), best_exact, best_exact_thresh, best_f1, best_f1_thresh."""
-    has_answer = {qid: any(normalize_answer(a) for a in answers) for qid, answers in gold.items()}
+    # As the script: "has an answer" means the answer list is non-empty (even if an answer
+    # normalizes to nothing, which then scores against "").
+    has_answer = {qid: bool(answers) for qid, answers in gold.items()}
     exact_raw, f1_raw = raw_scores_v2(gold, predictions)
     probs = na_probs if na_probs is not None else {qid: 0.0 for qid in predictions}
     # Above the threshold the script treats the prediction as "no answer".
