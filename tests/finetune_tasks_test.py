@@ -126,6 +126,7 @@ def _initial(config, task, num_labels, weights=None):
     return model, jax.device_get(params)
 
 
+@pytest.mark.slow
 def test_starts_from_transformers_question_answering_weights(tmp_path):
     torch.manual_seed(0)
     hf = transformers.BertForQuestionAnswering(_hf_config()).eval()
@@ -150,6 +151,7 @@ def test_starts_from_transformers_question_answering_weights(tmp_path):
     np.testing.assert_allclose(got, want, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_starts_from_transformers_token_classification_weights(tmp_path):
     task_fixtures.write_conll(tmp_path, n_train=20, n_dev=4)
     # The checkpoint's own label order differs from ours ("O" first, by type): it is kept.
