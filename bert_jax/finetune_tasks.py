@@ -15,6 +15,7 @@ import dataclasses
 import functools
 import json
 import math
+import time
 
 import flax.linen as nn
 import jax
@@ -183,6 +184,8 @@ def run(config, workdir) -> dict:
     window = train_lib.MetricWindow()
     guard = train_lib.NonFiniteGuard(config.max_consecutive_nonfinite)
     history, files, step = [], {}, 0
+    # A SWAG row is four sequences: throughput counts sequences, as for the other tasks.
+    sequences_per_row = math.prod(prepared.train["input_ids"].shape[1:-1])
     tokens_per_row = math.prod(prepared.train["input_ids"].shape[1:])
     try:
         for epoch in range(1, config.num_epochs + 1):
@@ -200,7 +203,7 @@ def run(config, workdir) -> dict:
                 step += 1
                 window.add(
                     step_metrics,
-                    sequences=config.batch_size,
+                    sequences=config.batch_size * sequences_per_row,
                     tokens=config.batch_size * tokens_per_row,
                 )
                 guard.check(step_metrics, step)
@@ -211,7 +214,14 @@ def run(config, workdir) -> dict:
 
             final = epoch == config.num_epochs
             if final or config.eval_every_epoch:
+                start = time.perf_counter()
                 out = predict(p_eval_step, state.params, prepared.dev, config.eval_batch_size, mesh)
+                # Device time of the dev set (the first evaluation includes compiling the eval step).
+                eval_rate = (
+                    len(prepared.dev["input_ids"])
+                    * sequences_per_row
+                    / (time.perf_counter() - start)
+                )
                 # Only the final model's predictions are written: they are the run's answer.
                 directory = workdir if final and jax.process_index() == 0 else None
                 results, written = task.score(config, prepared, out, directory)
@@ -220,9 +230,12 @@ def run(config, workdir) -> dict:
                 writer.write_scalars(
                     step,
                     {
-                        f"eval/{name}/{k}": v
-                        for k, v in results.items()
-                        if isinstance(v, int | float)
+                        **{
+                            f"eval/{name}/{k}": v
+                            for k, v in results.items()
+                            if isinstance(v, int | float)
+                        },
+                        "perf/eval_sequences_per_sec": eval_rate,
                     },
                 )
             window.restart()

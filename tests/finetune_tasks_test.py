@@ -81,6 +81,11 @@ def test_swag_learns(tmp_path):
     rows = [line.split(",") for line in lines[1:]]
     assert np.mean([r[1] == r[2] for r in rows]) == results["results"]["accuracy"]
     assert all(abs(sum(map(float, r[3:])) - 1) < 1e-4 for r in rows)
+    # Each evaluation logs its throughput beside its scores.
+    logged = [
+        json.loads(line) for line in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()
+    ]
+    assert all(m["perf/eval_sequences_per_sec"] > 0 for m in logged if "eval/swag/accuracy" in m)
 
 
 @pytest.mark.slow
