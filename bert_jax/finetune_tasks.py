@@ -31,6 +31,16 @@ from bert_jax.tasks import conll, squad, swag
 from bert_jax.train_lib import setup_error
 
 TASKS = {"squad": squad, "swag": swag, "conll": conll}
+# Fields a rerun may change and still be the same run (a finished one is then reported, not retrained).
+SAFE_CHANGES = (
+    "log_every_steps", "eval_batch_size", "max_consecutive_nonfinite", "mesh_shape", "overwrite",
+    "data_dir", "tfds_data_dir",
+)  # fmt: skip
+# What a run writes into its workdir: removed when `overwrite` starts over.
+RUN_FILES = (
+    "checkpoints", "results.json", "metrics.jsonl", "predictions.json", "nbest_predictions.json",
+    "null_odds.json", "predictions.csv", "dev_predictions.txt",
+)  # fmt: skip
 
 
 def entry(config) -> str:
@@ -69,6 +79,37 @@ def initial_params(weights: warm_start.InitialWeights, task, num_labels: int, me
                     task.HEAD,
                 )
     return model, train_lib.create_params(model, shardings, rng, loaded)
+
+
+def reuse_workdir(workdir: epath.Path, stored: dict, overwrite: bool) -> dict | None:
+    """None to train; the finished run's summary when `workdir` holds this very run, complete. Another run's
+    (or an unfinished run's: these loops do not resume mid-run) workdir is an error unless `overwrite`, which
+    deletes its files first."""
+    used = [name for name in RUN_FILES if (workdir / name).exists()]
+    if not used:
+        return None
+    results = workdir / "results.json"
+    breaking = ["(unfinished: no results.json)"]
+    if results.exists():
+        previous = json.loads(results.read_text())
+        breaking, _ = train_lib.config_changes(previous["config"], stored, SAFE_CHANGES)
+        if not breaking:
+            logging.warning("%s: already complete; its results.json stands", workdir)
+            return {**previous, "workdir": str(workdir)}
+    if not overwrite:
+        raise ValueError(
+            f"{workdir} holds another run ({'; '.join(breaking[:3])}"
+            f"{'; ...' if len(breaking) > 3 else ''}): use another --workdir, or "
+            "--config.overwrite=True to delete it and start over"
+        )
+    logging.warning("overwrite: deleting the previous run in %s", workdir)
+    if jax.process_index() == 0:
+        for name in used:
+            path = workdir / name
+            path.rmtree() if path.is_dir() else path.unlink()
+        for events in workdir.glob("events.out.tfevents.*"):
+            events.unlink()
+    return None
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -171,13 +212,20 @@ def run(config, workdir) -> dict:
     dropout_rng = train_lib.dropout_key(config)
 
     # Checkpoint: the final model (the one the score describes).
-    ckpt = checkpoint.Checkpointer(str(workdir / "checkpoints"), keep=1, save_interval_steps=1)
     stored = {
         **run_fields,
         "model": dataclasses.asdict(weights.model_config),
         "tokenizer": weights.tokenizer_spec,
         "num_labels": prepared.num_labels,
     }
+    with setup_error("workdir"):
+        # Compared as results.json stores it (tuples as lists).
+        finished = reuse_workdir(
+            workdir, json.loads(json.dumps(stored, default=str)), config.overwrite
+        )
+    if finished is not None:
+        return finished
+    ckpt = checkpoint.Checkpointer(str(workdir / "checkpoints"), keep=1, save_interval_steps=1)
 
     # Loop: train an epoch, evaluate on dev.
     writer = train_lib.MetricWriter(workdir, process_index=jax.process_index())

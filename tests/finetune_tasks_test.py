@@ -86,6 +86,16 @@ def test_swag_learns(tmp_path):
         json.loads(line) for line in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()
     ]
     assert all(m["perf/eval_sequences_per_sec"] > 0 for m in logged if "eval/swag/accuracy" in m)
+    # The same command again reports the finished run; another run's settings are refused.
+    again = finetune_tasks.run(config, tmp_path / "out")
+    assert again["results"] == results["results"]
+    assert len((tmp_path / "out" / "metrics.jsonl").read_text().splitlines()) == len(logged)
+    with config.unlocked():
+        config.learning_rate = 5e-4
+    with pytest.raises(
+        SetupError, match=r"^workdir: .* holds another run \(learning_rate: 0.001 -> 0.0005"
+    ):
+        finetune_tasks.run(config, tmp_path / "out")
 
 
 @pytest.mark.slow
