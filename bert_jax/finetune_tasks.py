@@ -38,8 +38,8 @@ SAFE_CHANGES = (
 )  # fmt: skip
 # What a run writes into its workdir: removed when `overwrite` starts over.
 RUN_FILES = (
-    "checkpoints", "results.json", "metrics.jsonl", "predictions.json", "nbest_predictions.json",
-    "null_odds.json", "predictions.csv", "dev_predictions.txt",
+    "checkpoints", "results.json", "metrics.jsonl", "config.json", "predictions.json",
+    "nbest_predictions.json", "null_odds.json", "predictions.csv", "dev_predictions.txt",
 )  # fmt: skip
 
 
@@ -229,6 +229,8 @@ def run(config, workdir) -> dict:
 
     # Loop: train an epoch, evaluate on dev.
     writer = train_lib.MetricWriter(workdir, process_index=jax.process_index())
+    writer.write_config(stored)
+    progress = train_lib.Progress(num_train_steps, 0, (("loss", "train/loss", ".4f"),))
     window = train_lib.MetricWindow()
     guard = train_lib.NonFiniteGuard(config.max_consecutive_nonfinite)
     history, files, step = [], {}, 0
@@ -259,6 +261,7 @@ def run(config, workdir) -> dict:
                     continue
                 _, scalars = window.flush()
                 writer.write_scalars(step, scalars)
+                progress.update(step, scalars)
 
             final = epoch == config.num_epochs
             if final or config.eval_every_epoch:
@@ -275,6 +278,9 @@ def run(config, workdir) -> dict:
                 results, written = task.score(config, prepared, out, directory)
                 files.update(written)
                 history.append({"epoch": epoch, "step": step, "results": results})
+                progress.print(
+                    f"epoch {epoch} dev {name} {task.MAIN_METRIC}: {results[task.MAIN_METRIC]:.4f}"
+                )
                 writer.write_scalars(
                     step,
                     {
@@ -290,6 +296,7 @@ def run(config, workdir) -> dict:
         ckpt.save(step, state, data_state={"epoch": config.num_epochs}, config=stored, force=True)
         ckpt.wait_until_finished()
     finally:
+        progress.close()
         writer.close()
         ckpt.close()
 
