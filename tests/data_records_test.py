@@ -11,7 +11,7 @@ from tensorflow_datasets.proto import tf_example_generated_pb2 as example_pb2
 
 from bert_jax.data import corpus as corpus_lib
 from bert_jax.data import loader as loader_lib
-from bert_jax.data import pretraining, read_instances, records
+from bert_jax.data import masking, read_instances, records
 from bert_jax.data.create_pretraining_data import create_shards
 from bert_jax.data.tokenizer import load_tokenizer
 
@@ -111,7 +111,7 @@ def test_instances_source_in_loader_remasks_dynamically(shards):
     ]
     a0, a1 = hosts[0].batch(0), hosts[1].batch(0)
     assert a0["input_ids"].shape == (4, 64)
-    rows = lambda b: {tuple(r) for r in pretraining.unmask(b)}
+    rows = lambda b: {tuple(r) for r in masking.unmask(b)}
     assert not rows(a0) & rows(a1)
     again = loader_lib.make_pretraining_loader(
         cfg, global_batch_size=8, num_train_steps=100, process_index=1, process_count=2

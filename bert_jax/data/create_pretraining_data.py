@@ -19,7 +19,7 @@ import numpy as np
 from absl import app, flags, logging
 
 from bert_jax.data import corpus as corpus_lib
-from bert_jax.data import pretraining, records
+from bert_jax.data import instances, masking, records
 from bert_jax.data.tokenizer import load_tokenizer
 
 FLAGS = flags.FLAGS
@@ -47,7 +47,7 @@ def create_shards(
     docs = corpus_lib.iter_text_documents(input_pattern, stats)
     total, blocks, writer = 0, 0, None
     while block := list(itertools.islice(docs, documents_per_shard)):
-        corpus = pretraining.TokenizedCorpus.from_documents(block, tokenizer, stats)
+        corpus = instances.TokenizedCorpus.from_documents(block, tokenizer, stats)
         if corpus.num_documents < 2:
             logging.warning("block %d: fewer than 2 usable documents, skipped", blocks)
             stats.empty_documents += corpus.num_documents  # counted as unusable, not lost silently
@@ -56,7 +56,7 @@ def create_shards(
         rng = np.random.default_rng([seed, blocks])
         specs = np.concatenate(
             [
-                pretraining.create_instance_specs(corpus, max_seq_length, short_seq_prob, rng)
+                instances.create_instance_specs(corpus, max_seq_length, short_seq_prob, rng)
                 for _ in range(dupe_factor)
             ]
         )
@@ -64,12 +64,12 @@ def create_shards(
         writer = output_paths_for_block(blocks, writer)
         for lo in range(0, len(specs), 1024):
             chunk = specs[lo : lo + 1024]
-            feats = pretraining.assemble(
+            feats = instances.assemble(
                 corpus.tokens, chunk, max_seq_length, tokenizer.cls_id, tokenizer.sep_id
             )
             feats["next_sentence_labels"] = chunk[:, 4].astype(np.int32)
             feats.update(
-                pretraining.mask_tokens(
+                masking.mask_tokens(
                     feats["input_ids"],
                     feats["attention_mask"],
                     rng,

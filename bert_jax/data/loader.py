@@ -19,7 +19,7 @@ import numpy as np
 from absl import logging
 
 from bert_jax.data import corpus as corpus_lib
-from bert_jax.data import pretraining, records
+from bert_jax.data import instances, masking, records
 from bert_jax.data.tokenizer import load_tokenizer
 
 STATE_VERSION = 1
@@ -42,7 +42,7 @@ class CorpusStream:
     def _epoch(self, epoch: int) -> np.ndarray:
         if epoch not in self._cache:
             rng = _rng(self.seed, self.key, epoch)
-            specs = pretraining.create_instance_specs(
+            specs = instances.create_instance_specs(
                 self.corpus, self.seq_length, self.short_seq_prob, rng
             )
             specs = specs[rng.permutation(len(specs))]
@@ -69,7 +69,7 @@ class CorpusStream:
             count -= len(specs)
             epoch, offset = epoch + 1, 0
         specs = np.concatenate(parts)
-        out = pretraining.assemble(
+        out = instances.assemble(
             self.corpus.tokens, specs, self.seq_length, self.cls_id, self.sep_id
         )
         out["next_sentence_labels"] = specs[:, 4].astype(np.int32)
@@ -102,7 +102,7 @@ class RecordStream:
             sel = epochs == e
             idx[sel] = self._perm[e][self.p + self.num_p * k[sel]]
         feats = self.source.batch(idx.tolist(), self.seq_length)
-        feats["input_ids"] = pretraining.unmask(feats)
+        feats["input_ids"] = masking.unmask(feats)
         for name in ("masked_lm_positions", "masked_lm_ids", "masked_lm_weights"):
             del feats[name]
         return feats
@@ -146,7 +146,7 @@ class PretrainingLoader:
         with self._lock:
             feats = stream.rows((step - start) * self.batch_size, self.batch_size)
         rng = _rng(self.seed, 7, self.process_index, self.process_count, step)
-        masked = pretraining.mask_tokens(
+        masked = masking.mask_tokens(
             feats["input_ids"],
             feats["attention_mask"],
             rng,
@@ -284,7 +284,7 @@ def _build(cfg, *, batch_size, phases, process_index, process_count, seed, eval_
     else:
         stats = corpus_lib.CorpusStats()
         docs = _documents(cfg, pattern, process_index, process_count, stats, holdout)
-        corpus = pretraining.TokenizedCorpus.from_documents(docs, tok, stats)
+        corpus = instances.TokenizedCorpus.from_documents(docs, tok, stats)
         # Over-long lines are kept and truncated with their pair (counted against phase 1).
         stats.long_sentences = int((np.diff(corpus.sentence_starts) > phases[0][1] - 3).sum())
         stats.log(f"pretraining corpus (host {process_index}/{process_count}, eval={eval_mode})")
