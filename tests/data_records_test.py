@@ -1,6 +1,5 @@
 """Offline mode: create_pretraining_data CLI, ArrayRecord round trip, original TFRecords."""
 
-import struct
 import subprocess
 import sys
 
@@ -11,7 +10,7 @@ from tensorflow_datasets.proto import tf_example_generated_pb2 as example_pb2
 
 from bert_jax.data import corpus as corpus_lib
 from bert_jax.data import loader as loader_lib
-from bert_jax.data import masking, read_instances, records
+from bert_jax.data import masking, read_instances, records, tfrecord
 from bert_jax.data.create_pretraining_data import create_shards
 from bert_jax.data.tokenizer import load_tokenizer
 
@@ -149,7 +148,7 @@ def test_reads_original_tfrecords(tmp_path):
             }
             want.append(feats)
             raw = _tf_example(feats)
-            f.write(struct.pack("<Q", len(raw)) + b"\0" * 4 + raw + b"\0" * 4)
+            f.write(tfrecord.frame(raw))
     got = list(read_instances(str(path)))
     assert len(got) == 20
     for g, w in zip(got, want, strict=True):
@@ -162,7 +161,7 @@ def test_reads_original_tfrecords(tmp_path):
         assert g["masked_lm_weights"].dtype == np.float32 and g["input_ids"].dtype == np.int32
     truncated = tmp_path / "cut.tfrecord"
     truncated.write_bytes(path.read_bytes()[:-10])
-    with pytest.raises(ValueError, match="cut.tfrecord: truncated TFRecord"):
+    with pytest.raises(ValueError, match="cut.tfrecord: truncated record"):
         list(read_instances(str(truncated)))
 
 

@@ -81,8 +81,7 @@ def create_shards(
                     is_continuation=tokenizer.is_continuation if whole_word else None,
                 )
             )
-            for rec in records.encode_batch(feats, max_predictions):
-                writer.write(rec)
+            writer.write_batch(feats, max_predictions)
         total += len(specs)
         blocks += 1
         logging.info(
