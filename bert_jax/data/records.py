@@ -126,15 +126,17 @@ class InstanceWriter:
     """Writes padded instance batches round-robin over ArrayRecord and/or TFRecord files.
 
     A path containing ".tfrecord" gets tf.train.Examples in the original tool's layout (what
-    its pretraining code reads); any other path gets bert_jax's ArrayRecord records.
+    its pretraining code reads); any other path gets bert_jax's ArrayRecord records, or, with
+    `tfrecord_default` (the original's behaviour), TFRecords unless it ends in ".array_record".
     """
 
-    def __init__(self, paths: list[str]):
+    def __init__(self, paths: list[str], tfrecord_default: bool = False):
         from array_record.python.array_record_module import ArrayRecordWriter
 
         self._writers, self._is_tf = [], []
         for p in paths:
-            is_tf = ".tfrecord" in epath.Path(p).name
+            name = epath.Path(p).name
+            is_tf = ".tfrecord" in name or (tfrecord_default and not name.endswith(".array_record"))
             epath.Path(p).parent.mkdir(parents=True, exist_ok=True)
             # group_size:1 makes every record individually addressable (fast random reads).
             writer = (
