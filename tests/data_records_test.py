@@ -3,7 +3,6 @@
 import subprocess
 import sys
 
-import ml_collections
 import numpy as np
 import pytest
 from tensorflow_datasets.proto import tf_example_generated_pb2 as example_pb2
@@ -13,6 +12,7 @@ from bert_jax.data import loader as loader_lib
 from bert_jax.data import masking, read_instances, records, tfrecord
 from bert_jax.data.create_pretraining_data import create_shards
 from bert_jax.data.tokenizer import load_tokenizer
+from configs.pretraining import data_config
 
 FEATURES = (
     "input_ids",
@@ -91,12 +91,11 @@ def test_records_encode_decode_exact():
 
 def test_instances_source_in_loader_remasks_dynamically(shards):
     out, _, tok = shards
-    cfg = ml_collections.ConfigDict(
+    cfg = data_config()
+    cfg.update(
         dict(
             source="instances",
             input_pattern=f"{out}/*.array_record",
-            vocab_file="",
-            do_lower_case=True,
             seq_length=64,
             max_predictions_per_seq=10,
             phase2_fraction=0.0,
@@ -118,7 +117,9 @@ def test_instances_source_in_loader_remasks_dynamically(shards):
     np.testing.assert_array_equal(again["input_ids"], a1["input_ids"])
     # Dynamic masking: the same instances come back in a later epoch with other masks.
     source = hosts[0]._phases[0][1]
-    assert source.per_epoch == len(source.source) // 2
+    n = len(source.source)
+    assert (source.lo, source.hi) == (0, n - n // 50)  # the last 2% are held out for eval
+    assert source.per_epoch == (n - n // 50) // 2
 
 
 def _tf_example(feats):

@@ -1,12 +1,12 @@
 """Vocabulary training (WordPiece and SentencePiece) and the loader on the trained tokenizers."""
 
-import ml_collections
 import numpy as np
 
 from bert_jax.data import corpus as corpus_lib
 from bert_jax.data import loader as loader_lib
 from bert_jax.data import vocab as vocab_lib
 from bert_jax.data.tokenizer import SentencePieceTokenizer, WordPieceTokenizer, load_tokenizer
+from configs.pretraining import data_config
 
 
 def test_wordpiece_training_matches_the_bundled_vocab(tmp_path):
@@ -31,13 +31,12 @@ def test_sentencepiece_training_and_loader_with_whole_word_masking(tmp_path):
     assert isinstance(tok, SentencePieceTokenizer) and tok.vocab_size == 300
     assert (tok.pad_id, tok.unk_id, tok.cls_id, tok.sep_id, tok.mask_id) == (0, 1, 2, 3, 4)
     assert tok.encode("The River") == tok.encode("the river")  # lower-cased like its training
-    cfg = ml_collections.ConfigDict(
+    cfg = data_config()
+    cfg.update(
         dict(
             source="text",
             input_pattern=str(corpus_lib.SAMPLE_EVAL_CORPUS),
-            eval_input_pattern=None,
             vocab_file=path,
-            do_lower_case=True,
             seq_length=64,
             max_predictions_per_seq=10,
             phase2_fraction=0.0,
