@@ -58,3 +58,34 @@ def test_sentencepiece_training_and_loader_with_whole_word_masking(tmp_path):
     # Whole words: a continuation piece is chosen exactly when the piece before it is.
     assert (chosen[:, :-1] == chosen[:, 1:])[cont[:, 1:]].all()
     assert cont.sum() > 100 and valid.sum() > 64
+
+
+def test_sentencepiece_vocab_size_beyond_the_corpus_shrinks_and_says_so(tmp_path, caplog):
+    path = vocab_lib.train_sentencepiece(
+        str(corpus_lib.SAMPLE_EVAL_CORPUS), str(tmp_path / "big"), vocab_size=50_000
+    )
+    tok = load_tokenizer(path)  # no do_lower_case: the model says it lower-cases
+    assert 300 < tok.vocab_size < 50_000
+    assert tok.do_lower_case and tok.encode("The RIVER") == tok.encode("the river")
+    warned = [r.getMessage() for r in caplog.records if "--vocab_size=50000" in r.getMessage()]
+    assert warned == [
+        f"{path}: the corpus supports {tok.vocab_size} tokens, not --vocab_size=50000; "
+        f"wrote {tok.vocab_size}"
+    ]
+    cased = vocab_lib.train_sentencepiece(
+        str(corpus_lib.SAMPLE_EVAL_CORPUS), str(tmp_path / "cased"), 300, do_lower_case=False
+    )
+    cased_tok = load_tokenizer(cased)
+    assert not cased_tok.do_lower_case
+    assert cased_tok.encode("The River") != cased_tok.encode("the river")
+
+
+def test_wordpiece_vocab_size_beyond_the_corpus_says_so(tmp_path, caplog):
+    out = tmp_path / "vocab.txt"
+    n = vocab_lib.train_wordpiece(str(corpus_lib.SAMPLE_EVAL_CORPUS), str(out), vocab_size=50_000)
+    assert n < 50_000 and len(out.read_text().splitlines()) == n
+    assert any(
+        r.getMessage()
+        == f"{out}: the corpus supports {n} tokens, not --vocab_size=50000; wrote {n}"
+        for r in caplog.records
+    )
