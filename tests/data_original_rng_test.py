@@ -106,11 +106,24 @@ def test_tfrecord_writer_is_what_tensorflow_reads(tmp_path):
     assert list(ex.features.feature["input_ids"].int64_list.value) == [2, 300, 20000, 3, 0]
     assert list(ex.features.feature["masked_lm_weights"].float_list.value) == [1.0, 0.5, 0.0]
     assert list(ex.features.feature["next_sentence_labels"].int64_list.value) == [1]
-    # CRC-32C check value (RFC 3720) and TFRecord framing of the golden file (written by TF).
-    assert tfrecord.crc32c(b"123456789") == 0xE3069283
+    # CRC-32C check value (RFC 3720), both implementations, and TFRecord framing of the golden
+    # file (written by TensorFlow).
+    assert tfrecord.crc32c(b"123456789") == tfrecord.crc32c_python(b"123456789") == 0xE3069283
+    data = np.random.default_rng(0).integers(0, 256, 1001, np.uint8).tobytes()
+    assert tfrecord.crc32c(data) == tfrecord.crc32c_python(data)
     first = (GOLDEN / "pieces.tfrecord").read_bytes()
     n = int.from_bytes(first[:8], "little")
     assert tfrecord.frame(first[12 : 12 + n]) == first[: 16 + n]
+    # Our decoder against protobuf's on the original's own records.
+    blobs = list(tfrecord.TFRecordFile(GOLDEN / "pieces.tfrecord"))
+    parsed = tfrecord.parse_examples(blobs)
+    for i in (0, 7, len(blobs) - 1):
+        ex = example_pb2.Example.FromString(blobs[i])
+        for name, feature in ex.features.feature.items():
+            want = feature.int64_list.value or feature.float_list.value
+            values, counts, present = parsed[name]
+            start = int(counts[:i].sum())
+            assert present[i] and list(values[start : start + counts[i]]) == list(want)
 
 
 @pytest.mark.parametrize(

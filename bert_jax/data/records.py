@@ -220,32 +220,29 @@ class _TFRecordFile(tfrecord.TFRecordFile):
     """One TFRecord file of the original tool's tf.train.Examples."""
 
     def decode(self, blobs, seq_length, max_predictions) -> dict[str, np.ndarray]:
-        rows = []
-        for blob in blobs:
-            ex = tfrecord.parse_example(blob)
-            missing = [name for name in TF_FEATURES if name not in ex]
-            if missing:
-                raise ValueError(f"{self.path}: tf.train.Example has no feature {missing[0]!r}")
-            rows.append(ex)
-        stored = len(rows[0]["input_ids"])
-        length = seq_length or stored
-        n_pred = max_predictions or len(rows[0]["masked_lm_ids"])
+        parsed = tfrecord.parse_examples(blobs)
+        for name in TF_FEATURES:
+            if name not in parsed or not parsed[name][2].all():
+                raise ValueError(f"{self.path}: tf.train.Example has no feature {name!r}")
+        length = seq_length or int(parsed["input_ids"][1].max())
+        n_pred = max_predictions or int(parsed["masked_lm_ids"][1].max())
         out = {}
         for name in TF_FEATURES:
-            dtype = np.float32 if name == "masked_lm_weights" else np.int32
-            width = n_pred if name.startswith("masked_lm") else length
+            values, counts, _ = parsed[name]
             if name == "next_sentence_labels":
-                out[name] = np.array([r[name][0] for r in rows], np.int32)
+                out[name] = values[np.cumsum(counts) - 1].astype(np.int32)
                 continue
-            arr = np.zeros((len(rows), width), dtype)
-            for i, r in enumerate(rows):
-                v = r[name]
-                if len(v) > width and v[width:].any():
-                    raise ValueError(
-                        f"{self.path}: feature {name!r} has {len(v)} values, more than {width}"
-                    )
-                arr[i, : min(len(v), width)] = v[:width]
-            out[_FROM_TF.get(name, name)] = arr
+            width = n_pred if name.startswith("masked_lm") else length
+            if counts.max() > width:
+                raise ValueError(
+                    f"{self.path}: feature {name!r} has {counts.max()} values, more than {width}"
+                )
+            dtype = np.float32 if name == "masked_lm_weights" else np.int32
+            padded = np.zeros((len(blobs), width), dtype)
+            rows = np.repeat(np.arange(len(blobs)), counts)
+            cols = np.arange(len(values)) - np.repeat(np.cumsum(counts) - counts, counts)
+            padded[rows, cols] = values
+            out[_FROM_TF.get(name, name)] = padded
         return out
 
     def stored_seq_length(self) -> int:
