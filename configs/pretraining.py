@@ -76,7 +76,7 @@ def data_config() -> ml_collections.ConfigDict:
     # "dynamic": fresh masks every step (RoBERTa's choice; the only one for text/TFDS, which store no
     # masks); "static": train on the masks stored in instance files (the paper's setup, with
     # dupe_factor=10 masks per sequence). Dynamic is the default: one behaviour for every source, and
-    # RoBERTa found it as good or better (Liu et al. 2019, table 1).
+    # RoBERTa found it comparable or slightly better (Liu et al. 2019, table 1).
     d.masking = "dynamic"
     # A record file that is truncated or fails its checksum is an error naming file and offset; True
     # skips the bad records instead (counted and logged), for data you cannot regenerate.
