@@ -5,13 +5,13 @@ import pathlib
 import numpy as np
 import pytest
 
+from bert_jax.configs.pretraining import data_config
 from bert_jax.data import corpus as corpus_lib
 from bert_jax.data import loader as loader_lib
 from bert_jax.data import masking, read_instances, records, tfrecord
 from bert_jax.data.create_pretraining_data import create_shards
 from bert_jax.data.tfrecord import CorruptRecordError
 from bert_jax.data.tokenizer import load_tokenizer
-from configs.pretraining import data_config
 
 GOLDEN = pathlib.Path(__file__).resolve().parent / "golden"
 

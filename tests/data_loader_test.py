@@ -5,9 +5,9 @@ import json
 import numpy as np
 import pytest
 
+from bert_jax.configs.pretraining import data_config
 from bert_jax.data import corpus as corpus_lib
 from bert_jax.data import loader as loader_lib
-from configs.pretraining import data_config
 
 NUM_DOCS = 120
 FILLER = [f"w{i}" for i in range(40)]

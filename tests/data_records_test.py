@@ -7,12 +7,12 @@ import numpy as np
 import pytest
 from tensorflow_datasets.proto import tf_example_generated_pb2 as example_pb2
 
+from bert_jax.configs.pretraining import data_config
 from bert_jax.data import corpus as corpus_lib
 from bert_jax.data import loader as loader_lib
 from bert_jax.data import masking, read_instances, records, tfrecord
 from bert_jax.data.create_pretraining_data import create_shards
 from bert_jax.data.tokenizer import load_tokenizer
-from configs.pretraining import data_config
 
 FEATURES = (
     "input_ids",

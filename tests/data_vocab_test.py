@@ -2,11 +2,11 @@
 
 import numpy as np
 
+from bert_jax.configs.pretraining import data_config
 from bert_jax.data import corpus as corpus_lib
 from bert_jax.data import loader as loader_lib
 from bert_jax.data import vocab as vocab_lib
 from bert_jax.data.tokenizer import SentencePieceTokenizer, WordPieceTokenizer, load_tokenizer
-from configs.pretraining import data_config
 
 
 def test_wordpiece_training_matches_the_bundled_vocab(tmp_path):

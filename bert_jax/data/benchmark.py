@@ -21,12 +21,12 @@ import tempfile  # noqa: E402
 import time  # noqa: E402
 
 from bert_jax.assets import make_sample_corpus  # noqa: E402
+from bert_jax.configs.pretraining import data_config  # noqa: E402
 from bert_jax.data import corpus as corpus_lib  # noqa: E402
 from bert_jax.data import loader as loader_lib  # noqa: E402
 from bert_jax.data import read_instances, records  # noqa: E402
 from bert_jax.data.create_pretraining_data import create_shards  # noqa: E402
 from bert_jax.data.tokenizer import load_tokenizer  # noqa: E402
-from configs.pretraining import data_config  # noqa: E402
 
 BATCH = 256
 

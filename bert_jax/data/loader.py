@@ -12,7 +12,7 @@ Instance files (`source="instances"`: bert_jax's ArrayRecord or the original too
 train with the masks stored in them (`masking="static"`, the paper's dupe_factor=10 setup) or
 re-masked per step (`"dynamic"`, RoBERTa's). Phase 2 reads its own 512-token files
 (`phase2_input_pattern`), checked at startup. Every config field is read as `cfg.field`; the
-defaults live in the recipe (`configs/pretraining.py`).
+defaults live in the recipe (`bert_jax/configs/pretraining.py`).
 """
 
 from __future__ import annotations

@@ -15,42 +15,43 @@ misspelt key is an error. docs/configs.md describes every field.
 import ml_collections
 from ml_collections import config_dict
 
-# (num_layers, hidden_size, num_heads, intermediate_size): the sizes of Turc et al. 2019 and the paper.
-SIZES = {
-    "tiny": (2, 128, 2, 512),
-    "mini": (4, 256, 4, 1024),
-    "small": (4, 512, 8, 2048),
-    "medium": (8, 512, 8, 2048),
-    "base": (12, 768, 12, 3072),
-    "large": (24, 1024, 16, 4096),
-}
+from bert_jax.model import PRESETS
+
+# The model sizes: BERT-Tiny ... BERT-Large (the one table lives in bert_jax.model.PRESETS).
+SIZES = tuple(PRESETS)
 
 
 def model_config(size: str) -> ml_collections.ConfigDict:
-    """BertConfig fields for one of SIZES (all but `dtype`, which is the top-level `config.dtype`)."""
-    num_layers, hidden_size, num_heads, intermediate_size = SIZES[size]
+    """BertConfig fields for one of SIZES (the two dtypes are top-level fields: `dtype`, `param_dtype`)."""
     m = ml_collections.ConfigDict()
-    m.vocab_size = 30522  # the uncased English WordPiece vocab; -1 = take the tokenizer's size
-    m.hidden_size = hidden_size  # width of every token representation
-    m.num_layers = num_layers  # Transformer encoder layers
-    m.num_heads = (
-        num_heads  # attention heads (head size hidden_size / num_heads = 64 for the paper's)
-    )
-    m.intermediate_size = intermediate_size  # feed-forward inner width, 4 x hidden_size
-    m.hidden_act = "gelu"  # exact erf GELU, as the original
-    m.hidden_dropout_prob = 0.1  # dropout on embeddings and every residual branch, as the paper
-    m.attention_dropout_prob = 0.1  # dropout on attention probabilities, as the paper
-    m.max_position_embeddings = 512  # learned absolute positions; phase 2 uses all 512
-    m.type_vocab_size = 2  # segments A and B
-    m.initializer_range = 0.02  # std of the truncated-normal init
-    m.layer_norm_eps = 1e-12  # as the original TF code
-    m.param_dtype = (
-        "float32"  # parameters and optimizer state stay float32 even with bfloat16 compute
-    )
-    m.attention_impl = "auto"  # cuDNN flash attention on GPU where possible, plain XLA elsewhere
-    m.remat_policy = (
-        "none"  # "full"/"dots": recompute layer activations in the backward pass to save memory
-    )
+    # The uncased English WordPiece vocab; -1 = take the tokenizer's size.
+    m.vocab_size = 30522
+    # Width of every token representation.
+    m.hidden_size = PRESETS[size]["hidden_size"]
+    # Transformer encoder layers.
+    m.num_layers = PRESETS[size]["num_layers"]
+    # Attention heads (head size hidden_size / num_heads = 64 for the paper's models).
+    m.num_heads = PRESETS[size]["num_heads"]
+    # Feed-forward inner width, 4 x hidden_size.
+    m.intermediate_size = PRESETS[size]["intermediate_size"]
+    # Exact erf GELU, as the original.
+    m.hidden_act = "gelu"
+    # Dropout on embeddings and every residual branch, as the paper.
+    m.hidden_dropout_prob = 0.1
+    # Dropout on attention probabilities, as the paper.
+    m.attention_dropout_prob = 0.1
+    # Learned absolute positions; phase 2 uses all 512.
+    m.max_position_embeddings = 512
+    # Segments A and B.
+    m.type_vocab_size = 2
+    # Std of the truncated-normal init.
+    m.initializer_range = 0.02
+    # As the original TF code.
+    m.layer_norm_eps = 1e-12
+    # cuDNN flash attention on GPU where possible, plain XLA elsewhere.
+    m.attention_impl = "auto"
+    # "full"/"dots": recompute layer activations in the backward pass to save memory.
+    m.remat_policy = "none"
     return m
 
 
@@ -115,51 +116,66 @@ def data_config() -> ml_collections.ConfigDict:
 def get_config(size: str = "base") -> ml_collections.ConfigDict:
     """The paper's pretraining recipe for a model size in SIZES."""
     c = ml_collections.ConfigDict()
-    c.mode = "pretrain"  # what bert_jax.main runs: "pretrain" (fine-tuning configs say "finetune")
-    c.size = size  # informational: the name of the model size, for logs and checkpoints
+    # What bert_jax.main runs: "pretrain" (fine-tuning configs say "finetune").
+    c.mode = "pretrain"
+    # Informational: the name of the model size, for logs and checkpoints.
+    c.size = size
     c.model = model_config(size)
     c.data = data_config()
-    c.dtype = (
-        "float32"  # compute dtype: "bfloat16" on TPU/GPU (params and optimizer state stay float32)
-    )
-    c.seed = 0  # parameter init, dropout (folded with the step) and data order
-    c.prng_impl = "threefry2x32"  # generator of the dropout keys ("rbg" is faster on some TPUs)
+    # Compute dtype: "bfloat16" on TPU/GPU. Softmax, LayerNorm statistics and losses stay float32.
+    c.dtype = "float32"
+    # Storage dtype of the parameters, and so of the optimizer state: float32 even with bfloat16 compute.
+    c.param_dtype = "float32"
+    # Parameter init, dropout (folded with the step) and data order.
+    c.seed = 0
+    # Generator of the dropout keys ("rbg" is faster on some TPUs).
+    c.prng_impl = "threefry2x32"
 
     # Schedule.
-    c.num_train_steps = 1_000_000  # the paper: 1M steps of 256 sequences (~40 epochs of 3.3B words)
-    c.global_batch_size = 256  # sequences per step over all hosts and devices
-    c.grad_accum_steps = (
-        1  # micro-batches per update: the same global batch on fewer devices / less memory
-    )
-    c.learning_rate = 1e-4  # peak learning rate, as the paper
-    c.warmup_steps = 10_000  # linear warmup from 0, then linear decay to 0 at num_train_steps
+    # The paper: 1M steps of 256 sequences (~40 epochs of 3.3B words).
+    c.num_train_steps = 1_000_000
+    # Sequences per step over all hosts and devices.
+    c.global_batch_size = 256
+    # Micro-batches per update: the same global batch on fewer devices / less memory.
+    c.grad_accum_steps = 1
+    # Peak learning rate, as the paper.
+    c.learning_rate = 1e-4
+    # Linear warmup from 0, then linear decay to 0 at num_train_steps.
+    c.warmup_steps = 10_000
 
     # Optimizer.
-    c.optimizer = "adamw"  # "adamw" as the paper; "lamb" for very large batches (You et al. 2019)
-    c.adam_b1 = 0.9  # first-moment decay
-    c.adam_b2 = 0.999  # second-moment decay
-    c.adam_epsilon = 1e-6  # as the original BERT optimizer (not Adam's usual 1e-8)
-    c.weight_decay = 0.01  # decoupled decay, not on LayerNorm scales/biases or any bias
-    c.max_grad_norm = 1.0  # clip the global gradient norm, as the original
+    # "adamw" as the paper; "lamb" for very large batches (You et al. 2019).
+    c.optimizer = "adamw"
+    # First-moment decay.
+    c.adam_b1 = 0.9
+    # Second-moment decay.
+    c.adam_b2 = 0.999
+    # As the original BERT optimizer (not Adam's usual 1e-8).
+    c.adam_epsilon = 1e-6
+    # Decoupled decay, not on LayerNorm scales/biases or any bias.
+    c.weight_decay = 0.01
+    # Clip the global gradient norm, as the original.
+    c.max_grad_norm = 1.0
 
     # Devices.
-    c.mesh_shape = (
-        -1,
-        1,
-        1,
-    )  # (data, fsdp, tensor); -1 = all remaining devices. Default: pure data parallel
+    # (data, fsdp, tensor); -1 = all remaining devices. Default: pure data parallel.
+    c.mesh_shape = (-1, 1, 1)
 
     # Checkpoints, logging, evaluation.
-    c.checkpoint_every_steps = 10_000  # save (asynchronously) this often, and always at the end
-    c.keep_checkpoints = 3  # keep the last K checkpoints
-    c.async_checkpoints = True  # write checkpoints in the background while training continues
-    c.log_every_steps = 100  # write train metrics (stdout, TensorBoard, metrics.jsonl) this often
-    c.eval_every_steps = 10_000  # held-out MLM/NSP accuracy this often, and at the end; 0 = never
-    c.eval_batches = 20  # held-out batches per evaluation
-    c.max_consecutive_nonfinite = (
-        10  # stop after this many non-finite losses in a row (updates are skipped)
-    )
-    c.preemption_check_every_steps = (
-        10  # multi-host: how often hosts agree on a SIGTERM (a tiny all-gather)
-    )
+    # Save (asynchronously) this often, and always at the end.
+    c.checkpoint_every_steps = 10_000
+    # Keep the last K checkpoints.
+    c.keep_checkpoints = 3
+    # Write checkpoints in the background while training continues.
+    c.async_checkpoints = True
+    # Write train metrics (stdout, TensorBoard, metrics.jsonl) this often.
+    c.log_every_steps = 100
+    # Held-out MLM/NSP accuracy this often, and at the end; 0 = never.
+    c.eval_every_steps = 10_000
+    # Held-out batches per evaluation.
+    c.eval_batches = 20
+    # Stop after this many non-finite losses in a row (updates are skipped).
+    c.max_consecutive_nonfinite = 10
+    # Multi-host: how often hosts agree on a SIGTERM (a tiny all-gather).
+    c.preemption_check_every_steps = 10
     return c
