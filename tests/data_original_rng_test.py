@@ -36,8 +36,19 @@ RUNS = {
         "--dupe_factor=2",
         "--random_seed=12345",
     ],
+    # Cased with the uncased sample vocab: capitalized words become [UNK], accents stay.
+    "cased": [
+        "--do_lower_case=False",
+        "--max_seq_length=32",
+        "--max_predictions_per_seq=5",
+        "--masked_lm_prob=0.3",
+        "--short_seq_prob=0.0",
+        "--dupe_factor=1",
+        "--random_seed=3",
+    ],
 }
 OUTPUTS = {
+    "cased": ["cased.tfrecord"],
     "pieces": ["pieces.tfrecord"],
     "whole_word": ["whole_word-0.tfrecord", "whole_word-1.tfrecord"],
 }
@@ -71,7 +82,7 @@ def test_original_rng_equals_the_original_tool(tmp_path, run):
         *RUNS[run],
     ]
     counts = cpd.run(_flags(argv))
-    assert counts["instances"] == {"pieces": 121, "whole_word": 83}[run]
+    assert counts["instances"] == {"pieces": 121, "whole_word": 83, "cased": 54}[run]
     for out in outputs:  # same instances in the same order, in the same file of the round-robin
         _assert_same_instances(out, GOLDEN / out.name)
 

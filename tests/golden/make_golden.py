@@ -39,6 +39,16 @@ RUNS = {
         "dupe_factor": 2,
         "random_seed": 12345,
     },
+    "cased": {
+        "output_file": "cased.tfrecord",
+        "do_lower_case": False,
+        "max_seq_length": 32,
+        "max_predictions_per_seq": 5,
+        "masked_lm_prob": 0.3,
+        "short_seq_prob": 0.0,
+        "dupe_factor": 1,
+        "random_seed": 3,
+    },
 }
 
 # Run in a child process: aliases tensorflow to its v1 API, then calls the original's main.
@@ -65,8 +75,11 @@ def flag_list(flags: dict) -> list[str]:
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--original_dir", required=True)
+    parser.add_argument("--only", default="", help="comma-separated run names (default: all)")
     args = parser.parse_args()
     for name, flags in RUNS.items():
+        if args.only and name not in args.only.split(","):
+            continue
         cmd = [sys.executable, "-c", SHIM, args.original_dir, *flag_list(flags)]
         print(name, " ".join(cmd[3:]))
         subprocess.run(cmd, check=True, capture_output=True)
