@@ -200,3 +200,40 @@ class Checkpointer:
     def close(self) -> None:
         """Waits for the pending save (raising if it failed) and releases the manager's threads."""
         self._manager.close()
+
+
+def restore_params(directory: str, step: int | None = None) -> tuple[int, dict, dict]:
+    """(step, params, stored_config) of checkpoint `step` (None: the latest) in `directory`, reading only
+    the parameters: no optimizer state, no model or mesh needed.
+
+    `params` is the unboxed nested dict of arrays (on the default device) under the state's `params`;
+    `stored_config` the config dict saved with the step. Raises ValueError if there is no such checkpoint.
+    """
+    directory = epath.Path(directory)
+    ckpt = Checkpointer(str(directory), keep=1, save_interval_steps=1, async_save=False)
+    try:
+        steps = ckpt.all_steps()
+        if not steps:
+            raise ValueError(f"no checkpoints in {directory}")
+        step = steps[-1] if step is None else int(step)
+        if step not in steps:
+            raise ValueError(f"no checkpoint at step {step} in {directory}; have {steps}")
+        _, config = ckpt.read_config(step)
+        tree = ckpt._manager.item_metadata(step)["state"].tree
+    finally:
+        ckpt.close()
+    if "params" not in tree:
+        raise ValueError(f"checkpoint {directory / str(step)} has no params in its state")
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    abstract = jax.tree.map(
+        lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), tree["params"]
+    )
+    restored = ocp.PyTreeCheckpointer().restore(
+        directory / str(step) / "state",
+        args=ocp.args.PyTreeRestore(
+            item={"params": abstract},
+            restore_args={"params": ocp.checkpoint_utils.construct_restore_args(abstract)},
+            partial_restore=True,
+        ),
+    )
+    return step, restored["params"], config
