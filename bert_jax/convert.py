@@ -103,6 +103,7 @@ def read_checkpoint(
     if kind == "transformers":
         return _read_transformers(path, overrides, do_lower_case)
     prefix = tf_checkpoint.find_prefix(str(path))
+    tf1_layout.check_is_bert(prefix)
     directory = epath.Path(os.path.dirname(prefix))
     config_path = str(directory / "bert_config.json")
     config = tf1_layout.read_config(config_path, **overrides)
@@ -210,8 +211,8 @@ def load_flat_params(
     """Fills `model`'s parameter tree from flat 'bert/...' arrays: checks shapes, initialises missing
     head parameters (with a warning); a missing encoder parameter is an error naming it."""
     dtype = config.storage_dtype
-    fresh = jax.jit(lambda rng: nn.unbox(model_lib.init_params(model, rng)))(jax.random.key(seed))
-    expected = traverse_util.flatten_dict(fresh, sep="/")
+    init = lambda rng: nn.unbox(model_lib.init_params(model, rng))
+    expected = traverse_util.flatten_dict(jax.eval_shape(init, jax.random.key(seed)), sep="/")
     if head == "none":  # the bare encoder's tree has no "bert/" level
         loaded = {k.removeprefix("bert/"): v for k, v in loaded.items()}
         optional = (*_OPTIONAL_ROOTS, "pooler/")
@@ -225,7 +226,7 @@ def load_flat_params(
         raise ValueError(f"{source}: parameter {surprising[0]!r} has no place in a {head!r} model")
     if unused:
         logging.info("%s: checkpoint tensors not used by head %r: %s", source, head, unused)
-    out, initialised = {}, []
+    out, initialised, fresh = {}, [], None
     for key, init_value in expected.items():
         if key in loaded:
             value = loaded[key]
@@ -236,7 +237,9 @@ def load_flat_params(
                 )
             out[key] = jax.numpy.asarray(value, dtype)
         elif key.startswith(optional):
-            out[key] = init_value.astype(dtype)
+            if fresh is None:  # initialising is a compile: only when some head needs it
+                fresh = traverse_util.flatten_dict(jax.jit(init)(jax.random.key(seed)), sep="/")
+            out[key] = fresh[key].astype(dtype)
             initialised.append(key)
         else:
             raise ValueError(f"{source}: parameter {key!r} is missing from the checkpoint")

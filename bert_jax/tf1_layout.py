@@ -134,6 +134,15 @@ def _not_bert(bundle: tf_checkpoint.Bundle) -> str | None:
     return None
 
 
+def check_is_bert(prefix: str) -> tf_checkpoint.Bundle:
+    """Opens the checkpoint; ValueError naming the index file if it is TF2, ALBERT or ELECTRA."""
+    bundle = tf_checkpoint.Bundle(prefix)
+    why = _not_bert(bundle)
+    if why:
+        raise ValueError(f"{bundle.index_path}: {why}")
+    return bundle
+
+
 def read_config(path: str, **overrides) -> model_lib.BertConfig:
     """BertConfig from the original `bert_config.json`; one-line errors naming the file and field."""
     try:
@@ -221,10 +230,7 @@ def read_params(prefix: str, config: model_lib.BertConfig, config_path: str):
     is no BERT parameter, a config that disagrees with the tensors, or a mis-shaped tensor; BundleError for
     unreadable files.
     """
-    bundle = tf_checkpoint.Bundle(prefix)
-    why = _not_bert(bundle)
-    if why:
-        raise ValueError(f"{bundle.index_path}: {why}")
+    bundle = check_is_bert(prefix)
     _check_sizes(bundle, config, config_path)
     names = name_map(config.num_layers)
     flat, skipped = {}, []

@@ -346,6 +346,8 @@ class Bundle:
         return sorted(self._items)
 
     def entry(self, name: str) -> Entry:
+        if name not in self._items:
+            raise KeyError(f"{self.index_path}: no tensor {name!r}")
         if name not in self._entries:
             try:
                 self._entries[name] = Entry.parse(self._items[name])
