@@ -284,14 +284,20 @@ def write_tokenizer(directory, tokenizer, config, do_lower_case: bool | None = N
     directory = epath.Path(directory)
     if do_lower_case is None:
         do_lower_case = tokenizer_lowercases(tokenizer)
-    tokens = [tokenizer.id_to_token(i) for i in range(tokenizer.vocab_size)]
+    source = epath.Path(getattr(tokenizer, "path", ""))
+    if source.name == "vocab.txt" and source.exists():  # the original file, byte for byte
+        (directory / "vocab.txt").write_bytes(source.read_bytes())
+        tokens = []
+    else:
+        tokens = [tokenizer.id_to_token(i) for i in range(tokenizer.vocab_size)]
     if any(t is None for t in tokens):
         raise ValueError(f"{tokenizer.path}: not a WordPiece vocabulary with one token per id")
     if any(t.startswith("▁") for t in tokens):
         raise ValueError(
             f"{tokenizer.path}: a SentencePiece vocabulary has no transformers BertTokenizer form"
         )
-    (directory / "vocab.txt").write_text("\n".join(tokens) + "\n", encoding="utf-8")
+    if tokens:
+        (directory / "vocab.txt").write_text("\n".join(tokens) + "\n", encoding="utf-8")
     tokenizer_config = {
         "tokenizer_class": "BertTokenizer",
         "do_lower_case": do_lower_case,

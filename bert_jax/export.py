@@ -194,6 +194,8 @@ def convert_checkpoint(
         raise ValueError(f"--format={fmt!r} is not one of {FORMATS}")
     ckpt = convert.read_checkpoint(source, do_lower_case=do_lower_case, step=step)
     head = ckpt.head if head == "auto" else head
+    if fmt == "tf1" and head == "token":
+        raise ValueError("--format=tf1: Google's code has no token-classification head")
     model, params = convert.build(ckpt, head)
     if fmt == "transformers":
         convert.save_pretrained(
@@ -206,8 +208,6 @@ def convert_checkpoint(
             id2label=ckpt.labels if head in ("classification", "token") else None,
         )
     elif fmt == "tf1":
-        if head == "token":
-            raise ValueError("--format=tf1: Google's code has no token-classification head")
         convert.save_tf1(out, params, ckpt.config, head, ckpt.tokenizer)
     else:
         write_bert_jax(out, params, ckpt, head)
