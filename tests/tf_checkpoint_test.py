@@ -31,7 +31,8 @@ def test_reads_what_tensorflow_saver_wrote():
     # The same bytes whatever the spelling of the path.
     for spelling in (str(PREFIX), str(PREFIX) + ".index"):
         np.testing.assert_array_equal(
-            Bundle(spelling).read("cls/predictions/output_bias"), bundle.read("cls/predictions/output_bias")
+            Bundle(spelling).read("cls/predictions/output_bias"),
+            bundle.read("cls/predictions/output_bias"),
         )
 
 
@@ -150,6 +151,8 @@ def test_files_that_are_not_checkpoints(tmp_path):
         Bundle(str(tmp_path / "nothing"))
     prefix = copy_fixture(tmp_path)
     Path(str(prefix) + ".data-00000-of-00001").unlink()
-    with pytest.raises(BundleError, match="missing data shard .needed for tensor .cls/predictions/output_bias."):
+    with pytest.raises(
+        BundleError, match="missing data shard .needed for tensor .cls/predictions/output_bias."
+    ):
         Bundle(str(prefix)).read("cls/predictions/output_bias")
     assert Bundle(str(FIXTURE / "tf2")).is_tf2
