@@ -7,9 +7,9 @@ Two measurements per implementation on identical inputs:
   fwd+bwd   forward and backward of the pretraining loss (MLM at the masked positions + NSP);
   train     a whole training step: the same plus gradient clipping and the AdamW update
             (bert_jax: `pretrain.train_step`; reference: `BertForPreTraining` + `torch.optim.AdamW`).
-MFU counts the same model FLOPs for both (`pretrain.model_flops_per_sequence`: the MLM head at the masked
+MFU counts the same model FLOPs for both (`flops.model_flops_per_sequence`: the MLM head at the masked
 positions only, as in the paper's FLOP count), divided by the step time and by the backend's peak: on a CPU
-a float32 matmul peak measured in this run, on an accelerator the table in `pretrain.PEAK_FLOPS`.
+a float32 matmul peak measured in this run, on an accelerator the table in `flops.PEAK_FLOPS`.
 """
 
 from __future__ import annotations
@@ -21,12 +21,12 @@ import time
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 from absl import app, flags
 
+from bert_jax import flops, optim, pretrain
 from bert_jax import model as model_lib
-from bert_jax import optim, pretrain
+from bert_jax.configs import pretraining
 
 _MODEL = flags.DEFINE_enum("model", "base", sorted(model_lib.PRESETS), "Model size preset.")
 _BATCH = flags.DEFINE_integer("batch_size", 8, "Sequences per step.")
@@ -85,13 +85,13 @@ def bert_jax_timings(cfg, batch, steps, which):
     rng = jax.random.key(1, impl=_PRNG.value)
     out = {}
     if which in ("both", "fwdbwd"):
-        grad = jax.jit(jax.grad(lambda p: pretrain._objective(p, batch, rng, model=model)[0]))
+        grad = jax.jit(jax.grad(lambda p: pretrain.objective(p, batch, rng, model=model)[0]))
         # The state threads (params, last gradients) so that timing blocks on the gradients.
         out["fwd+bwd"] = time_steps(lambda s: (s[0], grad(s[0])), (params, None), steps)
     if which in ("both", "train"):
-        config = ml_collections.ConfigDict(
-            dict(learning_rate=1e-4, warmup_steps=10, num_train_steps=1000)
-        )
+        # The paper's optimizer, as the recipes set it.
+        config = pretraining.get_config(_MODEL.value)
+        config.update(warmup_steps=10, num_train_steps=1000)
         tx, schedule = optim.make_optimizer(config), optim.make_schedule(config)
         state = jax.jit(lambda p: optim.TrainState.create(p, tx))(params)
         step = jax.jit(
@@ -152,13 +152,15 @@ def main(argv):
     cfg = model_lib.BertConfig(**model_lib.PRESETS[_MODEL.value], dtype=_DTYPE.value)
     b, length, p = _BATCH.value, _LENGTH.value, _PREDICTIONS.value
     batch = make_batch(cfg, b, length, p)
-    flops = pretrain.model_flops_per_sequence(cfg, length, p) * b
-    peak, peak_source = pretrain.peak_flops()
+    step_flops = flops.model_flops_per_sequence(cfg, length, p) * b
+    peak, peak_source = flops.peak_flops()
     print(
         f"backend {jax.default_backend()} ({jax.devices()[0].device_kind}), {jax.device_count()} device(s), "
         f"{os.cpu_count()} CPU cores; bert_{_MODEL.value} batch {b} x {length}, {p} predictions, {_DTYPE.value}"
     )
-    print(f"peak {peak / 1e9:.0f} GFLOP/s ({peak_source}); model {flops / 1e9:.1f} GFLOP per step")
+    print(
+        f"peak {peak / 1e9:.0f} GFLOP/s ({peak_source}); model {step_flops / 1e9:.1f} GFLOP per step"
+    )
     results = {"bert_jax": bert_jax_timings(cfg, batch, _STEPS.value, _ONLY.value)}
     if _REFERENCE.value == "torch":
         import torch
@@ -171,7 +173,7 @@ def main(argv):
         for measure, seconds in timings.items():
             print(
                 f"{name:<22}{measure:<10}{seconds:>9.3f}{b / seconds:>9.2f}{b * length / seconds:>10.0f}"
-                f"{flops / seconds / peak:>8.1%}"
+                f"{step_flops / seconds / peak:>8.1%}"
             )
 
 

@@ -17,8 +17,6 @@ import jax
 import orbax.checkpoint as ocp
 from etils import epath
 
-ITEMS = ("state", "data", "config")
-
 
 class CheckpointMismatchError(ValueError):
     """The checkpoint's arrays do not fit the requested state (another model size or optimizer)."""
@@ -202,38 +200,54 @@ class Checkpointer:
         self._manager.close()
 
 
-def restore_params(directory: str, step: int | None = None) -> tuple[int, dict, dict]:
-    """(step, params, stored_config) of checkpoint `step` (None: the latest) in `directory`, reading only
-    the parameters: no optimizer state, no model or mesh needed.
+def restore_params(
+    directory: str, step: int | None = None, sharding=None
+) -> tuple[int, dict, dict]:
+    """(step, params, config) from the checkpoints in `directory` (e.g. WORKDIR/checkpoints), params only.
 
-    `params` is the unboxed nested dict of arrays (on the default device) under the state's `params`;
-    `stored_config` the config dict saved with the step. Raises ValueError if there is no such checkpoint.
+    The optimizer state is not read, so neither the optimizer nor the model need be known: the arrays come back
+    with their stored shapes and dtypes on `sharding` (default: the first device). An unreadable step falls back
+    to the previous one with a warning; the returned step says which was used. Raises ValueError if none is
+    usable.
     """
     directory = epath.Path(directory)
-    ckpt = Checkpointer(str(directory), keep=1, save_interval_steps=1, async_save=False)
+    # A reading manager of its own: the PyTree handler restores a part of the stored tree.
+    handlers = {"state": ocp.PyTreeCheckpointHandler(), "config": ocp.JsonCheckpointHandler()}
+    manager = ocp.CheckpointManager(directory, item_handlers=handlers)
     try:
-        steps = ckpt.all_steps()
+        steps = sorted(manager.all_steps(), reverse=True)
+        steps = [s for s in steps if step is None or s <= step]
         if not steps:
             raise ValueError(f"no checkpoints in {directory}")
-        step = steps[-1] if step is None else int(step)
-        if step not in steps:
-            raise ValueError(f"no checkpoint at step {step} in {directory}; have {steps}")
-        _, config = ckpt.read_config(step)
-        tree = ckpt._manager.item_metadata(step)["state"].tree
+        sharding = sharding or jax.sharding.SingleDeviceSharding(jax.devices()[0])
+        failures = []
+        for s in steps:
+            try:
+                stored = manager.item_metadata(s)["state"].tree["params"]
+                abstract = {
+                    "params": jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), stored)
+                }
+                restore_args = jax.tree.map(
+                    lambda _: ocp.ArrayRestoreArgs(sharding=sharding), abstract
+                )
+                restored = manager.restore(
+                    s,
+                    args=ocp.args.Composite(
+                        state=ocp.args.PyTreeRestore(
+                            item=abstract, restore_args=restore_args, partial_restore=True
+                        ),
+                        config=ocp.args.JsonRestore(),
+                    ),
+                )
+            except Exception as error:  # noqa: BLE001 -- any read failure means "try the previous one"
+                failures.append(f"step {s}: {_first_line(error)}")
+                logging.warning(
+                    "checkpoint %s is unreadable (%s); trying the previous one",
+                    directory / str(s),
+                    _first_line(error),
+                )
+                continue
+            return s, restored["state"]["params"], restored["config"]
+        raise ValueError(f"no usable checkpoint in {directory}: {'; '.join(failures)}")
     finally:
-        ckpt.close()
-    if "params" not in tree:
-        raise ValueError(f"checkpoint {directory / str(step)} has no params in its state")
-    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-    abstract = jax.tree.map(
-        lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), tree["params"]
-    )
-    restored = ocp.PyTreeCheckpointer().restore(
-        directory / str(step) / "state",
-        args=ocp.args.PyTreeRestore(
-            item={"params": abstract},
-            restore_args={"params": ocp.checkpoint_utils.construct_restore_args(abstract)},
-            partial_restore=True,
-        ),
-    )
-    return step, restored["params"], config
+        manager.close()
