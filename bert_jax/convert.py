@@ -69,8 +69,8 @@ def source_format(path) -> str:
     if not path.exists() and not epath.Path(f"{path}.index").exists():
         raise FileNotFoundError(f"{path}: no such file or directory")
     raise FileNotFoundError(
-        f"{path}: not a transformers-layout directory (no config.json), a TF1 BERT checkpoint "
-        "(no bert_config.json or .index) or a bert_jax workdir (no checkpoints/)"
+        f"{path} is neither a bert_jax workdir (no checkpoints/) nor a transformers-layout directory "
+        "(no config.json) nor a TF1 BERT checkpoint (no bert_config.json or .index)"
     )
 
 

@@ -57,6 +57,8 @@ def read_workdir(path, step, overrides, do_lower_case) -> convert.Checkpoint:
         spec["do_lower_case"] = data.get("do_lower_case", True)
     if not os.path.isabs(spec["path"]) and "://" not in spec["path"]:
         spec["path"] = str(workdir / spec["path"])
+    if not epath.Path(spec["path"]).exists() and (workdir / "vocab.txt").exists():
+        spec["path"] = str(workdir / "vocab.txt")  # an exported checkpoint that was moved or copied
     if do_lower_case is None:
         do_lower_case = spec.get("do_lower_case")
     tokenizer = load_tokenizer(spec["path"], do_lower_case=do_lower_case)
@@ -92,7 +94,7 @@ def write_bert_jax(out, params, ckpt: convert.Checkpoint, head: str) -> None:
         "head": head,
         "model": convert.config_fields(ckpt.config),
         "tokenizer": {
-            "path": "vocab.txt",
+            "path": str(out / "vocab.txt"),
             "do_lower_case": convert.tokenizer_lowercases(ckpt.tokenizer),
         },
         "num_labels": num_labels,

@@ -64,7 +64,8 @@ def test_missing_directory_and_files(tmp_path):
     with pytest.raises(FileNotFoundError, match="nope: no such file or directory"):
         bert_jax.load_pretrained(tmp_path / "nope")
     with pytest.raises(
-        FileNotFoundError, match="not a transformers-layout directory .no config.json."
+        FileNotFoundError,
+        match="nor a transformers-layout directory .no config.json. nor a TF1 BERT",
     ):
         bert_jax.load_pretrained(tmp_path)
     target = copy_minilm(tmp_path)

@@ -2,7 +2,6 @@
 original TF1 outputs), bert_jax workdirs loaded with all their heads, tokenizer files, labels, and errors."""
 
 import json
-import sys
 from pathlib import Path
 
 import flax.linen as nn
@@ -95,8 +94,7 @@ def test_transformers_to_bert_jax_to_transformers_is_bitwise_exact(tmp_path):
 
 def tiny_pretraining_run(workdir):
     """Two real steps of pretraining on the bundled corpus, with a tiny model."""
-    sys.path.insert(0, str(REPO))
-    from configs import bert_tiny
+    from bert_jax.configs import bert_tiny
 
     config = bert_tiny.get_config()
     config.model.update(

@@ -228,5 +228,22 @@ def test_tf2_checkpoint_and_damaged_files_are_one_line_errors(tmp_path):
     (target / "vocab.txt").unlink()
     with pytest.raises(FileNotFoundError, match="vocab.txt: missing"):
         bert_jax.load_pretrained(target)
-    with pytest.raises(FileNotFoundError, match="not a transformers-layout directory"):
+    with pytest.raises(
+        FileNotFoundError,
+        match="is neither a bert_jax workdir .no checkpoints/. nor a transformers-layout",
+    ):
         convert.source_format(tmp_path)
+
+
+def test_fine_tuning_starts_from_a_tf1_checkpoint():
+    from bert_jax import warm_start
+    from bert_jax.configs import glue as glue_config
+
+    config = glue_config.get_config("tiny")
+    config.init_checkpoint = str(FIXTURE / "bert_model.ckpt")
+    with pytest.warns(UserWarning, match=r"\['classifier'\]"):
+        start = warm_start.load(config)
+    assert start.model_config.hidden_size == 36 and start.model_config.num_layers == 2
+    assert start.tokenizer_spec == {"path": str(FIXTURE / "vocab.txt"), "do_lower_case": True}
+    expected = tf_checkpoint.Bundle(str(FIXTURE)).read("bert/encoder/layer_1/output/dense/kernel")
+    np.testing.assert_array_equal(start.params["bert"]["layer_1"]["output"]["kernel"], expected)
