@@ -1,6 +1,7 @@
 """Getting a model out: the conversion command in every direction (checked against transformers and the
 original TF1 outputs), bert_jax workdirs loaded with all their heads, tokenizer files, labels, and errors."""
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from safetensors.numpy import load_file
 
 import bert_jax
 from bert_jax import checkpoint, export, optim, pretrain
+from bert_jax.configs import glue as glue_config
 from bert_jax.data import glue
 from bert_jax.data.corpus import SAMPLE_VOCAB
 from bert_jax.model import BertConfig, build_model, init_params
@@ -106,7 +108,7 @@ def tiny_pretraining_run(workdir):
         num_train_steps=2, global_batch_size=8, warmup_steps=1, eval_every_steps=0,
         checkpoint_every_steps=2, async_checkpoints=False, log_every_steps=1,
     )  # fmt: skip
-    pretrain.train_and_evaluate(config, str(workdir))
+    pretrain.run(config, str(workdir))
 
 
 @pytest.mark.slow
@@ -138,11 +140,17 @@ def fine_tuning_workdir(workdir, task="mnli"):
     config = BertConfig(vocab_size=len(SAMPLE_VOCAB.read_text().split()), hidden_size=24,
                         num_layers=1, num_heads=2, intermediate_size=40, max_position_embeddings=64)  # fmt: skip
     model = build_model(config, "classification", labels)
-    opt = ml_collections.ConfigDict(dict(learning_rate=1e-4, num_train_steps=10, warmup_steps=1))
+    # As finetune.py stores it: the run's config, the model, the tokenizer and the label count.
+    run = {
+        **glue_config.get_config("tiny").to_dict(),
+        "task": task,
+        "num_train_steps": 10,
+        "warmup_steps": 1,
+    }
     params = nn.unbox(init_params(model, jax.random.key(5)))
-    state = optim.TrainState.create(params, optim.make_optimizer(opt))
+    state = optim.TrainState.create(params, optim.make_optimizer(ml_collections.ConfigDict(run)))
     stored = {
-        "mode": "finetune", "task": task, "model": config.__dict__,
+        **run, "model": dataclasses.asdict(config),
         "tokenizer": {"path": str(SAMPLE_VOCAB), "do_lower_case": True}, "num_labels": labels,
     }  # fmt: skip
     writer = checkpoint.Checkpointer(
