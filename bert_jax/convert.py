@@ -86,6 +86,8 @@ class Checkpoint:
     source: str
     head: str  # the head its parameters are for ("pretraining" when it has the MLM/NSP heads)
     labels: list[str] | None  # class names in id order, when the checkpoint names them
+    # Stored tensors that are not parameters (TF1 optimizer slots, global_step), skipped.
+    skipped: list[str] = dataclasses.field(default_factory=list)
 
 
 def read_checkpoint(
@@ -124,7 +126,7 @@ def read_checkpoint(
             prefix,
             len(skipped),
         )
-    return Checkpoint(config, flat, tokenizer, do_lower_case, prefix, _head_of(flat), None)
+    return Checkpoint(config, flat, tokenizer, do_lower_case, prefix, _head_of(flat), None, skipped)
 
 
 def _head_of(flat) -> str:

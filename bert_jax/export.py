@@ -213,6 +213,10 @@ def convert_checkpoint(
         convert.save_tf1(out, params, ckpt.config, head, ckpt.tokenizer)
     else:
         write_bert_jax(out, params, ckpt, head)
+    if ckpt.skipped:
+        print(
+            f"skipped {len(ckpt.skipped)} stored tensors that are not parameters (optimizer slots, step)"
+        )
     print(f"wrote {fmt} ({head} head) from {ckpt.source} to {out}")
     return check(out, fmt, ckpt, model, params, head, tolerance)
 

@@ -3,6 +3,8 @@ original TF1 outputs), bert_jax workdirs loaded with all their heads, tokenizer 
 
 import dataclasses
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import flax.linen as nn
@@ -219,8 +221,20 @@ def test_command_errors_are_one_line(tmp_path, capsys):
     assert "nope: no such file or directory" in fails(
         f"--from={tmp_path / 'nope'}", f"--to={tmp_path}/o", "--format=tf1"
     )
-    assert "conversion check failed: max relative difference 0 > -1" in fails(
-        f"--from={FIXTURE}", f"--to={tmp_path / 'o1'}", "--format=tf1", "--tolerance=-1"
+    # The command as a user runs it: the check's line, then one error line and exit code 1.
+    done = subprocess.run(
+        [sys.executable, "-m", "bert_jax.convert", f"--from={FIXTURE}", f"--to={tmp_path / 'o1'}",
+         "--format=tf1", "--tolerance=-1"],
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 1
+    assert "skipped 93 stored tensors that are not parameters" in done.stdout
+    assert (
+        "check: prediction_logits, seq_relationship_logits of the source vs bert_jax reading"
+        in done.stdout
+    )
+    assert done.stderr.strip().splitlines()[-1] == (
+        f"error: {tmp_path / 'o1'}: conversion check failed: max relative difference 0 > -1"
     )
     assert "Google's code has no token-classification head" in fails(
         f"--from={FIXTURE}", f"--to={tmp_path / 'o2'}", "--format=tf1", "--head=token"
