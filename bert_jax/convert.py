@@ -56,7 +56,7 @@ SPECIAL_TOKENS = {
 
 
 def source_format(path) -> str:
-    """ "transformers", "tf1" or "bert_jax" for a path `load_pretrained` accepts; one-line error otherwise."""
+    """The layout of `path` ("transformers", "tf1" or "bert_jax"); a one-line error for anything else."""
     path = epath.Path(path)
     if path.is_dir() and (path / "config.json").exists():
         return "transformers"
@@ -368,11 +368,6 @@ def save_tf1(directory, params, config: model_lib.BertConfig, head: str, tokeniz
     prefix = str(directory / "bert_model.ckpt")
     tf1_layout.write_params(prefix, flat_params(params, head), config)
     return prefix
-
-
-def config_fields(config: model_lib.BertConfig) -> dict:
-    """The config's fields as a JSON-able dict (what a bert_jax checkpoint stores under "model")."""
-    return dataclasses.asdict(config)
 
 
 if __name__ == "__main__":
