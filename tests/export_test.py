@@ -17,7 +17,7 @@ import transformers
 from safetensors.numpy import load_file
 
 import bert_jax
-from bert_jax import checkpoint, export, optim, pretrain
+from bert_jax import checkpoint, export, optim, pretrain, tf_checkpoint
 from bert_jax.configs import glue as glue_config
 from bert_jax.data import glue
 from bert_jax.data.corpus import SAMPLE_VOCAB
@@ -134,6 +134,14 @@ def test_pretraining_workdir_loads_with_its_heads_and_exports_to_transformers(tm
     auto = transformers.AutoTokenizer.from_pretrained(out)
     assert auto(TEXTS)["input_ids"] == [r[m > 0].tolist() for r, m in zip(batch["input_ids"], batch["attention_mask"], strict=True)]  # fmt: skip
     assert (out / "vocab.txt").read_text().split() == SAMPLE_VOCAB.read_text().split()
+
+    # And out to Google's layout, with the original variable names the original scripts restore.
+    export.convert_checkpoint(tmp_path / "run", tmp_path / "tf1", "tf1")
+    bundle = tf_checkpoint.Bundle(str(tmp_path / "tf1"))
+    assert len(bundle.names) == 16 * 2 + 5 + 2 + 4 + 1 + 2  # layers, embeddings, pooler, MLM, NSP
+    np.testing.assert_array_equal(
+        bundle.read("cls/seq_relationship/output_weights"), np.asarray(params["nsp"]["kernel"]).T
+    )
 
 
 def fine_tuning_workdir(workdir, task="mnli"):
