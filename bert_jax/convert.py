@@ -58,10 +58,11 @@ SPECIAL_TOKENS = {
 def source_format(path) -> str:
     """The layout of `path` ("transformers", "tf1" or "bert_jax"); a one-line error for anything else."""
     path = epath.Path(path)
-    if path.is_dir() and (path / "config.json").exists():
-        return "transformers"
+    # First: a bert_jax workdir also holds a config.json (the run's config, not a model's).
     if path.is_dir() and (path / "checkpoints").is_dir():
         return "bert_jax"
+    if path.is_dir() and (path / "config.json").exists():
+        return "transformers"
     if (path.is_dir() and (path / "bert_config.json").exists()) or (
         not path.is_dir() and (path.name.endswith(".index") or epath.Path(f"{path}.index").exists())
     ):
