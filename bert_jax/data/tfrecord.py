@@ -59,7 +59,7 @@ def crc32c_python(data: bytes) -> int:
     return crc ^ 0xFFFFFFFF
 
 
-try:  # the C implementation when installed (`pip install google-crc32c`): ~1000x faster
+try:  # the C implementation (google-crc32c, a dependency): ~1000x faster
     from google_crc32c import value as crc32c
 except ImportError:
     crc32c = crc32c_python
