@@ -21,6 +21,7 @@ INSTALL_REQUIRES = [
     "scikit-learn>=1.5",  # GLUE metrics
     "scipy>=1.13",
     "tensorboardX>=2.6.2",  # TensorBoard event files without TensorFlow
+    "google-crc32c>=1.5",  # C CRC32C for TF1 checkpoints (tf_checkpoint.py); pure Python is ~2 MB/s
     "matplotlib>=3.8",  # python -m bert_jax.plot
 ]
 

@@ -1,5 +1,5 @@
 """Where a fine-tuning run's weights come from: a bert_jax workdir (pretraining or fine-tuning, parameters only),
-a transformers-layout directory, or a random init (smoke tests). Returns the encoder's config, its tokenizer and
+a transformers-layout directory, Google's TF1 checkpoint, or a random init (smoke tests). Returns the encoder's config, its tokenizer and
 the weights; the loop builds the task's model around them."""
 
 from __future__ import annotations
@@ -61,7 +61,8 @@ def from_workdir(path: epath.Path, config, heads=("bert",)) -> InitialWeights:
 
 
 def load(config, *, head: str = "classification", heads=("bert", "classifier")) -> InitialWeights:
-    """Resolves `config.init_checkpoint`: a bert_jax workdir, a transformers-layout directory, or "" (random).
+    """Resolves `config.init_checkpoint`: a bert_jax workdir, a transformers-layout directory, Google's TF1
+    checkpoint (directory or prefix), or "" (random).
 
     `head` is the head asked of a transformers checkpoint (its own label count, so a classifier it has loads);
     `heads` are the top-level modules kept from a bert_jax workdir.
@@ -80,20 +81,18 @@ def load(config, *, head: str = "classification", heads=("bert", "classifier")) 
     path = epath.Path(path)
     if (path / "checkpoints").is_dir():
         return from_workdir(path, config, heads)
-    if (path / "config.json").exists():
-        model, params, tokenizer = convert.load_pretrained(
-            path, head=head, dtype=config.dtype, seed=config.seed
-        )
-        fields = {
-            k: v
-            for k, v in dataclasses.asdict(model.config).items()
-            if k not in ("dtype", "param_dtype")
-        }
-        spec = {"path": str(path), "do_lower_case": None}
-        return InitialWeights(
-            _config(fields, tokenizer, config), tokenizer, spec, params, str(path)
-        )
-    raise ValueError(
-        f"{path} is neither a bert_jax workdir (no checkpoints/) nor a transformers-layout "
-        "directory (no config.json)"
+    # Else a transformers-layout directory or Google's TF1 checkpoint (a one-line error for anything else).
+    kind = convert.source_format(path)
+    model, params, tokenizer = convert.load_pretrained(
+        path, head=head, dtype=config.dtype, seed=config.seed
     )
+    fields = {
+        k: v
+        for k, v in dataclasses.asdict(model.config).items()
+        if k not in ("dtype", "param_dtype")
+    }
+    spec = {"path": str(path), "do_lower_case": None}
+    if kind == "tf1":  # the casing was inferred from the checkpoint's name: keep it
+        vocab = epath.Path(tokenizer.path)
+        spec = {"path": str(vocab), "do_lower_case": convert.tokenizer_lowercases(tokenizer)}
+    return InitialWeights(_config(fields, tokenizer, config), tokenizer, spec, params, str(path))
