@@ -2,7 +2,8 @@
 
 Reads WORKDIR/metrics.jsonl (pretraining or fine-tuning) and draws up to four panels: losses, accuracies (and the
 other dev metrics), the learning rate, and throughput with MFU beside it. Panels without data are left out. The
-default PNG is WORKDIR/curves.png. `draw(workdir)` returns the matplotlib figure, for a notebook's live plot.
+default PNG is WORKDIR/curves.png, rendered by matplotlib's Agg backend (no display needed). `draw(workdir)` returns
+the figure; the notebook's live plot redraws `save(workdir)` while a run goes.
 """
 
 from __future__ import annotations
@@ -102,7 +103,8 @@ def _throughput(axes, metrics) -> None:
     if "perf/mfu" in metrics:
         twin = axes.twinx()
         steps, values = metrics["perf/mfu"]
-        twin.plot(steps, [100 * v for v in values], color="tab:orange", label="perf/mfu")
+        # Dashed: at a fixed sequence length MFU is sequences/s times a constant, and would hide that line.
+        twin.plot(steps, [100 * v for v in values], "--", color="tab:orange", label="perf/mfu")
         twin.set_ylabel("MFU (%)", color="tab:orange")
 
 

@@ -65,12 +65,16 @@ def load_classifier(workdir) -> Classifier:
         raise PredictError(f"--workdir={workdir}: no such directory")
     if not checkpoints.is_dir():
         raise PredictError(f"--workdir={workdir}: {_not_a_run(workdir)}")
+    # The stored config first: the wrong kind of workdir fails before any array is read.
+    reader = checkpoint.Checkpointer(
+        str(checkpoints), keep=1, save_interval_steps=1, async_save=False
+    )
     try:
-        _, stored = checkpoint.Checkpointer(
-            str(checkpoints), keep=1, save_interval_steps=1, async_save=False
-        ).read_config()
+        _, stored = reader.read_config()
     except ValueError as error:
         raise PredictError(f"--workdir={workdir}: {error}") from None
+    finally:
+        reader.close()
     if stored.get("mode") != "finetune" or "num_labels" not in stored:
         raise PredictError(
             f"--workdir={workdir} is a {stored.get('mode', 'unknown')} workdir; predict needs a fine-tuned "

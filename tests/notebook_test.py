@@ -43,13 +43,16 @@ def test_notebook_runs_top_to_bottom_on_cpu(tmp_path, monkeypatch):
     assert len(mlm) == 8 and mlm[-1] < mlm[0] - 0.5, mlm
     results = json.loads((work / "sst2" / "results.json").read_text())
     assert results["init_checkpoint"].startswith(str(work / "pretrain" / "checkpoints"))
-    assert results["num_train_examples"] == 256 and len(results["epochs"]) == 2
+    assert results["num_train_examples"] == 512 and len(results["epochs"]) == 2
+    # The task's rule (label 1 iff "river" was put in) is learnt from the pretrained encoder.
+    assert results["results"]["sst2"]["accuracy"] >= 0.9, results["epochs"]
     board = (work / "sst2" / "leaderboard" / "SST-2.tsv").read_text().splitlines()
     assert board[0] == "index\tprediction" and len(board) == 1 + 32
     predictions = [
         json.loads(line) for line in (work / "predictions.jsonl").read_text().splitlines()
     ]
     assert [p["index"] for p in predictions] == [0, 1, 2, 3]
+    assert [p["prediction"] for p in predictions] == ["0", "1", "0", "1"]
     exported = sorted(p.name for p in (work / "sst2_transformers").iterdir())
     assert {"config.json", "model.safetensors", "vocab.txt", "tokenizer_config.json"} <= set(
         exported
