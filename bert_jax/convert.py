@@ -56,12 +56,13 @@ SPECIAL_TOKENS = {
 
 
 def source_format(path) -> str:
-    """ "transformers", "tf1" or "bert_jax" for a path `load_pretrained` accepts; one-line error otherwise."""
+    """The layout of `path` ("transformers", "tf1" or "bert_jax"); a one-line error for anything else."""
     path = epath.Path(path)
-    if path.is_dir() and (path / "config.json").exists():
-        return "transformers"
+    # First: a bert_jax workdir also holds a config.json (the run's config, not a model's).
     if path.is_dir() and (path / "checkpoints").is_dir():
         return "bert_jax"
+    if path.is_dir() and (path / "config.json").exists():
+        return "transformers"
     if (path.is_dir() and (path / "bert_config.json").exists()) or (
         not path.is_dir() and (path.name.endswith(".index") or epath.Path(f"{path}.index").exists())
     ):
@@ -86,6 +87,8 @@ class Checkpoint:
     source: str
     head: str  # the head its parameters are for ("pretraining" when it has the MLM/NSP heads)
     labels: list[str] | None  # class names in id order, when the checkpoint names them
+    # Stored tensors that are not parameters (TF1 optimizer slots, global_step), skipped.
+    skipped: list[str] = dataclasses.field(default_factory=list)
 
 
 def read_checkpoint(
@@ -124,7 +127,7 @@ def read_checkpoint(
             prefix,
             len(skipped),
         )
-    return Checkpoint(config, flat, tokenizer, do_lower_case, prefix, _head_of(flat), None)
+    return Checkpoint(config, flat, tokenizer, do_lower_case, prefix, _head_of(flat), None, skipped)
 
 
 def _head_of(flat) -> str:
@@ -366,11 +369,6 @@ def save_tf1(directory, params, config: model_lib.BertConfig, head: str, tokeniz
     prefix = str(directory / "bert_model.ckpt")
     tf1_layout.write_params(prefix, flat_params(params, head), config)
     return prefix
-
-
-def config_fields(config: model_lib.BertConfig) -> dict:
-    """The config's fields as a JSON-able dict (what a bert_jax checkpoint stores under "model")."""
-    return dataclasses.asdict(config)
 
 
 if __name__ == "__main__":

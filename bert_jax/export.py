@@ -17,6 +17,7 @@ difference is printed; above --tolerance (relative to the largest output) the co
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 
@@ -92,7 +93,7 @@ def write_bert_jax(out, params, ckpt: convert.Checkpoint, head: str) -> None:
     stored = {
         "mode": "export",
         "head": head,
-        "model": convert.config_fields(ckpt.config),
+        "model": dataclasses.asdict(ckpt.config),
         "tokenizer": {
             "path": str(out / "vocab.txt"),
             "do_lower_case": convert.tokenizer_lowercases(ckpt.tokenizer),
@@ -213,6 +214,10 @@ def convert_checkpoint(
         convert.save_tf1(out, params, ckpt.config, head, ckpt.tokenizer)
     else:
         write_bert_jax(out, params, ckpt, head)
+    if ckpt.skipped:
+        print(
+            f"skipped {len(ckpt.skipped)} stored tensors that are not parameters (optimizer slots, step)"
+        )
     print(f"wrote {fmt} ({head} head) from {ckpt.source} to {out}")
     return check(out, fmt, ckpt, model, params, head, tolerance)
 

@@ -190,6 +190,9 @@ def run(config, workdir) -> dict:
         "tokenizer": weights.tokenizer_spec,
         "num_labels": task.num_labels,
     }
+    # Created only now: bad input above leaves no directory behind.
+    workdir = train_lib.prepare_workdir(workdir)
+    train_lib.say(f"workdir {workdir}")
     with setup_error("workdir"):
         finished = reuse_workdir(workdir, stored, config.overwrite)
     if finished is not None:
@@ -204,10 +207,12 @@ def run(config, workdir) -> dict:
             position["epoch"],
             position["batches_done"],
         )
-        logging.info("resumed %s at step %d (epoch %d)", workdir, int(state.step), start_epoch)
+        train_lib.say(f"resumed {workdir} at step {int(state.step):,} (epoch {start_epoch})")
 
     # Loop: train an epoch, evaluate on dev; the final epoch's model is the run's result.
     writer = train_lib.MetricWriter(workdir, process_index=jax.process_index())
+    writer.write_config(stored)
+    progress = train_lib.Progress(num_train_steps, int(state.step), PROGRESS_FIELDS)
     window = train_lib.MetricWindow()
     guard = train_lib.NonFiniteGuard(config.max_consecutive_nonfinite)
     preemption = train_lib.Preemption(check_every=1)
@@ -241,6 +246,7 @@ def run(config, workdir) -> dict:
                             sums["correct_sum"], sums["weight_sum"]
                         )
                     writer.write_scalars(step, scalars)
+                    progress.update(step, scalars)
                 if done_in_epoch < steps_per_epoch and preemption.agreed(step):
                     position = {"epoch": epoch, "batches_done": done_in_epoch, "history": history}
                     ckpt.save(step, state, data_state=position, config=stored, force=True)
@@ -262,6 +268,10 @@ def run(config, workdir) -> dict:
                 step,
                 {f"eval/{e}/{m}": v for e, values in results.items() for m, v in values.items()},
             )
+            shown = ", ".join(
+                f"{e} {m} {v:.4f}" for e, vs in results.items() for m, v in vs.items()
+            )
+            progress.print(f"epoch {epoch} dev: {shown}")
             position = {"epoch": epoch + 1, "batches_done": 0, "history": history}
             ckpt.save(step, state, data_state=position, config=stored, force=True)
             if epoch < config.num_epochs and preemption.agreed(step):
@@ -285,6 +295,7 @@ def run(config, workdir) -> dict:
                 )  # fmt: skip
                 written[f"{name}/{split}"] = path.name
     finally:
+        progress.close()
         preemption.restore()
         writer.close()
         ckpt.close()
@@ -305,10 +316,12 @@ def run(config, workdir) -> dict:
         "config": stored,
     }
     train_lib.write_json(workdir / "results.json", summary)
-    logging.info("%s dev (final epoch %d): %s", task.name, final["epoch"], final["results"])
+    train_lib.say(f"{task.name}: results in {workdir / 'results.json'}")
     return {**summary, "workdir": str(workdir)}
 
 
+# The compact progress line: (label, metric key, format).
+PROGRESS_FIELDS = (("loss", "train/loss", ".4f"), ("acc", "train/accuracy", ".3f"))
 # Fields a rerun may change without breaking the run it continues.
 SAFE_CHANGES = (
     "log_every_steps", "eval_batch_size", "predict_test", "max_consecutive_nonfinite", "mesh_shape",
@@ -331,7 +344,9 @@ def reuse_workdir(workdir: epath.Path, stored: dict, overwrite: bool) -> dict | 
         ).read_config()
     else:
         previous = json.loads(results.read_text())["config"]
-    breaking, _ = train_lib.config_changes(previous, stored, SAFE_CHANGES)
+    breaking, safe = train_lib.config_changes(previous, stored, SAFE_CHANGES)
+    if safe and not breaking:
+        logging.warning("%s: continuing with changed settings: %s", workdir, "; ".join(safe))
     if breaking and not overwrite:
         raise ValueError(
             f"{workdir} holds another run ({'; '.join(breaking[:3])}"

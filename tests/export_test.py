@@ -3,6 +3,8 @@ original TF1 outputs), bert_jax workdirs loaded with all their heads, tokenizer 
 
 import dataclasses
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import flax.linen as nn
@@ -15,7 +17,7 @@ import transformers
 from safetensors.numpy import load_file
 
 import bert_jax
-from bert_jax import checkpoint, export, optim, pretrain
+from bert_jax import checkpoint, export, optim, pretrain, tf_checkpoint
 from bert_jax.configs import glue as glue_config
 from bert_jax.data import glue
 from bert_jax.data.corpus import SAMPLE_VOCAB
@@ -133,6 +135,14 @@ def test_pretraining_workdir_loads_with_its_heads_and_exports_to_transformers(tm
     assert auto(TEXTS)["input_ids"] == [r[m > 0].tolist() for r, m in zip(batch["input_ids"], batch["attention_mask"], strict=True)]  # fmt: skip
     assert (out / "vocab.txt").read_text().split() == SAMPLE_VOCAB.read_text().split()
 
+    # And out to Google's layout, with the original variable names the original scripts restore.
+    export.convert_checkpoint(tmp_path / "run", tmp_path / "tf1", "tf1")
+    bundle = tf_checkpoint.Bundle(str(tmp_path / "tf1"))
+    assert len(bundle.names) == 16 * 2 + 5 + 2 + 4 + 1 + 2  # layers, embeddings, pooler, MLM, NSP
+    np.testing.assert_array_equal(
+        bundle.read("cls/seq_relationship/output_weights"), np.asarray(params["nsp"]["kernel"]).T
+    )
+
 
 def fine_tuning_workdir(workdir, task="mnli"):
     """A workdir as fine-tuning leaves it: the TrainState and the stored config finetune.py writes."""
@@ -219,8 +229,20 @@ def test_command_errors_are_one_line(tmp_path, capsys):
     assert "nope: no such file or directory" in fails(
         f"--from={tmp_path / 'nope'}", f"--to={tmp_path}/o", "--format=tf1"
     )
-    assert "conversion check failed: max relative difference 0 > -1" in fails(
-        f"--from={FIXTURE}", f"--to={tmp_path / 'o1'}", "--format=tf1", "--tolerance=-1"
+    # The command as a user runs it: the check's line, then one error line and exit code 1.
+    done = subprocess.run(
+        [sys.executable, "-m", "bert_jax.convert", f"--from={FIXTURE}", f"--to={tmp_path / 'o1'}",
+         "--format=tf1", "--tolerance=-1"],
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 1
+    assert "skipped 93 stored tensors that are not parameters" in done.stdout
+    assert (
+        "check: prediction_logits, seq_relationship_logits of the source vs bert_jax reading"
+        in done.stdout
+    )
+    assert done.stderr.strip().splitlines()[-1] == (
+        f"error: {tmp_path / 'o1'}: conversion check failed: max relative difference 0 > -1"
     )
     assert "Google's code has no token-classification head" in fails(
         f"--from={FIXTURE}", f"--to={tmp_path / 'o2'}", "--format=tf1", "--head=token"

@@ -134,7 +134,7 @@ def copy_fixture(tmp_path) -> Path:
 def rewrite(directory: Path, change):
     """Rewrites the copy's checkpoint with `change(tensors)` applied (the model variables only)."""
     bundle = tf_checkpoint.Bundle(str(directory))
-    tensors = {n: bundle.read(n) for n in bundle.names if n in tf1_layout.name_map(2)}
+    tensors = {n: np.asarray(bundle.read(n)) for n in bundle.names if n in tf1_layout.name_map(2)}
     change(tensors)
     for f in directory.glob("bert_model.ckpt.*"):
         f.unlink()
@@ -247,3 +247,35 @@ def test_fine_tuning_starts_from_a_tf1_checkpoint():
     assert start.tokenizer_spec == {"path": str(FIXTURE / "vocab.txt"), "do_lower_case": True}
     expected = tf_checkpoint.Bundle(str(FIXTURE)).read("bert/encoder/layer_1/output/dense/kernel")
     np.testing.assert_array_equal(start.params["bert"]["layer_1"]["output"]["kernel"], expected)
+
+
+@pytest.mark.parametrize("head", ["classification", "span"])
+def test_run_classifier_and_run_squad_heads_compute_what_the_original_does(tmp_path, head):
+    # The fine-tuning scripts' variables on top of the fixture's encoder: run_classifier.py's
+    # output_weights [labels, H], run_squad.py's cls/squad/output_weights [2, H] (+ biases, + Adam slots).
+    rng = np.random.default_rng(3)
+    names = {"classification": ("output_weights", "output_bias", 3), "span": ("cls/squad/output_weights", "cls/squad/output_bias", 2)}  # fmt: skip
+    w_name, b_name, n = names[head]
+    w, b = rng.normal(size=(n, 36)).astype(np.float32), rng.normal(size=(n,)).astype(np.float32)
+
+    def fine_tuned(tensors):
+        for name in [k for k in tensors if k.startswith("cls/")]:
+            del tensors[name]
+        tensors.update({w_name: w, b_name: b, w_name + "/adam_m": w, "global_step": np.int64(9)})
+
+    target = copy_fixture(tmp_path)
+    rewrite(target, fine_tuned)
+    export.convert_checkpoint(target, tmp_path / "hf", "transformers")  # --head=auto finds the head
+    hf_config = json.loads((tmp_path / "hf" / "config.json").read_text())
+    assert hf_config["architectures"] == [convert.ARCHITECTURES[head]]
+    model, params, _ = bert_jax.load_pretrained(target, head=head)
+    out = model.apply({"params": params}, **original_batch())
+    # The original scripts' formulas, applied to the original graph's own encoder outputs (span logits reach
+    # ~17: float32 rounding of a 36-term dot product, hence the relative part of the tolerance).
+    if head == "classification":
+        expected = ORIGINAL["pooled_output"] @ w.T + b
+        np.testing.assert_allclose(out["logits"], expected, rtol=0, atol=1e-5)
+    else:
+        expected = ORIGINAL["sequence_output"] @ w.T + b
+        np.testing.assert_allclose(out["start_logits"], expected[..., 0], rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(out["end_logits"], expected[..., 1], rtol=1e-5, atol=1e-5)
