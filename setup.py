@@ -20,7 +20,10 @@ INSTALL_REQUIRES = [
     "array-record>=0.8.6",
     "scikit-learn>=1.5",  # GLUE metrics
     "scipy>=1.13",
+    "seqeval>=1.2.2",  # CoNLL-2003 NER entity-level P/R/F1 (conlleval rules)
     "tensorboardX>=2.6.2",  # TensorBoard event files without TensorFlow
+    "google-crc32c>=1.5",  # C CRC32C for TF1 checkpoints and TFRecords; pure Python is ~2-6 MB/s
+    "matplotlib>=3.8",  # python -m bert_jax.plot
 ]
 
 EXTRAS_REQUIRE = {
@@ -35,7 +38,13 @@ EXTRAS_REQUIRE = {
         "ruff>=0.6",
         # libtpu: bert_jax.compile and its tests compile for TPU topologies on a CPU machine.
         "jax[tpu]>=0.10.2",
+        # The Colab notebook, executed top to bottom by tests/notebook_test.py.
+        "nbclient>=0.10",
+        "nbformat>=5.10",
+        "ipykernel>=6.29",
     ],
+    # The viewer for the event files every run writes: tensorboard --logdir WORKDIR.
+    "tensorboard": ["tensorboard>=2.16"],
     "tpu": ["jax[tpu]>=0.10.2"],
     "cuda": ["jax[cuda12]>=0.10.2"],
     "tf": ["tensorflow-cpu>=2.16"],

@@ -1,6 +1,8 @@
 """bert_jax: BERT pretraining, fine-tuning and evaluation in JAX/Flax.
 
-`bert_jax.load_pretrained(path, head=...)` loads a checkpoint in the Hugging Face transformers layout.
+`bert_jax.load_pretrained(path, head=...)` loads a checkpoint in the Hugging Face transformers layout, Google's
+original TF1 layout (bert_config.json + bert_model.ckpt) or a bert_jax workdir; `save_pretrained` writes the
+transformers layout. `python -m bert_jax.convert` converts between them (docs/models.md).
 Attributes are imported lazily so that `bert_jax.data` (NumPy only) never pulls in JAX.
 """
 

@@ -1,18 +1,22 @@
-"""Hugging Face transformers checkpoints <-> bert_jax parameters.
+"""Loading and saving BERT models in every layout bert_jax meets, and the conversion command.
 
-A transformers-layout directory holds `config.json`, the weights (`model.safetensors`, a sharded
-`model.safetensors.index.json`, or `pytorch_model.bin`) and the tokenizer (`tokenizer.json` or `vocab.txt`).
-PyTorch `Linear` weights are stored [out, in]; Flax kernels are [in, out], and bert_jax keeps attention
-projections per head ([hidden, heads, head_dim]), so conversion transposes and reshapes.
+`load_pretrained(path, head=...)` reads, by what `path` holds:
+  * a transformers-layout directory (`config.json` + weights + tokenizer; see `hf_layout`);
+  * Google's original TF1 checkpoint: a directory with `bert_config.json`, `vocab.txt` and
+    `bert_model.ckpt.*`, or a checkpoint prefix (see `tf1_layout`; no TensorFlow needed);
+  * a bert_jax workdir (pretraining or fine-tuning: `WORKDIR/checkpoints/<step>/`), or the `bert_jax`
+    checkpoint that the conversion command writes (the same layout, without optimizer state).
+
+`python -m bert_jax.convert --from=PATH --to=OUT --format=transformers|bert_jax|tf1` converts between them
+(see `bert_jax.export`); every conversion is checked by running both models on a fixed batch.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import io
 import json
-import re
-from collections.abc import Mapping
+import os
+import warnings
 
 import flax.linen as nn
 import jax
@@ -22,218 +26,117 @@ from etils import epath
 from flax import traverse_util
 
 from bert_jax import model as model_lib
+from bert_jax import tf1_layout, tf_checkpoint
+from bert_jax.hf_layout import (  # noqa: F401 -- re-exported: the transformers mapping lived here
+    CONFIG_FIELDS,
+    config_from_hf,
+    flat_params_to_hf,
+    hf_to_flat_params,
+    name_map,
+    read_state_dict,
+)
 
-# transformers' BertConfig field -> bert_jax BertConfig field.
-_HF_CONFIG_FIELDS = {
-    "vocab_size": "vocab_size",
-    "hidden_size": "hidden_size",
-    "num_hidden_layers": "num_layers",
-    "num_attention_heads": "num_heads",
-    "intermediate_size": "intermediate_size",
-    "hidden_act": "hidden_act",
-    "hidden_dropout_prob": "hidden_dropout_prob",
-    "attention_probs_dropout_prob": "attention_dropout_prob",
-    "max_position_embeddings": "max_position_embeddings",
-    "type_vocab_size": "type_vocab_size",
-    "initializer_range": "initializer_range",
-    "layer_norm_eps": "layer_norm_eps",
+# Parameters a checkpoint may carry that a given head does not use, or lack and get initialised.
+_OPTIONAL_ROOTS = ("mlm/", "nsp/", "classifier/", "qa_outputs/", "bert/pooler/")
+# transformers' class for each head.
+ARCHITECTURES = {
+    "none": "BertModel",
+    "pretraining": "BertForPreTraining",
+    "classification": "BertForSequenceClassification",
+    "span": "BertForQuestionAnswering",
+    "token": "BertForTokenClassification",
+}
+SPECIAL_TOKENS = {
+    "unk_token": "[UNK]",
+    "sep_token": "[SEP]",
+    "pad_token": "[PAD]",
+    "cls_token": "[CLS]",
+    "mask_token": "[MASK]",
 }
 
-# One BERT layer: (transformers name under encoder.layer.{i}, bert_jax path under bert/layer_{i}, layout).
-_LAYER_NAMES = [
-    *[
-        (f"attention.self.{p}.weight", f"attention/{p}/kernel", "qkv_kernel")
-        for p in ("query", "key", "value")
-    ],
-    *[
-        (f"attention.self.{p}.bias", f"attention/{p}/bias", "qkv_bias")
-        for p in ("query", "key", "value")
-    ],
-    ("attention.output.dense.weight", "attention/output/kernel", "out_kernel"),
-    ("attention.output.dense.bias", "attention/output/bias", "copy"),
-    ("attention.output.LayerNorm.weight", "attention_layer_norm/scale", "copy"),
-    ("attention.output.LayerNorm.bias", "attention_layer_norm/bias", "copy"),
-    ("intermediate.dense.weight", "intermediate/kernel", "linear"),
-    ("intermediate.dense.bias", "intermediate/bias", "copy"),
-    ("output.dense.weight", "output/kernel", "linear"),
-    ("output.dense.bias", "output/bias", "copy"),
-    ("output.LayerNorm.weight", "output_layer_norm/scale", "copy"),
-    ("output.LayerNorm.bias", "output_layer_norm/bias", "copy"),
-]
-# Everything outside the layers: (transformers name without the "bert." prefix, bert_jax path, layout).
-_OTHER_NAMES = [
-    ("embeddings.word_embeddings.weight", "bert/embeddings/word_embeddings/embedding", "copy"),
-    (
-        "embeddings.position_embeddings.weight",
-        "bert/embeddings/position_embeddings/embedding",
-        "copy",
-    ),
-    (
-        "embeddings.token_type_embeddings.weight",
-        "bert/embeddings/token_type_embeddings/embedding",
-        "copy",
-    ),
-    ("embeddings.LayerNorm.weight", "bert/embeddings/layer_norm/scale", "copy"),
-    ("embeddings.LayerNorm.bias", "bert/embeddings/layer_norm/bias", "copy"),
-    ("pooler.dense.weight", "bert/pooler/kernel", "linear"),
-    ("pooler.dense.bias", "bert/pooler/bias", "copy"),
-    ("cls.predictions.transform.dense.weight", "mlm/transform/kernel", "linear"),
-    ("cls.predictions.transform.dense.bias", "mlm/transform/bias", "copy"),
-    ("cls.predictions.transform.LayerNorm.weight", "mlm/transform_layer_norm/scale", "copy"),
-    ("cls.predictions.transform.LayerNorm.bias", "mlm/transform_layer_norm/bias", "copy"),
-    ("cls.predictions.bias", "mlm/bias", "copy"),
-    ("cls.seq_relationship.weight", "nsp/kernel", "linear"),
-    ("cls.seq_relationship.bias", "nsp/bias", "copy"),
-    ("classifier.weight", "classifier/kernel", "linear"),
-    ("classifier.bias", "classifier/bias", "copy"),
-    ("qa_outputs.weight", "qa_outputs/kernel", "linear"),
-    ("qa_outputs.bias", "qa_outputs/bias", "copy"),
-]
-# Present in transformers checkpoints but not parameters of their own: buffers, and the MLM decoder,
-# which is tied to the word embeddings (its bias is `cls.predictions.bias`).
-_IGNORED = re.compile(r"(embeddings\.position_ids|cls\.predictions\.decoder\.(weight|bias))$")
-# Parameters a checkpoint may carry that a given head does not use.
-_OPTIONAL_ROOTS = ("mlm/", "nsp/", "classifier/", "qa_outputs/", "bert/pooler/")
 
-
-def name_map(num_layers: int) -> dict[str, tuple[str, str]]:
-    """transformers name (no "bert." prefix) -> (bert_jax 'bert/...' path, layout) for every parameter."""
-    names = {hf: (ours, kind) for hf, ours, kind in _OTHER_NAMES}
-    for i in range(num_layers):
-        for hf, ours, kind in _LAYER_NAMES:
-            names[f"encoder.layer.{i}.{hf}"] = (f"bert/layer_{i}/{ours}", kind)
-    return names
-
-
-def _to_jax(kind: str, w: np.ndarray, config: model_lib.BertConfig) -> np.ndarray:
-    heads, head_dim = config.num_heads, config.head_dim
-    if kind == "copy":
-        return w
-    if kind == "linear":
-        return w.T
-    if kind == "qkv_kernel":
-        return w.T.reshape(w.shape[1], heads, head_dim)
-    if kind == "qkv_bias":
-        return w.reshape(heads, head_dim)
-    if kind == "out_kernel":
-        return w.T.reshape(heads, head_dim, w.shape[0])
-    raise ValueError(kind)
-
-
-def _to_torch_layout(kind: str, w: np.ndarray) -> np.ndarray:
-    if kind == "copy":
-        return w
-    if kind == "linear":
-        return w.T
-    if kind == "qkv_kernel":  # [hidden, heads, head_dim] -> [out, in]
-        return w.reshape(w.shape[0], -1).T
-    if kind == "qkv_bias":
-        return w.reshape(-1)
-    if kind == "out_kernel":  # [heads, head_dim, hidden] -> [out, in]
-        return w.reshape(-1, w.shape[-1]).T
-    raise ValueError(kind)
-
-
-def hf_to_flat_params(
-    state: Mapping[str, np.ndarray], config: model_lib.BertConfig, source: str = "checkpoint"
-) -> tuple[dict[str, np.ndarray], list[str]]:
-    """Renames and re-lays-out transformers tensors; returns ({'bert/...': array}, ignored names).
-
-    Raises ValueError naming the tensor for a name that is not a parameter of this BERT config.
-    """
-    names = name_map(config.num_layers)
-    flat, ignored = {}, []
-    for name, value in state.items():
-        short = name.removeprefix("bert.")
-        # Checkpoints converted from TensorFlow name LayerNorm parameters gamma/beta.
-        short = re.sub(r"LayerNorm\.gamma$", "LayerNorm.weight", short)
-        short = re.sub(r"LayerNorm\.beta$", "LayerNorm.bias", short)
-        if _IGNORED.match(short):
-            ignored.append(name)
-            continue
-        if short not in names:
-            layer = re.match(r"encoder\.layer\.(\d+)\.", short)
-            why = (
-                f"layer {layer.group(1)} but config.json has {config.num_layers} layers"
-                if layer
-                else "not a BERT parameter"
-            )
-            raise ValueError(f"{source}: unknown parameter {name!r} ({why})")
-        path, kind = names[short]
-        flat[path] = _to_jax(kind, np.asarray(value), config)
-    return flat, ignored
-
-
-def flat_params_to_hf(params, config: model_lib.BertConfig, head: str) -> dict[str, np.ndarray]:
-    """bert_jax parameters (nested dict) -> a transformers state dict for the matching Bert* class."""
-    # A scan_layers model's stacked `layers` are written as the per-layer tensors transformers knows.
-    flat = traverse_util.flatten_dict(model_lib.unstack_layers(nn.unbox(params)), sep="/")
-    if (
-        head == "none"
-    ):  # the bare encoder's tree has no "bert/" level; transformers' BertModel no prefix
-        flat = {f"bert/{k}": v for k, v in flat.items()}
-    prefix = "" if head == "none" else "bert."
-    by_path = {ours: (hf, kind) for hf, (ours, kind) in name_map(config.num_layers).items()}
-    out = {}
-    for path, value in flat.items():
-        hf, kind = by_path[path]
-        name = hf if hf.startswith(("cls.", "classifier.", "qa_outputs.")) else prefix + hf
-        out[name] = np.asarray(_to_torch_layout(kind, np.asarray(value, np.float32)))
-    return out
-
-
-def config_from_hf(
-    hf_config: Mapping, path: str = "config.json", **overrides
-) -> model_lib.BertConfig:
-    """A BertConfig from a transformers config.json dict; one-line errors for non-BERT configs."""
-    model_type = hf_config.get("model_type")
-    if model_type != "bert":
-        raise ValueError(
-            f"{path}: model_type is {model_type!r}, not 'bert'; only BERT checkpoints load"
-        )
-    position_type = hf_config.get("position_embedding_type", "absolute")
-    if position_type != "absolute":
-        raise ValueError(f"{path}: position_embedding_type {position_type!r} is not supported")
-    missing = [k for k in _HF_CONFIG_FIELDS if k not in hf_config and k != "hidden_act"]
-    if missing:
-        raise ValueError(f"{path}: missing BERT config fields {missing}")
-    values = {
-        ours: hf_config[theirs] for theirs, ours in _HF_CONFIG_FIELDS.items() if theirs in hf_config
-    }
-    values.update(overrides)
-    return model_lib.BertConfig(**values)
-
-
-def _read_state_dict(directory: epath.Path) -> dict[str, np.ndarray]:
-    safetensors_file = directory / "model.safetensors"
-    index_file = directory / "model.safetensors.index.json"
-    bin_file = directory / "pytorch_model.bin"
-    if safetensors_file.exists() or index_file.exists():
-        from safetensors.numpy import load as load_safetensors
-
-        files = [safetensors_file]
-        if not safetensors_file.exists():
-            files = sorted(
-                {directory / f for f in json.loads(index_file.read_text())["weight_map"].values()}
-            )
-        state = {}
-        for f in files:
-            state.update(load_safetensors(f.read_bytes()))
-        return state
-    if bin_file.exists():
-        try:
-            import torch
-        except ImportError as e:
-            raise ImportError(
-                f"{bin_file}: reading pytorch_model.bin needs torch (pip install torch)"
-            ) from e
-        loaded = torch.load(
-            io.BytesIO(bin_file.read_bytes()), map_location="cpu", weights_only=True
-        )
-        return {k: v.float().numpy() for k, v in loaded.items()}
+def source_format(path) -> str:
+    """The layout of `path` ("transformers", "tf1" or "bert_jax"); a one-line error for anything else."""
+    path = epath.Path(path)
+    # First: a bert_jax workdir also holds a config.json (the run's config, not a model's).
+    if path.is_dir() and (path / "checkpoints").is_dir():
+        return "bert_jax"
+    if path.is_dir() and (path / "config.json").exists():
+        return "transformers"
+    if (path.is_dir() and (path / "bert_config.json").exists()) or (
+        not path.is_dir() and (path.name.endswith(".index") or epath.Path(f"{path}.index").exists())
+    ):
+        return "tf1"
+    if not path.exists() and not epath.Path(f"{path}.index").exists():
+        raise FileNotFoundError(f"{path}: no such file or directory")
     raise FileNotFoundError(
-        f"{directory}: no weights (model.safetensors, model.safetensors.index.json or pytorch_model.bin)"
+        f"{path} is neither a bert_jax workdir (no checkpoints/) nor a transformers-layout directory "
+        "(no config.json) nor a TF1 BERT checkpoint (no bert_config.json or .index)"
     )
+
+
+@dataclasses.dataclass
+class Checkpoint:
+    """What a checkpoint holds, read in any layout: its model config, flat 'bert/...' parameters (bert_jax
+    layout) and tokenizer, plus what exporting it again needs."""
+
+    config: model_lib.BertConfig
+    flat: dict[str, np.ndarray]
+    tokenizer: object
+    do_lower_case: bool | None  # None: as the tokenizer files say
+    source: str
+    head: str  # the head its parameters are for ("pretraining" when it has the MLM/NSP heads)
+    labels: list[str] | None  # class names in id order, when the checkpoint names them
+    # Stored tensors that are not parameters (TF1 optimizer slots, global_step), skipped.
+    skipped: list[str] = dataclasses.field(default_factory=list)
+
+
+def read_checkpoint(
+    path, *, overrides=None, do_lower_case: bool | None = None, step: int | None = None
+) -> Checkpoint:
+    """Reads a checkpoint of any supported layout (see the module docstring) without building a model."""
+    from bert_jax.data.tokenizer import load_tokenizer
+
+    kind = source_format(path)
+    overrides = overrides or {}
+    if kind == "bert_jax":
+        from bert_jax import export
+
+        return export.read_workdir(path, step, overrides, do_lower_case)
+    if kind == "transformers":
+        return _read_transformers(path, overrides, do_lower_case)
+    prefix = tf_checkpoint.find_prefix(str(path))
+    tf1_layout.check_is_bert(prefix)
+    directory = epath.Path(os.path.dirname(prefix))
+    config_path = str(directory / "bert_config.json")
+    config = tf1_layout.read_config(config_path, **overrides)
+    vocab = directory / "vocab.txt"
+    if not vocab.exists():
+        raise FileNotFoundError(f"{vocab}: missing (Google's checkpoints ship their vocab.txt)")
+    saved = directory / "tokenizer_config.json"  # written by bert_jax's TF1 export, not by Google
+    if do_lower_case is None and saved.exists():
+        do_lower_case = json.loads(saved.read_text()).get("do_lower_case")
+    if do_lower_case is None:
+        do_lower_case, why = tf1_layout.infer_do_lower_case(prefix, str(vocab))
+        logging.info("%s: do_lower_case=%s (%s)", prefix, do_lower_case, why)
+    tokenizer = load_tokenizer(str(vocab), do_lower_case=do_lower_case)
+    flat, skipped = tf1_layout.read_params(prefix, config, config_path)
+    if skipped:
+        logging.info(
+            "%s: skipped %d variables the model does not use (optimizer slots, global_step)",
+            prefix,
+            len(skipped),
+        )
+    return Checkpoint(config, flat, tokenizer, do_lower_case, prefix, _head_of(flat), None, skipped)
+
+
+def _head_of(flat) -> str:
+    """The head a checkpoint's parameters are for (token classification reads as classification)."""
+    if "mlm/bias" in flat or "nsp/kernel" in flat:
+        return "pretraining"
+    if "qa_outputs/kernel" in flat:
+        return "span"
+    return "classification" if "classifier/kernel" in flat else "none"
 
 
 def load_pretrained(
@@ -245,80 +148,92 @@ def load_pretrained(
     param_dtype: str = "float32",
     attention_impl: str = "auto",
     seed: int = 0,
+    do_lower_case: bool | None = None,
+    step: int | None = None,
     scan_layers: bool = False,
 ):
-    """Loads a transformers-layout BERT directory: returns (model, params, tokenizer).
+    """Loads a BERT checkpoint of any supported layout: returns (model, params, tokenizer).
 
-    With `scan_layers` the model scans over its layers and the per-layer tensors are stacked for it.
-
-    head: "none" (bare encoder), "pretraining", "classification" (num_labels; 1 = regression), "span" or
-    "token" (num_labels). Parameters of the head that the checkpoint lacks are initialised (with `seed`) and
-    listed in a log line; tensors the chosen head does not use (e.g. `cls.*` when fine-tuning) are logged.
+    head: "none" (bare encoder), "pretraining" (MLM + NSP), "classification" (num_labels; 1 = regression),
+    "span" or "token". `num_labels` defaults to the checkpoint's classifier width (or its label names, or
+    2). Head parameters the checkpoint lacks are initialised (with `seed`) and named in a Python warning;
+    encoder parameters must all be present. `do_lower_case` overrides the tokenizer's casing (TF1:
+    otherwise inferred from the model's name, as the original did). `step`: which checkpoint of a bert_jax
+    workdir (default: the latest). `scan_layers`: the model scans over its layers and the checkpoint's
+    per-layer tensors are stacked for it.
     """
+    overrides = dict(dtype=dtype, param_dtype=param_dtype, attention_impl=attention_impl)
+    ckpt = read_checkpoint(path, overrides=overrides, do_lower_case=do_lower_case, step=step)
+    ckpt.config = dataclasses.replace(ckpt.config, scan_layers=scan_layers)
+    model, params = build(ckpt, head, num_labels, seed=seed)
+    return model, params, ckpt.tokenizer
+
+
+def build(ckpt: Checkpoint, head: str, num_labels: int | None = None, *, seed: int = 0):
+    """(model, params) for `head` from a read checkpoint."""
+    if ckpt.tokenizer.vocab_size > ckpt.config.vocab_size:
+        raise ValueError(
+            f"{ckpt.source}: tokenizer has {ckpt.tokenizer.vocab_size} tokens but the model's "
+            f"vocab_size is {ckpt.config.vocab_size}"
+        )
+    if num_labels is None:
+        if "classifier/kernel" in ckpt.flat:
+            num_labels = ckpt.flat["classifier/kernel"].shape[-1]
+        else:
+            num_labels = len(ckpt.labels) if ckpt.labels else 2
+    model = model_lib.build_model(ckpt.config, head, num_labels)
+    params = load_flat_params(model, ckpt.config, ckpt.flat, ckpt.source, seed=seed, head=head)
+    return model, params
+
+
+def _read_transformers(path, overrides, do_lower_case) -> Checkpoint:
     from bert_jax.data.tokenizer import load_tokenizer
 
     directory = epath.Path(path)
-    if not directory.is_dir():
-        raise FileNotFoundError(
-            f"{directory}: not a directory (expected a transformers-layout checkpoint)"
-        )
     config_file = directory / "config.json"
-    if not config_file.exists():
-        raise FileNotFoundError(
-            f"{config_file}: missing (a transformers-layout checkpoint needs config.json)"
-        )
     try:
         hf_config = json.loads(config_file.read_text())
     except json.JSONDecodeError as e:
         raise ValueError(f"{config_file}: not valid JSON ({e})") from e
-    config = config_from_hf(
-        hf_config,
-        str(config_file),
-        dtype=dtype,
-        param_dtype=param_dtype,
-        attention_impl=attention_impl,
-    )
-    config = dataclasses.replace(config, scan_layers=scan_layers)
-    if num_labels is None:
-        num_labels = len(hf_config.get("id2label") or {}) or hf_config.get("num_labels", 2)
-    model = model_lib.build_model(config, head, num_labels)
-
-    tokenizer = load_tokenizer(str(directory))
-    if tokenizer.vocab_size > config.vocab_size:
-        raise ValueError(
-            f"{directory}: tokenizer has {tokenizer.vocab_size} tokens but config.json vocab_size is "
-            f"{config.vocab_size}"
-        )
-
-    loaded, ignored = hf_to_flat_params(_read_state_dict(directory), config, str(directory))
-    params = load_flat_params(model, config, loaded, str(directory), seed=seed, head=head)
+    config = config_from_hf(hf_config, str(config_file), **overrides)
+    tokenizer = load_tokenizer(str(directory), do_lower_case=do_lower_case)
+    flat, ignored = hf_to_flat_params(read_state_dict(directory), config, str(directory))
     if ignored:
         logging.info("%s: ignored non-parameter tensors %s", directory, ignored)
-    return model, params, tokenizer
+    if do_lower_case is None and (directory / "tokenizer_config.json").exists():
+        saved = json.loads((directory / "tokenizer_config.json").read_text())
+        do_lower_case = saved.get("do_lower_case")
+    id2label = hf_config.get("id2label") or {}
+    labels = [id2label[k] for k in sorted(id2label, key=int)] if id2label else None
+    head = {v: k for k, v in ARCHITECTURES.items()}.get((hf_config.get("architectures") or [""])[0])
+    return Checkpoint(
+        config, flat, tokenizer, do_lower_case, str(directory), head or _head_of(flat), labels
+    )
 
 
 def load_flat_params(
     model, config, loaded: dict[str, np.ndarray], source: str, *, seed: int, head: str
 ):
-    """Fills `model`'s parameter tree from flat 'bert/...' arrays: checks shapes, initialises the rest."""
+    """Fills `model`'s parameter tree from flat 'bert/...' arrays: checks shapes, initialises missing
+    head parameters (with a warning); a missing encoder parameter is an error naming it."""
     dtype = config.storage_dtype
-    fresh = jax.jit(lambda rng: nn.unbox(model_lib.init_params(model, rng)))(jax.random.key(seed))
-    # Filled per layer, as stored; a scan_layers model gets them stacked at the end.
-    fresh = model_lib.unstack_layers(fresh)
-    expected = traverse_util.flatten_dict(fresh, sep="/")
+    # Filled per layer, as checkpoints store them; a scan_layers model gets them stacked at the end.
+    init = lambda rng: model_lib.unstack_layers(nn.unbox(model_lib.init_params(model, rng)))
+    expected = traverse_util.flatten_dict(jax.eval_shape(init, jax.random.key(seed)), sep="/")
     if head == "none":  # the bare encoder's tree has no "bert/" level
-        loaded = {k[len("bert/") :]: v for k, v in loaded.items() if k.startswith("bert/")} | {
-            k: v for k, v in loaded.items() if not k.startswith("bert/")
-        }
+        loaded = {k.removeprefix("bert/"): v for k, v in loaded.items()}
+        optional = (*_OPTIONAL_ROOTS, "pooler/")
+    else:
+        optional = _OPTIONAL_ROOTS
     unused = sorted(k for k in loaded if k not in expected)
-    # Only head parameters and the pooler may go unused (e.g. `cls.*` when fine-tuning); hf_to_flat_params
-    # already rejected anything that is no BERT parameter at all.
-    surprising = [k for k in unused if not k.startswith(_OPTIONAL_ROOTS)]
+    # Only head parameters and the pooler may go unused (e.g. `cls.*` when fine-tuning); the layout
+    # readers already rejected anything that is no BERT parameter at all.
+    surprising = [k for k in unused if not k.startswith(optional)]
     if surprising:
         raise ValueError(f"{source}: parameter {surprising[0]!r} has no place in a {head!r} model")
     if unused:
         logging.info("%s: checkpoint tensors not used by head %r: %s", source, head, unused)
-    out, initialised = {}, []
+    out, initialised, fresh = {}, [], None
     for key, init_value in expected.items():
         if key in loaded:
             value = loaded[key]
@@ -328,36 +243,141 @@ def load_flat_params(
                     f"{init_value.shape} in the model"
                 )
             out[key] = jax.numpy.asarray(value, dtype)
-        else:
-            out[key] = init_value.astype(dtype)
+        elif key.startswith(optional):
+            if fresh is None:  # initialising is a compile: only when some head needs it
+                fresh = traverse_util.flatten_dict(jax.jit(init)(jax.random.key(seed)), sep="/")
+            out[key] = fresh[key].astype(dtype)
             initialised.append(key)
+        else:
+            raise ValueError(f"{source}: parameter {key!r} is missing from the checkpoint")
     if initialised:
-        logging.info(
-            "%s: initialised parameters missing from the checkpoint: %s", source, initialised
+        roots = sorted({k.rsplit("/", 1)[0] for k in initialised})
+        warnings.warn(
+            f"{source}: head {head!r} parameters not in the checkpoint were initialised at random "
+            f"(train them before use): {roots}",
+            stacklevel=3,
         )
     tree = traverse_util.unflatten_dict(out, sep="/")
     return model_lib.stack_layers(tree, config.num_layers) if config.scan_layers else tree
 
 
+def flat_params(params, head: str) -> dict[str, np.ndarray]:
+    """bert_jax parameters (nested, any head) -> {'bert/...' path: NumPy array}."""
+    # A scan_layers model's stacked `layers` are written per layer, as every layout stores them.
+    flat = traverse_util.flatten_dict(model_lib.unstack_layers(nn.unbox(params)), sep="/")
+    prefix = "bert/" if head == "none" else ""
+    return {prefix + k: np.asarray(v) for k, v in flat.items()}
+
+
+def infer_num_labels(params, head: str, num_labels: int | None = None) -> int:
+    """The classifier's width from the parameters (2 for heads without one); checks a given value."""
+    params = nn.unbox(params)
+    if head not in ("classification", "token") or "classifier" not in params:
+        return 2 if num_labels is None else num_labels
+    width = int(params["classifier"]["kernel"].shape[-1])
+    if num_labels is not None and num_labels != width:
+        raise ValueError(f"num_labels is {num_labels} but the classifier has {width} outputs")
+    return width
+
+
+def tokenizer_lowercases(tokenizer) -> bool:
+    """Whether `tokenizer` lower-cases its input, from what it does (no tokenizer internals needed)."""
+    if hasattr(tokenizer, "do_lower_case"):
+        return bool(tokenizer.do_lower_case)
+    upper = "THE QUICK BROWN FOX JUMPS OVER A LAZY DOG"
+    return tokenizer.encode(upper) == tokenizer.encode(upper.lower())
+
+
+def write_tokenizer(directory, tokenizer, config, do_lower_case: bool | None = None) -> None:
+    """vocab.txt, tokenizer_config.json and special_tokens_map.json, as transformers' BertTokenizer wants."""
+    directory = epath.Path(directory)
+    if do_lower_case is None:
+        do_lower_case = tokenizer_lowercases(tokenizer)
+    source = epath.Path(getattr(tokenizer, "path", ""))
+    if source.name == "vocab.txt" and source.exists():  # the original file, byte for byte
+        (directory / "vocab.txt").write_bytes(source.read_bytes())
+        tokens = []
+    else:
+        tokens = [tokenizer.id_to_token(i) for i in range(tokenizer.vocab_size)]
+    if any(t is None for t in tokens):
+        raise ValueError(f"{tokenizer.path}: not a WordPiece vocabulary with one token per id")
+    if any(t.startswith("▁") for t in tokens):
+        raise ValueError(
+            f"{tokenizer.path}: a SentencePiece vocabulary has no transformers BertTokenizer form"
+        )
+    if tokens:
+        (directory / "vocab.txt").write_text("\n".join(tokens) + "\n", encoding="utf-8")
+    tokenizer_config = {
+        "tokenizer_class": "BertTokenizer",
+        "do_lower_case": do_lower_case,
+        "model_max_length": config.max_position_embeddings,
+        **SPECIAL_TOKENS,
+    }
+    (directory / "tokenizer_config.json").write_text(json.dumps(tokenizer_config, indent=2))
+    (directory / "special_tokens_map.json").write_text(json.dumps(SPECIAL_TOKENS, indent=2))
+
+
 def save_pretrained(
-    directory, params, config: model_lib.BertConfig, head: str = "none", num_labels: int = 2
+    directory,
+    params,
+    config: model_lib.BertConfig,
+    head: str = "none",
+    num_labels: int | None = None,
+    *,
+    tokenizer=None,
+    do_lower_case: bool | None = None,
+    id2label=None,
 ):
-    """Writes `params` as a transformers-layout directory (config.json + model.safetensors)."""
+    """Writes `params` as a transformers-layout directory: config.json, model.safetensors and, with a
+    `tokenizer`, vocab.txt + tokenizer_config.json + special_tokens_map.json (so both
+    `load_pretrained` and transformers' AutoTokenizer read it back). `num_labels` comes from the
+    classifier; `id2label` (label names in id order) names the classes in config.json."""
     from safetensors.numpy import save_file
 
     directory = epath.Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    architectures = {
-        "none": "BertModel",
-        "pretraining": "BertForPreTraining",
-        "classification": "BertForSequenceClassification",
-        "span": "BertForQuestionAnswering",
-        "token": "BertForTokenClassification",
-    }
-    hf_config = {theirs: getattr(config, ours) for theirs, ours in _HF_CONFIG_FIELDS.items()}
-    hf_config.update(model_type="bert", architectures=[architectures[head]], num_labels=num_labels)
+    num_labels = infer_num_labels(params, head, num_labels)
+    labels = list(id2label) if id2label is not None else [f"LABEL_{i}" for i in range(num_labels)]
+    if len(labels) != num_labels:
+        raise ValueError(f"id2label has {len(labels)} names but the model has {num_labels} labels")
+    hf_config = {theirs: getattr(config, ours) for theirs, ours in CONFIG_FIELDS.items()}
+    hf_config.update(
+        model_type="bert",
+        architectures=[ARCHITECTURES[head]],
+        id2label={str(i): name for i, name in enumerate(labels)},
+        label2id={name: i for i, name in enumerate(labels)},
+        pad_token_id=0,
+    )
     (directory / "config.json").write_text(json.dumps(hf_config, indent=2))
-    state = flat_params_to_hf(params, config, head)
+    state = flat_params_to_hf(model_lib.unstack_layers(nn.unbox(params)), config, head)
     save_file(
         {k: np.ascontiguousarray(v) for k, v in state.items()}, str(directory / "model.safetensors")
     )
+    if tokenizer is not None:
+        write_tokenizer(directory, tokenizer, config, do_lower_case)
+    else:
+        warnings.warn(
+            f"{directory}: saved without tokenizer files (pass tokenizer=); transformers' "
+            "AutoTokenizer and load_pretrained cannot read this directory alone",
+            stacklevel=2,
+        )
+
+
+def save_tf1(directory, params, config: model_lib.BertConfig, head: str, tokenizer) -> str:
+    """Writes Google's layout: bert_config.json, vocab.txt and bert_model.ckpt.{index,data-00000-of-00001},
+    which the original run_classifier.py / run_pretraining.py take as --init_checkpoint. Returns the prefix."""
+    directory = epath.Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "bert_config.json").write_text(
+        json.dumps(tf1_layout.config_dict(config), indent=2)
+    )
+    write_tokenizer(directory, tokenizer, config)
+    prefix = str(directory / "bert_model.ckpt")
+    tf1_layout.write_params(prefix, flat_params(params, head), config)
+    return prefix
+
+
+if __name__ == "__main__":
+    from bert_jax import export
+
+    export.run()

@@ -110,8 +110,7 @@ def _score(results) -> float:
 # ----------------------------------------------------------------------------------------------------------
 def run(config, workdir) -> dict:
     """Fine-tunes `config.task` with the config's single setting; writes WORKDIR/results.json."""
-    workdir = train_lib.prepare_workdir(workdir)
-    train_lib.say(f"workdir {workdir}")
+    workdir = train_lib.absolute_workdir(workdir)
     with setup_error("task"):
         task = glue.get_task(config.task)
         if task.name == "ax":
@@ -191,6 +190,9 @@ def run(config, workdir) -> dict:
         "tokenizer": weights.tokenizer_spec,
         "num_labels": task.num_labels,
     }
+    # Created only now: bad input above leaves no directory behind.
+    workdir = train_lib.prepare_workdir(workdir)
+    train_lib.say(f"workdir {workdir}")
     with setup_error("workdir"):
         finished = reuse_workdir(workdir, stored, config.overwrite)
     if finished is not None:
@@ -342,7 +344,9 @@ def reuse_workdir(workdir: epath.Path, stored: dict, overwrite: bool) -> dict | 
         ).read_config()
     else:
         previous = json.loads(results.read_text())["config"]
-    breaking, _ = train_lib.config_changes(previous, stored, SAFE_CHANGES)
+    breaking, safe = train_lib.config_changes(previous, stored, SAFE_CHANGES)
+    if safe and not breaking:
+        logging.warning("%s: continuing with changed settings: %s", workdir, "; ".join(safe))
     if breaking and not overwrite:
         raise ValueError(
             f"{workdir} holds another run ({'; '.join(breaking[:3])}"

@@ -122,7 +122,7 @@ def main(argv) -> int:
     logging.get_absl_handler().addFilter(_QuietOrbax())
     _initialize_distributed()
 
-    from bert_jax import pretrain, sweep, train_lib
+    from bert_jax import finetune_tasks, pretrain, sweep, train_lib
 
     # The config goes to WORKDIR/config.json and TensorBoard (the loops write it), not onto the screen.
     try:
@@ -133,8 +133,10 @@ def main(argv) -> int:
             sweep.run(config, workdir)
         elif config.mode == "glue_suite":
             sweep.run_suite(config, workdir)
+        elif config.mode in finetune_tasks.TASKS:
+            finetune_tasks.run(config, workdir)
         else:
-            modes = ("pretrain", "finetune", "glue_suite")
+            modes = ("pretrain", "finetune", "glue_suite", *finetune_tasks.TASKS)
             raise train_lib.SetupError(f"config.mode {config.mode!r} is not one of {modes}")
     except (train_lib.SetupError, train_lib.NonFiniteLossError) as error:
         sys.exit(f"error: {error}")

@@ -59,6 +59,12 @@ def from_path(
         model, kept, tokenizer = convert.load_pretrained(path, head=head, dtype=dtype, seed=seed)
         fields = dataclasses.asdict(model.config)
         spec, source = {"path": str(path), "do_lower_case": None}, str(path)
+        if convert.source_format(path) == "tf1":
+            # TF1 casing is inferred from the checkpoint's name, which the vocab.txt alone does not carry.
+            spec = {
+                "path": tokenizer.path,
+                "do_lower_case": convert.tokenizer_lowercases(tokenizer),
+            }
     else:
         raise ValueError(
             f"{path} is neither a bert_jax workdir (no checkpoints/) nor a transformers-layout "

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from bert_jax.data import corpus as corpus_lib
-from bert_jax.data import pretraining
+from bert_jax.data import instances
 from bert_jax.data.tokenizer import load_tokenizer
 
 
@@ -70,11 +70,11 @@ def test_tokenized_corpus_counts_empty_sentences_and_long_lines():
     stats = corpus_lib.CorpusStats()
     long_line = " ".join(["river"] * 600)
     docs = [["the town .", "\u200b\u200b"], ["\u200b"], ["a fox .", long_line, "the town ."]]
-    corpus = pretraining.TokenizedCorpus.from_documents(docs, tok, stats)
+    corpus = instances.TokenizedCorpus.from_documents(docs, tok, stats)
     assert stats.empty_sentences == 2 and stats.empty_documents == 1
     assert corpus.num_documents == 2
     assert np.diff(corpus.sentence_starts).tolist() == [3, 3, 600, 3]
-    specs = pretraining.create_instance_specs(corpus, 32, 0.0, np.random.default_rng(0))
+    specs = instances.create_instance_specs(corpus, 32, 0.0, np.random.default_rng(0))
     lengths = (specs[:, 1] - specs[:, 0]) + (specs[:, 3] - specs[:, 2])
     assert (lengths <= 29).all()  # the over-long line is truncated like any long pair
 

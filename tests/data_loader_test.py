@@ -2,10 +2,10 @@
 
 import json
 
-import ml_collections
 import numpy as np
 import pytest
 
+from bert_jax.configs.pretraining import data_config
 from bert_jax.data import corpus as corpus_lib
 from bert_jax.data import loader as loader_lib
 
@@ -14,24 +14,15 @@ FILLER = [f"w{i}" for i in range(40)]
 
 
 def _config(pattern, vocab, **overrides):
-    cfg = ml_collections.ConfigDict(
+    cfg = data_config()
+    cfg.update(
         dict(
-            source="text",
             input_pattern=pattern,
-            eval_input_pattern=None,
             vocab_file=vocab,
-            do_lower_case=True,
             seq_length=48,
             max_predictions_per_seq=8,
             phase2_seq_length=96,
             phase2_max_predictions_per_seq=16,
-            phase2_fraction=0.1,
-            masked_lm_prob=0.15,
-            short_seq_prob=0.1,
-            whole_word_mask=False,
-            tfds_name="",
-            tfds_split="",
-            tfds_text_key="text",
         )
     )
     cfg.update(overrides)

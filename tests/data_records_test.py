@@ -1,17 +1,16 @@
 """Offline mode: create_pretraining_data CLI, ArrayRecord round trip, original TFRecords."""
 
-import struct
 import subprocess
 import sys
 
-import ml_collections
 import numpy as np
 import pytest
 from tensorflow_datasets.proto import tf_example_generated_pb2 as example_pb2
 
+from bert_jax.configs.pretraining import data_config
 from bert_jax.data import corpus as corpus_lib
 from bert_jax.data import loader as loader_lib
-from bert_jax.data import pretraining, read_instances, records
+from bert_jax.data import masking, read_instances, records, tfrecord
 from bert_jax.data.create_pretraining_data import create_shards
 from bert_jax.data.tokenizer import load_tokenizer
 
@@ -92,12 +91,11 @@ def test_records_encode_decode_exact():
 
 def test_instances_source_in_loader_remasks_dynamically(shards):
     out, _, tok = shards
-    cfg = ml_collections.ConfigDict(
+    cfg = data_config()
+    cfg.update(
         dict(
             source="instances",
             input_pattern=f"{out}/*.array_record",
-            vocab_file="",
-            do_lower_case=True,
             seq_length=64,
             max_predictions_per_seq=10,
             phase2_fraction=0.0,
@@ -111,7 +109,7 @@ def test_instances_source_in_loader_remasks_dynamically(shards):
     ]
     a0, a1 = hosts[0].batch(0), hosts[1].batch(0)
     assert a0["input_ids"].shape == (4, 64)
-    rows = lambda b: {tuple(r) for r in pretraining.unmask(b)}
+    rows = lambda b: {tuple(r) for r in masking.unmask(b)}
     assert not rows(a0) & rows(a1)
     again = loader_lib.make_pretraining_loader(
         cfg, global_batch_size=8, num_train_steps=100, process_index=1, process_count=2
@@ -119,7 +117,9 @@ def test_instances_source_in_loader_remasks_dynamically(shards):
     np.testing.assert_array_equal(again["input_ids"], a1["input_ids"])
     # Dynamic masking: the same instances come back in a later epoch with other masks.
     source = hosts[0]._phases[0][1]
-    assert source.per_epoch == len(source.source) // 2
+    n = len(source.source)
+    assert (source.lo, source.hi) == (0, n - n // 50)  # the last 2% are held out for eval
+    assert source.per_epoch == (n - n // 50) // 2
 
 
 def _tf_example(feats):
@@ -149,7 +149,7 @@ def test_reads_original_tfrecords(tmp_path):
             }
             want.append(feats)
             raw = _tf_example(feats)
-            f.write(struct.pack("<Q", len(raw)) + b"\0" * 4 + raw + b"\0" * 4)
+            f.write(tfrecord.frame(raw))
     got = list(read_instances(str(path)))
     assert len(got) == 20
     for g, w in zip(got, want, strict=True):
@@ -162,7 +162,7 @@ def test_reads_original_tfrecords(tmp_path):
         assert g["masked_lm_weights"].dtype == np.float32 and g["input_ids"].dtype == np.int32
     truncated = tmp_path / "cut.tfrecord"
     truncated.write_bytes(path.read_bytes()[:-10])
-    with pytest.raises(ValueError, match="cut.tfrecord: truncated TFRecord"):
+    with pytest.raises(ValueError, match="cut.tfrecord: truncated record"):
         list(read_instances(str(truncated)))
 
 

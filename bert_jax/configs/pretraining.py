@@ -61,32 +61,51 @@ def model_config(size: str) -> ml_collections.ConfigDict:
 def data_config() -> ml_collections.ConfigDict:
     """Fields of the pretraining input pipeline (`bert_jax.data.loader.make_pretraining_loader`)."""
     d = ml_collections.ConfigDict()
-    # "text" (one sentence per line, blank line between documents), "instances", "tfds".
+    # "text" (one sentence per line, blank line between documents), "tfds", or "instances" (files of
+    # create_pretraining_data: bert_jax's ArrayRecord or the original tool's TFRecords).
     d.source = "text"
-    # Training files or glob (local or gs://); "" = the bundled sample corpus.
+    # Training files or glob (local or gs://); "" = the bundled sample corpus. For "instances", the
+    # phase-1 files (--max_seq_length=128, as the original README's first run).
     d.input_pattern = ""
-    # Held-out files for periodic eval; unset = ~2% of the training documents are held out (for the bundled
-    # sample corpus, its own held-out file).
+    # Phase-2 instance files (--max_seq_length=512, the original README's second run); required with
+    # source "instances" when phase2_fraction > 0, each file checked to hold phase2_seq_length tokens.
+    d.phase2_input_pattern = config_dict.placeholder(str)
+    # Held-out files (text or instances, like the source) for periodic eval; unset = held out of the
+    # training data: documents for text/TFDS (for the bundled corpus, its own held-out file), the
+    # last records for instance files.
     d.eval_input_pattern = config_dict.placeholder(str)
+    # Unset eval_input_pattern: 1 in this many documents (by content hash), or the last 1/this of the
+    # instance records, is held out (~2%).
+    d.eval_holdout_modulus = 50
+    # "dynamic": fresh masks every step (RoBERTa's choice; the only one for text/TFDS, which store no
+    # masks); "static": train on the masks stored in instance files (the paper's setup, with
+    # dupe_factor=10 masks per sequence). Dynamic is the default: one behaviour for every source, and
+    # RoBERTa found it comparable or slightly better (Liu et al. 2019, table 1).
+    d.masking = "dynamic"
+    # A record file that is truncated or fails its checksum is an error naming file and offset; True
+    # skips the bad records instead (counted and logged), for data you cannot regenerate.
+    d.skip_corrupt_records = False
     # TFDS dataset when source = "tfds".
     d.tfds_name = "wikipedia/20230601.en"
     # TFDS split when source = "tfds".
     d.tfds_split = "train"
     # TFDS feature holding the document text.
     d.tfds_text_key = "text"
+    # TFDS data directory; unset = TFDS's default (~/tensorflow_datasets or $TFDS_DATA_DIR).
+    d.tfds_data_dir = config_dict.placeholder(str)
     # WordPiece vocab.txt or SentencePiece .model; "" = the bundled sample vocab.
     d.vocab_file = ""
     # Uncased model, as bert-base-uncased.
     d.do_lower_case = True
-    # Phase 1 sequence length (the paper's first 90% of steps).
+    # Phase-1 sequence length (the paper's first 90% of steps).
     d.seq_length = 128
-    # Phase 1 masked positions per sequence (15% of 128, rounded up).
+    # Phase-1 masked positions per sequence (15% of 128, rounded up).
     d.max_predictions_per_seq = 20
-    # Phase 2 sequence length (the last 10%), to learn the long positions.
+    # Phase-2 sequence length (the last 10%), to learn the long positions.
     d.phase2_seq_length = 512
-    # Phase 2 masked positions per sequence.
+    # Phase-2 masked positions per sequence.
     d.phase2_max_predictions_per_seq = 80
-    # Fraction of the steps at phase-2 length; the switch is at round(steps * 0.9).
+    # Fraction of the steps at phase-2 length; the switch is at round(steps * (1 - this)).
     d.phase2_fraction = 0.1
     # Fraction of tokens masked, as the paper.
     d.masked_lm_prob = 0.15

@@ -5,7 +5,8 @@
 Measures (1) on the fly from raw text, tokenizing included (loader construction + one epoch of
 batches, i.e. tokenize + instances + masking for every sequence), (2) on the fly from a
 tokenized corpus in memory (instances + masking + batching, later epochs), (3) from
-pre-tokenized ArrayRecord shards with dynamic re-masking, (4) the offline reader
+pre-tokenized ArrayRecord shards with dynamic re-masking, (4) the same instances as the original
+tool's TFRecords with static masks (every record's CRC32C checked), (5) the offline reader
 `read_instances`. The process is pinned to core 0 before anything is imported.
 """
 
@@ -19,9 +20,8 @@ import pathlib  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
 
-import ml_collections  # noqa: E402
-
 from bert_jax.assets import make_sample_corpus  # noqa: E402
+from bert_jax.configs.pretraining import data_config  # noqa: E402
 from bert_jax.data import corpus as corpus_lib  # noqa: E402
 from bert_jax.data import loader as loader_lib  # noqa: E402
 from bert_jax.data import read_instances, records  # noqa: E402
@@ -32,21 +32,10 @@ BATCH = 256
 
 
 def _config(**kw):
-    cfg = dict(
-        source="text",
-        input_pattern="",
-        eval_input_pattern="unused",
-        vocab_file="",
-        do_lower_case=True,
-        seq_length=128,
-        max_predictions_per_seq=20,
-        phase2_fraction=0.0,
-        masked_lm_prob=0.15,
-        short_seq_prob=0.1,
-        whole_word_mask=False,
-    )
+    cfg = data_config()
+    cfg.update(dict(eval_input_pattern="unused", phase2_fraction=0.0))
     cfg.update(kw)
-    return ml_collections.ConfigDict(cfg)
+    return cfg
 
 
 def main():
@@ -84,7 +73,8 @@ def main():
     tok = load_tokenizer(str(corpus_lib.SAMPLE_VOCAB))
 
     def writer_for(block, current):
-        return current or records.InstanceWriter([str(tmp / "shard.array_record")])
+        paths = [str(tmp / "shard.array_record"), str(tmp / "shard.tfrecord")]
+        return current or records.InstanceWriter(paths)
 
     create_shards(
         str(text),
@@ -111,7 +101,20 @@ def main():
     shards = 40 * BATCH / (time.perf_counter() - t0)
     print(f"pre-tokenized shards (read + re-mask):  {shards:10,.0f} sequences/s")
 
-    # (4) the offline reader, one dict per instance.
+    # (4) the original tool's format: TFRecords, static masks, CRC32C checked per record.
+    tf_loader = loader_lib.make_pretraining_loader(
+        _config(source="instances", input_pattern=str(tmp / "shard.tfrecord"), masking="static"),
+        global_batch_size=BATCH,
+        num_train_steps=10**6,
+    )
+    tf_loader.batch(0)
+    t0 = time.perf_counter()
+    for s in range(1, 41):
+        tf_loader.batch(s)
+    tf_rate = 40 * BATCH / (time.perf_counter() - t0)
+    print(f"original TFRecords (read, static masks): {tf_rate:9,.0f} sequences/s")
+
+    # (5) the offline reader, one dict per instance.
     t0 = time.perf_counter()
     n = sum(1 for _ in read_instances(str(tmp / "shard.array_record")))
     reader = n / (time.perf_counter() - t0)

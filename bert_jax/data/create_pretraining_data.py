@@ -4,22 +4,29 @@
         --vocab_file=vocab.txt --output_dir=instances --max_seq_length=128 \
         --max_predictions_per_seq=20 --masked_lm_prob=0.15 --dupe_factor=10
 
+With `--original_rng` (and the original's required `--input_file`, `--output_file`,
+`--vocab_file`) the output is exactly the original tool's for the same corpus, vocab, flags and
+seed (`bert_jax.data.original_rng`), written as TFRecords of tf.train.Example in its layout
+(or ArrayRecord for files named `*.array_record`).
+
 Unlike the original, the corpus is processed in blocks of `--documents_per_shard` documents:
 each block is tokenized, turned into `dupe_factor` passes of instances (random next sentences
 drawn from the same block), shuffled, masked once (static masking, as the original) and written
 to its own ArrayRecord shard, so memory is bounded by one block, never the corpus.
-With `--output_file` (comma-separated) instances go round-robin into those files instead.
+With `--output_file` (comma-separated) instances go round-robin into those files instead
+(TFRecords in the original's layout for names containing ".tfrecord", else ArrayRecord).
 """
 
 from __future__ import annotations
 
 import itertools
+import sys
 
 import numpy as np
 from absl import app, flags, logging
 
 from bert_jax.data import corpus as corpus_lib
-from bert_jax.data import pretraining, records
+from bert_jax.data import instances, masking, original_rng, records
 from bert_jax.data.tokenizer import load_tokenizer
 
 FLAGS = flags.FLAGS
@@ -47,7 +54,7 @@ def create_shards(
     docs = corpus_lib.iter_text_documents(input_pattern, stats)
     total, blocks, writer = 0, 0, None
     while block := list(itertools.islice(docs, documents_per_shard)):
-        corpus = pretraining.TokenizedCorpus.from_documents(block, tokenizer, stats)
+        corpus = instances.TokenizedCorpus.from_documents(block, tokenizer, stats)
         if corpus.num_documents < 2:
             logging.warning("block %d: fewer than 2 usable documents, skipped", blocks)
             stats.empty_documents += corpus.num_documents  # counted as unusable, not lost silently
@@ -56,7 +63,7 @@ def create_shards(
         rng = np.random.default_rng([seed, blocks])
         specs = np.concatenate(
             [
-                pretraining.create_instance_specs(corpus, max_seq_length, short_seq_prob, rng)
+                instances.create_instance_specs(corpus, max_seq_length, short_seq_prob, rng)
                 for _ in range(dupe_factor)
             ]
         )
@@ -64,12 +71,12 @@ def create_shards(
         writer = output_paths_for_block(blocks, writer)
         for lo in range(0, len(specs), 1024):
             chunk = specs[lo : lo + 1024]
-            feats = pretraining.assemble(
+            feats = instances.assemble(
                 corpus.tokens, chunk, max_seq_length, tokenizer.cls_id, tokenizer.sep_id
             )
             feats["next_sentence_labels"] = chunk[:, 4].astype(np.int32)
             feats.update(
-                pretraining.mask_tokens(
+                masking.mask_tokens(
                     feats["input_ids"],
                     feats["attention_mask"],
                     rng,
@@ -81,8 +88,7 @@ def create_shards(
                     is_continuation=tokenizer.is_continuation if whole_word else None,
                 )
             )
-            for rec in records.encode_batch(feats, max_predictions):
-                writer.write(rec)
+            writer.write_batch(feats, max_predictions)
         total += len(specs)
         blocks += 1
         logging.info(
@@ -96,55 +102,165 @@ def create_shards(
     return {"blocks": blocks, "instances": total, **stats.__dict__}
 
 
-def define_flags():
-    """Registers the command-line flags (only when run as a program, so importing is free)."""
-    flags.DEFINE_string("input_file", None, "Comma-separated input text files/globs.")
-    flags.DEFINE_string("output_file", None, "Comma-separated output ArrayRecord files.")
-    flags.DEFINE_string("output_dir", None, "Directory for one shard per block (not output_file).")
-    flags.DEFINE_string("vocab_file", "", "vocab.txt or SentencePiece model; '' = bundled sample.")
-    flags.DEFINE_bool("do_lower_case", True, "Lower-case the input (for a vocab.txt).")
-    flags.DEFINE_bool("do_whole_word_mask", False, "Mask whole words instead of single pieces.")
-    flags.DEFINE_integer("max_seq_length", 128, "Maximum sequence length.")
-    flags.DEFINE_integer(
-        "max_predictions_per_seq", 20, "Maximum masked-LM predictions per sequence."
+def create_original(flag_values) -> dict:
+    """The `--original_rng` run: the original's instances, written as the original writes them."""
+    tok = load_tokenizer(flag_values.vocab_file, flag_values.do_lower_case)
+    found = original_rng.create_instances(
+        flag_values.input_file,
+        tok,
+        flag_values.vocab_file,
+        max_seq_length=flag_values.max_seq_length,
+        max_predictions=flag_values.max_predictions_per_seq,
+        masked_lm_prob=flag_values.masked_lm_prob,
+        short_seq_prob=flag_values.short_seq_prob,
+        dupe_factor=flag_values.dupe_factor,
+        seed=flag_values.random_seed,
+        whole_word=flag_values.do_whole_word_mask,
     )
-    flags.DEFINE_integer("random_seed", 12345, "Seed for instances and masking.")
-    flags.DEFINE_integer("dupe_factor", 10, "Passes over the input, each with different masks.")
-    flags.DEFINE_float("masked_lm_prob", 0.15, "Fraction of tokens to predict.")
-    flags.DEFINE_float("short_seq_prob", 0.1, "Probability of a shorter target length.")
-    flags.DEFINE_integer("documents_per_shard", 100_000, "Documents per block (bounds memory).")
+    writer = records.InstanceWriter(flag_values.output_file.split(","), tfrecord_default=True)
+    for lo in range(0, len(found), 1024):
+        feats = original_rng.to_features(
+            found[lo : lo + 1024], flag_values.max_seq_length, flag_values.max_predictions_per_seq
+        )
+        writer.write_batch(feats, flag_values.max_predictions_per_seq)
+    writer.close()
+    return {"instances": len(found), "files": len(flag_values.output_file.split(","))}
+
+
+def check_original_flags(flag_values) -> None:
+    """Raises ValueError (one line naming the flag) for flags the original tool would reject."""
+    for name in ("input_file", "output_file", "vocab_file"):
+        if not getattr(flag_values, name):
+            raise ValueError(f"--{name} is required with --original_rng (as in the original)")
+    for name in ("output_dir", "documents_per_shard"):
+        if flag_values[name].present:
+            raise ValueError(f"--{name} is not a flag of the original tool (--original_rng)")
+    if flag_values.vocab_file.endswith(".model"):
+        raise ValueError(
+            f"--vocab_file={flag_values.vocab_file}: the original reads vocab.txt only"
+        )
+    if flag_values.max_seq_length < 5:
+        raise ValueError(
+            f"--max_seq_length={flag_values.max_seq_length}: the original needs at least 5 "
+            "([CLS] A [SEP] B [SEP] with one token each)"
+        )
+
+
+def define_flags(flag_values=FLAGS):
+    """Registers the command-line flags (only when run as a program, so importing is free)."""
+    flags.DEFINE_string(
+        "input_file", None, "Comma-separated input text files/globs.", flag_values=flag_values
+    )
+    flags.DEFINE_string(
+        "output_file",
+        None,
+        "Comma-separated output files (*.tfrecord*: TFRecord, else ArrayRecord).",
+        flag_values=flag_values,
+    )
+    flags.DEFINE_string(
+        "output_dir",
+        None,
+        "Directory for one shard per block (not output_file).",
+        flag_values=flag_values,
+    )
+    flags.DEFINE_string(
+        "vocab_file",
+        "",
+        "vocab.txt or SentencePiece model; '' = bundled sample.",
+        flag_values=flag_values,
+    )
+    flags.DEFINE_bool(
+        "do_lower_case", True, "Lower-case the input (for a vocab.txt).", flag_values=flag_values
+    )
+    flags.DEFINE_bool(
+        "do_whole_word_mask",
+        False,
+        "Mask whole words instead of single pieces.",
+        flag_values=flag_values,
+    )
+    flags.DEFINE_integer("max_seq_length", 128, "Maximum sequence length.", flag_values=flag_values)
+    flags.DEFINE_integer(
+        "max_predictions_per_seq",
+        20,
+        "Maximum masked-LM predictions per sequence.",
+        flag_values=flag_values,
+    )
+    flags.DEFINE_integer(
+        "random_seed", 12345, "Seed for instances and masking.", flag_values=flag_values
+    )
+    flags.DEFINE_integer(
+        "dupe_factor",
+        10,
+        "Passes over the input, each with different masks.",
+        flag_values=flag_values,
+    )
+    flags.DEFINE_float(
+        "masked_lm_prob", 0.15, "Fraction of tokens to predict.", flag_values=flag_values
+    )
+    flags.DEFINE_float(
+        "short_seq_prob", 0.1, "Probability of a shorter target length.", flag_values=flag_values
+    )
+    flags.DEFINE_integer(
+        "documents_per_shard",
+        100_000,
+        "Documents per block (bounds memory).",
+        flag_values=flag_values,
+    )
+    flags.DEFINE_bool(
+        "original_rng",
+        False,
+        "Replay the original tool's random.Random draws: identical output to "
+        "google-research/bert's create_pretraining_data.py (whole corpus in memory).",
+        flag_values=flag_values,
+    )
+
+
+def run(flag_values) -> dict:
+    """One run of the tool with parsed flags; returns its counters."""
+    if flag_values.original_rng:
+        check_original_flags(flag_values)
+        return create_original(flag_values)
+    if not flag_values.input_file:
+        raise ValueError("--input_file is required")
+    if bool(flag_values.output_file) == bool(flag_values.output_dir):
+        raise ValueError("give exactly one of --output_file and --output_dir")
+    tok = load_tokenizer(
+        flag_values.vocab_file or str(corpus_lib.SAMPLE_VOCAB), flag_values.do_lower_case
+    )
+
+    def writer_for(block, current):
+        if flag_values.output_file:  # one writer for all blocks, round-robin over the files
+            return current or records.InstanceWriter(flag_values.output_file.split(","))
+        if current is not None:
+            current.close()
+        path = f"{flag_values.output_dir}/instances-{block:05d}.array_record"
+        return records.InstanceWriter([path])
+
+    return create_shards(
+        flag_values.input_file,
+        tok,
+        writer_for,
+        max_seq_length=flag_values.max_seq_length,
+        max_predictions=flag_values.max_predictions_per_seq,
+        masked_lm_prob=flag_values.masked_lm_prob,
+        short_seq_prob=flag_values.short_seq_prob,
+        dupe_factor=flag_values.dupe_factor,
+        seed=flag_values.random_seed,
+        whole_word=flag_values.do_whole_word_mask,
+        documents_per_shard=flag_values.documents_per_shard,
+    )
 
 
 def main(argv):
     del argv
-    if bool(FLAGS.output_file) == bool(FLAGS.output_dir):
-        raise app.UsageError("give exactly one of --output_file and --output_dir")
-    tok = load_tokenizer(FLAGS.vocab_file or str(corpus_lib.SAMPLE_VOCAB), FLAGS.do_lower_case)
-
-    def writer_for(block, current):
-        if FLAGS.output_file:  # one writer for all blocks, round-robin over the files
-            return current or records.InstanceWriter(FLAGS.output_file.split(","))
-        if current is not None:
-            current.close()
-        return records.InstanceWriter([f"{FLAGS.output_dir}/instances-{block:05d}.array_record"])
-
-    counts = create_shards(
-        FLAGS.input_file,
-        tok,
-        writer_for,
-        max_seq_length=FLAGS.max_seq_length,
-        max_predictions=FLAGS.max_predictions_per_seq,
-        masked_lm_prob=FLAGS.masked_lm_prob,
-        short_seq_prob=FLAGS.short_seq_prob,
-        dupe_factor=FLAGS.dupe_factor,
-        seed=FLAGS.random_seed,
-        whole_word=FLAGS.do_whole_word_mask,
-        documents_per_shard=FLAGS.documents_per_shard,
-    )
+    try:
+        counts = run(FLAGS)
+    except (ValueError, OSError) as error:  # bad input: one line, no traceback
+        print(f"error: {str(error).splitlines()[0]}", file=sys.stderr)
+        sys.exit(1)
     print(counts)
 
 
 if __name__ == "__main__":
     define_flags()
-    flags.mark_flags_as_required(["input_file"])
     app.run(main)

@@ -7,6 +7,12 @@ batch at step s is rows [s*B, (s+1)*B) of its own stream, masked with a generato
 (seed, step, process). So every host yields one batch per step forever (no end-of-epoch hang),
 the union over hosts is the global batch without duplicates, and resuming needs only the step.
 `get_state` also carries the epoch sizes seen so far, so a restored process skips recounting.
+
+Instance files (`source="instances"`: bert_jax's ArrayRecord or the original tool's TFRecords)
+train with the masks stored in them (`masking="static"`, the paper's dupe_factor=10 setup) or
+re-masked per step (`"dynamic"`, RoBERTa's). Phase 2 reads its own 512-token files
+(`phase2_input_pattern`), checked at startup. Every config field is read as `cfg.field`; the
+defaults live in the recipe (`bert_jax/configs/pretraining.py`).
 """
 
 from __future__ import annotations
@@ -19,93 +25,12 @@ import numpy as np
 from absl import logging
 
 from bert_jax.data import corpus as corpus_lib
-from bert_jax.data import pretraining, records
+from bert_jax.data import instances, masking, records
+from bert_jax.data.streams import CorpusStream, RecordStream, keyed_rng
 from bert_jax.data.tokenizer import load_tokenizer
 
 STATE_VERSION = 1
-HOLDOUT_MODULUS = 50  # with no eval data given, ~2% of documents (by content hash) are held out
-
-
-def _rng(*keys: int) -> np.random.Generator:
-    return np.random.default_rng(np.random.SeedSequence([int(k) for k in keys]))
-
-
-class CorpusStream:
-    """This host's endless stream of unmasked instances from a tokenized corpus."""
-
-    def __init__(self, corpus, seq_length, short_seq_prob, seed, key, cls_id, sep_id):
-        self.corpus, self.seq_length, self.short_seq_prob = corpus, seq_length, short_seq_prob
-        self.seed, self.key, self.cls_id, self.sep_id = seed, key, cls_id, sep_id
-        self.epoch_sizes: list[int] = []
-        self._cache: dict[int, np.ndarray] = {}
-
-    def _epoch(self, epoch: int) -> np.ndarray:
-        if epoch not in self._cache:
-            rng = _rng(self.seed, self.key, epoch)
-            specs = pretraining.create_instance_specs(
-                self.corpus, self.seq_length, self.short_seq_prob, rng
-            )
-            specs = specs[rng.permutation(len(specs))]
-            if len(self._cache) >= 2:  # a batch spans at most two epochs
-                self._cache.pop(min(self._cache))
-            self._cache[epoch] = specs
-            if epoch == len(self.epoch_sizes):
-                self.epoch_sizes.append(len(specs))
-        return self._cache[epoch]
-
-    def rows(self, start: int, count: int) -> dict[str, np.ndarray]:
-        """Instances [start, start + count) of the stream, padded to `seq_length`."""
-        parts, epoch, offset = [], 0, start
-        while True:
-            if epoch == len(self.epoch_sizes):
-                self._epoch(epoch)
-            if offset < self.epoch_sizes[epoch]:
-                break
-            offset -= self.epoch_sizes[epoch]
-            epoch += 1
-        while count > 0:
-            specs = self._epoch(epoch)[offset : offset + count]
-            parts.append(specs)
-            count -= len(specs)
-            epoch, offset = epoch + 1, 0
-        specs = np.concatenate(parts)
-        out = pretraining.assemble(
-            self.corpus.tokens, specs, self.seq_length, self.cls_id, self.sep_id
-        )
-        out["next_sentence_labels"] = specs[:, 4].astype(np.int32)
-        return out
-
-
-class RecordStream:
-    """This host's endless stream from instance shards: per epoch a permutation of all records,
-    host p taking entries p, p + P, ...; the N mod P left over rotate with the permutation."""
-
-    def __init__(self, pattern, seq_length, seed, key, process_index, process_count):
-        self.source = records.InstanceSource(pattern)
-        self.seq_length, self.seed, self.key = seq_length, seed, key
-        self.p, self.num_p = process_index, process_count
-        self.per_epoch = len(self.source) // process_count
-        if self.per_epoch == 0:
-            raise ValueError(f"{pattern}: {len(self.source)} instances for {process_count} hosts")
-        self.epoch_sizes: list[int] = []
-        self._perm: dict[int, np.ndarray] = {}
-
-    def rows(self, start: int, count: int) -> dict[str, np.ndarray]:
-        r = np.arange(start, start + count)
-        epochs, k = r // self.per_epoch, r % self.per_epoch
-        idx = np.empty(count, np.int64)
-        for e in np.unique(epochs):
-            if e not in self._perm:
-                if len(self._perm) >= 2:
-                    self._perm.pop(min(self._perm))
-                self._perm[e] = _rng(self.seed, self.key, e).permutation(len(self.source))
-            sel = epochs == e
-            idx[sel] = self._perm[e][self.p + self.num_p * k[sel]]
-        feats = self.source.batch(idx.tolist(), self.seq_length)
-        feats["input_ids"] = pretraining.unmask(feats)
-        for name in ("masked_lm_positions", "masked_lm_ids", "masked_lm_weights"):
-            del feats[name]
-        return feats
+MASKINGS = ("static", "dynamic")
 
 
 class PretrainingLoader:
@@ -124,7 +49,7 @@ class PretrainingLoader:
         prefetch=2,
     ):
         self._phases = phases  # [(start_step, stream, seq_length, max_predictions)], sorted
-        self.batch_size, self._tok, self._masking = batch_size, tokenizer, masking
+        self.batch_size, self._masking = batch_size, masking
         self.tokenizer = tokenizer  # the ids the model must cover (vocab_size)
         self.seed, self.process_index, self.process_count = seed, process_index, process_count
         self._prefetch, self._next_step = prefetch, 0
@@ -145,17 +70,19 @@ class PretrainingLoader:
         start, stream, _, max_pred = self._phase(step)
         with self._lock:
             feats = stream.rows((step - start) * self.batch_size, self.batch_size)
-        rng = _rng(self.seed, 7, self.process_index, self.process_count, step)
-        masked = pretraining.mask_tokens(
+        if "masked_lm_ids" in feats:  # static masking: the masks stored in the instances
+            return feats
+        rng = keyed_rng(self.seed, 7, self.process_index, self.process_count, step)
+        masked = masking.mask_tokens(
             feats["input_ids"],
             feats["attention_mask"],
             rng,
             max_predictions=max_pred,
             masked_lm_prob=self._masking["masked_lm_prob"],
             special_ids=self._special,
-            mask_id=self._tok.mask_id,
-            vocab_size=self._tok.vocab_size,
-            is_continuation=self._tok.is_continuation if self._masking["whole_word"] else None,
+            mask_id=self.tokenizer.mask_id,
+            vocab_size=self.tokenizer.vocab_size,
+            is_continuation=self.tokenizer.is_continuation if self._masking["whole_word"] else None,
         )
         feats.update(masked)
         return feats
@@ -221,99 +148,132 @@ class PretrainingLoader:
         self._next_step = int(state["next_step"])
 
 
-def _held_out(doc: list[str], modulus: int = HOLDOUT_MODULUS) -> bool:
+def _held_out(doc: list[str], modulus: int) -> bool:
     return zlib.crc32(doc[0].encode("utf-8")) % modulus == 0
 
 
 def _documents(cfg, pattern, process_index, process_count, stats, holdout):
     """This host's documents; `holdout` None keeps all, True/False keeps held-out/the rest."""
-    source = cfg.get("source", "text")
-    if source == "text":
+    if cfg.source == "text":
         docs = corpus_lib.iter_text_documents(pattern, stats, process_index, process_count)
-    elif source == "tfds":
+    else:
         docs = corpus_lib.iter_tfds_documents(
             cfg.tfds_name,
             cfg.tfds_split,
-            cfg.get("tfds_text_key", "text"),
+            cfg.tfds_text_key,
             stats,
             process_index,
             process_count,
-            cfg.get("tfds_data_dir", None),
+            cfg.tfds_data_dir,
         )
-    else:
-        raise ValueError(f"source {source!r} has no documents (expected 'text' or 'tfds')")
     if holdout is None:
         return docs
-    modulus = cfg.get("eval_holdout_modulus", HOLDOUT_MODULUS)
-    return (d for d in docs if _held_out(d, modulus) == holdout)
+    return (d for d in docs if _held_out(d, cfg.eval_holdout_modulus) == holdout)
+
+
+def _check_config(cfg) -> None:
+    if cfg.source not in ("text", "tfds", "instances"):
+        raise ValueError(f"data.source={cfg.source!r}: expected 'text', 'tfds' or 'instances'")
+    if cfg.masking not in MASKINGS:
+        raise ValueError(f"data.masking={cfg.masking!r}: expected 'static' or 'dynamic'")
+    if cfg.masking == "static" and cfg.source != "instances":
+        raise ValueError(
+            f"data.masking='static' needs data.source='instances' ({cfg.source} has no stored masks)"
+        )
+    if cfg.eval_holdout_modulus < 2:
+        raise ValueError(f"data.eval_holdout_modulus={cfg.eval_holdout_modulus}: must be >= 2")
+
+
+def _instance_source(cfg, field: str, seq_length: int):
+    """The instance files of `cfg.<field>`, each checked to hold `seq_length`-token instances."""
+    pattern = cfg[field]
+    try:
+        source = records.InstanceSource(pattern, cfg.skip_corrupt_records)
+    except FileNotFoundError as e:
+        raise FileNotFoundError(f"data.{field}: {e}") from None
+    for path, stored in source.stored_seq_lengths().items():
+        wrong = stored != seq_length if field == "phase2_input_pattern" else stored > seq_length
+        if wrong:
+            raise ValueError(
+                f"{path}: instances are {stored} tokens long, but data.{field} feeds "
+                f"sequences of {seq_length} (regenerate it with --max_seq_length={seq_length})"
+            )
+    return source
+
+
+def _record_streams(cfg, phases, seed, hosts, eval_mode):
+    """Phase streams over instance files; without eval files, the last share is held out."""
+    if not cfg.input_pattern:
+        raise ValueError("data.input_pattern: required for data.source='instances'")
+    if len(phases) > 1 and not cfg.phase2_input_pattern and not eval_mode:
+        raise ValueError(
+            "data.phase2_input_pattern: required for phase 2 with data.source='instances' "
+            f"({phases[1][1]}-token instances; or set data.phase2_fraction=0)"
+        )
+    streams = []
+    for i, (start, length, max_pred) in enumerate(phases):
+        field = "phase2_input_pattern" if i else "input_pattern"
+        if eval_mode and cfg.eval_input_pattern:
+            field = "eval_input_pattern"
+        source = _instance_source(cfg, field, length)
+        lo, hi = 0, len(source)
+        if not cfg.eval_input_pattern:
+            # Instance files are shuffled when written, so their tail is a random sample.
+            held = max(1, len(source) // cfg.eval_holdout_modulus)
+            lo, hi = (hi - held, hi) if eval_mode else (0, hi - held)
+        key = (1000 if eval_mode else 0) + i
+        static = cfg.masking == "static"
+        stream = RecordStream(source, (lo, hi), length, max_pred, seed, key, hosts, static)
+        streams.append((start, stream, length, max_pred))
+    return streams
 
 
 def _build(cfg, *, batch_size, phases, process_index, process_count, seed, eval_mode):
-    vocab = cfg.get("vocab_file", "") or str(corpus_lib.SAMPLE_VOCAB)
-    tok = load_tokenizer(vocab, do_lower_case=cfg.get("do_lower_case", True))
-    source = cfg.get("source", "text")
-    pattern = cfg.get("input_pattern", "") or ""
-    eval_pattern = cfg.get("eval_input_pattern", None)
-    if not pattern and eval_pattern is None and source == "text":
+    _check_config(cfg)
+    tok = load_tokenizer(cfg.vocab_file or str(corpus_lib.SAMPLE_VOCAB), cfg.do_lower_case)
+    hosts = (process_index, process_count)
+    if cfg.source == "instances":
+        streams = _record_streams(cfg, phases, seed, hosts, eval_mode)
+    else:
+        streams = _corpus_streams(cfg, tok, phases, seed, hosts, eval_mode)
+    masking_cfg = {"masked_lm_prob": cfg.masked_lm_prob, "whole_word": cfg.whole_word_mask}
+    return PretrainingLoader(
+        streams,
+        batch_size=batch_size,
+        tokenizer=tok,
+        masking=masking_cfg,
+        seed=seed,
+        process_index=process_index,
+        process_count=process_count,
+    )
+
+
+def _corpus_streams(cfg, tok, phases, seed, hosts, eval_mode):
+    """Phase streams over one tokenized text/TFDS corpus (held-out documents split off)."""
+    pattern, eval_pattern = cfg.input_pattern, cfg.eval_input_pattern
+    if not pattern and eval_pattern is None and cfg.source == "text":
         eval_pattern = str(corpus_lib.SAMPLE_EVAL_CORPUS)  # the bundled corpus has its eval slice
     holdout = None
     if eval_mode:
         pattern, holdout = (eval_pattern, None) if eval_pattern else (pattern, True)
     elif not eval_pattern:
         holdout = False
+    stats = corpus_lib.CorpusStats()
+    docs = _documents(cfg, pattern, *hosts, stats, holdout)
+    corpus = instances.TokenizedCorpus.from_documents(docs, tok, stats)
+    # Over-long lines are kept and truncated with their pair (counted against phase 1).
+    stats.long_sentences = int((np.diff(corpus.sentence_starts) > phases[0][1] - 3).sum())
+    stats.log(f"pretraining corpus (host {hosts[0]}/{hosts[1]}, eval={eval_mode})")
+    if corpus.num_documents < 2:
+        raise ValueError(f"{pattern or cfg.tfds_name}: fewer than 2 usable documents")
     key0 = 1000 if eval_mode else 0
     streams = []
-    if source == "instances":
-        for i, (start, length, max_pred) in enumerate(phases):
-            phase_pattern = cfg.get("phase2_input_pattern", None) if i else None
-            streams.append(
-                (
-                    start,
-                    RecordStream(
-                        phase_pattern or pattern,
-                        length,
-                        seed,
-                        key0 + i,
-                        process_index,
-                        process_count,
-                    ),
-                    length,
-                    max_pred,
-                )
-            )
-    else:
-        stats = corpus_lib.CorpusStats()
-        docs = _documents(cfg, pattern, process_index, process_count, stats, holdout)
-        corpus = pretraining.TokenizedCorpus.from_documents(docs, tok, stats)
-        # Over-long lines are kept and truncated with their pair (counted against phase 1).
-        stats.long_sentences = int((np.diff(corpus.sentence_starts) > phases[0][1] - 3).sum())
-        stats.log(f"pretraining corpus (host {process_index}/{process_count}, eval={eval_mode})")
-        if corpus.num_documents < 2:
-            raise ValueError(f"{pattern or cfg.get('tfds_name')}: fewer than 2 usable documents")
-        for i, (start, length, max_pred) in enumerate(phases):
-            stream = CorpusStream(
-                corpus,
-                length,
-                cfg.get("short_seq_prob", 0.1),
-                seed,
-                key0 + i,
-                tok.cls_id,
-                tok.sep_id,
-            )
-            streams.append((start, stream, length, max_pred))
-    masking = {
-        "masked_lm_prob": cfg.get("masked_lm_prob", 0.15),
-        "whole_word": cfg.get("whole_word_mask", False),
-    }
-    return PretrainingLoader(
-        streams,
-        batch_size=batch_size,
-        tokenizer=tok,
-        masking=masking,
-        seed=seed,
-        process_index=process_index,
-        process_count=process_count,
-    )
+    for i, (start, length, max_pred) in enumerate(phases):
+        stream = CorpusStream(
+            corpus, length, cfg.short_seq_prob, seed, key0 + i, tok.cls_id, tok.sep_id
+        )
+        streams.append((start, stream, length, max_pred))
+    return streams
 
 
 def _per_host(global_batch_size: int, process_count: int) -> int:
@@ -333,16 +293,10 @@ def make_pretraining_loader(
 ) -> PretrainingLoader:
     """The training loader: length `seq_length` until phase 2, then `phase2_seq_length`."""
     cfg = data_config
-    phase2_start = round(num_train_steps * (1 - cfg.get("phase2_fraction", 0.1)))
-    phases = [(0, cfg.get("seq_length", 128), cfg.get("max_predictions_per_seq", 20))]
+    phase2_start = round(num_train_steps * (1 - cfg.phase2_fraction))
+    phases = [(0, cfg.seq_length, cfg.max_predictions_per_seq)]
     if phase2_start < num_train_steps:
-        phases.append(
-            (
-                phase2_start,
-                cfg.get("phase2_seq_length", 512),
-                cfg.get("phase2_max_predictions_per_seq", 80),
-            )
-        )
+        phases.append((phase2_start, cfg.phase2_seq_length, cfg.phase2_max_predictions_per_seq))
     logging.info("data phases (start_step, seq_length, max_predictions): %s", phases)
     return _build(
         cfg,
@@ -368,12 +322,13 @@ def make_eval_batches(
 ) -> list[dict[str, np.ndarray]]:
     """Fixed held-out MLM/NSP batches (this host's share), the same on every call.
 
-    From `eval_input_pattern` when given, otherwise from the documents held out of training
-    (those whose first sentence's CRC32 is 0 mod `eval_holdout_modulus`, default 50).
+    From `eval_input_pattern` when given, otherwise from data held out of training: for text
+    and TFDS the documents whose first sentence's CRC32 is 0 mod `eval_holdout_modulus`, for
+    instance files the last 1/`eval_holdout_modulus` of their records.
     """
     cfg = data_config
-    length = seq_length or cfg.get("seq_length", 128)
-    max_pred = max_predictions or cfg.get("max_predictions_per_seq", 20)
+    length = seq_length or cfg.seq_length
+    max_pred = max_predictions or cfg.max_predictions_per_seq
     loader = _build(
         cfg,
         batch_size=_per_host(global_batch_size, process_count),

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import abc
 import json
-import threading
 from collections.abc import Sequence
 
 import numpy as np
@@ -144,7 +143,6 @@ class WordPieceTokenizer(_Tokenizer):
         self._set_specials(_find_specials(path, tokenizer.token_to_id))
         self.model_max_length = model_max_length or DEFAULT_MODEL_MAX_LENGTH
         self._continuation = None
-        self._lock = threading.Lock()
 
     @classmethod
     def from_vocab_file(
@@ -196,6 +194,15 @@ class WordPieceTokenizer(_Tokenizer):
     def id_to_token(self, i: int) -> str | None:
         return self._tok.id_to_token(int(i))
 
+    def basic_tokenize(self, text: str) -> list[str]:
+        """The words WordPiece starts from: text normalized (lower case, accents, control
+        characters as configured) and split on whitespace and punctuation, as the original's
+        BasicTokenizer; SQuAD maps predicted pieces back to the original text through it."""
+        normalized = self._tok.normalizer.normalize_str(text) if self._tok.normalizer else text
+        if self._tok.pre_tokenizer is None:
+            return normalized.split()
+        return [word for word, _ in self._tok.pre_tokenizer.pre_tokenize_str(normalized)]
+
     def token_to_id(self, token: str) -> int | None:
         return self._tok.token_to_id(token)
 
@@ -212,19 +219,16 @@ class WordPieceTokenizer(_Tokenizer):
             self._continuation = flags
         return self._continuation
 
-    def __call__(self, texts, pairs=None, max_length=None, padding="longest", truncation=True):
-        # The Rust post-processor and truncation would also work, but they are per-object state;
-        # the shared implementation keeps both tokenizers identical and is tested against
-        # BertTokenizerFast.
-        return super().__call__(texts, pairs, max_length, padding, truncation)
-
 
 class SentencePieceTokenizer(_Tokenizer):
     """A SentencePiece model with BERT's special tokens as pieces ([PAD]/<pad>, [CLS], ...)."""
 
-    def __init__(self, path, model_max_length: int | None = None, do_lower_case: bool = False):
+    def __init__(
+        self, path, model_max_length: int | None = None, do_lower_case: bool | None = None
+    ):
         """Loads a `.model` file; `do_lower_case` lower-cases text before encoding (ALBERT-style
-        models and those trained by `bert_jax.data.vocab` on lower-cased text need it)."""
+        models need it). Unset, it follows the model: True when its normalizer case-folds
+        (`*_cf` rules, as `bert_jax.data.vocab` writes for lower-cased training)."""
         import sentencepiece as spm
 
         path = epath.Path(path)
@@ -236,6 +240,8 @@ class SentencePieceTokenizer(_Tokenizer):
         except RuntimeError as e:
             raise ValueError(f"{path}: not a SentencePiece model ({e})") from None
         self.path = str(path)
+        if do_lower_case is None:
+            do_lower_case = _normalizer_name(path.read_bytes()).endswith("_cf")
         self.do_lower_case = do_lower_case
         self.vocab_size = self._sp.get_piece_size()
         unk = self._sp.unk_id()
@@ -280,6 +286,16 @@ class SentencePieceTokenizer(_Tokenizer):
         return self._continuation
 
 
+def _normalizer_name(model_bytes: bytes) -> str:
+    """The normalization rule stored in a SentencePiece model ("" if unreadable)."""
+    from sentencepiece import sentencepiece_model_pb2
+
+    try:
+        return sentencepiece_model_pb2.ModelProto.FromString(model_bytes).normalizer_spec.name
+    except Exception:  # noqa: BLE001 - an exotic model: no case-folding known
+        return ""
+
+
 def load_tokenizer(
     path, do_lower_case: bool | None = None
 ) -> WordPieceTokenizer | SentencePieceTokenizer:
@@ -287,7 +303,8 @@ def load_tokenizer(
 
     In a directory, `tokenizer.json` (WordPiece) wins, then `vocab.txt` with the options of
     `tokenizer_config.json`, then a `*.model` file. `do_lower_case`, when given, overrides the
-    config (a bare vocab.txt defaults to lower-casing, like BertTokenizer; a bare .model not).
+    config (a bare vocab.txt defaults to lower-casing, like BertTokenizer; a .model lower-cases
+    when its normalizer case-folds, as models trained by `bert_jax.data.vocab` with lower-casing).
     """
     path = epath.Path(path)
     if path.is_dir():
@@ -310,13 +327,13 @@ def load_tokenizer(
             )
         models = sorted(path.glob("*.model"))
         if models:
-            lower = config.get("do_lower_case", False) if do_lower_case is None else do_lower_case
+            lower = config.get("do_lower_case") if do_lower_case is None else do_lower_case
             return SentencePieceTokenizer(models[0], max_len, lower)
         raise FileNotFoundError(f"{path}: no tokenizer.json, vocab.txt or *.model in directory")
     if not path.exists():
         raise FileNotFoundError(f"{path}: tokenizer file not found")
     if path.suffix == ".model":
-        return SentencePieceTokenizer(path, do_lower_case=bool(do_lower_case))
+        return SentencePieceTokenizer(path, do_lower_case=do_lower_case)
     if path.suffix == ".json":
         return WordPieceTokenizer.from_tokenizer_json(path)
     try:

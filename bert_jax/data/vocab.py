@@ -5,7 +5,12 @@
 
 WordPiece uses the `tokenizers` trainer with BERT's normalization (lower-casing optional); the
 special tokens come first: [PAD]=0, [UNK]=1, [CLS]=2, [SEP]=3, [MASK]=4. SentencePiece (unigram)
-writes `<output>.model` with the same specials as pieces, ready for `load_tokenizer`.
+writes `<output>.model` with the same specials as pieces, ready for `load_tokenizer`; with
+lower-casing the model's own normalizer case-folds (`nmt_nfkc_cf`), so every reader of the
+.model lower-cases as its training did.
+
+A `--vocab_size` larger than the corpus supports gives the largest vocabulary it does, with a
+warning naming both sizes (both trainers), never a crash.
 """
 
 from __future__ import annotations
@@ -44,18 +49,32 @@ def train_wordpiece(
     vocab = sorted(tok.get_vocab().items(), key=lambda kv: kv[1])
     with open(output, "w", encoding="utf-8") as f:
         f.writelines(token + "\n" for token, _ in vocab)
+    _say_if_shrunk(output, len(vocab), vocab_size)
     return len(vocab)
+
+
+def _say_if_shrunk(output: str, size: int, asked: int) -> None:
+    if size < asked:
+        logging.warning(
+            "%s: the corpus supports %d tokens, not --vocab_size=%d; wrote %d",
+            output,
+            size,
+            asked,
+            size,
+        )
 
 
 def train_sentencepiece(
     pattern: str, output_prefix: str, vocab_size: int, do_lower_case: bool = True
 ) -> str:
-    """Writes `<output_prefix>.model` (unigram) with BERT's specials; returns its path."""
+    """Writes `<output_prefix>.model` (unigram) with BERT's specials; returns its path.
+
+    The model lower-cases (case folding in its normalizer) when `do_lower_case`.
+    """
     import sentencepiece as spm
 
-    sentences = (s.lower() if do_lower_case else s for s in _sentences(pattern))
     spm.SentencePieceTrainer.train(
-        sentence_iterator=sentences,
+        sentence_iterator=_sentences(pattern),
         model_prefix=output_prefix,
         vocab_size=vocab_size,
         model_type="unigram",
@@ -66,9 +85,15 @@ def train_sentencepiece(
         pad_piece="[PAD]",
         unk_piece="[UNK]",
         user_defined_symbols=SPECIALS[2:],
+        # Case folding inside the model: the .model itself says it lower-cases.
+        normalization_rule_name="nmt_nfkc_cf" if do_lower_case else "nmt_nfkc",
+        # A soft limit: a corpus too small for vocab_size gives a smaller vocabulary, not an error.
+        hard_vocab_limit=False,
         minloglevel=2,
     )
-    return output_prefix + ".model"
+    path = output_prefix + ".model"
+    _say_if_shrunk(path, spm.SentencePieceProcessor(model_file=path).get_piece_size(), vocab_size)
+    return path
 
 
 FLAGS = flags.FLAGS

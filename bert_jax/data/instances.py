@@ -1,4 +1,4 @@
-"""Documents -> `[CLS] A [SEP] B [SEP]` instances with NSP labels, and MLM masking. Pure NumPy.
+"""Documents -> `[CLS] A [SEP] B [SEP]` instances with NSP labels. Pure NumPy.
 
 The algorithm is the one the BERT paper and its create_pretraining_data tool document:
 * per document, a target length of `max_seq_length - 3` tokens, or with `short_seq_prob` a
@@ -6,14 +6,13 @@ The algorithm is the one the BERT paper and its create_pretraining_data tool doc
 * A is the first 1..n-1 sentences of the chunk; B is the rest (IsNext, label 0) or, with
   probability 1/2 (always for a one-sentence chunk), sentences from a random other document
   (NotNext, label 1), in which case the chunk's unused sentences go back to the document;
-* the longer of A and B loses tokens one at a time, each from the front or back with equal odds;
-* 15% (`masked_lm_prob`) of the tokens, counting [CLS]/[SEP] as the tool does, at most
-  `max_predictions_per_seq`, at least 1, are predicted; never [CLS], [SEP] or padding;
-  of those 80% become [MASK], 10% a random token, 10% stay unchanged.
+* the longer of A and B loses tokens one at a time, each from the front or back with equal odds.
+
+Masking lives in `bert_jax.data.masking`; `bert_jax.data.original_rng` replays the original
+tool's own random stream when identical output is needed.
 
 Because A and B are runs of consecutive sentences, an instance is five integers into the flat
 token array of a `TokenizedCorpus`: (a_start, a_end, b_start, b_end, next_sentence_label).
-Random replacement tokens are drawn uniformly from the non-special ids.
 """
 
 from __future__ import annotations
@@ -179,90 +178,3 @@ def assemble(tokens: np.ndarray, specs: np.ndarray, seq_length: int, cls_id: int
         "token_type_ids": ((j >= b_first) & (j < total)).astype(np.int32),
         "attention_mask": (j < total).astype(np.int32),
     }
-
-
-def mask_tokens(
-    input_ids: np.ndarray,
-    attention_mask: np.ndarray,
-    rng: np.random.Generator,
-    *,
-    max_predictions: int,
-    masked_lm_prob: float,
-    special_ids,
-    mask_id: int,
-    vocab_size: int,
-    is_continuation: np.ndarray | None = None,
-) -> dict[str, np.ndarray]:
-    """Dynamic MLM masking of a whole batch at once.
-
-    Returns the masked `input_ids` and `masked_lm_positions`, `masked_lm_ids` (int32),
-    `masked_lm_weights` (float32, 0 on padding predictions) [N, max_predictions], positions in
-    increasing order. With `is_continuation` (bool per vocab id), whole words are masked: words
-    are taken in random order while they fit in the budget.
-    """
-    n, length = input_ids.shape
-    special = np.isin(input_ids, np.asarray(special_ids)) | (attention_mask == 0)
-    num_tokens = attention_mask.sum(1)
-    num_pred = np.clip(np.rint(num_tokens * masked_lm_prob), 1, max_predictions).astype(np.int64)
-    num_pred = np.minimum(num_pred, (~special).sum(1))
-    keys = rng.random((n, length))
-    if is_continuation is None:
-        keys[special] = np.inf
-        order = np.argsort(keys, axis=1, kind="stable")[:, :max_predictions]
-        chosen = np.zeros((n, length), bool)
-        take = np.arange(max_predictions)[None, :] < num_pred[:, None]
-        np.put_along_axis(chosen, order, take, axis=1)
-    else:
-        # A continuation piece right after a special token starts its own word.
-        prev_special = np.concatenate([np.ones((n, 1), bool), special[:, :-1]], axis=1)
-        cont = is_continuation[input_ids] & ~special & ~prev_special
-        word_id = np.cumsum(~cont, axis=1)  # a word is a start token plus its continuations
-        word_key = np.take_along_axis(keys, np.maximum(word_id - 1, 0), axis=1)
-        word_key[special] = np.inf
-        # Sort tokens by their word's key (ties keep position order): words stay contiguous.
-        order = np.lexsort((np.broadcast_to(np.arange(length), (n, length)), word_key), axis=1)
-        sorted_word = np.take_along_axis(word_id, order, axis=1)
-        sorted_special = np.take_along_axis(special, order, axis=1)
-        new_word = np.ones((n, length), bool)
-        new_word[:, 1:] = sorted_word[:, 1:] != sorted_word[:, :-1]
-        # A word is taken when all of its tokens fit: count tokens up to the word's last token.
-        count = np.cumsum(~sorted_special, axis=1)
-        word_end = np.concatenate([new_word[:, 1:], np.ones((n, 1), bool)], axis=1)
-        end_count = np.where(word_end, count, np.iinfo(np.int64).max)
-        end_count = np.minimum.accumulate(end_count[:, ::-1], axis=1)[:, ::-1]
-        fits = (end_count <= num_pred[:, None]) & ~sorted_special
-        chosen = np.zeros((n, length), bool)
-        np.put_along_axis(chosen, order, fits, axis=1)
-        num_pred = chosen.sum(1)
-    # Positions in increasing order, padded to max_predictions.
-    pos_key = np.where(chosen, np.arange(length)[None, :], length)
-    positions = np.sort(pos_key, axis=1)[:, :max_predictions]
-    if positions.shape[1] < max_predictions:
-        pad = np.full((n, max_predictions - positions.shape[1]), length)
-        positions = np.concatenate([positions, pad], axis=1)
-    valid = positions < length
-    positions = np.where(valid, positions, 0)
-    original = np.take_along_axis(input_ids, positions, axis=1)
-    choice = rng.random((n, max_predictions))
-    normal = np.setdiff1d(np.arange(vocab_size), np.asarray(special_ids))
-    random_tok = normal[rng.integers(0, len(normal), (n, max_predictions))]
-    replaced = np.where(choice < 0.8, mask_id, np.where(choice < 0.9, random_tok, original))
-    masked = input_ids.copy()
-    rows = np.broadcast_to(np.arange(n)[:, None], positions.shape)
-    masked[rows[valid], positions[valid]] = replaced[valid]
-    return {
-        "input_ids": masked,
-        "masked_lm_positions": positions.astype(np.int32),
-        "masked_lm_ids": np.where(valid, original, 0).astype(np.int32),
-        "masked_lm_weights": valid.astype(np.float32),
-    }
-
-
-def unmask(features: dict[str, np.ndarray]) -> np.ndarray:
-    """Restores the original `input_ids` of a masked batch (to re-mask it dynamically)."""
-    ids = features["input_ids"].copy()
-    pos, orig = features["masked_lm_positions"], features["masked_lm_ids"]
-    valid = features["masked_lm_weights"] > 0
-    rows = np.broadcast_to(np.arange(len(ids))[:, None], pos.shape)
-    ids[rows[valid], pos[valid]] = orig[valid]
-    return ids

@@ -1,0 +1,25 @@
+"""What the SQuAD, SWAG and CoNLL-2003 recipes share: the GLUE recipe's model, optimizer, schedule, devices and
+logging fields (one place for those defaults), without its GLUE-only fields, plus the per-epoch dev
+evaluation switch. Not a recipe itself: configs/squad.py, swag.py and conll.py call `base_config`."""
+
+import ml_collections
+
+from bert_jax.configs import glue
+
+# Fields only the GLUE loop reads.
+_GLUE_ONLY = ("task", "sweep", "sweep_batch_sizes", "sweep_learning_rates", "sweep_num_epochs",
+              "sweep_seeds", "suite_tasks", "suite_from_mnli", "predict_test")  # fmt: skip
+
+
+def base_config(mode: str, size: str) -> ml_collections.ConfigDict:
+    """The GLUE recipe for `size` with `mode` set, GLUE-only fields removed, unlocked for the task recipe."""
+    c = glue.get_config(size)
+    c.unlock()
+    for name in _GLUE_ONLY:
+        if name in c:
+            del c[name]
+    # Which task bert_jax.main runs: "squad", "swag" or "conll" (bert_jax.finetune_tasks).
+    c.mode = mode
+    # Evaluate on dev after every epoch (results.json keeps each; the score is always the final one's).
+    c.eval_every_epoch = True
+    return c
