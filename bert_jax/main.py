@@ -61,6 +61,18 @@ def _initialize_distributed() -> None:
         jax.distributed.initialize()
 
 
+def _use_compilation_cache(directory: str) -> None:
+    """Keeps compiled executables in `directory` (local or gs://) across launches; "" does nothing."""
+    if not directory:
+        return
+    import jax
+
+    if "://" not in directory:
+        directory = str(Path(directory).expanduser())
+    jax.config.update("jax_compilation_cache_dir", directory)
+    logging.info("compilation cache %s", directory)
+
+
 def main(argv) -> int:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments {argv[1:]}")
@@ -74,6 +86,7 @@ def main(argv) -> int:
     )
     logging.get_absl_handler().addFilter(_QuietOrbax())
     _initialize_distributed()
+    _use_compilation_cache(config.get("compilation_cache_dir", ""))
 
     from bert_jax import pretrain, sweep
 

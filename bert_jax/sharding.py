@@ -8,6 +8,7 @@ these to create the train state already sharded and to turn per-host NumPy batch
 
 from __future__ import annotations
 
+import collections
 import logging
 import math
 from collections.abc import Sequence
@@ -155,3 +156,29 @@ def host_to_global(batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Ar
         return jax.make_array_from_process_local_data(sharding, x, global_shape)
 
     return {k: one(v) for k, v in batch.items()}
+
+
+def prefetch_to_device(batches, mesh: Mesh, size: int = 2):
+    """Yields (step, host batch, global batch) from an iterator of (step, host batch), `size` ahead.
+
+    `host_to_global` only starts the host-to-device copies; keeping `size` batches in flight lets a batch's
+    copy overlap the steps before it, so the training loop never waits for its input (the TPU/GPU input
+    pipelines' usual 2-deep device buffer). The host batch comes along for its shapes (NumPy, no device
+    read). Closing this generator does not close `batches`.
+    """
+    iterator = iter(batches)
+    buffer = collections.deque()
+
+    def fill():
+        while len(buffer) < size:
+            item = next(iterator, None)
+            if item is None:
+                return
+            step, batch = item
+            buffer.append((step, batch, host_to_global(batch, mesh)))
+
+    fill()
+    while buffer:
+        item = buffer.popleft()
+        fill()
+        yield item

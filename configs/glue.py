@@ -50,6 +50,8 @@ def get_config(size: str = "base") -> ml_collections.ConfigDict:
     c.dtype = "float32"  # compute dtype; "bfloat16" on TPU/GPU (params and Adam state stay float32)
     c.seed = 0  # classifier init, dropout (folded with the step) and the order of the examples
     c.prng_impl = "threefry2x32"  # generator of the dropout keys ("rbg" is faster on some TPUs)
+    # Persistent XLA compilation cache, shared with pretraining (see configs/pretraining.py).
+    c.compilation_cache_dir = pretraining.COMPILATION_CACHE_DIR
 
     # The paper's recipe.
     c.max_seq_length = (
