@@ -128,3 +128,26 @@ def test_matrix_dry_run_writes_the_table(tmp_path):
     assert len([line for line in table if line.startswith("| phase1 |")]) == 2
     assert len([line for line in table if line.startswith("| trainer |")]) == 1
     assert jax.default_backend() == "cpu"
+
+
+@pytest.mark.parametrize(
+    "impl,message",
+    [
+        (
+            "cudnn",
+            "model: attention_impl 'cudnn' cannot run: it needs a GPU and the JAX backend is 'cpu'",
+        ),
+        ("jax", "model: attention_impl 'jax' applies no dropout to the attention probabilities"),
+    ],
+)
+def test_impossible_attention_impl_stops_the_trainer_with_one_line(tmp_path, impl, message):
+    sys.path.insert(0, str(REPO))
+    from bert_jax import pretrain
+    from configs import bert_tiny
+
+    config = bert_tiny.get_config()
+    config.model.attention_impl = impl
+    with pytest.raises(pretrain.SetupError) as error:
+        pretrain.train_and_evaluate(config, str(tmp_path))
+    assert str(error.value).startswith(message) and "\n" not in str(error.value)
+    assert not (tmp_path / "metrics.jsonl").exists()
