@@ -13,7 +13,7 @@ The reference runs as a PyTorch user would run it: SDPA attention, on a GPU bf16
 bfloat16) and the fused AdamW, and with `torch_compile` the model under `torch.compile`. Both apply dropout
 0.1 to hidden states and attention probabilities, as the paper.
 
-MFU counts the same model FLOPs for both (`model_flops_per_sequence`: the MLM head at the masked positions
+MFU counts the same model FLOPs for both (`flops.model_flops_per_sequence`: the MLM head at the masked positions
 only, as in the paper's FLOP count; transformers computes it at every position, work not credited), divided
 by the step time and the backend's peak (a CPU: the float32 matmul peak measured in this run; an accelerator:
 its bf16 table entry). `compile s` is bert_jax's lower + compile time, and for the reference the first
@@ -29,7 +29,6 @@ import json
 import os
 import platform
 import time
-import types
 
 import flax.linen as nn
 import jax
@@ -37,8 +36,9 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
+from bert_jax import flops, optim, pretrain
 from bert_jax import model as model_lib
-from bert_jax import optim, pretrain
+from bert_jax.configs import pretraining
 
 REFERENCES = ("torch", "torch_compile", "none")
 _MODEL = flags.DEFINE_enum("model", "base", sorted(model_lib.PRESETS), "Model size preset.")
@@ -114,7 +114,13 @@ def _jax_peak_bytes() -> int | None:
 
 
 def bert_jax_timings(
-    cfg, batch, steps: int, which: str, grad_accum_steps: int = 1, prng_impl="threefry2x32"
+    cfg,
+    batch,
+    steps: int,
+    which: str,
+    grad_accum_steps=1,
+    prng_impl="threefry2x32",
+    model_name="base",
 ):
     """{measure: {seconds, compile_seconds, peak_bytes}} for bert_jax."""
     model = model_lib.BertForPreTraining(cfg)
@@ -135,15 +141,16 @@ def bert_jax_timings(
         }
 
     if which in ("both", "fwdbwd"):
-        objective = functools.partial(pretrain._objective, model=model)
+        objective = functools.partial(pretrain.objective, model=model)
         grad = jax.jit(jax.grad(lambda p, b, r: objective(p, b, r)[0]))
         # The state threads (params, last gradients) so that timing blocks on the gradients.
         out["fwd+bwd"] = measure(
             grad, (params, batch, rng), lambda g, s: (s[0], g(s[0], batch, rng)), (params, None)
         )
     if which in ("both", "train"):
-        # The trainer's optimizer: clipping at 1.0, AdamW with the paper's settings and decay mask.
-        config = types.SimpleNamespace(learning_rate=1e-4, warmup_steps=10, num_train_steps=1000)
+        # The paper's optimizer as the recipes set it: clipping at 1.0, AdamW with its decay mask.
+        config = pretraining.get_config(model_name)
+        config.update(warmup_steps=10, num_train_steps=1000)
         tx, schedule = optim.make_optimizer(config), optim.make_schedule(config)
         state = jax.jit(lambda p: optim.TrainState.create(p, tx))(params)
         step = jax.jit(
@@ -285,10 +292,10 @@ def run(
         )
         if torch.cuda.is_available():
             torch.cuda.empty_cache()  # hand the memory back before JAX's allocator takes its share
-    ours = bert_jax_timings(cfg, batch, steps, which, grad_accum_steps, prng_impl)
+    ours = bert_jax_timings(cfg, batch, steps, which, grad_accum_steps, prng_impl, model)
     results = {"bert_jax": ours} | results
-    flops = pretrain.model_flops_per_sequence(cfg, seq_length, predictions) * batch_size
-    peak, peak_source = pretrain.peak_flops()
+    step_flops = flops.model_flops_per_sequence(cfg, seq_length, predictions) * batch_size
+    peak, peak_source = flops.peak_flops()
     device = jax.devices()[0]
     setup = {
         "backend": jax.default_backend(),
@@ -307,7 +314,7 @@ def run(
         "attention_dropout_prob": attention_dropout_prob,
         "peak_flops": peak,
         "peak_source": peak_source,
-        "model_flops_per_step": flops,
+        "model_flops_per_step": step_flops,
     }
     rows = []
     for name, timings in results.items():
@@ -319,7 +326,7 @@ def run(
                     "seconds": r["seconds"],
                     "sequences_per_sec": batch_size / r["seconds"],
                     "tokens_per_sec": batch_size * seq_length / r["seconds"],
-                    "mfu": flops / r["seconds"] / peak,
+                    "mfu": step_flops / r["seconds"] / peak,
                     "peak_bytes": r["peak_bytes"],
                     "compile_seconds": r["compile_seconds"],
                 }

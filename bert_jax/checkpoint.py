@@ -17,8 +17,6 @@ import jax
 import orbax.checkpoint as ocp
 from etils import epath
 
-ITEMS = ("state", "data", "config")
-
 
 class CheckpointMismatchError(ValueError):
     """The checkpoint's arrays do not fit the requested state (another model size or optimizer)."""
@@ -200,3 +198,56 @@ class Checkpointer:
     def close(self) -> None:
         """Waits for the pending save (raising if it failed) and releases the manager's threads."""
         self._manager.close()
+
+
+def restore_params(
+    directory: str, step: int | None = None, sharding=None
+) -> tuple[int, dict, dict]:
+    """(step, params, config) from the checkpoints in `directory` (e.g. WORKDIR/checkpoints), params only.
+
+    The optimizer state is not read, so neither the optimizer nor the model need be known: the arrays come back
+    with their stored shapes and dtypes on `sharding` (default: the first device). An unreadable step falls back
+    to the previous one with a warning; the returned step says which was used. Raises ValueError if none is
+    usable.
+    """
+    directory = epath.Path(directory)
+    # A reading manager of its own: the PyTree handler restores a part of the stored tree.
+    handlers = {"state": ocp.PyTreeCheckpointHandler(), "config": ocp.JsonCheckpointHandler()}
+    manager = ocp.CheckpointManager(directory, item_handlers=handlers)
+    try:
+        steps = sorted(manager.all_steps(), reverse=True)
+        steps = [s for s in steps if step is None or s <= step]
+        if not steps:
+            raise ValueError(f"no checkpoints in {directory}")
+        sharding = sharding or jax.sharding.SingleDeviceSharding(jax.devices()[0])
+        failures = []
+        for s in steps:
+            try:
+                stored = manager.item_metadata(s)["state"].tree["params"]
+                abstract = {
+                    "params": jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), stored)
+                }
+                restore_args = jax.tree.map(
+                    lambda _: ocp.ArrayRestoreArgs(sharding=sharding), abstract
+                )
+                restored = manager.restore(
+                    s,
+                    args=ocp.args.Composite(
+                        state=ocp.args.PyTreeRestore(
+                            item=abstract, restore_args=restore_args, partial_restore=True
+                        ),
+                        config=ocp.args.JsonRestore(),
+                    ),
+                )
+            except Exception as error:  # noqa: BLE001 -- any read failure means "try the previous one"
+                failures.append(f"step {s}: {_first_line(error)}")
+                logging.warning(
+                    "checkpoint %s is unreadable (%s); trying the previous one",
+                    directory / str(s),
+                    _first_line(error),
+                )
+                continue
+            return s, restored["state"]["params"], restored["config"]
+        raise ValueError(f"no usable checkpoint in {directory}: {'; '.join(failures)}")
+    finally:
+        manager.close()

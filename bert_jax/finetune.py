@@ -1,159 +1,52 @@
-"""GLUE fine-tuning on a device mesh, top to bottom: one task, the paper's grid, or the whole suite.
+"""GLUE fine-tuning of one task with one setting, top to bottom (the grid and the suite are in sweep.py).
 
-`train_and_evaluate(config, workdir)` fine-tunes one task (or, with `config.sweep`, every setting of the
-paper's grid with several seeds), evaluating on dev at the end of every epoch; the best epoch's state is kept
-with Orbax in WORKDIR/checkpoints and predicts the test split(s) into WORKDIR/leaderboard/ (with MNLI also
-AX). WORKDIR/results.json holds the dev scores and the config. `run_suite(config, workdir)` does every task
-and prints the GLUE table. The weights come from a bert_jax workdir or a transformers-layout directory; bad
-input raises `pretrain.SetupError` (one line) before training.
+`run(config, workdir)` fine-tunes `config.task` from `config.init_checkpoint` (warm_start.py), evaluating on dev at
+the end of every epoch; the best epoch's state is kept with Orbax in WORKDIR/checkpoints and predicts the test
+split(s) into WORKDIR/leaderboard/ (with MNLI also AX). WORKDIR/results.json holds the dev scores and the config.
+Bad input raises `train_lib.SetupError` (one line) before training.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import math
-import time
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
-import optax
 from absl import logging
-from etils import epath
-from jax.sharding import NamedSharding, PartitionSpec
 
-from bert_jax import checkpoint, convert, losses, metrics, optim, sharding
+from bert_jax import checkpoint, losses, metrics, optim, sharding, train_lib, warm_start
 from bert_jax.data import glue
-from bert_jax.data.corpus import SAMPLE_VOCAB
-from bert_jax.data.tokenizer import load_tokenizer
-from bert_jax.model import BertConfig, build_model, dummy_inputs
-from bert_jax.pretrain import NonFiniteGuard, setup_error
+from bert_jax.model import build_model
+from bert_jax.train_lib import setup_error
 
 
-# ----------------------------------------------------------------------------------------------------------
-# Initial weights: a bert_jax workdir (pretraining or fine-tuning) or a transformers-layout directory.
-# ----------------------------------------------------------------------------------------------------------
-@dataclasses.dataclass
-class Start:
-    """What a fine-tuning run starts from: the encoder's config, its tokenizer and weights."""
-
-    model_config: BertConfig
-    tokenizer: object
-    tokenizer_spec: dict  # {"path", "do_lower_case"}: how to load the tokenizer again
-    params: dict | None  # unboxed {"bert": ..., maybe "classifier": ...}; None = random init
-    source: str
-
-
-def _boxed_init(model):
-    return lambda rng: model.init(rng, **dummy_inputs(1, 8))["params"]
-
-
-def _model_config(fields, tokenizer, config) -> BertConfig:
-    """BertConfig from stored fields: vocab -1 resolved, dtype and dropout from the fine-tuning config."""
-    fields = {**fields, "dtype": config.dtype}
-    fields["hidden_dropout_prob"] = fields["attention_dropout_prob"] = config.dropout
-    if fields.get("vocab_size", -1) == -1:
-        fields["vocab_size"] = tokenizer.vocab_size
-    return BertConfig.from_dict(fields)
-
-
-def _restore_workdir(path: epath.Path, config, mesh) -> Start:
-    """Parameters of the latest checkpoint in a bert_jax workdir (checkpoint.py's layout), on `mesh`."""
-    directory = path / "checkpoints"
-    ckpt = checkpoint.Checkpointer(str(directory), keep=1, save_interval_steps=1, async_save=False)
-    try:
-        # The stored config says which model and optimizer wrote the state (its restore target).
-        step, stored = ckpt.read_config()
-        if stored["mode"] == "pretrain":
-            spec = {"path": stored["data"]["vocab_file"] or str(SAMPLE_VOCAB)}
-            spec["do_lower_case"] = stored["data"]["do_lower_case"]
-            head, num_labels = "pretraining", 2
-        else:
-            spec, head, num_labels = stored["tokenizer"], "classification", stored["num_labels"]
-        tokenizer = load_tokenizer(spec["path"], do_lower_case=spec["do_lower_case"])
-        model_config = _model_config(stored["model"], tokenizer, config)
-        boxed = jax.eval_shape(
-            _boxed_init(build_model(model_config, head, num_labels)), jax.random.key(0)
-        )
-        opt_config = ml_collections.ConfigDict(stored)
-        opt_config.grad_accum_steps = 1  # pretrain.py accumulates inside its step, not in optax
-        abstract = optim.TrainState.abstract(
-            boxed, sharding.logical_shardings(boxed, mesh), optim.make_optimizer(opt_config)
-        )
-        state, _, _ = ckpt.restore(step, abstract)
-        params = state.params
-    finally:
-        ckpt.close()
-    kept = {k: v for k, v in params.items() if k in ("bert", "classifier")}
-    dropped = sorted(set(params) - set(kept))
-    logging.info("%s step %d: restored the encoder; dropped heads %s", directory, step, dropped)
-    return Start(model_config, tokenizer, spec, kept, f"{directory}/{step}")
-
-
-def load_start(config, mesh) -> Start:
-    """Resolves `config.init_checkpoint` (see configs/glue.py)."""
-    path = config.init_checkpoint
-    if not path:
-        logging.warning("no init_checkpoint: random initialisation (good for smoke tests only)")
-        spec = {
-            "path": config.vocab_file or str(SAMPLE_VOCAB),
-            "do_lower_case": config.do_lower_case,
-        }
-        tokenizer = load_tokenizer(spec["path"], do_lower_case=spec["do_lower_case"])
-        model_config = _model_config(config.model.to_dict(), tokenizer, config)
-        return Start(model_config, tokenizer, spec, None, "random")
-    path = epath.Path(path)
-    if (path / "config.json").exists():
-        # The checkpoint's own label count, so its classifier (if any) loads; `adapt_head` checks it.
-        model, params, tokenizer = convert.load_pretrained(
-            path, head="classification", dtype=config.dtype, seed=config.seed
-        )
-        model_config = _model_config(dataclasses.asdict(model.config), tokenizer, config)
-        spec = {"path": str(path), "do_lower_case": None}
-        return Start(model_config, tokenizer, spec, params, str(path))
-    if (path / "checkpoints").is_dir():
-        return _restore_workdir(path, config, mesh)
-    raise ValueError(
-        f"{path} is neither a bert_jax workdir (no checkpoints/) nor a transformers-layout "
-        "directory (no config.json)"
-    )
-
-
-def initial_params(start: Start, task: glue.Task, mesh, rng):
-    """The classification model and its parameters, born sharded on `mesh`: fresh ones (classifier, or
-    all for a random start) replaced by the start's. Returns (model, boxed shapes, shardings, params).
+def initial_params(weights: warm_start.InitialWeights, task: glue.Task, mesh, rng):
+    """The task's classification model and its parameters, born sharded on `mesh`: a fresh init whose encoder
+    (and classifier, if its shape fits the task) are the checkpoint's. Returns (model, shardings, params).
 
     A checkpoint classifier whose shape does not fit the task is re-initialised, with a log line.
     """
-    model = build_model(start.model_config, "classification", task.num_labels)
-    boxed = jax.eval_shape(_boxed_init(model), rng)
-    shardings = sharding.logical_shardings(boxed, mesh)
-    params = jax.jit(lambda r: nn.unbox(_boxed_init(model)(r)), out_shardings=shardings)(rng)
-    if start.params is None:
-        return model, boxed, shardings, params
-    loaded = dict(start.params)
-    want = params["classifier"]["kernel"].shape
-    have = loaded["classifier"]["kernel"].shape if "classifier" in loaded else None
-    if have is None:
-        logging.info(
-            "%s has no classifier: initialised one with %d outputs", start.source, want[-1]
-        )
-    elif have != want:
-        logging.warning(
-            "%s: the checkpoint's classifier has %d outputs but %s needs %d: re-initialising it",
-            *(start.source, have[-1], task.name, want[-1]),
-        )
-        del loaded["classifier"]
-    return (
-        model,
-        boxed,
-        shardings,
-        {**params, **jax.device_put(loaded, {k: shardings[k] for k in loaded})},
-    )
+    model = build_model(weights.model_config, "classification", task.num_labels)
+    shardings = sharding.logical_shardings(jax.eval_shape(train_lib.boxed_init(model), rng), mesh)
+    loaded = None if weights.params is None else dict(weights.params)
+    if loaded is not None:
+        have = loaded["classifier"]["kernel"].shape[-1] if "classifier" in loaded else None
+        if have is None:
+            logging.info(
+                "%s has no classifier: initialised one with %d outputs",
+                weights.source,
+                task.num_labels,
+            )
+        elif have != task.num_labels:
+            logging.warning(
+                "%s: the checkpoint's classifier has %d outputs but %s needs %d: re-initialising it",
+                *(weights.source, have, task.name, task.num_labels),
+            )
+            del loaded["classifier"]
+    return model, shardings, train_lib.create_params(model, shardings, rng, loaded)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -173,7 +66,7 @@ def _loss_sums(model, params, batch, rng, *, regression: bool, deterministic: bo
 
 
 def train_step(state, batch, rng, *, model, tx, schedule, regression: bool):
-    """One AdamW update; a non-finite loss or gradient leaves params and Adam state as they were."""
+    """One optimizer update; a non-finite loss or gradient leaves params and Adam state as they were."""
     rng = jax.random.fold_in(rng, state.step)
 
     def objective(params):
@@ -181,12 +74,7 @@ def train_step(state, batch, rng, *, model, tx, schedule, regression: bool):
         return sums["loss_sum"] / jnp.maximum(sums["weight_sum"], 1e-5), sums
 
     (loss, sums), grads = jax.value_and_grad(objective, has_aux=True)(state.params)
-    grad_norm = optax.global_norm(grads)
-    ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-    metrics_ = {k: jnp.where(ok, v, 0.0) for k, v in {**sums, "grad_norm": grad_norm}.items()}
-    metrics_["learning_rate"] = schedule(state.step)
-    metrics_["nonfinite"] = 1 - ok.astype(jnp.int32)
-    return state.apply_gradients_if(ok, grads, tx), metrics_
+    return train_lib.guarded_update(state, grads, loss, tx, schedule, sums)
 
 
 def eval_step(params, batch, *, model, regression: bool):
@@ -195,19 +83,15 @@ def eval_step(params, batch, *, model, regression: bool):
     return {"logits": logits, **{k: batch[k] for k in ("labels", "weights", "example_ids")}}
 
 
-def predict(p_eval_step, params, features, batch_size: int, mesh) -> dict[str, np.ndarray]:
-    """Runs every example through the jitted eval step; padding rows are removed (global arrays)."""
-    outs = [
-        p_eval_step(params, sharding.host_to_global(b, mesh))
-        for b in glue.eval_batches(
-            features,
-            batch_size // jax.process_count(),
-            process_index=jax.process_index(),
-            process_count=jax.process_count(),
-        )
-    ]
-    outs = jax.tree.map(lambda *xs: np.concatenate(xs), *jax.device_get(outs))
-    return {k: v[outs["weights"] > 0] for k, v in outs.items()}
+def predict(p_eval_step, params, features, batch_size: int, mesh):
+    """Every example of `features` through the jitted eval step (fixed-shape, padded batches)."""
+    batches = glue.eval_batches(
+        features,
+        batch_size // jax.process_count(),
+        process_index=jax.process_index(),
+        process_count=jax.process_count(),
+    )
+    return train_lib.predict(p_eval_step, params, batches, mesh)
 
 
 def _score(results) -> float:
@@ -219,9 +103,9 @@ def _score(results) -> float:
 # ----------------------------------------------------------------------------------------------------------
 # One run: one task, one setting, one seed.
 # ----------------------------------------------------------------------------------------------------------
-def fine_tune(config, workdir) -> dict:
+def run(config, workdir) -> dict:
     """Fine-tunes `config.task` with the config's single setting; writes WORKDIR/results.json."""
-    workdir = epath.Path(workdir)
+    workdir = train_lib.absolute_workdir(workdir)
     with setup_error("task"):
         task = glue.get_task(config.task)
         if task.name == "ax":
@@ -229,18 +113,17 @@ def fine_tune(config, workdir) -> dict:
     regression, process_count = task.is_regression, jax.process_count()
 
     # Mesh.
-    with setup_error("mesh_shape"):
-        mesh = sharding.make_mesh(config.mesh_shape)
-    with setup_error("batch_size"):
-        sharding.check_batch_divisible(config.batch_size, mesh, process_count)
-        sharding.check_batch_divisible(config.eval_batch_size, mesh, process_count)
+    mesh = train_lib.make_mesh(
+        config.mesh_shape,
+        {"batch_size": config.batch_size, "eval_batch_size": config.eval_batch_size},
+    )
 
     # Data: read every split first, so a missing file fails before any weights are loaded.
     splits = ["train", *task.dev_splits]
     splits += [*task.test_splits] if config.predict_test else []
     with setup_error("data"):
         read = lambda name, split: glue.read_examples(
-            name, split, config.data_dir, tfds_data_dir=config.get("tfds_data_dir")
+            name, split, config.data_dir, tfds_data_dir=config.tfds_data_dir
         )
         examples = {split: read(task.name, split) for split in splits}
         if config.predict_test and task.name == "mnli":
@@ -254,100 +137,88 @@ def fine_tune(config, workdir) -> dict:
     num_train_steps = steps_per_epoch * config.num_epochs
     warmup_steps = round(config.warmup_fraction * num_train_steps)
 
-    # Model and train state, born sharded; checkpoint weights replace the fresh ones.
+    # Weights, then the features their tokenizer makes.
     with setup_error("init_checkpoint"):
-        start = load_start(config, mesh)
-        if config.max_seq_length > start.model_config.max_position_embeddings:
+        weights = warm_start.load(config)
+        if config.max_seq_length > weights.model_config.max_position_embeddings:
             raise ValueError(f"max_seq_length {config.max_seq_length} > max_position_embeddings")
     with setup_error("data"):
         features = {
-            split: glue.encode_examples(ex, start.tokenizer, config.max_seq_length)
+            split: glue.encode_examples(ex, weights.tokenizer, config.max_seq_length)
             for split, ex in examples.items()
         }
-    run = {**config.to_dict(), "num_train_steps": num_train_steps, "warmup_steps": warmup_steps}
+
+    # Model and train state, born sharded; checkpoint weights replace the fresh ones.
+    run_fields = {
+        **config.to_dict(),
+        "num_train_steps": num_train_steps,
+        "warmup_steps": warmup_steps,
+    }
     with setup_error("optimizer"):
-        tx = optim.make_optimizer(ml_collections.ConfigDict(run))
-        schedule = optim.make_schedule(ml_collections.ConfigDict(run))
-    init_rng = jax.random.key(config.seed)
-    # The dropout keys' generator is configurable (config.prng_impl); init always uses threefry.
-    dropout_rng = jax.random.fold_in(jax.random.key(config.seed, impl=config.prng_impl), 1)
-    model, boxed, param_shardings, params = initial_params(start, task, mesh, init_rng)
-    abstract_state = optim.TrainState.abstract(boxed, param_shardings, tx)
-    state_shardings = jax.tree.map(lambda x: x.sharding, abstract_state)
-    # Adam's moments are zeros_like(params), so they are born with the params' shardings; the eager
-    # ops compile once per shape (a suite reuses them) where a jit of `create` compiles per task.
-    state = jax.device_put(optim.TrainState.create(params, tx), state_shardings)
+        tx = optim.make_optimizer(ml_collections.ConfigDict(run_fields))
+        schedule = optim.make_schedule(ml_collections.ConfigDict(run_fields))
+    model, _, params = initial_params(weights, task, mesh, jax.random.key(config.seed))
+    abstract = train_lib.abstract_state(model, tx, mesh)
+    # Adam's moments are zeros_like(params), so they are born with the params' shardings.
+    state = jax.device_put(optim.TrainState.create(params, tx), train_lib.shardings_of(abstract))
     logging.info(
         "%s from %s: %d examples, %d steps (%d warmup)",
-        task.name,
-        start.source,
-        len(examples["train"]),
-        num_train_steps,
-        warmup_steps,
+        *(task.name, weights.source, len(examples["train"]), num_train_steps, warmup_steps),
     )
 
     # Steps, jitted with explicit shardings; the state is donated.
-    replicated = NamedSharding(mesh, PartitionSpec())
-    data_sharding = sharding.batch_sharding(mesh)
-    p_train_step = jax.jit(
+    p_train_step = train_lib.jit_step(
         functools.partial(train_step, model=model, tx=tx, schedule=schedule, regression=regression),
-        in_shardings=(state_shardings, data_sharding, replicated),
-        out_shardings=(state_shardings, replicated),
-        donate_argnums=0,
+        abstract,
+        mesh,
     )
-    p_eval_step = jax.jit(
-        functools.partial(eval_step, model=model, regression=regression),
-        in_shardings=(state_shardings.params, data_sharding),
-        out_shardings=replicated,
+    p_eval_step = train_lib.jit_eval(
+        functools.partial(eval_step, model=model, regression=regression), abstract, mesh
     )
+    dropout_rng = train_lib.dropout_key(config)
 
     # Checkpoint: only the best epoch so far is kept.
     ckpt = checkpoint.Checkpointer(str(workdir / "checkpoints"), keep=1, save_interval_steps=1)
     stored = {
-        **run,
-        "model": dataclasses.asdict(start.model_config),
-        "tokenizer": start.tokenizer_spec,
+        **run_fields,
+        "model": dataclasses.asdict(weights.model_config),
+        "tokenizer": weights.tokenizer_spec,
         "num_labels": task.num_labels,
     }
 
     # Loop: train an epoch, evaluate on dev, keep the best.
-    writer = metrics.MetricWriter(workdir, process_index=jax.process_index())
+    writer = train_lib.MetricWriter(workdir, process_index=jax.process_index())
+    window = train_lib.MetricWindow()
+    guard = train_lib.NonFiniteGuard(config.max_consecutive_nonfinite)
     history, best, step = [], None, 0
-    guard = NonFiniteGuard(config.max_consecutive_nonfinite)
-    window, window_start = [], time.perf_counter()
     try:
         for epoch in range(1, config.num_epochs + 1):
-            for batch in glue.train_batches(
+            batches = glue.train_batches(
                 {k: v for k, v in features["train"].items() if k != "example_ids"},
                 per_host_batch,
                 seed=config.seed,
                 epoch=epoch,
                 process_index=jax.process_index(),
                 process_count=process_count,
-            ):
-                state, step_metrics = p_train_step(
-                    state, sharding.host_to_global(batch, mesh), dropout_rng
-                )
+            )
+            # The next two batches are already on their way to the devices while a step runs.
+            for _, device_batch in sharding.prefetch_to_device(batches, mesh):
+                state, step_metrics = p_train_step(state, device_batch, dropout_rng)
                 step += 1
-                window.append(step_metrics)
+                window.add(
+                    step_metrics,
+                    sequences=config.batch_size,
+                    tokens=config.batch_size * config.max_seq_length,
+                )
                 guard.check(step_metrics, step)
                 if step % config.log_every_steps and step != num_train_steps:
                     continue
-                window = jax.device_get(window)
-                sums = jax.tree.map(lambda *xs: float(np.sum(xs)), *window)
-                good = len(window) - sums["nonfinite"] or math.nan  # finite steps in the window
-                elapsed = time.perf_counter() - window_start
-                scalars = {
-                    "train/loss": sums["loss_sum"] / max(sums["weight_sum"], 1e-5),
-                    "train/grad_norm": sums["grad_norm"] / good,
-                    "train/learning_rate": float(window[-1]["learning_rate"]),
-                    "train/nonfinite_steps": sums["nonfinite"],
-                    "perf/sequences_per_sec": len(window) * config.batch_size / elapsed,
-                }
+                sums, scalars = window.flush()
                 if not regression:
-                    scalars["train/accuracy"] = sums["correct_sum"] / max(sums["weight_sum"], 1)
+                    scalars["train/accuracy"] = train_lib.divide(
+                        sums["correct_sum"], sums["weight_sum"]
+                    )
                 writer.write_scalars(step, scalars)
-                window, window_start = [], time.perf_counter()
 
             results = {}
             for split in task.dev_splits:
@@ -355,7 +226,7 @@ def fine_tune(config, workdir) -> dict:
                     p_eval_step, state.params, features[split], config.eval_batch_size, mesh
                 )
                 results[task.entry(split)] = metrics.task_metrics(
-                    task.name, out["logits"], out["labels"]
+                    task, out["logits"], out["labels"]
                 )
             score = _score(results)
             history.append({"epoch": epoch, "step": step, "score": score, "results": results})
@@ -366,12 +237,12 @@ def fine_tune(config, workdir) -> dict:
             if best is None or score > best["score"]:
                 best = history[-1]
                 ckpt.save(step, state, data_state={"epoch": epoch}, config=stored, force=True)
-            window_start = time.perf_counter()
+            window.restart()
         ckpt.wait_until_finished()
 
         # The best epoch predicts the test split(s): the leaderboard files.
         if best["step"] != step:
-            state, _, _ = ckpt.restore(best["step"], abstract_state)
+            state, _, _ = ckpt.restore(best["step"], abstract)
         written = {}
         tests = [(task.name, s) for s in task.test_splits] if config.predict_test else []
         tests += [("ax", "test")] if "ax" in features else []
@@ -382,7 +253,11 @@ def fine_tune(config, workdir) -> dict:
             )  # fmt: skip
             if jax.process_index() == 0:
                 path = metrics.write_leaderboard_file(
-                    workdir / "leaderboard", name, split, out["example_ids"], out["logits"]
+                    workdir / "leaderboard",
+                    glue.get_task(name),
+                    split,
+                    out["example_ids"],
+                    out["logits"],
                 )
                 written[f"{name}/{split}"] = path.name
     finally:
@@ -397,19 +272,10 @@ def fine_tune(config, workdir) -> dict:
         "best_epoch": best["epoch"],
         "epochs": history,
         "leaderboard_files": written,
-        "init_checkpoint": start.source,
+        "init_checkpoint": weights.source,
         "num_train_examples": len(examples["train"]),
         "config": stored,
     }
-    write_json(workdir / "results.json", summary)
+    train_lib.write_json(workdir / "results.json", summary)
     logging.info("%s dev (best epoch %d): %s", task.name, best["epoch"], best["results"])
     return {**summary, "workdir": str(workdir)}
-
-
-def write_json(path: epath.Path, value) -> None:
-    if jax.process_index() == 0:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        # -inf (no defined score) becomes null, so the file stays valid JSON.
-        clean = lambda x: None if isinstance(x, float) and not math.isfinite(x) else x
-        text = json.dumps(jax.tree.map(clean, value), indent=2, default=str, allow_nan=False)
-        path.write_text(text + "\n")

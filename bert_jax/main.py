@@ -17,11 +17,44 @@ from pathlib import Path
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-# A source checkout (or editable install) keeps the recipes beside the package; they import `configs.*`.
-REPO_ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_CONFIG = REPO_ROOT / "configs" / "bert_tiny.py"
-if (REPO_ROOT / "configs").is_dir() and str(REPO_ROOT) not in sys.path:
-    sys.path.insert(0, str(REPO_ROOT))
+# The recipes ship inside the package, so they resolve from any directory.
+CONFIGS = Path(__file__).resolve().parent / "configs"
+DEFAULT_CONFIG = CONFIGS / "bert_tiny.py"
+
+
+def resolve_config(value: str) -> str:
+    """The recipe file for `--config=VALUE`: an existing path as is, else a packaged recipe named
+    `configs/NAME.py`, `NAME.py` or `NAME` (an optional `:ARG` suffix is kept). Raises ValueError naming the
+    recipes when there is none."""
+    path, colon, arg = value.partition(":")
+    if Path(path).is_file():
+        return value
+    name = Path(path).name
+    packaged = CONFIGS / (name if name.endswith(".py") else f"{name}.py")
+    if packaged.is_file():
+        return f"{packaged}{colon}{arg}"
+    names = sorted(f.stem for f in CONFIGS.glob("*.py") if f.stem != "__init__")
+    raise ValueError(
+        f"--config={value}: no such file, and no packaged recipe of that name ({', '.join(names)})"
+    )
+
+
+def _resolve_config_argv(argv: list[str]) -> list[str]:
+    out = list(argv)
+    for i, arg in enumerate(out):
+        if arg.startswith("--config="):
+            out[i] = "--config=" + resolve_config(arg[len("--config=") :])
+        elif arg == "--config" and i + 1 < len(out):
+            out[i + 1] = resolve_config(out[i + 1])
+    return out
+
+
+# config_flags reads argv when the flag is defined (to define the --config.FIELD overrides), so the recipe's
+# path is resolved before that.
+try:
+    sys.argv = _resolve_config_argv(sys.argv)
+except ValueError as error:
+    sys.exit(f"error: {error}")
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config",
@@ -56,9 +89,21 @@ def _initialize_distributed() -> None:
 
     if _COORDINATOR.value:
         jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
-    elif importlib.util.find_spec("libtpu") is not None:
+    elif _on_tpu_vm():
         # On a Cloud TPU VM the workers, their number and this one's index come from the TPU metadata.
         jax.distributed.initialize()
+
+
+def _on_tpu_vm() -> bool:
+    """A Cloud TPU VM: libtpu installed and TPU chips attached (/dev/accel* on v4/v5e, /dev/vfio on v5p/v6e).
+    libtpu alone is not enough: the [test] and [tpu] extras install it on CPU machines too."""
+    import glob
+    import os
+
+    if os.environ.get("JAX_PLATFORMS", "") not in ("", "tpu"):
+        return False
+    chips = glob.glob("/dev/accel*") or glob.glob("/dev/vfio/[0-9]*")
+    return bool(chips) and importlib.util.find_spec("libtpu") is not None
 
 
 def _use_compilation_cache(directory: str) -> None:
@@ -76,10 +121,6 @@ def _use_compilation_cache(directory: str) -> None:
 def main(argv) -> int:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments {argv[1:]}")
-    if not flags.FLAGS["config"].present and not DEFAULT_CONFIG.exists():
-        sys.exit(
-            f"error: no --config given and the default {DEFAULT_CONFIG} is absent (not a source checkout?)"
-        )
     config = _CONFIG.value
     workdir = _WORKDIR.value or str(
         Path("workdir") / Path(config_flags.get_config_filename(flags.FLAGS["config"])).stem
@@ -88,23 +129,28 @@ def main(argv) -> int:
     _initialize_distributed()
     _use_compilation_cache(config.get("compilation_cache_dir", ""))
 
-    from bert_jax import pretrain, sweep
+    from bert_jax import pretrain, sweep, train_lib
 
     logging.info("config:\n%s", config)
     try:
         if config.mode == "pretrain":
-            pretrain.train_and_evaluate(config, workdir)
+            pretrain.run(config, workdir)
         elif config.mode == "finetune":
-            sweep.train_and_evaluate(config, workdir)
+            sweep.run(config, workdir)
         elif config.mode == "glue_suite":
             sweep.run_suite(config, workdir)
         else:
             modes = ("pretrain", "finetune", "glue_suite")
-            raise pretrain.SetupError(f"config.mode {config.mode!r} is not one of {modes}")
-    except (pretrain.SetupError, pretrain.NonFiniteLossError) as error:
+            raise train_lib.SetupError(f"config.mode {config.mode!r} is not one of {modes}")
+    except (train_lib.SetupError, train_lib.NonFiniteLossError) as error:
         sys.exit(f"error: {error}")
     return 0
 
 
-if __name__ == "__main__":
+def run() -> None:
+    """The `bert-jax` console script and `python -m bert_jax.main`."""
     app.run(main)
+
+
+if __name__ == "__main__":
+    run()

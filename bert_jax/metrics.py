@@ -1,4 +1,4 @@
-"""GLUE metrics (scikit-learn/scipy), the GLUE score and table, leaderboard files, metric writers.
+"""GLUE scoring: task metrics (scikit-learn/scipy), the GLUE score and table, leaderboard files.
 
 Metric values are fractions as scikit-learn/scipy return them; the table prints them x100.
 Results are keyed by entry, the leaderboard's columns: `cola`, ..., `mnli_m`, `mnli_mm`, ..., `ax`.
@@ -6,15 +6,12 @@ Results are keyed by entry, the leaderboard's columns: `cola`, ..., `mnli_m`, `m
 
 from __future__ import annotations
 
-import json
-import math
 import os
 from collections.abc import Mapping
 
 import numpy as np
 import scipy.stats
 import sklearn.metrics
-from absl import logging
 from etils import epath
 
 from bert_jax.data import glue
@@ -77,19 +74,18 @@ def _task_of(entry: str) -> glue.Task:
     return glue.get_task(entry.split("_")[0])
 
 
-def predictions_from_outputs(task: str, outputs) -> np.ndarray:
+def predictions_from_outputs(task: glue.Task, outputs) -> np.ndarray:
     """Label ids (classification) or scores (regression) from predictions or logits [n, labels]."""
-    t = glue.get_task(task)
     outputs = np.asarray(outputs)
     if outputs.ndim == 2:
-        return outputs[:, 0].astype(np.float32) if t.is_regression else outputs.argmax(-1)
+        return outputs[:, 0].astype(np.float32) if task.is_regression else outputs.argmax(-1)
     return outputs
 
 
-def task_metrics(task: str, predictions, labels) -> dict[str, float]:
+def task_metrics(task: glue.Task, predictions, labels) -> dict[str, float]:
     """The task's GLUE metrics, name -> value; predictions may be label ids, scores or logits."""
-    t = glue.get_task(task)
-    p = predictions_from_outputs(t.name, predictions)
+    t = task
+    p = predictions_from_outputs(t, predictions)
     y = np.asarray(labels)
     if p.shape != y.shape:
         raise ValueError(f"{t.name}: predictions {p.shape} and labels {y.shape} differ")
@@ -153,19 +149,19 @@ LEADERBOARD_FILES = tuple(f for t in glue.TASKS.values() for f in t.leaderboard_
 
 
 def write_leaderboard_file(
-    out_dir: str | os.PathLike, task: str, split: str, example_ids, predictions
+    out_dir: str | os.PathLike, task: glue.Task, split: str, example_ids, predictions
 ) -> epath.Path:
     """Writes one GLUE server submission file (`index<TAB>prediction`, by index); returns its path.
 
     `predictions` are label ids, STS-B scores (clipped to [0, 5]) or logits; `example_ids` are
     `Examples.idx` of the test split, padding rows removed.
     """
-    t = glue.get_task(task)
+    t = task
     if split not in t.leaderboard_files:
         raise ValueError(
             f"{t.name} {split!r} has no leaderboard file; use {list(t.leaderboard_files)}"
         )
-    p = predictions_from_outputs(t.name, predictions)
+    p = predictions_from_outputs(t, predictions)
     ids = np.asarray(example_ids)
     if p.shape != ids.shape:
         raise ValueError(f"{t.name}: {p.shape} predictions for {ids.shape} example ids")
@@ -182,58 +178,3 @@ def write_leaderboard_file(
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("index\tprediction\n" + "".join(f"{ids[i]}\t{values[i]}\n" for i in order))
     return path
-
-
-class MetricWriter:
-    """Writes a step's scalars to the log (one line), TensorBoard and WORKDIR/metrics.jsonl.
-
-    Only process 0 writes; on the others every method does nothing. Non-finite values are logged
-    as they are and stored as null in the JSON lines, which stay valid JSON.
-    """
-
-    def __init__(self, workdir: str | os.PathLike, *, process_index: int):
-        self._active = process_index == 0
-        if not self._active:
-            return
-        # Imported here: tensorboardX imports torch whenever it is installed (1 s or more),
-        # which code that only needs the GLUE metrics should not pay.
-        import tensorboardX
-
-        workdir = epath.Path(workdir)
-        workdir.mkdir(parents=True, exist_ok=True)
-        # Append, so a resumed run keeps the lines of the run it continues.
-        self._jsonl = (workdir / "metrics.jsonl").open("a")
-        self._tensorboard = tensorboardX.SummaryWriter(logdir=os.fspath(workdir))
-
-    def write_scalars(self, step: int, scalars: Mapping[str, float]) -> None:
-        """Writes `scalars` (Python, NumPy or JAX scalars) for `step`."""
-        if not self._active:
-            return
-        values = {key: float(value) for key, value in scalars.items()}
-        logging.info(
-            "step %d: %s", step, ", ".join(f"{k}={v:.6g}" for k, v in sorted(values.items()))
-        )
-        for key, value in values.items():
-            self._tensorboard.add_scalar(key, value, global_step=step)
-        record = {k: (v if math.isfinite(v) else None) for k, v in values.items()}
-        self._jsonl.write(json.dumps({"step": int(step), **record}, allow_nan=False) + "\n")
-        # A line per call on disk at once: a preempted run keeps every metric it logged.
-        self._jsonl.flush()
-
-    def flush(self) -> None:
-        if self._active:
-            self._jsonl.flush()
-            self._tensorboard.flush()
-
-    def close(self) -> None:
-        """Flushes and closes; later calls are no-ops."""
-        if self._active:
-            self._jsonl.close()
-            self._tensorboard.close()
-            self._active = False
-
-    def __enter__(self) -> MetricWriter:
-        return self
-
-    def __exit__(self, *exc_info) -> None:
-        self.close()

@@ -342,19 +342,21 @@ class MaskedLMHead(nn.Module):
         return logits.astype(jnp.float32) + bias.astype(jnp.float32)
 
 
-def _base_kwargs(kwargs):
-    return {k: kwargs[k] for k in ("output_hidden_states", "output_attentions") if k in kwargs}
+def _encode(
+    config, pooler: bool, input_ids, token_type_ids, attention_mask, deterministic, outputs
+):
+    """The heads' shared encoder call; run inside a head's compact method, it names the submodule "bert".
 
-
-def _encode(config, pooler: bool, input_ids, token_type_ids, attention_mask, deterministic, kwargs):
-    """The heads' shared encoder call; run inside a head's compact method, it names the submodule "bert"."""
+    `outputs`: (output_hidden_states, output_attentions)."""
     bert = BertModel(config, add_pooling_layer=pooler, name="bert")
+    hidden, attentions = outputs
     return bert(
         input_ids,
         token_type_ids,
         attention_mask,
         deterministic=deterministic,
-        **_base_kwargs(kwargs),
+        output_hidden_states=hidden,
+        output_attentions=attentions,
     )
 
 
@@ -376,7 +378,8 @@ class BertForPreTraining(nn.Module):
         masked_lm_positions=None,
         *,
         deterministic: bool = True,
-        **kwargs,
+        output_hidden_states: bool = False,
+        output_attentions: bool = False,
     ):
         bert = BertModel(self.config, name="bert")
         outputs = bert(
@@ -384,7 +387,8 @@ class BertForPreTraining(nn.Module):
             token_type_ids,
             attention_mask,
             deterministic=deterministic,
-            **_base_kwargs(kwargs),
+            output_hidden_states=output_hidden_states,
+            output_attentions=output_attentions,
         )
         sequence = outputs["last_hidden_state"]
         if masked_lm_positions is not None:
@@ -406,10 +410,23 @@ class BertForSequenceClassification(nn.Module):
 
     @nn.compact
     def __call__(
-        self, input_ids, token_type_ids=None, attention_mask=None, *, deterministic=True, **kw
+        self,
+        input_ids,
+        token_type_ids=None,
+        attention_mask=None,
+        *,
+        deterministic=True,
+        output_hidden_states=False,
+        output_attentions=False,
     ):
         outputs = _encode(
-            self.config, True, input_ids, token_type_ids, attention_mask, deterministic, kw
+            self.config,
+            True,
+            input_ids,
+            token_type_ids,
+            attention_mask,
+            deterministic,
+            (output_hidden_states, output_attentions),
         )
         x = Dropout(self.config.hidden_dropout_prob)(outputs["pooler_output"], deterministic)
         logits = _dense(self.config, self.num_labels, ("embed", "classes"), "classifier")(x)
@@ -424,10 +441,23 @@ class BertForQuestionAnswering(nn.Module):
 
     @nn.compact
     def __call__(
-        self, input_ids, token_type_ids=None, attention_mask=None, *, deterministic=True, **kw
+        self,
+        input_ids,
+        token_type_ids=None,
+        attention_mask=None,
+        *,
+        deterministic=True,
+        output_hidden_states=False,
+        output_attentions=False,
     ):
         outputs = _encode(
-            self.config, False, input_ids, token_type_ids, attention_mask, deterministic, kw
+            self.config,
+            False,
+            input_ids,
+            token_type_ids,
+            attention_mask,
+            deterministic,
+            (output_hidden_states, output_attentions),
         )
         logits = _dense(self.config, 2, ("embed", "classes"), "qa_outputs")(
             outputs["last_hidden_state"]
@@ -445,10 +475,23 @@ class BertForTokenClassification(nn.Module):
 
     @nn.compact
     def __call__(
-        self, input_ids, token_type_ids=None, attention_mask=None, *, deterministic=True, **kw
+        self,
+        input_ids,
+        token_type_ids=None,
+        attention_mask=None,
+        *,
+        deterministic=True,
+        output_hidden_states=False,
+        output_attentions=False,
     ):
         outputs = _encode(
-            self.config, False, input_ids, token_type_ids, attention_mask, deterministic, kw
+            self.config,
+            False,
+            input_ids,
+            token_type_ids,
+            attention_mask,
+            deterministic,
+            (output_hidden_states, output_attentions),
         )
         x = Dropout(self.config.hidden_dropout_prob)(outputs["last_hidden_state"], deterministic)
         logits = _dense(self.config, self.num_labels, ("embed", "classes"), "classifier")(x)

@@ -17,22 +17,6 @@ import jax.numpy as jnp
 import optax
 from flax import struct
 
-# Config fields read here with their defaults when absent; see `make_optimizer`.
-_DEFAULTS = {
-    "adam_b1": 0.9,
-    "adam_b2": 0.999,
-    "adam_epsilon": 1e-6,
-    "weight_decay": 0.01,
-    "max_grad_norm": 1.0,
-    "optimizer": "adamw",
-    "grad_accum_steps": 1,
-}
-
-
-def _get(config, name: str):
-    value = getattr(config, name, None)
-    return _DEFAULTS[name] if value is None else value
-
 
 def make_schedule(config) -> optax.Schedule:
     """Linear warmup 0 -> `learning_rate` over `warmup_steps`, then linear decay to 0 at `num_train_steps`.
@@ -64,38 +48,27 @@ def weight_decay_mask(params) -> Any:
 
 
 def make_optimizer(config) -> optax.GradientTransformation:
-    """Clip by global norm, then AdamW (or LAMB) with the decay mask, with optional gradient accumulation.
+    """Clip by global norm, then AdamW (or LAMB) with the decay mask.
 
-    Config fields (defaults in brackets when the field is absent):
+    Config fields (the recipes in bert_jax/configs hold their defaults; a missing one is an error):
       learning_rate, warmup_steps, num_train_steps: the schedule (`make_schedule`), counted in optimizer
-        updates; with gradient accumulation one update takes `grad_accum_steps` calls.
-      adam_b1 [0.9], adam_b2 [0.999], adam_epsilon [1e-6]: Adam moments and ε (also LAMB's).
-      weight_decay [0.01]: decoupled decay, scaled by the learning rate, masked by `weight_decay_mask`.
-      max_grad_norm [1.0]: global-norm clip applied to the (accumulated) gradient; 0 disables clipping.
-      optimizer ["adamw"]: "adamw" or "lamb".
-      grad_accum_steps [1]: average gradients over this many calls and apply them on the last one
-        (`optax.MultiSteps`); the mean over k micro-batches equals one step on their concatenation.
+        updates (gradient accumulation happens inside the train step: one loop step is one update).
+      adam_b1, adam_b2, adam_epsilon: Adam moments and epsilon (also LAMB's).
+      weight_decay: decoupled decay, scaled by the learning rate, masked by `weight_decay_mask`.
+      max_grad_norm: global-norm clip applied to the (accumulated) gradient; 0 disables clipping.
+      optimizer: "adamw" or "lamb".
     """
     schedule = make_schedule(config)
-    b1, b2, eps = _get(config, "adam_b1"), _get(config, "adam_b2"), _get(config, "adam_epsilon")
-    weight_decay = _get(config, "weight_decay")
-    name = _get(config, "optimizer")
-    if name == "adamw":
-        opt = optax.adamw(
-            schedule, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay, mask=weight_decay_mask
-        )
-    elif name == "lamb":
-        opt = optax.lamb(
-            schedule, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay, mask=weight_decay_mask
-        )
+    b1, b2, eps = config.adam_b1, config.adam_b2, config.adam_epsilon
+    kwargs = dict(b1=b1, b2=b2, eps=eps, weight_decay=config.weight_decay, mask=weight_decay_mask)
+    if config.optimizer == "adamw":
+        opt = optax.adamw(schedule, **kwargs)
+    elif config.optimizer == "lamb":
+        opt = optax.lamb(schedule, **kwargs)
     else:
-        raise ValueError(f"optimizer {name!r} is not one of ('adamw', 'lamb')")
-    max_norm = _get(config, "max_grad_norm")
-    tx = optax.chain(optax.clip_by_global_norm(max_norm), opt) if max_norm > 0 else opt
-    k = int(_get(config, "grad_accum_steps"))
-    if k < 1:
-        raise ValueError(f"grad_accum_steps must be >= 1, not {k}")
-    return optax.MultiSteps(tx, every_k_schedule=k).gradient_transformation() if k > 1 else tx
+        raise ValueError(f"optimizer {config.optimizer!r} is not one of ('adamw', 'lamb')")
+    max_norm = config.max_grad_norm
+    return optax.chain(optax.clip_by_global_norm(max_norm), opt) if max_norm > 0 else opt
 
 
 @struct.dataclass
@@ -122,7 +95,7 @@ class TrainState:
 
         `params`: boxed or plain, real or `jax.eval_shape`d; `param_shardings`: the matching tree of
         NamedShardings (e.g. `sharding.logical_shardings`). Optimizer leaves shaped like a parameter (Adam
-        moments, accumulated gradients) take that parameter's sharding; counters are replicated. Use it as
+        moments) take that parameter's sharding; counters are replicated. Use it as
         Orbax's restore target, and `jax.tree.map(lambda x: x.sharding, ...)` as jit out_shardings.
         """
         params = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), nn.unbox(params))
@@ -145,7 +118,7 @@ class TrainState:
         )
 
     def apply_gradients(self, grads, tx: optax.GradientTransformation) -> TrainState:
-        """One optimizer call: the state at step + 1 (with accumulation, params change every k-th call)."""
+        """One optimizer update: the state at step + 1."""
         updates, opt_state = tx.update(grads, self.opt_state, self.params)
         params = optax.apply_updates(self.params, updates)
         return self.replace(step=self.step + 1, params=params, opt_state=opt_state)

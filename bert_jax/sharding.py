@@ -158,24 +158,24 @@ def host_to_global(batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Ar
     return {k: one(v) for k, v in batch.items()}
 
 
-def prefetch_to_device(batches, mesh: Mesh, size: int = 2):
-    """Yields (step, host batch, global batch) from an iterator of (step, host batch), `size` ahead.
+def prefetch_to_device(items, mesh: Mesh, size: int = 2, batch=lambda item: item):
+    """Yields (item, global batch) for each item of `items`, `size` items ahead of the consumer.
 
-    `host_to_global` only starts the host-to-device copies; keeping `size` batches in flight lets a batch's
-    copy overlap the steps before it, so the training loop never waits for its input (the TPU/GPU input
-    pipelines' usual 2-deep device buffer). The host batch comes along for its shapes (NumPy, no device
-    read). Closing this generator does not close `batches`.
+    `batch(item)` is the item's host batch (NumPy), e.g. `lambda item: item[1]` for the pretraining loader's
+    (step, batch) pairs. `host_to_global` only starts the host-to-device copies; keeping `size` batches in
+    flight lets a batch's copy overlap the steps before it, so the training loop never waits for its input
+    (the usual 2-deep device buffer of TPU/GPU input pipelines). Closing this generator does not close `items`.
     """
-    iterator = iter(batches)
+    iterator = iter(items)
     buffer = collections.deque()
+    done = object()
 
     def fill():
         while len(buffer) < size:
-            item = next(iterator, None)
-            if item is None:
+            item = next(iterator, done)
+            if item is done:
                 return
-            step, batch = item
-            buffer.append((step, batch, host_to_global(batch, mesh)))
+            buffer.append((item, host_to_global(batch(item), mesh)))
 
     fill()
     while buffer:

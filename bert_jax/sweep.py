@@ -1,4 +1,4 @@
-"""The paper's fine-tuning grid over several seeds, and the whole GLUE suite, on top of `finetune.fine_tune`.
+"""The paper's fine-tuning grid over several seeds, and the whole GLUE suite, on top of `finetune.run`.
 
 python -m bert_jax.main --config=configs/glue.py --config.task=rte --config.sweep=True ...
 python -m bert_jax.main --config=configs/glue.py --config.mode=glue_suite ...
@@ -15,10 +15,9 @@ import numpy as np
 from absl import logging
 from etils import epath
 
-from bert_jax import metrics
+from bert_jax import finetune, metrics, train_lib
 from bert_jax.data import glue
-from bert_jax.finetune import fine_tune, write_json
-from bert_jax.pretrain import setup_error
+from bert_jax.train_lib import setup_error
 
 FROM_MNLI = ("rte", "mrpc", "stsb")  # tasks the suite may start from the fine-tuned MNLI model
 
@@ -40,16 +39,16 @@ def _median_results(runs: list[dict]) -> dict:
     }
 
 
-def train_and_evaluate(config, workdir) -> dict:
+def run(config, workdir) -> dict:
     """One run, or with `config.sweep` the paper's grid x seeds; WORKDIR/results.json says the best.
 
     A sweep's runs go to WORKDIR/runs/<setting>_seed<k>/; a run that already has its results.json is
     reused (a restarted sweep goes on where it stopped). The best single run's leaderboard files are copied
     to WORKDIR/leaderboard/. Returns the summary (with `workdir`: the run that holds the best checkpoint).
     """
-    workdir = epath.Path(workdir)
+    workdir = train_lib.absolute_workdir(workdir)
     if not config.sweep:
-        return fine_tune(config, workdir)
+        return finetune.run(config, workdir)
     grid = itertools.product(
         config.sweep_batch_sizes, config.sweep_learning_rates, config.sweep_num_epochs
     )
@@ -73,7 +72,7 @@ def train_and_evaluate(config, workdir) -> dict:
                 }
                 summary["score"] = -math.inf if summary["score"] is None else summary["score"]
             else:
-                summary = fine_tune(run_config, run_dir)
+                summary = finetune.run(run_config, run_dir)
             runs.append({"seed": seed, **{k: summary[k] for k in ("score", "results", "workdir")}})
         scores = [r["score"] for r in runs]
         settings.append({
@@ -87,16 +86,15 @@ def train_and_evaluate(config, workdir) -> dict:
     summary = {
         "task": glue.get_task(config.task).name,
         "split": "dev",
-        "results": best_run[
-            "results"
-        ],  # the best single run (its checkpoint made the leaderboard files)
+        # The best single run (its checkpoint made the leaderboard files).
+        "results": best_run["results"],
         "score": best_run["score"],
         "best_run": best_run,
         "median_over_seeds": {k: v for k, v in best_setting.items() if k != "runs"},
         "settings": settings,
         "config": config.to_dict(),
     }
-    write_json(workdir / "results.json", summary)
+    train_lib.write_json(workdir / "results.json", summary)
     logging.info(
         "%s sweep: best dev score %.4f (%s); best median over seeds %.4f (bs %d, lr %g, %d epochs)",
         summary["task"], best_run["score"], best_run["workdir"], best_setting["median_score"],
@@ -112,7 +110,7 @@ def run_suite(config, workdir) -> str:
     re-initialised). Writes WORKDIR/results.json (entry -> metric -> dev value), WORKDIR/glue_table.txt and
     every task's leaderboard files into WORKDIR/leaderboard/.
     """
-    workdir = epath.Path(workdir)
+    workdir = train_lib.absolute_workdir(workdir)
     with setup_error("suite_tasks"):
         tasks = [glue.get_task(t).name for t in config.suite_tasks]
         if config.suite_from_mnli and "mnli" not in tasks:
@@ -124,12 +122,12 @@ def run_suite(config, workdir) -> str:
         task_config.task = name
         if config.suite_from_mnli and name in FROM_MNLI:
             task_config.init_checkpoint = summaries["mnli"]["workdir"]
-        summaries[name] = train_and_evaluate(task_config, workdir / name)
+        summaries[name] = run(task_config, workdir / name)
         results.update(summaries[name]["results"])
         _copy_leaderboard(workdir / name, workdir)
     table = metrics.format_glue_table(results, split="dev")
     summary = {"split": "dev", "results": results, "glue_table": table, "config": config.to_dict()}
-    write_json(workdir / "results.json", summary)
+    train_lib.write_json(workdir / "results.json", summary)
     if jax.process_index() == 0:
         (workdir / "glue_table.txt").write_text(table + "\n")
         print(table, flush=True)

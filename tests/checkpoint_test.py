@@ -12,7 +12,10 @@ import pytest
 from bert_jax import checkpoint, optim, sharding
 from bert_jax import model as model_lib
 
-OPTIM = ml_collections.ConfigDict(dict(learning_rate=1e-3, warmup_steps=1, num_train_steps=10))
+OPTIM = ml_collections.ConfigDict(
+    dict(learning_rate=1e-3, warmup_steps=1, num_train_steps=10, adam_b1=0.9, adam_b2=0.999,
+         adam_epsilon=1e-6, weight_decay=0.01, max_grad_norm=1.0, optimizer="adamw")
+)  # fmt: skip
 TX = optim.make_optimizer(OPTIM)
 
 

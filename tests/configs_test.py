@@ -2,7 +2,6 @@
 learning rate at the documented steps, the 128 -> 512 switch at step 900k, and every field documented."""
 
 import re
-import sys
 from pathlib import Path
 
 import pytest
@@ -12,9 +11,8 @@ from bert_jax.data.loader import make_pretraining_loader
 from bert_jax.model import BertConfig
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))  # the recipes import `configs.pretraining`, as under bert_jax.main
 
-from configs import (  # noqa: E402
+from bert_jax.configs import (  # noqa: E402
     bert_base,
     bert_large,
     bert_medium,
@@ -65,7 +63,7 @@ def test_paper_schedule_is_the_default(module):
         0.01,
     )
     assert (c.learning_rate, c.warmup_steps, c.max_grad_norm) == (1e-4, 10_000, 1.0)
-    assert (c.dtype, c.model.param_dtype, c.model.remat_policy, tuple(c.mesh_shape)) == (
+    assert (c.dtype, c.param_dtype, c.model.remat_policy, tuple(c.mesh_shape)) == (
         "float32", "float32", "none", (-1, 1, 1),
     )  # fmt: skip
 

@@ -15,16 +15,15 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from bert_jax import checkpoint, convert, finetune, metrics, optim, sharding, sweep
+from bert_jax import checkpoint, convert, finetune, metrics, optim, sharding, sweep, warm_start
+from bert_jax.configs import bert_tiny
+from bert_jax.configs import glue as glue_config
 from bert_jax.data import glue
 from bert_jax.data.corpus import SAMPLE_VOCAB
 from bert_jax.model import BertConfig, build_model, init_params
-from bert_jax.pretrain import SetupError
+from bert_jax.train_lib import SetupError
 
 REPO = Path(finetune.__file__).parents[1]
-sys.path.insert(0, str(REPO))
-from configs import bert_tiny  # noqa: E402
-from configs import glue as glue_config  # noqa: E402
 
 WORDS = [w for w in SAMPLE_VOCAB.read_text().split() if w.isalpha() and len(w) > 2][:300]
 TINY_MODEL = dict(
@@ -159,7 +158,7 @@ def test_learns_a_clear_rule_over_seeds_and_predicts_test(tmp_path):
         sweep=True, sweep_batch_sizes=(32,), sweep_learning_rates=(3e-3,), sweep_num_epochs=(4,),
         sweep_seeds=(0, 1, 2), log_every_steps=5,
     )  # fmt: skip
-    summary = sweep.train_and_evaluate(config, tmp_path / "out")
+    summary = sweep.run(config, tmp_path / "out")
 
     result = json.loads((tmp_path / "out" / "results.json").read_text())
     runs = result["settings"][0]["runs"]
@@ -187,10 +186,8 @@ def test_learns_a_clear_rule_over_seeds_and_predicts_test(tmp_path):
     # The kept checkpoint, read back as a start (classifier kept: same label count), predicts the same.
     config.init_checkpoint = best
     mesh = sharding.make_mesh(config.mesh_shape)
-    start = finetune.load_start(config, mesh)
-    model, _, _, params = finetune.initial_params(
-        start, glue.TASKS["sst2"], mesh, jax.random.key(9)
-    )
+    start = warm_start.load(config)
+    model, _, params = finetune.initial_params(start, glue.TASKS["sst2"], mesh, jax.random.key(9))
     features = glue.encode_examples(
         glue.read_examples("sst2", "test", str(data)), start.tokenizer, 16
     )
@@ -199,7 +196,7 @@ def test_learns_a_clear_rule_over_seeds_and_predicts_test(tmp_path):
     np.testing.assert_array_equal(out["logits"].argmax(-1), predicted)
     # A restarted sweep reuses finished runs instead of training them again.
     (Path(best) / "checkpoints").rename(tmp_path / "moved")
-    again = sweep.train_and_evaluate(config, tmp_path / "out")
+    again = sweep.run(config, tmp_path / "out")
     assert again["score"] == summary["score"] and not (Path(best) / "checkpoints").exists()
 
 
@@ -226,8 +223,8 @@ def test_starts_exactly_from_a_transformers_checkpoint(tmp_path, caplog):
     torch_model, torch_weights = transformers_checkpoint(tmp_path / "hf", num_labels=2)
     config = tiny_config(task="mrpc", init_checkpoint=str(tmp_path / "hf"))
     mesh = sharding.make_mesh(config.mesh_shape)
-    start = finetune.load_start(config, mesh)
-    model, _, shardings, params = finetune.initial_params(
+    start = warm_start.load(config)
+    model, shardings, params = finetune.initial_params(
         start, glue.TASKS["mrpc"], mesh, jax.random.key(1)
     )
     assert model.config.hidden_dropout_prob == model.config.attention_dropout_prob == 0.1
@@ -258,8 +255,8 @@ def test_starts_exactly_from_a_transformers_checkpoint(tmp_path, caplog):
     # A classifier with another label count (2 -> MNLI's 3) is re-initialised, with a log line.
     caplog.set_level(logging.INFO)
     config.task = "mnli"
-    _, _, _, mnli_params = finetune.initial_params(
-        finetune.load_start(config, mesh), glue.TASKS["mnli"], mesh, jax.random.key(1)
+    _, _, mnli_params = finetune.initial_params(
+        warm_start.load(config), glue.TASKS["mnli"], mesh, jax.random.key(1)
     )
     assert "classifier has 2 outputs but mnli needs 3: re-initialising it" in caplog.text
     assert mnli_params["classifier"]["kernel"].shape == (32, 3)
@@ -285,9 +282,9 @@ def test_starts_from_a_pretraining_workdir(tmp_path, caplog):
     caplog.set_level(logging.INFO)
     config = tiny_config(task="stsb", init_checkpoint=str(tmp_path / "pre"))
     mesh = sharding.make_mesh(config.mesh_shape)
-    start = finetune.load_start(config, mesh)
+    start = warm_start.load(config)
     assert start.model_config.vocab_size == vocab and start.tokenizer.vocab_size == vocab
-    _, _, _, params = finetune.initial_params(start, glue.TASKS["stsb"], mesh, jax.random.key(1))
+    _, _, params = finetune.initial_params(start, glue.TASKS["stsb"], mesh, jax.random.key(1))
     assert "dropped heads ['mlm', 'nsp']" in caplog.text
     assert "has no classifier: initialised one with 1 outputs" in caplog.text
     assert params["classifier"]["kernel"].shape == (32, 1)
@@ -301,19 +298,19 @@ def test_bad_input_fails_before_training_with_one_line(tmp_path):
     with pytest.raises(
         SetupError, match=r"unknown GLUE task 'mprc'; valid tasks: cola, sst2, mrpc"
     ):
-        sweep.train_and_evaluate(tiny_config(task="mprc"), tmp_path / "a")
+        sweep.run(tiny_config(task="mprc"), tmp_path / "a")
     with pytest.raises(SetupError, match=r"ax is not trained: it is predicted by the MNLI model"):
-        sweep.train_and_evaluate(tiny_config(task="ax"), tmp_path / "b")
+        sweep.run(tiny_config(task="ax"), tmp_path / "b")
     missing = tmp_path / "glue" / "RTE"
     with pytest.raises(SetupError, match=f"GLUE task folder not found: {missing}$"):
-        sweep.train_and_evaluate(tiny_config(task="rte", data_dir=str(missing.parent)), tmp_path)
+        sweep.run(tiny_config(task="rte", data_dir=str(missing.parent)), tmp_path)
     (tmp_path / "empty").mkdir()
     with pytest.raises(SetupError, match="neither a bert_jax workdir .* nor a transformers-layout"):
         with mock_source(16):
             config = tiny_config(task="rte", init_checkpoint=str(tmp_path / "empty"))
-            sweep.train_and_evaluate(config, tmp_path / "c")
+            sweep.run(config, tmp_path / "c")
     with pytest.raises(SetupError, match="not divisible by the 8 batch shards"):
-        sweep.train_and_evaluate(tiny_config(batch_size=12), tmp_path / "d")
+        sweep.run(tiny_config(batch_size=12), tmp_path / "d")
     assert not (tmp_path / "a").exists() and not (tmp_path / "c").exists()
 
 

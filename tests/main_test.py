@@ -12,7 +12,7 @@ from absl import flags
 from ml_collections import config_flags
 
 REPO = Path(__file__).resolve().parents[1]
-TINY = str(REPO / "configs" / "bert_tiny.py")
+TINY = str(REPO / "bert_jax" / "configs" / "bert_tiny.py")
 ENV = {
     **os.environ,
     "XLA_FLAGS": "--xla_force_host_platform_device_count=8",
@@ -35,7 +35,6 @@ def metrics(workdir):
 
 
 def parse(*args):
-    sys.path.insert(0, str(REPO))
     values = flags.FlagValues()
     argv = [
         "prog",
@@ -50,7 +49,7 @@ def parse(*args):
 
 def test_overrides_parse_and_unknown_keys_are_rejected():
     config = parse(
-        f"--config={REPO}/configs/bert_base.py", "--config.num_train_steps=10",
+        f"--config={REPO}/bert_jax/configs/bert_base.py", "--config.num_train_steps=10",
         "--config.global_batch_size=64", "--config.learning_rate=2e-4", "--config.warmup_steps=3",
         "--config.checkpoint_every_steps=5", "--config.seed=7", "--config.mesh_shape=(2,2,2)",
         "--config.dtype=bfloat16", "--config.model.remat_policy=dots",
@@ -118,7 +117,7 @@ def test_overrides_run_then_bad_and_corrupt_checkpoints(tmp_path):
     # The rate used by update s (1-based) is schedule(s - 1): 0, 1e-4, 2e-4 (peak), then linear to 0 at 6.
     assert [lr[s] for s in range(1, 7)] == pytest.approx([0.0, 1e-4, 2e-4, 1.5e-4, 1e-4, 5e-5])
 
-    result = main(f"--config={REPO}/configs/bert_mini.py", f"--workdir={workdir}", "--config.mesh_shape=(2,2,2)",
+    result = main(f"--config={REPO}/bert_jax/configs/bert_mini.py", f"--workdir={workdir}", "--config.mesh_shape=(2,2,2)",
                   "--config.model.vocab_size=-1", *FAST)  # fmt: skip
     assert result.returncode == 1
     last = result.stderr.strip().splitlines()[-1]

@@ -9,7 +9,7 @@ import pytest
 from tensorboardX.crc32c import crc32c
 from tensorboardX.proto import event_pb2
 
-from bert_jax import metrics
+from bert_jax import metrics, train_lib
 from bert_jax.data import glue
 
 # References written from the definitions with NumPy, independent of scikit-learn/scipy.
@@ -41,18 +41,22 @@ def test_classification_metrics_match_definitions(seed):
     y = rng.integers(0, 2, 300)
     p = np.where(rng.random(300) < 0.7, y, 1 - y)  # correlated, and asymmetric in p vs y
     p[:40] = 1
-    assert metrics.task_metrics("cola", p, y) == pytest.approx({"matthews_corr": _mcc(p, y)})
-    assert metrics.task_metrics("sst2", p, y) == pytest.approx({"accuracy": np.mean(p == y)})
+    assert metrics.task_metrics(glue.get_task("cola"), p, y) == pytest.approx(
+        {"matthews_corr": _mcc(p, y)}
+    )
+    assert metrics.task_metrics(glue.get_task("sst2"), p, y) == pytest.approx(
+        {"accuracy": np.mean(p == y)}
+    )
     reference = {"f1": _f1(p, y), "accuracy": np.mean(p == y)}
-    assert metrics.task_metrics("mrpc", p, y) == pytest.approx(reference)
-    assert metrics.task_metrics("qqp", p, y) == pytest.approx(reference)
+    assert metrics.task_metrics(glue.get_task("mrpc"), p, y) == pytest.approx(reference)
+    assert metrics.task_metrics(glue.get_task("qqp"), p, y) == pytest.approx(reference)
     # Logits are arg-maxed.
     logits = np.stack([-p, p], axis=1).astype(np.float32)
-    assert metrics.task_metrics("qqp", logits, y) == pytest.approx(reference)
+    assert metrics.task_metrics(glue.get_task("qqp"), logits, y) == pytest.approx(reference)
     y3 = rng.integers(0, 3, 300)
     p3 = np.where(rng.random(300) < 0.6, y3, rng.integers(0, 3, 300))
     logits3 = np.eye(3)[p3] + rng.normal(0, 0.1, (300, 3))
-    assert metrics.task_metrics("mnli", logits3, y3) == pytest.approx(
+    assert metrics.task_metrics(glue.get_task("mnli"), logits3, y3) == pytest.approx(
         {"accuracy": np.mean(p3 == y3)}
     )
 
@@ -66,7 +70,7 @@ def test_multiclass_matthews_matches_gorodkin_rk():
     np.add.at(c, (y, p), 1)
     t, s, n, correct = c.sum(1), c.sum(0), c.sum(), np.trace(c)
     rk = (correct * n - t @ s) / np.sqrt((n**2 - s @ s) * (n**2 - t @ t))
-    assert metrics.task_metrics("ax", p, y)["matthews_corr"] == pytest.approx(rk)
+    assert metrics.task_metrics(glue.get_task("ax"), p, y)["matthews_corr"] == pytest.approx(rk)
 
 
 def test_regression_metrics_match_definitions():
@@ -79,13 +83,15 @@ def test_regression_metrics_match_definitions():
     rp, ry = _ranks(p), _ranks(y)
     spearman = np.corrcoef(rp, ry)[0, 1]
     expected = {"pearson": pearson, "spearman": spearman}
-    assert metrics.task_metrics("stsb", p, y) == pytest.approx(expected, rel=1e-5)
-    assert metrics.task_metrics("stsb", p[:, None], y) == pytest.approx(expected, rel=1e-5)
+    assert metrics.task_metrics(glue.get_task("stsb"), p, y) == pytest.approx(expected, rel=1e-5)
+    assert metrics.task_metrics(glue.get_task("stsb"), p[:, None], y) == pytest.approx(
+        expected, rel=1e-5
+    )
 
 
 def test_metric_shape_mismatch():
     with pytest.raises(ValueError, match=r"rte: predictions \(3,\) and labels \(4,\) differ"):
-        metrics.task_metrics("rte", [0, 1, 0], [0, 1, 0, 1])
+        metrics.task_metrics(glue.get_task("rte"), [0, 1, 0], [0, 1, 0, 1])
 
 
 def test_glue_score_hand_computed():
@@ -181,7 +187,9 @@ def test_leaderboard_file_names():
 )
 def test_leaderboard_files(tmp_path, task, split, predictions, expected):
     ids = [2, 0, 1]  # written sorted by index
-    path = metrics.write_leaderboard_file(tmp_path / "sub", task, split, ids, predictions)
+    path = metrics.write_leaderboard_file(
+        tmp_path / "sub", glue.get_task(task), split, ids, predictions
+    )
     assert path.name == glue.TASKS[task].leaderboard_files[split]
     by_id = dict(zip(ids, expected, strict=True))
     want = "index\tprediction\n" + "".join(f"{i}\t{by_id[i]}\n" for i in range(3))
@@ -190,11 +198,11 @@ def test_leaderboard_files(tmp_path, task, split, predictions, expected):
 
 def test_leaderboard_file_rejects_bad_input(tmp_path):
     with pytest.raises(ValueError, match="'dev' has no leaderboard file; use \\['test'\\]"):
-        metrics.write_leaderboard_file(tmp_path, "rte", "dev", [0], [0])
+        metrics.write_leaderboard_file(tmp_path, glue.get_task("rte"), "dev", [0], [0])
     with pytest.raises(ValueError, match="padding rows left in"):
-        metrics.write_leaderboard_file(tmp_path, "rte", "test", [0, -1], [0, 0])
+        metrics.write_leaderboard_file(tmp_path, glue.get_task("rte"), "test", [0, -1], [0, 0])
     with pytest.raises(ValueError, match=r"label ids outside \[0, 3\)"):
-        metrics.write_leaderboard_file(tmp_path, "mnli", "test_matched", [0], [3])
+        metrics.write_leaderboard_file(tmp_path, glue.get_task("mnli"), "test_matched", [0], [3])
 
 
 def _read_events(path):
@@ -220,7 +228,7 @@ def _read_events(path):
 
 
 def test_metric_writer(tmp_path, caplog):
-    with caplog.at_level(logging.INFO), metrics.MetricWriter(tmp_path, process_index=0) as writer:
+    with caplog.at_level(logging.INFO), train_lib.MetricWriter(tmp_path, process_index=0) as writer:
         writer.write_scalars(10, {"train/loss": np.float32(2.5), "train/lr": 1e-4})
         writer.write_scalars(20, {"train/loss": float("nan"), "eval/mrpc/f1": 0.875})
     assert "step 10: train/loss=2.5, train/lr=0.0001" in caplog.text
@@ -239,13 +247,13 @@ def test_metric_writer(tmp_path, caplog):
     assert scalars[3] == (20, "eval/mrpc/f1", 0.875)
     assert len(scalars) == 4
     # A resumed run appends to the same metrics.jsonl.
-    with metrics.MetricWriter(tmp_path, process_index=0) as writer:
+    with train_lib.MetricWriter(tmp_path, process_index=0) as writer:
         writer.write_scalars(30, {"train/loss": 1.0})
     assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == 3
 
 
 def test_metric_writer_only_on_process_zero(tmp_path):
-    writer = metrics.MetricWriter(tmp_path / "w", process_index=1)
+    writer = train_lib.MetricWriter(tmp_path / "w", process_index=1)
     writer.write_scalars(1, {"train/loss": 1.0})
     writer.flush()
     writer.close()

@@ -273,3 +273,18 @@ def test_dropout_drops_the_rate_and_keeps_the_mean():
     assert abs((dropped[1:] & dropped[:-1]).mean() - 0.01) < 0.001
     # Other rates are exact too.
     assert abs((np.asarray(model_lib.dropout(x, 0.5, jax.random.key(2))) == 0).mean() - 0.5) < 0.002
+
+
+def test_heads_reject_unknown_keyword_arguments():
+    """A misspelt option is an error, not silently ignored."""
+    config = model_lib.BertConfig(
+        vocab_size=50, hidden_size=16, num_layers=1, num_heads=2, intermediate_size=32
+    )
+    for head in ("pretraining", "classification", "span", "token"):
+        model = model_lib.build_model(config, head)
+        with pytest.raises(TypeError, match="output_attention"):
+            jax.eval_shape(
+                lambda m=model: m.init(
+                    jax.random.key(0), **model_lib.dummy_inputs(), output_attention=True
+                )
+            )

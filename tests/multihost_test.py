@@ -32,7 +32,7 @@ from bert_jax import pretrain
 pretrain_test.use_fake_data(pytest.MonkeyPatch())
 config = pretrain_test.tiny_config(num_train_steps={STEPS}, mesh_shape=(2, 2, 2), checkpoint_every_steps={STEPS},
                                    eval_every_steps=2, preemption_check_every_steps=1)
-pretrain.train_and_evaluate(config, workdir)
+pretrain.run(config, workdir)
 """
 
 

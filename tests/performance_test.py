@@ -11,7 +11,7 @@ import jax
 import numpy as np
 import pytest
 
-from bert_jax import benchmark, gpu_matrix, sharding
+from bert_jax import benchmark, gpu_matrix, sharding, train_lib
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -26,7 +26,8 @@ def test_prefetch_keeps_batches_in_flight_and_in_order():
             yield step, {"x": np.full((8, 3), step, np.int32)}
 
     seen = []
-    for step, host, device in sharding.prefetch_to_device(batches(), mesh, size=2):
+    items = sharding.prefetch_to_device(batches(), mesh, size=2, batch=lambda item: item[1])
+    for (step, host), device in items:
         # When step i is handed out, steps up to i + 2 have been read and their copies started.
         assert len(pulled) == min(step + 3, 5)
         assert device["x"].sharding == sharding.batch_sharding(mesh)
@@ -57,7 +58,7 @@ def test_benchmark_rows_on_a_tiny_model():
     rows = {(r["implementation"], r["measure"]): r for r in result["rows"]}
     assert sorted(rows) == [("bert_jax", "fwd+bwd"), ("bert_jax", "train")]
     setup = result["setup"]
-    expected_flops = 4 * benchmark.pretrain.model_flops_per_sequence(
+    expected_flops = 4 * benchmark.flops.model_flops_per_sequence(
         benchmark.model_lib.BertConfig(**benchmark.model_lib.PRESETS["tiny"]), 16, 3
     )
     assert setup["model_flops_per_step"] == expected_flops
@@ -143,11 +144,11 @@ def test_matrix_dry_run_writes_the_table(tmp_path):
 def test_impossible_attention_impl_stops_the_trainer_with_one_line(tmp_path, impl, message):
     sys.path.insert(0, str(REPO))
     from bert_jax import pretrain
-    from configs import bert_tiny
+    from bert_jax.configs import bert_tiny
 
     config = bert_tiny.get_config()
     config.model.attention_impl = impl
-    with pytest.raises(pretrain.SetupError) as error:
-        pretrain.train_and_evaluate(config, str(tmp_path))
+    with pytest.raises(train_lib.SetupError) as error:
+        pretrain.run(config, str(tmp_path))
     assert str(error.value).startswith(message) and "\n" not in str(error.value)
     assert not (tmp_path / "metrics.jsonl").exists()

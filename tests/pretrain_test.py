@@ -11,7 +11,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from bert_jax import checkpoint, pretrain, sharding
+from bert_jax import checkpoint, flops, pretrain, sharding, train_lib
 from bert_jax.model import BertConfig, BertForPreTraining, dummy_inputs
 
 VOCAB = 101
@@ -96,11 +96,8 @@ def use_fake_data(monkeypatch, **loader_kwargs):
 
 def tiny_config(**overrides) -> ml_collections.ConfigDict:
     """A tiny model on the paper's recipe, with short sequences, shrunk to seconds."""
-    import sys
-    from pathlib import Path
 
-    sys.path.insert(0, str(Path(pretrain.__file__).parents[1]))
-    from configs import bert_tiny
+    from bert_jax.configs import bert_tiny
 
     config = bert_tiny.get_config()
     config.model.update(
@@ -141,7 +138,7 @@ def run(config, workdir, devices=None, monkeypatch=None):
     if devices is not None:
         make_mesh = sharding.make_mesh
         monkeypatch.setattr(sharding, "make_mesh", lambda shape: make_mesh(shape, devices=devices))
-    state = pretrain.train_and_evaluate(config, str(workdir))
+    state = pretrain.run(config, str(workdir))
     return jax.device_get(state), read_metrics(workdir)
 
 
@@ -157,7 +154,7 @@ def test_meshes_match_one_device(tmp_path, monkeypatch):
     assert int(reference.step) == 10
     for shape in [(8, 1, 1), (1, 8, 1), (2, 2, 2)]:
         workdir = tmp_path / "x".join(map(str, shape))
-        state = pretrain.train_and_evaluate(tiny_config(mesh_shape=shape), str(workdir))
+        state = pretrain.run(tiny_config(mesh_shape=shape), str(workdir))
         mesh = sharding.make_mesh(shape)
         boxed = jax.eval_shape(
             lambda r: BertForPreTraining(state_config()).init(r, **dummy_inputs(1, 8))["params"],
@@ -222,8 +219,10 @@ def test_nonfinite_losses_are_skipped_then_stop_the_run(tmp_path, monkeypatch):
     row stops the run with a clear error; the checkpoint at step 5 is the last one."""
     use_fake_data(monkeypatch, nan_from_step=6)
     config = tiny_config(max_consecutive_nonfinite=3, num_train_steps=20, eval_every_steps=0)
-    with pytest.raises(pretrain.NonFiniteLossError, match="3 non-finite losses in a row at step 9"):
-        pretrain.train_and_evaluate(config, str(tmp_path))
+    with pytest.raises(
+        train_lib.NonFiniteLossError, match="3 non-finite losses in a row at step 9"
+    ):
+        pretrain.run(config, str(tmp_path))
     ckpt = checkpoint.Checkpointer(str(tmp_path / "checkpoints"), keep=3, save_interval_steps=5)
     assert ckpt.all_steps() == [5]
     nonfinite = read_metrics(tmp_path, "train/nonfinite_steps")
@@ -262,5 +261,5 @@ def test_model_flops_match_xla_count():
     positions = jax.numpy.zeros((batch, preds), jax.numpy.int32)
     forward = jax.jit(lambda p: model.apply({"params": p}, **inputs, masked_lm_positions=positions))
     xla_flops = forward.lower(params).compile().cost_analysis()["flops"]
-    ours = batch * pretrain.model_flops_per_sequence(cfg, length, preds) / 3
+    ours = batch * flops.model_flops_per_sequence(cfg, length, preds) / 3
     assert abs(ours - xla_flops) / xla_flops < 0.05, (ours, xla_flops)

@@ -9,7 +9,7 @@
 On accelerators with less memory, trade recompute for memory: `--config.model.remat_policy=dots`.
 """
 
-from configs import pretraining
+from bert_jax.configs import pretraining
 
 
 def get_config():

@@ -7,7 +7,7 @@
         --config.dtype=bfloat16
 """
 
-from configs import pretraining
+from bert_jax.configs import pretraining
 
 
 def get_config():

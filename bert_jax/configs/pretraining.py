@@ -1,0 +1,167 @@
+"""The shared BERT pretraining recipe (MLM + NSP); the size files pick a model size and a few sizes' defaults.
+
+The defaults are the paper's schedule (Devlin et al. 2018, appendix A.2): 1,000,000 steps at a global batch of 256
+sequences, 90% of the steps at length 128 (20 predictions) and the last 10% at 512 (80 predictions); AdamW with
+beta1 0.9, beta2 0.999, epsilon 1e-6 and weight decay 0.01 (not on LayerNorm or biases); learning rate 1e-4 with
+10,000 warmup steps and linear decay to 0; gradient clipping at global norm 1.0; dropout 0.1.
+
+    python -m bert_jax.main --config=configs/bert_base.py --workdir=DIR \
+        --config.data.input_pattern='corpus/*.txt' --config.data.vocab_file=vocab.txt
+
+Every field can be overridden on the command line (`--config.learning_rate=2e-4`); the config is locked, so a
+misspelt key is an error. docs/configs.md describes every field.
+"""
+
+import ml_collections
+from ml_collections import config_dict
+
+from bert_jax.model import PRESETS
+
+# Where compiled steps are kept between launches (pretraining and fine-tuning share it).
+COMPILATION_CACHE_DIR = "~/.cache/bert_jax/xla"
+# The model sizes: BERT-Tiny ... BERT-Large (the one table lives in bert_jax.model.PRESETS).
+SIZES = tuple(PRESETS)
+
+
+def model_config(size: str) -> ml_collections.ConfigDict:
+    """BertConfig fields for one of SIZES (the two dtypes are top-level fields: `dtype`, `param_dtype`)."""
+    m = ml_collections.ConfigDict()
+    # The uncased English WordPiece vocab; -1 = take the tokenizer's size.
+    m.vocab_size = 30522
+    # Width of every token representation.
+    m.hidden_size = PRESETS[size]["hidden_size"]
+    # Transformer encoder layers.
+    m.num_layers = PRESETS[size]["num_layers"]
+    # Attention heads (head size hidden_size / num_heads = 64 for the paper's models).
+    m.num_heads = PRESETS[size]["num_heads"]
+    # Feed-forward inner width, 4 x hidden_size.
+    m.intermediate_size = PRESETS[size]["intermediate_size"]
+    # Exact erf GELU, as the original.
+    m.hidden_act = "gelu"
+    # Dropout on embeddings and every residual branch, as the paper.
+    m.hidden_dropout_prob = 0.1
+    # Dropout on attention probabilities, as the paper.
+    m.attention_dropout_prob = 0.1
+    # Learned absolute positions; phase 2 uses all 512.
+    m.max_position_embeddings = 512
+    # Segments A and B.
+    m.type_vocab_size = 2
+    # Std of the truncated-normal init.
+    m.initializer_range = 0.02
+    # As the original TF code.
+    m.layer_norm_eps = 1e-12
+    # cuDNN flash attention on GPU where possible, plain XLA elsewhere.
+    m.attention_impl = "auto"
+    # "full"/"dots": recompute layer activations in the backward pass to save memory.
+    m.remat_policy = "none"
+    return m
+
+
+def data_config() -> ml_collections.ConfigDict:
+    """Fields of the pretraining input pipeline (`bert_jax.data.loader.make_pretraining_loader`)."""
+    d = ml_collections.ConfigDict()
+    # "text" (one sentence per line, blank line between documents), "instances", "tfds".
+    d.source = "text"
+    # Training files or glob (local or gs://); "" = the bundled sample corpus.
+    d.input_pattern = ""
+    # Held-out files for periodic eval; unset = ~2% of the training documents are held out (for the bundled
+    # sample corpus, its own held-out file).
+    d.eval_input_pattern = config_dict.placeholder(str)
+    # TFDS dataset when source = "tfds".
+    d.tfds_name = "wikipedia/20230601.en"
+    # TFDS split when source = "tfds".
+    d.tfds_split = "train"
+    # TFDS feature holding the document text.
+    d.tfds_text_key = "text"
+    # WordPiece vocab.txt or SentencePiece .model; "" = the bundled sample vocab.
+    d.vocab_file = ""
+    # Uncased model, as bert-base-uncased.
+    d.do_lower_case = True
+    # Phase 1 sequence length (the paper's first 90% of steps).
+    d.seq_length = 128
+    # Phase 1 masked positions per sequence (15% of 128, rounded up).
+    d.max_predictions_per_seq = 20
+    # Phase 2 sequence length (the last 10%), to learn the long positions.
+    d.phase2_seq_length = 512
+    # Phase 2 masked positions per sequence.
+    d.phase2_max_predictions_per_seq = 80
+    # Fraction of the steps at phase-2 length; the switch is at round(steps * 0.9).
+    d.phase2_fraction = 0.1
+    # Fraction of tokens masked, as the paper.
+    d.masked_lm_prob = 0.15
+    # Fraction of instances made shorter than seq_length, as the original.
+    d.short_seq_prob = 0.1
+    # Mask every piece of a word together (the later "wwm" models).
+    d.whole_word_mask = False
+    return d
+
+
+def get_config(size: str = "base") -> ml_collections.ConfigDict:
+    """The paper's pretraining recipe for a model size in SIZES."""
+    c = ml_collections.ConfigDict()
+    # What bert_jax.main runs: "pretrain" (fine-tuning configs say "finetune").
+    c.mode = "pretrain"
+    # Informational: the name of the model size, for logs and checkpoints.
+    c.size = size
+    c.model = model_config(size)
+    c.data = data_config()
+    # Compute dtype: "bfloat16" on TPU/GPU. Softmax, LayerNorm statistics and losses stay float32.
+    c.dtype = "float32"
+    # Storage dtype of the parameters, and so of the optimizer state: float32 even with bfloat16 compute.
+    c.param_dtype = "float32"
+    # Parameter init, dropout (folded with the step) and data order.
+    c.seed = 0
+    # Generator of the dropout keys ("rbg" is faster on some TPUs).
+    c.prng_impl = "threefry2x32"
+    # Persistent XLA compilation cache: a relaunch (resume, preemption, a second run) loads the compiled
+    # steps instead of compiling them again (bert_base on a GPU: ~40 s). "" = no cache. Local or gs://.
+    c.compilation_cache_dir = COMPILATION_CACHE_DIR
+
+    # Schedule.
+    # The paper: 1M steps of 256 sequences (~40 epochs of 3.3B words).
+    c.num_train_steps = 1_000_000
+    # Sequences per step over all hosts and devices.
+    c.global_batch_size = 256
+    # Micro-batches per update: the same global batch on fewer devices / less memory.
+    c.grad_accum_steps = 1
+    # Peak learning rate, as the paper.
+    c.learning_rate = 1e-4
+    # Linear warmup from 0, then linear decay to 0 at num_train_steps.
+    c.warmup_steps = 10_000
+
+    # Optimizer.
+    # "adamw" as the paper; "lamb" for very large batches (You et al. 2019).
+    c.optimizer = "adamw"
+    # First-moment decay.
+    c.adam_b1 = 0.9
+    # Second-moment decay.
+    c.adam_b2 = 0.999
+    # As the original BERT optimizer (not Adam's usual 1e-8).
+    c.adam_epsilon = 1e-6
+    # Decoupled decay, not on LayerNorm scales/biases or any bias.
+    c.weight_decay = 0.01
+    # Clip the global gradient norm, as the original.
+    c.max_grad_norm = 1.0
+
+    # Devices.
+    # (data, fsdp, tensor); -1 = all remaining devices. Default: pure data parallel.
+    c.mesh_shape = (-1, 1, 1)
+
+    # Checkpoints, logging, evaluation.
+    # Save (asynchronously) this often, and always at the end.
+    c.checkpoint_every_steps = 10_000
+    # Keep the last K checkpoints.
+    c.keep_checkpoints = 3
+    # Write checkpoints in the background while training continues.
+    c.async_checkpoints = True
+    # Write train metrics (stdout, TensorBoard, metrics.jsonl) this often.
+    c.log_every_steps = 100
+    # Held-out MLM/NSP accuracy this often, and at the end; 0 = never.
+    c.eval_every_steps = 10_000
+    # Held-out batches per evaluation.
+    c.eval_batches = 20
+    # Stop after this many non-finite losses in a row (updates are skipped).
+    c.max_consecutive_nonfinite = 10
+    # Multi-host: how often hosts agree on a SIGTERM (a tiny all-gather).
+    c.preemption_check_every_steps = 10
+    return c

@@ -1,0 +1,70 @@
+"""Model FLOPs per sequence, the devices' peak FLOP/s, and so MFU (model FLOPs utilisation)."""
+
+from __future__ import annotations
+
+import math
+import time
+
+import jax
+import jax.numpy as jnp
+
+from bert_jax.model import BertConfig
+
+# Dense bfloat16 peak FLOP/s of one JAX device, by a substring of `device.device_kind` (first match wins).
+# TPU v2/v3 expose each TensorCore as a device (half a chip); v4 and later one device per chip.
+PEAK_FLOPS = (
+    ("v6 lite", 918e12),
+    ("v5 lite", 197e12),
+    # v5p
+    ("v5", 459e12),
+    ("v4", 275e12),
+    ("v3", 61.5e12),
+    ("v2", 22.5e12),
+    ("B200", 2250e12),
+    ("H200", 989e12),
+    ("H100", 989e12),
+    ("A100", 312e12),
+    ("L4", 121e12),
+    ("V100", 125e12),
+)
+
+
+def model_flops_per_sequence(cfg: BertConfig, length: int, predictions: int) -> float:
+    """Training FLOPs of one sequence (forward + backward = 3 x forward, 2 FLOPs per multiply-add).
+
+    Counts the matmuls of the paper's model: Q/K/V/output projections, attention scores and values, the
+    feed-forward block, the pooler and NSP head, and the MLM head at the `predictions` masked positions only.
+    """
+    h, i = cfg.hidden_size, cfg.intermediate_size
+    per_layer = length * (4 * h * h + 2 * h * i) + 2 * length * length * h
+    heads = predictions * (h * h + h * cfg.vocab_size) + h * h + 2 * h
+    return 6.0 * (cfg.num_layers * per_layer + heads)
+
+
+def measure_matmul_peak(sizes=(1024, 2048), repeats: int = 10) -> float:
+    """FLOP/s of the fastest float32 [n, n] matmul on the first device (the CPU's practical peak).
+
+    The best of several sizes and repeats, so that a busy moment does not inflate the MFU.
+    """
+    best = 0.0
+    for size in sizes:
+        x = jnp.ones((size, size), jnp.float32)
+        matmul = jax.jit(lambda a: a @ a)
+        matmul(x).block_until_ready()
+        for _ in range(repeats):
+            start = time.perf_counter()
+            matmul(x).block_until_ready()
+            best = max(best, 2.0 * size**3 / (time.perf_counter() - start))
+    return best
+
+
+def peak_flops() -> tuple[float, str]:
+    """(peak FLOP/s of all devices together, where the number comes from)."""
+    device = jax.devices()[0]
+    if device.platform == "cpu":
+        # Fake CPU devices share the host's cores, so the host's measured peak is the whole mesh's.
+        return measure_matmul_peak(), "measured float32 matmul"
+    for name, flops in PEAK_FLOPS:
+        if name.lower() in device.device_kind.lower():
+            return flops * jax.device_count(), f"{device.device_kind} bf16 table"
+    return math.nan, f"unknown device {device.device_kind!r}"

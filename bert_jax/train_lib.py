@@ -1,0 +1,358 @@
+"""What every training loop shares: setup errors, the mesh, the sharded train state, jitted steps with a finite
+guard, preemption, and one metric window and writer (the same key means the same thing in every loop).
+
+Imports no loop and nothing from `data/`; pretrain.py, finetune.py and the task loops import it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import signal
+import time
+from collections.abc import Callable, Iterable, Mapping
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from absl import logging
+from etils import epath
+from jax.experimental import multihost_utils
+from jax.sharding import NamedSharding, PartitionSpec
+
+from bert_jax import optim, sharding
+from bert_jax.model import BertConfig, dummy_inputs
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Errors: bad input is one line, found before the first step.
+# ----------------------------------------------------------------------------------------------------------
+class SetupError(Exception):
+    """Bad input found before training starts (mesh, batch, checkpoint, data); main prints it as one line."""
+
+
+class NonFiniteLossError(RuntimeError):
+    """Too many non-finite losses in a row; the last good checkpoint is left in the workdir."""
+
+
+@contextlib.contextmanager
+def setup_error(what: str):
+    """Turns a ValueError/OSError raised while setting up `what` into a one-line SetupError."""
+    try:
+        yield
+    except (ValueError, OSError) as error:
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise SetupError(f"{what}: {first}") from error
+
+
+def absolute_workdir(workdir) -> epath.Path:
+    """The workdir as an absolute path (Orbax needs one); gs:// and other URLs are absolute already."""
+    return epath.Path(workdir if "://" in str(workdir) else os.path.abspath(workdir))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Mesh, model config, keys.
+# ----------------------------------------------------------------------------------------------------------
+def make_mesh(mesh_shape, batch_sizes: Mapping[str, int], grad_accum_steps: int = 1):
+    """The device mesh, checking that each named global batch splits over its data-parallel shards (and
+    into `grad_accum_steps` micro-batches). Raises SetupError naming the field."""
+    with setup_error("mesh_shape"):
+        mesh = sharding.make_mesh(mesh_shape)
+    shards = math.prod(mesh.shape[a] for a in sharding.BATCH_AXES)
+    for name, size in batch_sizes.items():
+        with setup_error(name):
+            sharding.check_batch_divisible(size, mesh, jax.process_count())
+            k = grad_accum_steps
+            if k < 1 or size % (k * shards):
+                raise ValueError(
+                    f"{size} does not split into grad_accum_steps={k} micro-batches over the mesh's "
+                    f"{sharding.BATCH_AXES} shards {dict(mesh.shape)}"
+                )
+    logging.info("mesh %s over %d processes", dict(mesh.shape), jax.process_count())
+    return mesh
+
+
+def model_config(fields: Mapping, *, vocab_size: int, dtype: str, param_dtype: str, **overrides):
+    """A BertConfig from stored/recipe fields: `vocab_size` -1 takes the tokenizer's, the two dtypes come from
+    the run's config (they are top-level recipe fields), `overrides` (e.g. dropout) win."""
+    fields = {**fields, "dtype": dtype, "param_dtype": param_dtype, **overrides}
+    if fields.get("vocab_size", -1) == -1:
+        fields["vocab_size"] = vocab_size
+    elif fields["vocab_size"] < vocab_size:
+        raise ValueError(f"model.vocab_size {fields['vocab_size']} < the tokenizer's {vocab_size}")
+    return BertConfig.from_dict(fields)
+
+
+def dropout_key(config) -> jax.Array:
+    """The dropout keys' root, from `config.seed` with the configurable generator `config.prng_impl`
+    (init always uses threefry); steps fold in their step number."""
+    return jax.random.fold_in(jax.random.key(config.seed, impl=config.prng_impl), 1)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The train state, born sharded: shapes -> logical axes -> shardings -> jit(init, out_shardings).
+# ----------------------------------------------------------------------------------------------------------
+def boxed_init(model) -> Callable:
+    """rng -> the model's boxed (logically annotated) parameters."""
+    return lambda rng: model.init(rng, **dummy_inputs(1, 8))["params"]
+
+
+def abstract_state(model, tx, mesh):
+    """The train state's shapes, dtypes and shardings (`jax.ShapeDtypeStruct`s), without allocating it."""
+    boxed = jax.eval_shape(boxed_init(model), jax.random.key(0))
+    return optim.TrainState.abstract(boxed, sharding.logical_shardings(boxed, mesh), tx)
+
+
+def shardings_of(abstract) -> object:
+    return jax.tree.map(lambda x: x.sharding, abstract)
+
+
+def create_params(model, shardings, rng, params: Mapping | None = None):
+    """The model's parameters on `shardings`: a fresh init, whose top-level modules named in `params` (e.g.
+    {"bert": ...} from a checkpoint) are replaced by those."""
+    fresh = jax.jit(lambda r: nn.unbox(boxed_init(model)(r)), out_shardings=shardings)(rng)
+    if params is None:
+        return fresh
+    return {**fresh, **jax.device_put(dict(params), {k: shardings[k] for k in params})}
+
+
+def create_state(model, tx, abstract, rng, params: Mapping | None = None):
+    """A train state at step 0 on `abstract`'s shardings (see `create_params`); Adam's moments are born with
+    their parameters' shardings."""
+    shardings = shardings_of(abstract)
+    if params is None:
+        create = lambda r: optim.TrainState.create(nn.unbox(boxed_init(model)(r)), tx)
+        return jax.jit(create, out_shardings=shardings)(rng)
+    merged = create_params(model, shardings.params, rng, params)
+    # Eager zeros_like ops compile once per shape (a suite reuses them) where a jit compiles per task.
+    return jax.device_put(optim.TrainState.create(merged, tx), shardings)
+
+
+def jit_step(step_fn, abstract, mesh, *, donate: bool = True):
+    """`step_fn(state, batch, rng) -> (state, metrics)` jitted with explicit shardings: the state keeps
+    `abstract`'s, the batch is split over the data-parallel axes, metrics are replicated. Donates the state."""
+    state_shardings = shardings_of(abstract)
+    replicated = NamedSharding(mesh, PartitionSpec())
+    return jax.jit(
+        step_fn,
+        in_shardings=(state_shardings, sharding.batch_sharding(mesh), replicated),
+        out_shardings=(state_shardings, replicated),
+        donate_argnums=0 if donate else (),
+    )
+
+
+def jit_eval(eval_fn, abstract, mesh):
+    """`eval_fn(params, batch) -> outputs` jitted: params as the state's, the batch split, outputs replicated."""
+    return jax.jit(
+        eval_fn,
+        in_shardings=(shardings_of(abstract).params, sharding.batch_sharding(mesh)),
+        out_shardings=NamedSharding(mesh, PartitionSpec()),
+    )
+
+
+def guarded_update(state, grads, loss, tx, schedule, metrics: Mapping):
+    """Applies `grads` unless the loss or gradient is non-finite; returns (state, step metrics).
+
+    The step metrics are `loss`, `grad_norm` and `metrics` (sums), all zero on a skipped step (a NaN would
+    poison the whole logging window), plus `learning_rate` (the schedule at this update) and `nonfinite` (1 on a
+    skipped step). A skipped step leaves params and optimizer state as they were, so the optimizer's count
+    (schedule, Adam's bias correction) pauses while the step moves on.
+    """
+    grad_norm = optax.global_norm(grads)
+    ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    learning_rate = schedule(state.step)
+    state = state.apply_gradients_if(ok, grads, tx)
+    out = {"loss": loss, "grad_norm": grad_norm, **metrics}
+    out = jax.tree.map(lambda x: jnp.where(ok, x, jnp.zeros_like(x)), out)
+    out["learning_rate"] = learning_rate
+    out["nonfinite"] = 1 - ok.astype(jnp.int32)
+    return state, out
+
+
+def predict(p_eval, params, batches: Iterable[dict], mesh) -> dict[str, np.ndarray]:
+    """Every (padded) batch through the jitted eval function; padding rows (`weights` 0) are removed."""
+    outs = [p_eval(params, sharding.host_to_global(b, mesh)) for b in batches]
+    outs = jax.tree.map(lambda *xs: np.concatenate(xs), *jax.device_get(outs))
+    keep = np.asarray(outs["weights"]) > 0
+    return {k: v[keep] for k, v in outs.items()}
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Host side of the loop: the non-finite guard, preemption, the metric window and writer.
+# ----------------------------------------------------------------------------------------------------------
+class NonFiniteGuard:
+    """Counts skipped (non-finite) steps from each step's `nonfinite` flag and stops a run of them.
+
+    `check(metrics, step)` reads the flag of the step *before* `metrics`' step, so reading it never waits for
+    the device to finish the step just dispatched.
+    """
+
+    def __init__(self, limit: int, note: Callable[[], str] = lambda: ""):
+        # note(): appended to the error, e.g. the last good checkpoint.
+        self.limit, self.note = limit, note
+        self.in_a_row, self._pending = 0, None
+
+    def check(self, metrics, step: int) -> None:
+        if self._pending is not None:
+            bad = int(self._pending["nonfinite"])
+            self.in_a_row = (self.in_a_row + 1) * bad
+            if self.in_a_row >= self.limit:
+                raise NonFiniteLossError(
+                    f"{self.in_a_row} non-finite losses in a row at step {step - 1}; stopping.{self.note()}"
+                )
+        self._pending = metrics
+
+
+class Preemption:
+    """Records SIGTERM (preemption) and SIGINT (Ctrl-C); `agreed(step)` is True on every host at the same step
+    once any host got one. A second Ctrl-C interrupts at once."""
+
+    def __init__(self, check_every: int):
+        self.requested, self.check_every = False, max(1, check_every)
+        self._previous = {
+            s: signal.signal(s, self._handle) for s in (signal.SIGTERM, signal.SIGINT)
+        }
+
+    def _handle(self, signum, frame):
+        if self.requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        logging.warning(
+            "%s: saving a checkpoint and stopping at the next agreed step",
+            signal.Signals(signum).name,
+        )
+        self.requested = True
+
+    def agreed(self, step: int) -> bool:
+        if jax.process_count() == 1:
+            return self.requested
+        if step % self.check_every:
+            return False
+        # A tiny all-gather: every host learns whether any host was told to stop.
+        flags = multihost_utils.process_allgather(np.int32(self.requested))
+        return bool(np.max(flags))
+
+    def restore(self):
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+
+
+class MetricWindow:
+    """The step metrics between two log lines, kept on the device until `flush`.
+
+    Every step's metrics hold `loss`, `grad_norm`, `learning_rate`, `nonfinite` (from `guarded_update`) and the
+    loop's own sums. `flush` returns the window's sums and the scalars every loop logs, with one meaning each:
+    `train/loss` and `train/grad_norm` are means over the window's finite steps, `train/learning_rate` the last
+    step's, `train/nonfinite_steps` the total skipped since the process started, and `perf/*` the throughput
+    (MFU when FLOPs and a peak are given).
+    """
+
+    def __init__(self, peak_flops: float = math.nan):
+        self.peak_flops, self.nonfinite_total = peak_flops, 0
+        self.restart()
+
+    def restart(self) -> None:
+        """Empties the window and restarts its clock (after an eval or a save, which are not train time)."""
+        self.steps, self.sequences, self.tokens, self.flops = [], 0, 0, 0.0
+        self.start = time.perf_counter()
+
+    def add(self, metrics, *, sequences: int, tokens: int, flops: float = 0.0) -> None:
+        self.steps.append(metrics)
+        self.sequences, self.tokens, self.flops = (
+            self.sequences + sequences,
+            self.tokens + tokens,
+            self.flops + flops,
+        )
+
+    def flush(self) -> tuple[dict[str, float], dict[str, float]]:
+        """(sums of every metric, the shared scalars); restarts the window."""
+        sums = jax.tree.map(lambda *xs: float(np.sum(xs)), *jax.device_get(self.steps))
+        elapsed = time.perf_counter() - self.start
+        self.nonfinite_total += int(sums["nonfinite"])
+        # No finite step in the window: no value.
+        good = len(self.steps) - sums["nonfinite"] or math.nan
+        scalars = {
+            "train/loss": sums["loss"] / good,
+            "train/grad_norm": sums["grad_norm"] / good,
+            "train/learning_rate": float(jax.device_get(self.steps[-1]["learning_rate"])),
+            "train/nonfinite_steps": self.nonfinite_total,
+            "perf/step_time": elapsed / len(self.steps),
+            "perf/sequences_per_sec": self.sequences / elapsed,
+            "perf/tokens_per_sec": self.tokens / elapsed,
+        }
+        if self.flops:
+            scalars["perf/mfu"] = self.flops / elapsed / self.peak_flops
+        self.restart()
+        return sums, scalars
+
+
+def divide(a: float, b: float) -> float:
+    """a / b, or NaN when there is no weight (e.g. a window of skipped steps)."""
+    return a / b if b > 0 else math.nan
+
+
+class MetricWriter:
+    """Writes a step's scalars to the log (one line), TensorBoard and WORKDIR/metrics.jsonl.
+
+    Only process 0 writes; on the others every method does nothing. Non-finite values are logged
+    as they are and stored as null in the JSON lines, which stay valid JSON.
+    """
+
+    def __init__(self, workdir: str | os.PathLike, *, process_index: int):
+        self._active = process_index == 0
+        if not self._active:
+            return
+        # Imported here: tensorboardX imports torch whenever it is installed (1 s or more),
+        # which code that only needs the metrics should not pay.
+        import tensorboardX
+
+        workdir = epath.Path(workdir)
+        workdir.mkdir(parents=True, exist_ok=True)
+        # Append, so a resumed run keeps the lines of the run it continues.
+        self._jsonl = (workdir / "metrics.jsonl").open("a")
+        self._tensorboard = tensorboardX.SummaryWriter(logdir=os.fspath(workdir))
+
+    def write_scalars(self, step: int, scalars: Mapping[str, float]) -> None:
+        """Writes `scalars` (Python, NumPy or JAX scalars) for `step`."""
+        if not self._active:
+            return
+        values = {key: float(value) for key, value in scalars.items()}
+        logging.info(
+            "step %d: %s", step, ", ".join(f"{k}={v:.6g}" for k, v in sorted(values.items()))
+        )
+        for key, value in values.items():
+            self._tensorboard.add_scalar(key, value, global_step=step)
+        record = {k: (v if math.isfinite(v) else None) for k, v in values.items()}
+        self._jsonl.write(json.dumps({"step": int(step), **record}, allow_nan=False) + "\n")
+        # A line per call on disk at once: a preempted run keeps every metric it logged.
+        self._jsonl.flush()
+
+    def flush(self) -> None:
+        if self._active:
+            self._jsonl.flush()
+            self._tensorboard.flush()
+
+    def close(self) -> None:
+        """Flushes and closes; later calls are no-ops."""
+        if self._active:
+            self._jsonl.close()
+            self._tensorboard.close()
+            self._active = False
+
+    def __enter__(self) -> MetricWriter:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+
+def write_json(path: epath.Path, value) -> None:
+    """Writes `value` as indented JSON from process 0; non-finite floats become null."""
+    if jax.process_index() == 0:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        clean = lambda x: None if isinstance(x, float) and not math.isfinite(x) else x
+        text = json.dumps(jax.tree.map(clean, value), indent=2, default=str, allow_nan=False)
+        path.write_text(text + "\n")
