@@ -14,8 +14,9 @@ After every run OUT/matrix.md (a Markdown table) and OUT/matrix.json are rewritt
 reports what finished; OUT/runs.log holds every run's output. A run that fails or runs out of time is a row
 saying so, never a number.
 
-Packages the GPU image lacks (ml_collections and tensorboardX, which the trainer needs) are installed from
-wheels in `--wheels` when they are not importable (see docs/performance.md for the download command).
+Packages the GPU image lacks (ml_collections for the recipes, tensorboardX for the trainer's metrics) are
+installed from wheels in `--wheels` when they are not importable (docs/performance.md has the download command);
+without them the runs that need them are rows saying so.
 """
 
 from __future__ import annotations
@@ -33,8 +34,8 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-# What the trainer needs beyond what the benchmark needs, by import name.
-TRAINER_MODULES = ("ml_collections", "tensorboardX")
+# Packages each kind of run needs that the GPU image may lack, by import name (the recipes are ml_collections).
+NEEDS = {"bench": ("ml_collections",), "trainer": ("ml_collections", "tensorboardX")}
 FIRST_STEP = "first step finished"
 
 
@@ -115,10 +116,11 @@ def plan(dry_run: bool, workdir: Path) -> list[dict]:
 
 
 def _environment(wheels: str | None, scratch: Path) -> tuple[dict, str | None]:
-    """(subprocess environment, why the trainer cannot run or None)."""
+    """(subprocess environment, {kind of run: the packages it needs that are missing})."""
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     paths = [str(REPO)]
-    missing = [m for m in TRAINER_MODULES if importlib.util.find_spec(m) is None]
+    wanted = sorted({m for names in NEEDS.values() for m in names})
+    missing = [m for m in wanted if importlib.util.find_spec(m) is None]
     if missing and wheels and Path(wheels).is_dir():
         target = scratch / "site"
         pip = [sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps"]
@@ -128,10 +130,9 @@ def _environment(wheels: str | None, scratch: Path) -> tuple[dict, str | None]:
             paths.append(str(target))
             sys.path.append(str(target))
             importlib.invalidate_caches()
-            missing = [m for m in TRAINER_MODULES if importlib.util.find_spec(m) is None]
+            missing = [m for m in wanted if importlib.util.find_spec(m) is None]
     env["PYTHONPATH"] = os.pathsep.join(paths + [env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
-    why = f"{', '.join(missing)} not installed (carry their wheels: --wheels)" if missing else None
-    return env, why
+    return env, {kind: [m for m in names if m in missing] for kind, names in NEEDS.items()}
 
 
 def _run(cmd, env, timeout: float, log) -> tuple[int | None, float, float | None, str]:
@@ -219,7 +220,7 @@ def main(argv=None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix="bert_jax_matrix_"))
-    env, trainer_blocked = _environment(args.wheels, scratch)
+    env, missing = _environment(args.wheels, scratch)
     if args.dry_run:
         # As the tests run the entry point: a CPU, even where libtpu is installed.
         env["JAX_PLATFORMS"] = "cpu"
@@ -237,8 +238,9 @@ def main(argv=None) -> int:
             left = args.budget_s - (time.monotonic() - start)
             result = {"name": run["name"], "command": " ".join(run["cmd"][1:])}
             results.append(result)
-            if run["kind"] == "trainer" and trainer_blocked:
-                result["error"] = f"not run: {trainer_blocked}"
+            if missing[run["kind"]]:
+                names = ", ".join(missing[run["kind"]])
+                result["error"] = f"not run: {names} not installed (carry wheels: --wheels)"
             elif left < 20:
                 result["error"] = f"not run: {args.budget_s:.0f} s budget spent"
             else:

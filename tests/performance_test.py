@@ -152,3 +152,17 @@ def test_impossible_attention_impl_stops_the_trainer_with_one_line(tmp_path, imp
         pretrain.run(config, str(tmp_path))
     assert str(error.value).startswith(message) and "\n" not in str(error.value)
     assert not (tmp_path / "metrics.jsonl").exists()
+
+
+def test_matrix_without_the_packages_says_so_and_runs_nothing(tmp_path, monkeypatch):
+    find_spec = gpu_matrix.importlib.util.find_spec
+    monkeypatch.setattr(
+        gpu_matrix.importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == "tensorboardX" else find_spec(name, *a),
+    )
+    gpu_matrix.main(["--out", str(tmp_path), "--only", "trainer,trainer2"])
+    runs = json.loads((tmp_path / "matrix.json").read_text())["runs"]
+    expected = "not run: tensorboardX not installed (carry wheels: --wheels)"
+    assert [r["error"] for r in runs] == [expected, expected]
+    assert (tmp_path / "runs.log").read_text() == ""
