@@ -52,7 +52,7 @@ def plan(dry_run: bool, workdir: Path) -> list[dict]:
         )
         common, refs = ["--steps=1", "--dtype=float32"], "--reference=torch"
         trainer = [
-            "--config=configs/bert_tiny.py",
+            "--config=bert_tiny",
             "--config.num_train_steps=4",
             "--config.global_batch_size=8",
             "--config.log_every_steps=2",
@@ -71,7 +71,7 @@ def plan(dry_run: bool, workdir: Path) -> list[dict]:
         )
         common, refs = ["--steps=10", "--dtype=bfloat16"], "--reference=torch,torch_compile"
         trainer = [
-            "--config=configs/bert_base.py",
+            "--config=bert_base",
             "--config.dtype=bfloat16",
             "--config.num_train_steps=60",
             "--config.warmup_steps=6",
