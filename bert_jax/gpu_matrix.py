@@ -54,6 +54,7 @@ def plan(dry_run: bool, workdir: Path) -> list[dict]:
         trainer = [
             "--config=bert_tiny",
             "--config.num_train_steps=4",
+            "--config.warmup_steps=1",
             "--config.global_batch_size=8",
             "--config.log_every_steps=2",
         ]
