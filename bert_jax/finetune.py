@@ -1,21 +1,26 @@
 """GLUE fine-tuning of one task with one setting, top to bottom (the grid and the suite are in sweep.py).
 
 `run(config, workdir)` fine-tunes `config.task` from `config.init_checkpoint` (warm_start.py), evaluating on dev at
-the end of every epoch; the best epoch's state is kept with Orbax in WORKDIR/checkpoints and predicts the test
-split(s) into WORKDIR/leaderboard/ (with MNLI also AX). WORKDIR/results.json holds the dev scores and the config.
-Bad input raises `train_lib.SetupError` (one line) before training.
+the end of every epoch and checkpointing there; the final model predicts the test split(s) into
+WORKDIR/leaderboard/ (with MNLI also AX). WORKDIR/results.json holds the final epoch's dev scores (the run's
+result, as the original protocol), the best epoch's apart, and the config. A killed or preempted run resumes where
+it stopped; a used workdir of another run is refused unless `config.overwrite`. Bad input raises
+`train_lib.SetupError` (one line) before training.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import itertools
+import json
 import math
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 from absl import logging
+from etils import epath
 
 from bert_jax import checkpoint, losses, metrics, optim, sharding, train_lib, warm_start
 from bert_jax.data import glue
@@ -105,7 +110,8 @@ def _score(results) -> float:
 # ----------------------------------------------------------------------------------------------------------
 def run(config, workdir) -> dict:
     """Fine-tunes `config.task` with the config's single setting; writes WORKDIR/results.json."""
-    workdir = train_lib.absolute_workdir(workdir)
+    workdir = train_lib.prepare_workdir(workdir)
+    train_lib.say(f"workdir {workdir}")
     with setup_error("task"):
         task = glue.get_task(config.task)
         if task.name == "ax":
@@ -177,22 +183,40 @@ def run(config, workdir) -> dict:
     )
     dropout_rng = train_lib.dropout_key(config)
 
-    # Checkpoint: only the best epoch so far is kept.
-    ckpt = checkpoint.Checkpointer(str(workdir / "checkpoints"), keep=1, save_interval_steps=1)
+    # Checkpoint: the newest is kept (each epoch's end, and a preempted step). A used workdir resumes the same
+    # run, and refuses another one unless told to start over.
     stored = {
         **run_fields,
         "model": dataclasses.asdict(weights.model_config),
         "tokenizer": weights.tokenizer_spec,
         "num_labels": task.num_labels,
     }
+    with setup_error("workdir"):
+        finished = reuse_workdir(workdir, stored, config.overwrite)
+    if finished is not None:
+        return finished
+    ckpt = checkpoint.Checkpointer(str(workdir / "checkpoints"), keep=1, save_interval_steps=1)
+    history, start_epoch, skip = [], 1, 0
+    if ckpt.latest_step() is not None:
+        with setup_error("checkpoint"):
+            state, position, _ = ckpt.restore(None, abstract)
+        history, start_epoch, skip = (
+            position["history"],
+            position["epoch"],
+            position["batches_done"],
+        )
+        train_lib.say(f"resumed {workdir} at step {int(state.step):,} (epoch {start_epoch})")
 
-    # Loop: train an epoch, evaluate on dev, keep the best.
+    # Loop: train an epoch, evaluate on dev; the final epoch's model is the run's result.
     writer = train_lib.MetricWriter(workdir, process_index=jax.process_index())
+    writer.write_config(stored)
+    progress = train_lib.Progress(num_train_steps, int(state.step), PROGRESS_FIELDS)
     window = train_lib.MetricWindow()
     guard = train_lib.NonFiniteGuard(config.max_consecutive_nonfinite)
-    history, best, step = [], None, 0
+    preemption = train_lib.Preemption(check_every=1)
+    step = int(state.step)
     try:
-        for epoch in range(1, config.num_epochs + 1):
+        for epoch in range(start_epoch, config.num_epochs + 1):
             batches = glue.train_batches(
                 {k: v for k, v in features["train"].items() if k != "example_ids"},
                 per_host_batch,
@@ -201,8 +225,10 @@ def run(config, workdir) -> dict:
                 process_index=jax.process_index(),
                 process_count=process_count,
             )
+            # The epoch's order is a function of (seed, epoch): a resumed epoch skips what it did.
             # The next two batches are already on their way to the devices while a step runs.
-            for _, device_batch in sharding.prefetch_to_device(batches, mesh):
+            batches = sharding.prefetch_to_device(itertools.islice(batches, skip, None), mesh)
+            for done_in_epoch, (_, device_batch) in enumerate(batches, skip + 1):
                 state, step_metrics = p_train_step(state, device_batch, dropout_rng)
                 step += 1
                 window.add(
@@ -211,14 +237,19 @@ def run(config, workdir) -> dict:
                     tokens=config.batch_size * config.max_seq_length,
                 )
                 guard.check(step_metrics, step)
-                if step % config.log_every_steps and step != num_train_steps:
-                    continue
-                sums, scalars = window.flush()
-                if not regression:
-                    scalars["train/accuracy"] = train_lib.divide(
-                        sums["correct_sum"], sums["weight_sum"]
-                    )
-                writer.write_scalars(step, scalars)
+                if step % config.log_every_steps == 0 or step == num_train_steps:
+                    sums, scalars = window.flush()
+                    if not regression:
+                        scalars["train/accuracy"] = train_lib.divide(
+                            sums["correct_sum"], sums["weight_sum"]
+                        )
+                    writer.write_scalars(step, scalars)
+                    progress.update(step, scalars)
+                if done_in_epoch < steps_per_epoch and preemption.agreed(step):
+                    position = {"epoch": epoch, "batches_done": done_in_epoch, "history": history}
+                    ckpt.save(step, state, data_state=position, config=stored, force=True)
+                    raise train_lib.Preempted(f"saved step {step} (epoch {epoch}) in {workdir}")
+            skip = 0
 
             results = {}
             for split in task.dev_splits:
@@ -228,21 +259,25 @@ def run(config, workdir) -> dict:
                 results[task.entry(split)] = metrics.task_metrics(
                     task, out["logits"], out["labels"]
                 )
-            score = _score(results)
-            history.append({"epoch": epoch, "step": step, "score": score, "results": results})
+            history.append(
+                {"epoch": epoch, "step": step, "score": _score(results), "results": results}
+            )
             writer.write_scalars(
                 step,
                 {f"eval/{e}/{m}": v for e, values in results.items() for m, v in values.items()},
             )
-            if best is None or score > best["score"]:
-                best = history[-1]
-                ckpt.save(step, state, data_state={"epoch": epoch}, config=stored, force=True)
+            shown = ", ".join(
+                f"{e} {m} {v:.4f}" for e, vs in results.items() for m, v in vs.items()
+            )
+            progress.print(f"epoch {epoch} dev: {shown}")
+            position = {"epoch": epoch + 1, "batches_done": 0, "history": history}
+            ckpt.save(step, state, data_state=position, config=stored, force=True)
+            if epoch < config.num_epochs and preemption.agreed(step):
+                raise train_lib.Preempted(f"saved step {step} (end of epoch {epoch}) in {workdir}")
             window.restart()
         ckpt.wait_until_finished()
 
-        # The best epoch predicts the test split(s): the leaderboard files.
-        if best["step"] != step:
-            state, _, _ = ckpt.restore(best["step"], abstract)
+        # The final model predicts the test split(s): the leaderboard files, as the original protocol.
         written = {}
         tests = [(task.name, s) for s in task.test_splits] if config.predict_test else []
         tests += [("ax", "test")] if "ax" in features else []
@@ -253,23 +288,25 @@ def run(config, workdir) -> dict:
             )  # fmt: skip
             if jax.process_index() == 0:
                 path = metrics.write_leaderboard_file(
-                    workdir / "leaderboard",
-                    glue.get_task(name),
-                    split,
-                    out["example_ids"],
+                    workdir / "leaderboard", glue.get_task(name), split, out["example_ids"],
                     out["logits"],
-                )
+                )  # fmt: skip
                 written[f"{name}/{split}"] = path.name
     finally:
+        progress.close()
+        preemption.restore()
         writer.close()
         ckpt.close()
 
+    final, best = history[-1], max(history, key=lambda h: h["score"])
     summary = {
         "task": task.name,
         "split": "dev",
-        "results": best["results"],
-        "score": best["score"],
-        "best_epoch": best["epoch"],
+        # The run's result is its final epoch (the original's protocol); the best epoch is reported apart
+        # because picking it on dev would be selecting on the evaluation set.
+        "results": final["results"],
+        "score": final["score"],
+        "best_epoch_on_dev": best,
         "epochs": history,
         "leaderboard_files": written,
         "init_checkpoint": weights.source,
@@ -277,5 +314,51 @@ def run(config, workdir) -> dict:
         "config": stored,
     }
     train_lib.write_json(workdir / "results.json", summary)
-    logging.info("%s dev (best epoch %d): %s", task.name, best["epoch"], best["results"])
+    train_lib.say(f"{task.name}: results in {workdir / 'results.json'}")
     return {**summary, "workdir": str(workdir)}
+
+
+# The compact progress line: (label, metric key, format).
+PROGRESS_FIELDS = (("loss", "train/loss", ".4f"), ("acc", "train/accuracy", ".3f"))
+# Fields a rerun may change without breaking the run it continues.
+SAFE_CHANGES = (
+    "log_every_steps", "eval_batch_size", "predict_test", "max_consecutive_nonfinite", "mesh_shape",
+    "overwrite", "sweep", "data_dir", "tfds_data_dir",
+)  # fmt: skip
+# What a run writes into its workdir: removed when a rerun starts over.
+RUN_FILES = ("checkpoints", "leaderboard", "results.json", "metrics.jsonl")
+
+
+def reuse_workdir(workdir: epath.Path, stored: dict, overwrite: bool) -> dict | None:
+    """Decides what a used workdir means for this run: None to train (fresh or resuming the same run), or the
+    finished run's summary when it is already complete. Another run's workdir is an error unless `overwrite`,
+    which deletes that run's files first."""
+    checkpoints, results = workdir / "checkpoints", workdir / "results.json"
+    if not checkpoints.exists() and not results.exists():
+        return None
+    if checkpoints.exists():
+        step, previous = checkpoint.Checkpointer(
+            str(checkpoints), keep=1, save_interval_steps=1, async_save=False
+        ).read_config()
+    else:
+        previous = json.loads(results.read_text())["config"]
+    breaking, _ = train_lib.config_changes(previous, stored, SAFE_CHANGES)
+    if breaking and not overwrite:
+        raise ValueError(
+            f"{workdir} holds another run ({'; '.join(breaking[:3])}"
+            f"{'; ...' if len(breaking) > 3 else ''}): use another --workdir, or "
+            "--config.overwrite=True to delete it and start over"
+        )
+    if breaking:
+        logging.warning("overwrite: deleting the previous run in %s", workdir)
+        if jax.process_index() == 0:
+            for name in RUN_FILES:
+                path = workdir / name
+                path.rmtree() if path.is_dir() else path.unlink(missing_ok=True)
+            for events in workdir.glob("events.out.tfevents.*"):
+                events.unlink()
+        return None
+    if results.exists():
+        logging.warning("%s: already complete; its results.json stands", workdir)
+        return {**json.loads(results.read_text()), "workdir": str(workdir)}
+    return None

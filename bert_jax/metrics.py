@@ -120,7 +120,9 @@ def bert_paper_average(results: Results) -> float:
 
 
 def format_glue_table(results: Results, split: str = "dev") -> str:
-    """Per-task scores beside BERT-base's published test scores, and both averages."""
+    """Per-task scores beside BERT-base's published test scores, and both averages.
+
+    `split` names what our column is, e.g. "dev" or "dev, dev-selected"."""
     header = f"ours ({split})"
     lines = [f"{'task':<8} {'metric':<17} {header:>13} {'BERT-base (test)':>17}"]
     for entry, name in ENTRIES.items():

@@ -1,15 +1,19 @@
 """Optimizer, learning-rate schedule and the train state.
 
 BERT's recipe (Devlin et al. 2018, appendix A.2): Adam with β1 0.9, β2 0.999, ε 1e-6, L2 weight decay 0.01
-decoupled from the gradient (AdamW) and not applied to LayerNorm parameters or biases, gradients clipped at
-global norm 1.0, learning rate warmed up linearly over 10k steps and then decayed linearly to zero. LAMB
-(You et al. 2019) is the large-batch option.
+decoupled from the gradient and not applied to LayerNorm parameters or biases, gradients clipped at global norm
+1.0, learning rate warmed up linearly over 10k steps and then decayed linearly to zero.
+
+"bert_adam" (the recipes' default) is the original code's AdamWeightDecayOptimizer: no bias correction of the
+moments, and its schedule, whose linear decay runs from step 0 underneath the warmup (so the peak after a 10k
+warmup of 1M steps is 0.99 x the learning rate). "adamw" is optax's bias-corrected AdamW with a decay that starts
+at the end of the warmup; "lamb" (You et al. 2019) is the large-batch option.
 """
 
 from __future__ import annotations
 
 import functools
-from typing import Any
+from typing import Any, NamedTuple
 
 import flax.linen as nn
 import jax
@@ -17,18 +21,57 @@ import jax.numpy as jnp
 import optax
 from flax import struct
 
+OPTIMIZERS = ("bert_adam", "adamw", "lamb")
+
 
 def make_schedule(config) -> optax.Schedule:
-    """Linear warmup 0 -> `learning_rate` over `warmup_steps`, then linear decay to 0 at `num_train_steps`.
+    """The learning rate at an optimizer-update count (reads `learning_rate`, `warmup_steps`,
+    `num_train_steps`, `optimizer`).
 
-    Reads `learning_rate`, `warmup_steps`, `num_train_steps`. The step is the optimizer-update count.
+    "bert_adam": the original's formula: `lr * (1 - step / num_train_steps)`, replaced during the warmup by
+    `lr * step / warmup_steps`. Otherwise: linear warmup 0 -> `lr`, then linear decay from `lr` to 0.
     """
     lr, warmup, total = config.learning_rate, config.warmup_steps, config.num_train_steps
     if not 0 <= warmup <= total:
         raise ValueError(f"warmup_steps {warmup} must be between 0 and num_train_steps {total}")
+    if config.optimizer == "bert_adam":
+
+        def original(count):
+            step = jnp.asarray(count, jnp.float32)
+            decayed = lr * (1.0 - jnp.minimum(step, total) / total)
+            return (
+                jnp.where(step < warmup, lr * step / max(warmup, 1), decayed) if warmup else decayed
+            )
+
+        return original
     warm = optax.linear_schedule(0.0, lr, warmup)
     decay = optax.linear_schedule(lr, 0.0, max(total - warmup, 1))
     return optax.join_schedules([warm, decay], boundaries=[warmup])
+
+
+class ScaleByBertAdamState(NamedTuple):
+    mu: Any
+    nu: Any
+
+
+def scale_by_bert_adam(b1: float, b2: float, eps: float) -> optax.GradientTransformation:
+    """The original AdamWeightDecayOptimizer's direction: `m / (sqrt(v) + eps)` with the moments' running
+    averages as they are (no bias correction), kept in float32."""
+
+    def init(params):
+        zeros = lambda p: jnp.zeros(p.shape, jnp.float32)
+        return ScaleByBertAdamState(jax.tree.map(zeros, params), jax.tree.map(zeros, params))
+
+    def update(updates, state, params=None):
+        del params
+        mu = jax.tree.map(lambda m, g: b1 * m + (1 - b1) * g, state.mu, updates)
+        nu = jax.tree.map(lambda v, g: b2 * v + (1 - b2) * jnp.square(g), state.nu, updates)
+        direction = jax.tree.map(
+            lambda m, v, g: (m / (jnp.sqrt(v) + eps)).astype(g.dtype), mu, nu, updates
+        )
+        return direction, ScaleByBertAdamState(mu, nu)
+
+    return optax.GradientTransformation(init, update)
 
 
 def weight_decay_mask(params) -> Any:
@@ -48,7 +91,7 @@ def weight_decay_mask(params) -> Any:
 
 
 def make_optimizer(config) -> optax.GradientTransformation:
-    """Clip by global norm, then AdamW (or LAMB) with the decay mask.
+    """Clip by global norm, then the original BERT Adam (or AdamW, or LAMB) with the decay mask.
 
     Config fields (the recipes in bert_jax/configs hold their defaults; a missing one is an error):
       learning_rate, warmup_steps, num_train_steps: the schedule (`make_schedule`), counted in optimizer
@@ -56,17 +99,24 @@ def make_optimizer(config) -> optax.GradientTransformation:
       adam_b1, adam_b2, adam_epsilon: Adam moments and epsilon (also LAMB's).
       weight_decay: decoupled decay, scaled by the learning rate, masked by `weight_decay_mask`.
       max_grad_norm: global-norm clip applied to the (accumulated) gradient; 0 disables clipping.
-      optimizer: "adamw" or "lamb".
+      optimizer: "bert_adam" (the original's update and schedule), "adamw" or "lamb".
     """
     schedule = make_schedule(config)
     b1, b2, eps = config.adam_b1, config.adam_b2, config.adam_epsilon
     kwargs = dict(b1=b1, b2=b2, eps=eps, weight_decay=config.weight_decay, mask=weight_decay_mask)
-    if config.optimizer == "adamw":
+    if config.optimizer == "bert_adam":
+        opt = optax.chain(
+            scale_by_bert_adam(b1, b2, eps),
+            # Decoupled: added to the Adam direction, then scaled by the learning rate with it.
+            optax.add_decayed_weights(config.weight_decay, weight_decay_mask),
+            optax.scale_by_learning_rate(schedule),
+        )
+    elif config.optimizer == "adamw":
         opt = optax.adamw(schedule, **kwargs)
     elif config.optimizer == "lamb":
         opt = optax.lamb(schedule, **kwargs)
     else:
-        raise ValueError(f"optimizer {config.optimizer!r} is not one of ('adamw', 'lamb')")
+        raise ValueError(f"optimizer {config.optimizer!r} is not one of {OPTIMIZERS}")
     max_norm = config.max_grad_norm
     return optax.chain(optax.clip_by_global_norm(max_norm), opt) if max_norm > 0 else opt
 

@@ -56,7 +56,7 @@ def test_paper_schedule_is_the_default(module):
         and c.data.short_seq_prob == 0.1
     )
     assert (c.optimizer, c.adam_b1, c.adam_b2, c.adam_epsilon, c.weight_decay) == (
-        "adamw",
+        "bert_adam",
         0.9,
         0.999,
         1e-6,
@@ -85,9 +85,15 @@ def test_sizes(module):
 
 
 def test_learning_rate_schedule_of_the_paper():
+    """The recipes' default is the original code's schedule (linear decay from step 0 under the warmup)."""
     schedule = optim.make_schedule(bert_base.get_config())
     got = [float(schedule(s)) for s in (0, 5_000, 10_000, 505_000, 1_000_000)]
-    assert got == pytest.approx([0.0, 5e-5, 1e-4, 5e-5, 0.0], rel=1e-6, abs=1e-12)  # float32
+    assert got == pytest.approx([0.0, 5e-5, 0.99e-4, 0.495e-4, 0.0], rel=1e-6, abs=1e-12)  # float32
+    # optax's AdamW option keeps the textbook shape: the full rate at the end of the warmup.
+    c = bert_base.get_config()
+    c.optimizer = "adamw"
+    got = [float(optim.make_schedule(c)(s)) for s in (0, 5_000, 10_000, 505_000, 1_000_000)]
+    assert got == pytest.approx([0.0, 5e-5, 1e-4, 5e-5, 0.0], rel=1e-6, abs=1e-12)
 
 
 def test_length_switch_at_900k():

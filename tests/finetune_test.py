@@ -97,7 +97,7 @@ def test_suite_every_task_end_to_end_on_mock_tfds(tmp_path, caplog):
         task = glue.TASKS[name]
         result = json.loads((tmp_path / name / "results.json").read_text())
         assert sorted(result) == sorted(
-            ["task", "split", "results", "score", "best_epoch", "epochs", "leaderboard_files",
+            ["task", "split", "results", "score", "best_epoch_on_dev", "epochs", "leaderboard_files",
              "init_checkpoint", "num_train_examples", "config"]
         )  # fmt: skip
         assert result["task"] == name and result["num_train_examples"] == 24
@@ -172,10 +172,14 @@ def test_learns_a_clear_rule_over_seeds_and_predicts_test(tmp_path):
     assert result["score"] == max(accuracies) == summary["score"]
     best = result["best_run"]["workdir"]
     assert summary["workdir"] == best and Path(best).parent == tmp_path / "out" / "runs"
-    # The best epoch's checkpoint is the only one kept, and it made the leaderboard file.
+    # The final epoch is the run's result (the original protocol); its checkpoint is the only one kept and
+    # made the leaderboard file; the best epoch is reported apart.
     run = json.loads((Path(best) / "results.json").read_text())
-    best_step = run["epochs"][run["best_epoch"] - 1]["step"]
-    assert [p.name for p in (Path(best) / "checkpoints").iterdir()] == [str(best_step)]
+    assert run["results"] == run["epochs"][-1]["results"] and len(run["epochs"]) == 4
+    assert run["best_epoch_on_dev"]["score"] == max(e["score"] for e in run["epochs"])
+    assert [p.name for p in (Path(best) / "checkpoints").iterdir()] == [
+        str(run["epochs"][-1]["step"])
+    ]
     assert (
         run["config"]["num_train_steps"] == 4 * (320 // 32) and run["config"]["warmup_steps"] == 4
     )

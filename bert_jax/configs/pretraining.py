@@ -109,6 +109,9 @@ def get_config(size: str = "base") -> ml_collections.ConfigDict:
     c.dtype = "float32"
     # Storage dtype of the parameters, and so of the optimizer state: float32 even with bfloat16 compute.
     c.param_dtype = "float32"
+    # Continue pretraining from a bert_jax workdir, a transformers directory or a TF1 checkpoint (its encoder
+    # and MLM/NSP heads; shapes must match `model`); "" = random init. Used only when WORKDIR has no checkpoint.
+    c.init_checkpoint = ""
     # Parameter init, dropout (folded with the step) and data order.
     c.seed = 0
     # Generator of the dropout keys ("rbg" is faster on some TPUs).
@@ -130,8 +133,9 @@ def get_config(size: str = "base") -> ml_collections.ConfigDict:
     c.warmup_steps = 10_000
 
     # Optimizer.
-    # "adamw" as the paper; "lamb" for very large batches (You et al. 2019).
-    c.optimizer = "adamw"
+    # The original code's Adam (no bias correction, its warmup/decay formula); "adamw" = optax's
+    # bias-corrected AdamW; "lamb" for very large batches (You et al. 2019). docs/pretraining.md compares them.
+    c.optimizer = "bert_adam"
     # First-moment decay.
     c.adam_b1 = 0.9
     # Second-moment decay.
