@@ -1,21 +1,33 @@
-r"""Throughput and MFU of bert_jax beside transformers' PyTorch BERT, in one run on the present backend.
+r"""Throughput, MFU, peak memory and compile time of bert_jax beside transformers' PyTorch BERT, in one run.
 
-    python -m bert_jax.benchmark                       # bert_base, batch 8 x 128, CPU float32
-    python -m bert_jax.benchmark --batch_size=256 --dtype=bfloat16 --reference=none   # on a GPU/TPU
+    python -m bert_jax.benchmark                       # bert_base, batch 8 x 128, float32, on a CPU
+    python -m bert_jax.benchmark --batch_size=256 --dtype=bfloat16 --reference=torch,torch_compile --only=train
+    python -m bert_jax.benchmark --batch_size=256 --seq_length=512 --max_predictions=80 --grad_accum_steps=4 \
+        --dtype=bfloat16 --reference=torch --only=train              # phase 2
 
 Two measurements per implementation on identical inputs:
   fwd+bwd   forward and backward of the pretraining loss (MLM at the masked positions + NSP);
   train     a whole training step: the same plus gradient clipping and the AdamW update
             (bert_jax: `pretrain.train_step`; reference: `BertForPreTraining` + `torch.optim.AdamW`).
-MFU counts the same model FLOPs for both (`flops.model_flops_per_sequence`: the MLM head at the masked
-positions only, as in the paper's FLOP count), divided by the step time and by the backend's peak: on a CPU
-a float32 matmul peak measured in this run, on an accelerator the table in `flops.PEAK_FLOPS`.
+The reference runs as a PyTorch user would run it: SDPA attention, on a GPU bf16 autocast (with --dtype=
+bfloat16) and the fused AdamW, and with `torch_compile` the model under `torch.compile`. Both apply dropout
+0.1 to hidden states and attention probabilities, as the paper.
+
+MFU counts the same model FLOPs for both (`flops.model_flops_per_sequence`: the MLM head at the masked positions
+only, as in the paper's FLOP count; transformers computes it at every position, work not credited), divided
+by the step time and the backend's peak (a CPU: the float32 matmul peak measured in this run; an accelerator:
+its bf16 table entry). `compile s` is bert_jax's lower + compile time, and for the reference the first
+step's time minus a steady step's (torch.compile's compilation, cuDNN/cuBLAS warm-up). Peak memory is the
+device allocator's peak (none on a CPU). `--json_out` also writes the rows as JSON (the GPU matrix reads it).
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import json
 import os
+import platform
 import time
 
 import flax.linen as nn
@@ -28,14 +40,26 @@ from bert_jax import flops, optim, pretrain
 from bert_jax import model as model_lib
 from bert_jax.configs import pretraining
 
+REFERENCES = ("torch", "torch_compile", "none")
 _MODEL = flags.DEFINE_enum("model", "base", sorted(model_lib.PRESETS), "Model size preset.")
 _BATCH = flags.DEFINE_integer("batch_size", 8, "Sequences per step.")
 _LENGTH = flags.DEFINE_integer("seq_length", 128, "Tokens per sequence.")
 _PREDICTIONS = flags.DEFINE_integer("max_predictions", 20, "Masked positions per sequence.")
 _STEPS = flags.DEFINE_integer("steps", 5, "Timed steps per measurement (after one warm-up step).")
-_DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "bert_jax compute dtype.")
-_REFERENCE = flags.DEFINE_enum(
-    "reference", "torch", ["torch", "none"], "Also time transformers' BERT."
+_DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Compute dtype of both.")
+_ACCUM = flags.DEFINE_integer(
+    "grad_accum_steps", 1, "Micro-batches per train step (both implementations)."
+)
+_ATTENTION = flags.DEFINE_enum(
+    "attention_impl", "auto", model_lib.ATTENTION_IMPLS, "bert_jax's attention_impl."
+)
+_ATTENTION_DROPOUT = flags.DEFINE_float(
+    "attention_dropout_prob",
+    0.1,
+    "Dropout on attention probabilities, both implementations (0 is not the paper's recipe).",
+)
+_REFERENCE = flags.DEFINE_list(
+    "reference", ["torch"], f"Comma-separated references to time, from {REFERENCES}."
 )
 _PRNG = flags.DEFINE_enum(
     "prng_impl",
@@ -44,6 +68,7 @@ _PRNG = flags.DEFINE_enum(
     "Generator of the dropout keys (the trainer's default).",
 )
 _ONLY = flags.DEFINE_enum("only", "both", ["both", "fwdbwd", "train"], "Which measurements to run.")
+_JSON = flags.DEFINE_string("json_out", None, "Also write the results as JSON to this file.")
 
 
 def make_batch(cfg: model_lib.BertConfig, batch: int, length: int, predictions: int, seed: int = 0):
@@ -67,46 +92,90 @@ def make_batch(cfg: model_lib.BertConfig, batch: int, length: int, predictions: 
     }
 
 
-def time_steps(step, state, steps: int):
-    """Seconds per call of `step(state) -> state` (one untimed warm-up call compiles)."""
+def time_steps(step, state, steps: int, sync=jax.block_until_ready):
+    """(seconds of the first call, seconds per later call) of `step(state) -> state`.
+
+    `sync(state)` waits for the device; it is called once after the first call and once after the rest.
+    """
+    start = time.perf_counter()
     state = step(state)
-    jax.block_until_ready(state)
+    sync(state)
+    first = time.perf_counter() - start
     start = time.perf_counter()
     for _ in range(steps):
         state = step(state)
-    jax.block_until_ready(state)
-    return (time.perf_counter() - start) / steps
+    sync(state)
+    return first, (time.perf_counter() - start) / steps
 
 
-def bert_jax_timings(cfg, batch, steps, which):
+def _jax_peak_bytes() -> int | None:
+    stats = jax.devices()[0].memory_stats() or {}
+    return stats.get("peak_bytes_in_use")
+
+
+def bert_jax_timings(
+    cfg,
+    batch,
+    steps: int,
+    which: str,
+    grad_accum_steps=1,
+    prng_impl="threefry2x32",
+    model_name="base",
+):
+    """{measure: {seconds, compile_seconds, peak_bytes}} for bert_jax."""
     model = model_lib.BertForPreTraining(cfg)
     params = jax.jit(lambda: nn.unbox(model_lib.init_params(model, jax.random.key(0))))()
     batch = jax.tree.map(jnp.asarray, batch)
-    rng = jax.random.key(1, impl=_PRNG.value)
+    rng = jax.random.key(1, impl=prng_impl)
     out = {}
+
+    def measure(jitted, args, step, state):
+        start = time.perf_counter()
+        compiled = jitted.lower(*args).compile()
+        compile_seconds = time.perf_counter() - start
+        _, seconds = time_steps(functools.partial(step, compiled), state, steps)
+        return {
+            "seconds": seconds,
+            "compile_seconds": compile_seconds,
+            "peak_bytes": _jax_peak_bytes(),
+        }
+
     if which in ("both", "fwdbwd"):
-        grad = jax.jit(jax.grad(lambda p: pretrain.objective(p, batch, rng, model=model)[0]))
+        objective = functools.partial(pretrain.objective, model=model)
+        grad = jax.jit(jax.grad(lambda p, b, r: objective(p, b, r)[0]))
         # The state threads (params, last gradients) so that timing blocks on the gradients.
-        out["fwd+bwd"] = time_steps(lambda s: (s[0], grad(s[0])), (params, None), steps)
+        out["fwd+bwd"] = measure(
+            grad, (params, batch, rng), lambda g, s: (s[0], g(s[0], batch, rng)), (params, None)
+        )
     if which in ("both", "train"):
-        # The paper's optimizer, as the recipes set it.
-        config = pretraining.get_config(_MODEL.value)
+        # The paper's optimizer as the recipes set it: clipping at 1.0, AdamW with its decay mask.
+        config = pretraining.get_config(model_name)
         config.update(warmup_steps=10, num_train_steps=1000)
         tx, schedule = optim.make_optimizer(config), optim.make_schedule(config)
         state = jax.jit(lambda p: optim.TrainState.create(p, tx))(params)
         step = jax.jit(
-            functools.partial(pretrain.train_step, model=model, tx=tx, schedule=schedule),
+            functools.partial(
+                pretrain.train_step,
+                model=model,
+                tx=tx,
+                schedule=schedule,
+                grad_accum_steps=grad_accum_steps,
+            ),
             donate_argnums=0,
         )
-        out["train"] = time_steps(lambda s: step(s, batch, rng)[0], state, steps)
+        out["train"] = measure(step, (state, batch, rng), lambda c, s: c(s, batch, rng)[0], state)
     return out
 
 
-def torch_timings(cfg, batch, steps, which):
+def torch_timings(cfg, batch, steps: int, which: str, *, compile_model: bool, grad_accum_steps=1):
+    """{measure: {seconds, compile_seconds, peak_bytes}} for transformers' BertForPreTraining."""
     import torch
     import transformers
 
-    torch.set_num_threads(os.cpu_count())
+    cuda = torch.cuda.is_available()
+    device = "cuda" if cuda else "cpu"
+    if not cuda:
+        torch.set_num_threads(os.cpu_count())
     torch.manual_seed(0)
     hf_config = transformers.BertConfig(
         vocab_size=cfg.vocab_size,
@@ -114,67 +183,204 @@ def torch_timings(cfg, batch, steps, which):
         num_hidden_layers=cfg.num_layers,
         num_attention_heads=cfg.num_heads,
         intermediate_size=cfg.intermediate_size,
+        hidden_dropout_prob=cfg.hidden_dropout_prob,
+        attention_probs_dropout_prob=cfg.attention_dropout_prob,
+        attn_implementation="sdpa",
     )
-    model = transformers.BertForPreTraining(hf_config).train()
+    model = transformers.BertForPreTraining(hf_config).to(device).train()
+    forward = torch.compile(model) if compile_model else model
     labels = np.full(batch["input_ids"].shape, -100, np.int64)
     np.put_along_axis(labels, batch["masked_lm_positions"], batch["masked_lm_ids"], axis=1)
     inputs = {
-        k: torch.from_numpy(batch[k].astype(np.int64))
+        k: torch.from_numpy(batch[k].astype(np.int64)).to(device)
         for k in ("input_ids", "token_type_ids", "attention_mask")
     }
     inputs |= {
-        "labels": torch.from_numpy(labels),
-        "next_sentence_label": torch.from_numpy(batch["next_sentence_labels"].astype(np.int64)),
+        "labels": torch.from_numpy(labels).to(device),
+        "next_sentence_label": torch.from_numpy(batch["next_sentence_labels"].astype(np.int64)).to(
+            device
+        ),
     }
+    micro = [
+        {k: v[i::grad_accum_steps] for k, v in inputs.items()} for i in range(grad_accum_steps)
+    ]
+    # No weight decay on LayerNorm and biases, as the paper's optimizer (and bert_jax's).
+    decay = [p for n, p in model.named_parameters() if p.ndim > 1]
+    no_decay = [p for n, p in model.named_parameters() if p.ndim <= 1]
     optimizer = torch.optim.AdamW(
-        model.parameters(), lr=1e-4, betas=(0.9, 0.999), eps=1e-6, weight_decay=0.01
+        [{"params": decay, "weight_decay": 0.01}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=1e-4,
+        betas=(0.9, 0.999),
+        eps=1e-6,
+        fused=cuda,
+    )
+    autocast = (
+        functools.partial(torch.autocast, device, dtype=torch.bfloat16)
+        if cfg.dtype == "bfloat16"
+        else contextlib.nullcontext
     )
 
     def fwdbwd(_):
         model.zero_grad(set_to_none=True)
-        model(**inputs).loss.backward()
+        for part in micro:
+            with autocast():
+                loss = forward(**part).loss / grad_accum_steps
+            loss.backward()
 
     def train(_):
         fwdbwd(None)
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
 
+    sync = (lambda _: torch.cuda.synchronize()) if cuda else (lambda _: None)
     out = {}
-    if which in ("both", "fwdbwd"):
-        out["fwd+bwd"] = time_steps(fwdbwd, None, steps)
-    if which in ("both", "train"):
-        out["train"] = time_steps(train, None, steps)
+    for name, fn in (("fwd+bwd", fwdbwd), ("train", train)):
+        if which not in ("both", "fwdbwd" if name == "fwd+bwd" else "train"):
+            continue
+        if cuda:
+            torch.cuda.reset_peak_memory_stats()
+        first, seconds = time_steps(fn, None, steps, sync)
+        out[name] = {
+            "seconds": seconds,
+            "compile_seconds": max(first - seconds, 0.0),
+            "peak_bytes": torch.cuda.max_memory_allocated() if cuda else None,
+        }
     return out
+
+
+def run(
+    model: str,
+    batch_size: int,
+    seq_length: int,
+    predictions: int,
+    *,
+    dtype: str,
+    references=("torch",),
+    steps: int = 5,
+    which: str = "both",
+    grad_accum_steps: int = 1,
+    attention_impl: str = "auto",
+    attention_dropout_prob: float = 0.1,
+    prng_impl: str = "threefry2x32",
+) -> dict:
+    """Times every implementation; returns {"setup": {...}, "rows": [one dict per measurement]}."""
+    unknown = sorted(set(references) - set(REFERENCES))
+    if unknown:
+        raise app.UsageError(f"--reference {unknown} not among {REFERENCES}")
+    cfg = model_lib.BertConfig(
+        **model_lib.PRESETS[model],
+        dtype=dtype,
+        attention_impl=attention_impl,
+        attention_dropout_prob=attention_dropout_prob,
+    )
+    batch = make_batch(cfg, batch_size, seq_length, predictions)
+    results = {}
+    # The references run first: JAX's allocator reserves most of a GPU's memory once it starts.
+    for reference in references:
+        if reference == "none":
+            continue
+        import torch
+
+        name = f"torch {torch.__version__}" + (" compile" if reference == "torch_compile" else "")
+        results[name] = torch_timings(
+            cfg,
+            batch,
+            steps,
+            which,
+            compile_model=reference == "torch_compile",
+            grad_accum_steps=grad_accum_steps,
+        )
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()  # hand the memory back before JAX's allocator takes its share
+    ours = bert_jax_timings(cfg, batch, steps, which, grad_accum_steps, prng_impl, model)
+    results = {"bert_jax": ours} | results
+    step_flops = flops.model_flops_per_sequence(cfg, seq_length, predictions) * batch_size
+    peak, peak_source = flops.peak_flops()
+    device = jax.devices()[0]
+    setup = {
+        "backend": jax.default_backend(),
+        "device": device.device_kind,
+        "device_count": jax.device_count(),
+        "cpu_cores": os.cpu_count(),
+        "jax": jax.__version__,
+        "python": platform.python_version(),
+        "model": model,
+        "batch_size": batch_size,
+        "seq_length": seq_length,
+        "max_predictions": predictions,
+        "grad_accum_steps": grad_accum_steps,
+        "dtype": dtype,
+        "attention_impl": attention_impl,
+        "attention_dropout_prob": attention_dropout_prob,
+        "peak_flops": peak,
+        "peak_source": peak_source,
+        "model_flops_per_step": step_flops,
+    }
+    rows = []
+    for name, timings in results.items():
+        for measure, r in timings.items():
+            rows.append(
+                {
+                    "implementation": name,
+                    "measure": measure,
+                    "seconds": r["seconds"],
+                    "sequences_per_sec": batch_size / r["seconds"],
+                    "tokens_per_sec": batch_size * seq_length / r["seconds"],
+                    "mfu": step_flops / r["seconds"] / peak,
+                    "peak_bytes": r["peak_bytes"],
+                    "compile_seconds": r["compile_seconds"],
+                }
+            )
+    return {"setup": setup, "rows": rows}
+
+
+def format_rows(rows) -> str:
+    """The results as an aligned text table."""
+    lines = [
+        f"{'implementation':<27}{'measure':<9}{'s/step':>9}{'seq/s':>10}{'tokens/s':>11}{'MFU':>8}"
+        f"{'peak GiB':>10}{'compile s':>11}"
+    ]
+    for r in rows:
+        memory = "n/a" if r["peak_bytes"] is None else f"{r['peak_bytes'] / 2**30:.2f}"
+        lines.append(
+            f"{r['implementation']:<27}{r['measure']:<9}{r['seconds']:>9.4f}"
+            f"{r['sequences_per_sec']:>10.1f}{r['tokens_per_sec']:>11.0f}{r['mfu']:>8.1%}"
+            f"{memory:>10}{r['compile_seconds']:>11.1f}"
+        )
+    return "\n".join(lines)
 
 
 def main(argv):
     del argv
-    cfg = model_lib.BertConfig(**model_lib.PRESETS[_MODEL.value], dtype=_DTYPE.value)
-    b, length, p = _BATCH.value, _LENGTH.value, _PREDICTIONS.value
-    batch = make_batch(cfg, b, length, p)
-    step_flops = flops.model_flops_per_sequence(cfg, length, p) * b
-    peak, peak_source = flops.peak_flops()
+    result = run(
+        _MODEL.value,
+        _BATCH.value,
+        _LENGTH.value,
+        _PREDICTIONS.value,
+        dtype=_DTYPE.value,
+        references=tuple(_REFERENCE.value),
+        steps=_STEPS.value,
+        which=_ONLY.value,
+        grad_accum_steps=_ACCUM.value,
+        attention_impl=_ATTENTION.value,
+        attention_dropout_prob=_ATTENTION_DROPOUT.value,
+        prng_impl=_PRNG.value,
+    )
+    s = result["setup"]
     print(
-        f"backend {jax.default_backend()} ({jax.devices()[0].device_kind}), {jax.device_count()} device(s), "
-        f"{os.cpu_count()} CPU cores; bert_{_MODEL.value} batch {b} x {length}, {p} predictions, {_DTYPE.value}"
+        f"backend {s['backend']} ({s['device']}), {s['device_count']} device(s), {s['cpu_cores']} CPU cores, "
+        f"jax {s['jax']}; bert_{s['model']} batch {s['batch_size']} x {s['seq_length']}, "
+        f"{s['max_predictions']} predictions, {s['dtype']}, attention {s['attention_impl']}, "
+        f"grad_accum_steps {s['grad_accum_steps']}"
     )
     print(
-        f"peak {peak / 1e9:.0f} GFLOP/s ({peak_source}); model {step_flops / 1e9:.1f} GFLOP per step"
+        f"peak {s['peak_flops'] / 1e9:.0f} GFLOP/s ({s['peak_source']}); "
+        f"model {s['model_flops_per_step'] / 1e9:.1f} GFLOP per step"
     )
-    results = {"bert_jax": bert_jax_timings(cfg, batch, _STEPS.value, _ONLY.value)}
-    if _REFERENCE.value == "torch":
-        import torch
-
-        results[f"torch {torch.__version__}"] = torch_timings(cfg, batch, _STEPS.value, _ONLY.value)
-    print(
-        f"{'implementation':<22}{'measure':<10}{'s/step':>9}{'seq/s':>9}{'tokens/s':>10}{'MFU':>8}"
-    )
-    for name, timings in results.items():
-        for measure, seconds in timings.items():
-            print(
-                f"{name:<22}{measure:<10}{seconds:>9.3f}{b / seconds:>9.2f}{b * length / seconds:>10.0f}"
-                f"{step_flops / seconds / peak:>8.1%}"
-            )
+    print(format_rows(result["rows"]))
+    if _JSON.value:
+        with open(_JSON.value, "w") as f:
+            json.dump(result, f, indent=1)
 
 
 if __name__ == "__main__":

@@ -228,10 +228,10 @@ def run(config, workdir) -> dict:
                 process_count=process_count,
             )
             # The epoch's order is a function of (seed, epoch): a resumed epoch skips what it did.
-            for done_in_epoch, batch in enumerate(itertools.islice(batches, skip, None), skip + 1):
-                state, step_metrics = p_train_step(
-                    state, sharding.host_to_global(batch, mesh), dropout_rng
-                )
+            # The next two batches are already on their way to the devices while a step runs.
+            batches = sharding.prefetch_to_device(itertools.islice(batches, skip, None), mesh)
+            for done_in_epoch, (_, device_batch) in enumerate(batches, skip + 1):
+                state, step_metrics = p_train_step(state, device_batch, dropout_rng)
                 step += 1
                 window.add(
                     step_metrics,

@@ -112,6 +112,18 @@ def _on_tpu_vm() -> bool:
     return bool(chips) and importlib.util.find_spec("libtpu") is not None
 
 
+def _use_compilation_cache(directory: str) -> None:
+    """Keeps compiled executables in `directory` (local or gs://) across launches; "" does nothing."""
+    if not directory:
+        return
+    import jax
+
+    if "://" not in directory:
+        directory = str(Path(directory).expanduser())
+    jax.config.update("jax_compilation_cache_dir", directory)
+    logging.info("compilation cache %s", directory)
+
+
 def main(argv) -> int:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments {argv[1:]}")
@@ -121,6 +133,7 @@ def main(argv) -> int:
     )
     logging.get_absl_handler().addFilter(_QuietOrbax())
     _initialize_distributed()
+    _use_compilation_cache(config.get("compilation_cache_dir", ""))
 
     from bert_jax import finetune_tasks, pretrain, sweep, train_lib
 

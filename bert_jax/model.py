@@ -20,6 +20,14 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+# Re-exported: attention and its dropout used to live here, and callers still name them `model.*`.
+from bert_jax.attention import (  # noqa: F401
+    ATTENTION_IMPLS,
+    check_attention_impl,
+    dot_product_attention,
+    dropout,
+)
+
 Array = jax.Array
 
 ACTIVATIONS = {
@@ -31,7 +39,6 @@ ACTIVATIONS = {
     "gelu_tanh": functools.partial(jax.nn.gelu, approximate=True),
     "relu": jax.nn.relu,
 }
-ATTENTION_IMPLS = ("auto", "xla", "jax", "cudnn")
 REMAT_POLICIES = ("none", "full", "dots")
 HEADS = ("none", "pretraining", "classification", "span", "token")
 # The sizes of the released BERT models (Devlin et al. 2018; Turc et al. 2019 for the compact ones).
@@ -75,8 +82,12 @@ class BertConfig:
             )
         if self.hidden_act not in ACTIVATIONS:
             raise ValueError(f"hidden_act {self.hidden_act!r} is not one of {sorted(ACTIVATIONS)}")
-        if self.attention_impl not in ATTENTION_IMPLS:
-            raise ValueError(f"attention_impl {self.attention_impl!r} not in {ATTENTION_IMPLS}")
+        check_attention_impl(
+            self.attention_impl,
+            dtype=self.dtype,
+            head_dim=self.hidden_size // self.num_heads,
+            dropout_rate=self.attention_dropout_prob,
+        )
         if self.remat_policy not in REMAT_POLICIES:
             raise ValueError(f"remat_policy {self.remat_policy!r} not in {REMAT_POLICIES}")
         for name in ("dtype", "param_dtype"):
@@ -166,31 +177,6 @@ def _dense(config: BertConfig, features, axes, name: str, **kwargs) -> nn.Module
     )
 
 
-def _mix32(x: Array) -> Array:
-    """murmur3's 32-bit finaliser: a bijection of uint32 in which every input bit flips ~half the output bits."""
-    x = (x ^ (x >> 16)) * jnp.uint32(0x85EBCA6B)
-    x = (x ^ (x >> 13)) * jnp.uint32(0xC2B2AE35)
-    return x ^ (x >> 16)
-
-
-def dropout(x: Array, rate: float, rng: Array) -> Array:
-    """Inverted dropout: zero a `rate` fraction of `x` and scale the rest by 1 / (1 - rate).
-
-    The mask is a counter-based hash of each element's index under two 32-bit seeds drawn from `rng`
-    (as Philox-style dropout on GPUs does), computed inside the fused elementwise kernel. Drawing the mask
-    from `jax.random` instead writes and reads a random array per dropout: on a CPU that was 0.4-0.5 s of a
-    3.5 s bert_base training step, with threefry or rbg alike. The index is the global one, so the mask does
-    not depend on how `x` is sharded. The rate is exact to 2**-32.
-    """
-    seeds = jax.random.bits(rng, (2,), jnp.uint32)
-    index = jnp.zeros(x.shape, jnp.uint32)
-    for axis, size in enumerate(x.shape):
-        index = index * jnp.uint32(size) + jax.lax.broadcasted_iota(jnp.uint32, x.shape, axis)
-    bits = _mix32(_mix32(index * jnp.uint32(0x9E3779B9) + seeds[0]) ^ seeds[1])
-    keep = bits >= jnp.uint32(min(round(rate * 2**32), 2**32 - 1))
-    return jnp.where(keep, x / jnp.asarray(1.0 - rate, x.dtype), jnp.zeros_like(x))
-
-
 class Dropout(nn.Module):
     """`dropout` as a module: active only when not `deterministic`, drawing from the "dropout" rng."""
 
@@ -202,49 +188,15 @@ class Dropout(nn.Module):
         return dropout(x, self.rate, self.make_rng("dropout"))
 
 
-def dot_product_attention(
-    query: Array,
-    key: Array,
-    value: Array,
-    mask: Array,
-    *,
-    impl: str = "auto",
-    dropout_rate: float = 0.0,
-    dropout_rng: Array | None = None,
-    return_weights: bool = False,
-) -> tuple[Array, Array | None]:
-    """Multi-head attention on [batch, length, heads, head_dim] inputs.
+def _select_rows(table: Array, ids: Array) -> Array:
+    """`table[ids]` for a table of a few rows, as a chain of selects (exact, and no scatter in its gradient).
 
-    `mask` is boolean, broadcastable to [batch, heads, q_length, kv_length], True where attending is allowed.
-    impl: "xla" is an explicit einsum/softmax path (float32 softmax, supports dropout and returning the
-    weights); "jax" and "cudnn" call `jax.nn.dot_product_attention` (cuDNN flash attention on GPU); "auto"
-    takes cuDNN on a GPU for 16-bit inputs when no dropout or weights are needed, XLA otherwise.
-    Returns (output [batch, length, heads, head_dim] in the input dtype, weights or None).
+    Ids past the last row take the last row (the data never has them; a gather would give NaN).
     """
-    needs_xla = return_weights or (dropout_rate > 0.0 and dropout_rng is not None)
-    if impl == "auto":
-        on_gpu = jax.default_backend() == "gpu"
-        impl = "cudnn" if on_gpu and query.dtype in (jnp.bfloat16, jnp.float16) else "xla"
-        impl = "xla" if needs_xla else impl
-    if impl in ("jax", "cudnn"):
-        if needs_xla:
-            raise ValueError(
-                f"attention_impl {impl!r} supports neither attention dropout nor weights"
-            )
-        out = jax.nn.dot_product_attention(
-            query, key, value, mask=mask, implementation=None if impl == "jax" else "cudnn"
-        )
-        return out, None
-
-    scale = query.shape[-1] ** -0.5
-    logits = jnp.einsum("btnd,bsnd->bnts", query, key, preferred_element_type=jnp.float32) * scale
-    logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
-    weights = jax.nn.softmax(logits, axis=-1)
-    probs = weights
-    if dropout_rate > 0.0 and dropout_rng is not None:
-        probs = dropout(probs, dropout_rate, dropout_rng)
-    out = jnp.einsum("bnts,bsnd->btnd", probs.astype(value.dtype), value)
-    return out, (weights if return_weights else None)
+    out = jnp.broadcast_to(table[0], (*ids.shape, table.shape[-1]))
+    for row in range(1, table.shape[0]):
+        out = jnp.where((ids >= row)[..., None], table[row], out)
+    return out
 
 
 class Embeddings(nn.Module):
@@ -277,8 +229,13 @@ class Embeddings(nn.Module):
                 f"{self.config.max_position_embeddings}"
             )
         x = self.word_embeddings(input_ids)
-        x = x + self.token_type_embeddings(token_type_ids)
-        x = x + self.position_embeddings(jnp.arange(length))[None]
+        # The position and segment tables are read without a gather: a gather's gradient is a scatter-add,
+        # and on a GPU the segment table's (32,768 rows of a 256 x 128 batch added into 2) serialises on
+        # colliding atomics. A slice's gradient is a pad, a select's an elementwise select and a sum.
+        types = self.token_type_embeddings.embedding.astype(self.config.compute_dtype)
+        x = x + _select_rows(types, token_type_ids)
+        positions = self.position_embeddings.embedding.astype(self.config.compute_dtype)
+        x = x + positions[None, :length]
         x = self.layer_norm(x)
         return self.dropout(x, deterministic)
 

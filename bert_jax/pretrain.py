@@ -11,6 +11,7 @@ before the first step.
 from __future__ import annotations
 
 import functools
+import time
 
 import jax
 import jax.numpy as jnp
@@ -133,6 +134,7 @@ def warm_start_params(config, abstract) -> dict | None:
 
 def run(config, workdir: str):
     """Pretrains per `config` in `workdir` (resuming from its latest checkpoint); returns the final state."""
+    started = time.perf_counter()
     workdir = train_lib.prepare_workdir(workdir)
     process_index, process_count = jax.process_index(), jax.process_count()
 
@@ -254,12 +256,19 @@ def run(config, workdir: str):
     )
     batches = loader.iterate(start_step)
     try:
-        for step, batch in batches:
+        # The next two batches are already on their way to the devices while a step runs.
+        prefetched = sharding.prefetch_to_device(batches, mesh, batch=lambda item: item[1])
+        for (step, batch), device_batch in prefetched:
             if step >= config.num_train_steps:
                 break
             length, predictions = batch["input_ids"].shape[1], batch["masked_lm_ids"].shape[1]
-            state, metrics = p_train_step(state, sharding.host_to_global(batch, mesh), dropout_rng)
+            state, metrics = p_train_step(state, device_batch, dropout_rng)
             done = step + 1
+            if done == start_step + 1:
+                # The one wait outside the log steps: how long compiling and the first step took.
+                jax.block_until_ready(metrics)
+                seconds = time.perf_counter() - started
+                train_lib.say(f"first step finished (step {done}) {seconds:.1f} s after start")
             window.add(
                 metrics,
                 sequences=config.global_batch_size,

@@ -8,6 +8,7 @@ these to create the train state already sharded and to turn per-host NumPy batch
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import functools
 import logging
@@ -199,3 +200,29 @@ def host_to_global(batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Ar
         return jax.make_array_from_process_local_data(sharding, x, global_shape)
 
     return {k: one(v) for k, v in batch.items()}
+
+
+def prefetch_to_device(items, mesh: Mesh, size: int = 2, batch=lambda item: item):
+    """Yields (item, global batch) for each item of `items`, `size` items ahead of the consumer.
+
+    `batch(item)` is the item's host batch (NumPy), e.g. `lambda item: item[1]` for the pretraining loader's
+    (step, batch) pairs. `host_to_global` only starts the host-to-device copies; keeping `size` batches in
+    flight lets a batch's copy overlap the steps before it, so the training loop never waits for its input
+    (the usual 2-deep device buffer of TPU/GPU input pipelines). Closing this generator does not close `items`.
+    """
+    iterator = iter(items)
+    buffer = collections.deque()
+    done = object()
+
+    def fill():
+        while len(buffer) < size:
+            item = next(iterator, done)
+            if item is done:
+                return
+            buffer.append((item, host_to_global(batch(item), mesh)))
+
+    fill()
+    while buffer:
+        item = buffer.popleft()
+        fill()
+        yield item

@@ -55,6 +55,8 @@ def get_config(size: str = "base") -> ml_collections.ConfigDict:
     c.seed = 0
     # Generator of the dropout keys ("rbg" is faster on some TPUs).
     c.prng_impl = "threefry2x32"
+    # Persistent XLA compilation cache, shared with pretraining (see configs/pretraining.py).
+    c.compilation_cache_dir = pretraining.COMPILATION_CACHE_DIR
 
     # The paper's recipe.
     # Tokens per example, [CLS] and [SEP]s included; longer pairs are truncated.

@@ -1,0 +1,205 @@
+"""Multi-head dot-product attention with a padding mask, and the dropout that BERT applies to its probabilities.
+
+Implementations (`BertConfig.attention_impl`):
+  "xla"    an explicit einsum/softmax path: float32 softmax, dropout on the probabilities, can return them;
+  "jax"    `jax.nn.dot_product_attention`'s own XLA path (no dropout, no weights);
+  "cudnn"  cuDNN flash attention on a GPU, 16-bit inputs only (no dropout, no weights);
+  "auto"   cuDNN where it can run (GPU, 16-bit, a head size cuDNN takes, no dropout, no weights), else "xla".
+
+cuDNN gets the padding as per-example key lengths (`key_value_seq_lengths`), never as a broadcast
+[batch, 1, 1, keys] mask, which its bias path rejects (jax-ml/jax#28974). BERT pads on the right, so a
+padding mask is `arange(keys) < length`; `key_lengths` checks that on the device, and a batch whose mask is
+not right padding takes the masked XLA path instead (a `lax.cond`: the answer is the same either way).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+Array = jax.Array
+
+ATTENTION_IMPLS = ("auto", "xla", "jax", "cudnn")
+# Input dtypes cuDNN's fused attention takes (as `jax.nn.dot_product_attention(implementation="cudnn")`).
+CUDNN_DTYPES = ("bfloat16", "float16")
+
+
+def _mix32(x: Array) -> Array:
+    """murmur3's 32-bit finaliser: a bijection of uint32 in which every input bit flips ~half the output bits."""
+    x = (x ^ (x >> 16)) * jnp.uint32(0x85EBCA6B)
+    x = (x ^ (x >> 13)) * jnp.uint32(0xC2B2AE35)
+    return x ^ (x >> 16)
+
+
+def dropout(x: Array, rate: float, rng: Array) -> Array:
+    """Inverted dropout: zero a `rate` fraction of `x` and scale the rest by 1 / (1 - rate).
+
+    The mask is a counter-based hash of each element's index under two 32-bit seeds drawn from `rng`
+    (as Philox-style dropout on GPUs does), computed inside the fused elementwise kernel. Drawing the mask
+    from `jax.random` instead writes and reads a random array per dropout: on a CPU that was 0.4-0.5 s of a
+    3.5 s bert_base training step, with threefry or rbg alike. The index is the global one, so the mask does
+    not depend on how `x` is sharded. The rate is exact to 2**-32.
+    """
+    seeds = jax.random.bits(rng, (2,), jnp.uint32)
+    index = jnp.zeros(x.shape, jnp.uint32)
+    for axis, size in enumerate(x.shape):
+        index = index * jnp.uint32(size) + jax.lax.broadcasted_iota(jnp.uint32, x.shape, axis)
+    bits = _mix32(_mix32(index * jnp.uint32(0x9E3779B9) + seeds[0]) ^ seeds[1])
+    keep = bits >= jnp.uint32(min(round(rate * 2**32), 2**32 - 1))
+    return jnp.where(keep, x / jnp.asarray(1.0 - rate, x.dtype), jnp.zeros_like(x))
+
+
+def cudnn_unsupported(
+    *, backend: str, dtype: str, head_dim: int, dropout_rate: float = 0.0, weights: bool = False
+) -> str | None:
+    """Why cuDNN attention cannot run here (a phrase), or None if it can."""
+    if backend != "gpu":
+        return f"it needs a GPU and the JAX backend is {backend!r}"
+    if dtype not in CUDNN_DTYPES:
+        return f"it needs 16-bit inputs ({' or '.join(CUDNN_DTYPES)}) and dtype is {dtype!r}"
+    if head_dim % 8 or head_dim > 128:
+        return f"it needs a head size that is a multiple of 8 up to 128, not {head_dim}"
+    if dropout_rate > 0.0:
+        return (
+            f"it applies no dropout to the attention probabilities (attention_dropout_prob is "
+            f"{dropout_rate}; set it to 0, which is not the paper's recipe, or use 'auto' or 'xla')"
+        )
+    if weights:
+        return "it cannot return attention weights (output_attentions=True); use 'auto' or 'xla'"
+    return None
+
+
+def check_attention_impl(
+    impl: str, *, dtype: str, head_dim: int, dropout_rate: float, backend: str | None = None
+) -> None:
+    """Raises a one-line ValueError naming `attention_impl` if `impl` cannot run with these settings.
+
+    Called when the model config is built, so that a bad setting fails before anything compiles. The
+    backend is only looked up for "cudnn" (looking it up starts JAX's runtime).
+    """
+    if impl not in ATTENTION_IMPLS:
+        raise ValueError(f"attention_impl {impl!r} is not one of {ATTENTION_IMPLS}")
+    if impl == "jax" and dropout_rate > 0.0:
+        raise ValueError(
+            f"attention_impl 'jax' applies no dropout to the attention probabilities "
+            f"(attention_dropout_prob is {dropout_rate}); use 'auto' or 'xla'"
+        )
+    if impl == "cudnn":
+        backend = backend or jax.default_backend()
+        why = cudnn_unsupported(
+            backend=backend, dtype=dtype, head_dim=head_dim, dropout_rate=dropout_rate
+        )
+        if why:
+            raise ValueError(f"attention_impl 'cudnn' cannot run: {why}")
+
+
+def resolve_impl(impl: str, *, dtype, head_dim: int, dropout: bool, weights: bool) -> str:
+    """The implementation "auto" stands for on the present backend (others are returned as they are)."""
+    if impl != "auto":
+        return impl
+    why = cudnn_unsupported(
+        backend=jax.default_backend(),
+        dtype=jnp.dtype(dtype).name,
+        head_dim=head_dim,
+        dropout_rate=float(dropout),
+        weights=weights,
+    )
+    return "xla" if why else "cudnn"
+
+
+def key_lengths(key_mask: Array) -> tuple[Array, Array]:
+    """(per-example count of attended keys [batch] int32, whether every row is a right-padding mask).
+
+    `key_mask` [batch, keys] is nonzero/True where a key may be attended to. A row is right padding when
+    its True entries are exactly the first `length` ones.
+    """
+    keep = key_mask.astype(bool)
+    lengths = jnp.sum(keep, axis=-1, dtype=jnp.int32)
+    expected = jnp.arange(keep.shape[-1], dtype=jnp.int32)[None] < lengths[:, None]
+    return lengths, jnp.all(keep == expected)
+
+
+def _key_padding_mask(mask: Array) -> Array | None:
+    """The [batch, keys] padding mask inside a [batch, 1, 1, keys] mask; None for any other mask."""
+    if mask.ndim == 4 and mask.shape[1] == 1 and mask.shape[2] == 1:
+        return mask[:, 0, 0, :]
+    return None
+
+
+def _masked_attention(query, key, value, mask, dropout_rate=0.0, dropout_rng=None):
+    """Softmax(QK^T / sqrt(d) + mask) V with a float32 softmax; returns (output, weights before dropout)."""
+    scale = query.shape[-1] ** -0.5
+    logits = jnp.einsum("btnd,bsnd->bnts", query, key, preferred_element_type=jnp.float32) * scale
+    logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
+    weights = jax.nn.softmax(logits, axis=-1)
+    probs = weights
+    if dropout_rate > 0.0 and dropout_rng is not None:
+        probs = dropout(probs, dropout_rate, dropout_rng)
+    out = jnp.einsum("bnts,bsnd->btnd", probs.astype(value.dtype), value)
+    return out, weights
+
+
+def padded_attention(query, key, value, mask, *, implementation: str = "cudnn") -> Array:
+    """`jax.nn.dot_product_attention(implementation=...)` with the padding as key lengths.
+
+    A [batch, 1, 1, keys] right-padding mask becomes `key_value_seq_lengths` (queries keep every row, as the
+    masked path computes them); any other mask, or a batch in which some row is not right padding (checked
+    on the device), takes the masked XLA path. A row with no key at all gets length 1 there: its output is
+    meaningless either way, and cuDNN's for length 0 is not defined.
+    """
+    key_mask = _key_padding_mask(mask)
+    if key_mask is None:
+        return _masked_attention(query, key, value, mask)[0]
+    lengths, right_padded = key_lengths(key_mask)
+
+    def by_lengths():
+        return jax.nn.dot_product_attention(
+            query,
+            key,
+            value,
+            key_value_seq_lengths=jnp.maximum(lengths, 1),
+            implementation=implementation,
+        ).astype(value.dtype)
+
+    def masked():
+        return _masked_attention(query, key, value, mask)[0].astype(value.dtype)
+
+    return jax.lax.cond(right_padded, by_lengths, masked)
+
+
+def dot_product_attention(
+    query: Array,
+    key: Array,
+    value: Array,
+    mask: Array,
+    *,
+    impl: str = "auto",
+    dropout_rate: float = 0.0,
+    dropout_rng: Array | None = None,
+    return_weights: bool = False,
+) -> tuple[Array, Array | None]:
+    """Multi-head attention on [batch, length, heads, head_dim] inputs.
+
+    `mask` is boolean, broadcastable to [batch, heads, q_length, kv_length], True where attending is allowed
+    (the model passes [batch, 1, 1, kv_length]). `impl` is one of ATTENTION_IMPLS (see the module docstring).
+    Returns (output [batch, length, heads, head_dim] in the value dtype, weights [batch, heads, q, kv] or None).
+    """
+    use_dropout = dropout_rate > 0.0 and dropout_rng is not None
+    impl = resolve_impl(
+        impl,
+        dtype=query.dtype,
+        head_dim=query.shape[-1],
+        dropout=use_dropout,
+        weights=return_weights,
+    )
+    if impl == "xla":
+        out, weights = _masked_attention(query, key, value, mask, dropout_rate, dropout_rng)
+        return out, (weights if return_weights else None)
+    if use_dropout or return_weights:
+        what = "attention weights" if return_weights else "dropout on the attention probabilities"
+        raise ValueError(f"attention_impl {impl!r} cannot give {what}; use 'auto' or 'xla'")
+    if impl == "jax":
+        return jax.nn.dot_product_attention(query, key, value, mask=mask), None
+    if impl == "cudnn":
+        return padded_attention(query, key, value, mask, implementation="cudnn"), None
+    raise ValueError(f"attention_impl {impl!r} is not one of {ATTENTION_IMPLS}")

@@ -1,0 +1,168 @@
+"""The speed machinery that runs without an accelerator: device prefetch, the compilation cache, the benchmark
+and the GPU matrix script (dry-run with tiny sizes)."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+from bert_jax import benchmark, gpu_matrix, sharding, train_lib
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_prefetch_keeps_batches_in_flight_and_in_order():
+    mesh = sharding.make_mesh((-1, 1, 1))
+    pulled = []
+
+    def batches():
+        for step in range(5):
+            pulled.append(step)
+            yield step, {"x": np.full((8, 3), step, np.int32)}
+
+    seen = []
+    items = sharding.prefetch_to_device(batches(), mesh, size=2, batch=lambda item: item[1])
+    for (step, host), device in items:
+        # When step i is handed out, steps up to i + 2 have been read and their copies started.
+        assert len(pulled) == min(step + 3, 5)
+        assert device["x"].sharding == sharding.batch_sharding(mesh)
+        np.testing.assert_array_equal(np.asarray(device["x"]), host["x"])
+        seen.append(step)
+    assert seen == [0, 1, 2, 3, 4]
+
+
+def test_compilation_cache_writes_to_the_configured_directory(tmp_path):
+    script = (
+        "import jax, jax.numpy as jnp\n"
+        "from bert_jax import main\n"
+        f"main._use_compilation_cache({str(tmp_path / '~cache')!r})\n"
+        "jax.config.update('jax_persistent_cache_min_compile_time_secs', 0)\n"
+        "jax.jit(lambda x: jnp.sin(x) * 3)(jnp.ones(4)).block_until_ready()\n"
+    )
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(REPO)}
+    result = subprocess.run(
+        [sys.executable, "-c", script], cwd=REPO, env=env, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    entries = [p for p in (tmp_path / "~cache").iterdir() if "-" in p.name]
+    assert len(entries) >= 1
+
+
+def test_benchmark_rows_on_a_tiny_model():
+    result = benchmark.run("tiny", 4, 16, 3, dtype="float32", references=(), steps=1)
+    rows = {(r["implementation"], r["measure"]): r for r in result["rows"]}
+    assert sorted(rows) == [("bert_jax", "fwd+bwd"), ("bert_jax", "train")]
+    setup = result["setup"]
+    expected_flops = 4 * benchmark.flops.model_flops_per_sequence(
+        benchmark.model_lib.BertConfig(**benchmark.model_lib.PRESETS["tiny"]), 16, 3
+    )
+    assert setup["model_flops_per_step"] == expected_flops
+    for r in rows.values():
+        assert r["seconds"] > 0 and r["compile_seconds"] > 0
+        assert r["sequences_per_sec"] == pytest.approx(4 / r["seconds"])
+        assert r["mfu"] == pytest.approx(expected_flops / r["seconds"] / setup["peak_flops"])
+        assert r["peak_bytes"] is None  # a CPU has no device allocator statistics
+    text = benchmark.format_rows(result["rows"])
+    assert text.splitlines()[1].split()[:2] == ["bert_jax", "fwd+bwd"]
+
+
+def test_markdown_table_rows_and_failures():
+    rows = [
+        dict(implementation="bert_jax", measure="train", seconds=0.05, sequences_per_sec=5120.0)
+    ]
+    rows[0] |= dict(mfu=0.4, peak_bytes=3 * 2**30, compile_seconds=12.34)
+    results = [
+        dict(name="phase1", shape="base 256x128/20", rows=rows),
+        dict(name="phase2", error="timed out after 150 s"),
+    ]
+    text = gpu_matrix.to_markdown({"commit": "abc"}, results)
+    lines = text.splitlines()
+    assert lines[2] == "commit abc"
+    assert (
+        lines[6]
+        == "| phase1 | bert_jax | base 256x128/20 | 5120.0 | 40.0% | 50.0 | 3.0 | 12.3 |  |"
+    )
+    assert lines[7] == "| phase2 | timed out after 150 s | | | | | | | |"
+
+
+def test_plan_covers_the_issue_matrix():
+    runs = {r["name"]: r for r in gpu_matrix.plan(False, Path("/w"))}
+    assert list(runs) == ["phase1", "trainer", "trainer2", "phase2", "large"]
+    assert "--reference=torch,torch_compile" in runs["phase1"]["cmd"]
+    for flag in (
+        "--batch_size=256",
+        "--seq_length=512",
+        "--max_predictions=80",
+        "--grad_accum_steps=4",
+    ):
+        assert flag in runs["phase2"]["cmd"]
+    assert "--model=large" in runs["large"]["cmd"]
+    assert runs["trainer"]["cmd"][1:3] == ["-m", "bert_jax.main"]
+    # Both launches share one compilation cache but not a workdir (the second would just resume).
+    cache = [a for a in runs["trainer2"]["cmd"] if "compilation_cache_dir" in a]
+    assert cache == [a for a in runs["trainer"]["cmd"] if "compilation_cache_dir" in a] != []
+    assert runs["trainer"]["workdir"] != runs["trainer2"]["workdir"]
+    assert sum(r["cap"] for r in runs.values()) >= 330  # the budget, not the caps, bounds the total
+
+
+@pytest.mark.slow
+def test_matrix_dry_run_writes_the_table(tmp_path):
+    # The whole GPU matrix with tiny sizes on a CPU: every run finishes and becomes rows of numbers.
+    gpu_matrix.main(
+        ["--out", str(tmp_path), "--dry_run", "--budget_s", "900", "--only", "phase1,trainer"]
+    )
+    matrix = json.loads((tmp_path / "matrix.json").read_text())
+    runs = {r["name"]: r for r in matrix["runs"]}
+    assert [r.get("error") for r in runs.values()] == [None, None]
+    assert [row["implementation"] for row in runs["phase1"]["rows"]][0] == "bert_jax"
+    assert runs["phase1"]["rows"][1]["implementation"].startswith("torch ")
+    trainer = runs["trainer"]["rows"][0]
+    assert trainer["implementation"] == "bert_jax.main" and trainer["seconds"] > 0
+    assert 0 < trainer["first_step"] < runs["trainer"]["seconds"]
+    table = (tmp_path / "matrix.md").read_text().splitlines()
+    assert table[4].startswith("| run | implementation |")
+    assert len([line for line in table if line.startswith("| phase1 |")]) == 2
+    assert len([line for line in table if line.startswith("| trainer |")]) == 1
+    assert jax.default_backend() == "cpu"
+
+
+@pytest.mark.parametrize(
+    "impl,message",
+    [
+        (
+            "cudnn",
+            "model: attention_impl 'cudnn' cannot run: it needs a GPU and the JAX backend is 'cpu'",
+        ),
+        ("jax", "model: attention_impl 'jax' applies no dropout to the attention probabilities"),
+    ],
+)
+def test_impossible_attention_impl_stops_the_trainer_with_one_line(tmp_path, impl, message):
+    sys.path.insert(0, str(REPO))
+    from bert_jax import pretrain
+    from bert_jax.configs import bert_tiny
+
+    config = bert_tiny.get_config()
+    config.model.attention_impl = impl
+    with pytest.raises(train_lib.SetupError) as error:
+        pretrain.run(config, str(tmp_path))
+    assert str(error.value).startswith(message) and "\n" not in str(error.value)
+    assert not (tmp_path / "metrics.jsonl").exists()
+
+
+def test_matrix_without_the_packages_says_so_and_runs_nothing(tmp_path, monkeypatch):
+    find_spec = gpu_matrix.importlib.util.find_spec
+    monkeypatch.setattr(
+        gpu_matrix.importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == "tensorboardX" else find_spec(name, *a),
+    )
+    gpu_matrix.main(["--out", str(tmp_path), "--only", "trainer,trainer2"])
+    runs = json.loads((tmp_path / "matrix.json").read_text())["runs"]
+    expected = "not run: tensorboardX not installed (carry wheels: --wheels)"
+    assert [r["error"] for r in runs] == [expected, expected]
+    assert (tmp_path / "runs.log").read_text() == ""
