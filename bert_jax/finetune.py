@@ -117,7 +117,8 @@ def run(config, workdir) -> dict:
 
 
 def _run(config, workdir, setup: startup.SetupAgreement) -> dict:
-    workdir = train_lib.absolute_workdir(workdir)
+    workdir = train_lib.prepare_workdir(workdir)
+    train_lib.say(f"workdir {workdir}")
     with setup_error("task"):
         task = glue.get_task(config.task)
         if task.name == "ax":
@@ -214,10 +215,12 @@ def _run(config, workdir, setup: startup.SetupAgreement) -> dict:
             position["epoch"],
             position["batches_done"],
         )
-        logging.info("resumed %s at step %d (epoch %d)", workdir, int(state.step), start_epoch)
+        train_lib.say(f"resumed {workdir} at step {int(state.step):,} (epoch {start_epoch})")
 
     # Loop: train an epoch, evaluate on dev; the final epoch's model is the run's result.
     writer = train_lib.MetricWriter(workdir, process_index=jax.process_index())
+    writer.write_config(stored)
+    progress = train_lib.Progress(num_train_steps, int(state.step), PROGRESS_FIELDS)
     window = train_lib.MetricWindow()
     guard = train_lib.NonFiniteGuard(config.max_consecutive_nonfinite)
     preemption = train_lib.Preemption(check_every=1)
@@ -251,6 +254,7 @@ def _run(config, workdir, setup: startup.SetupAgreement) -> dict:
                             sums["correct_sum"], sums["weight_sum"]
                         )
                     writer.write_scalars(step, scalars)
+                    progress.update(step, scalars)
                 if done_in_epoch < steps_per_epoch and preemption.agreed(step):
                     position = {"epoch": epoch, "batches_done": done_in_epoch, "history": history}
                     ckpt.save(step, state, data_state=position, config=stored, force=True)
@@ -272,6 +276,10 @@ def _run(config, workdir, setup: startup.SetupAgreement) -> dict:
                 step,
                 {f"eval/{e}/{m}": v for e, values in results.items() for m, v in values.items()},
             )
+            shown = ", ".join(
+                f"{e} {m} {v:.4f}" for e, vs in results.items() for m, v in vs.items()
+            )
+            progress.print(f"epoch {epoch} dev: {shown}")
             position = {"epoch": epoch + 1, "batches_done": 0, "history": history}
             ckpt.save(step, state, data_state=position, config=stored, force=True)
             if epoch < config.num_epochs and preemption.agreed(step):
@@ -295,6 +303,7 @@ def _run(config, workdir, setup: startup.SetupAgreement) -> dict:
                 )  # fmt: skip
                 written[f"{name}/{split}"] = path.name
     finally:
+        progress.close()
         preemption.restore()
         writer.close()
         ckpt.close()
@@ -315,10 +324,12 @@ def _run(config, workdir, setup: startup.SetupAgreement) -> dict:
         "config": stored,
     }
     train_lib.write_json(workdir / "results.json", summary)
-    logging.info("%s dev (final epoch %d): %s", task.name, final["epoch"], final["results"])
+    train_lib.say(f"{task.name}: results in {workdir / 'results.json'}")
     return {**summary, "workdir": str(workdir)}
 
 
+# The compact progress line: (label, metric key, format).
+PROGRESS_FIELDS = (("loss", "train/loss", ".4f"), ("acc", "train/accuracy", ".3f"))
 # Fields a rerun may change without breaking the run it continues.
 SAFE_CHANGES = (
     "log_every_steps", "eval_batch_size", "predict_test", "max_consecutive_nonfinite", "mesh_shape",

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import math
+import os
+import platform
 import time
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -58,12 +62,37 @@ def measure_matmul_peak(sizes=(1024, 2048), repeats: int = 10) -> float:
     return best
 
 
+def cached_cpu_peak(measured: float) -> float:
+    """The best float32 matmul rate this machine has shown (kept in ~/.cache/bert_jax/cpu_peak.json, by CPU
+    model and core count): a measurement taken while other work shares the cores would otherwise inflate MFU."""
+    cache = (
+        Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
+        / "bert_jax"
+        / "cpu_peak.json"
+    )
+    key = f"{platform.processor() or platform.machine()} x{os.cpu_count()}"
+    try:
+        known = json.loads(cache.read_text())
+    except (OSError, ValueError):
+        known = {}
+    best = max(measured, float(known.get(key, 0.0)))
+    if best > known.get(key, 0.0):
+        try:
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            cache.write_text(json.dumps({**known, key: best}))
+        except OSError:
+            pass  # a read-only home: the measured value is still used
+    return best
+
+
 def peak_flops() -> tuple[float, str]:
     """(peak FLOP/s of all devices together, where the number comes from)."""
     device = jax.devices()[0]
     if device.platform == "cpu":
         # Fake CPU devices share the host's cores, so the host's measured peak is the whole mesh's.
-        return measure_matmul_peak(), "measured float32 matmul"
+        return cached_cpu_peak(
+            measure_matmul_peak()
+        ), "best measured float32 matmul on this machine"
     for name, flops in PEAK_FLOPS:
         if name.lower() in device.device_kind.lower():
             return flops * jax.device_count(), f"{device.device_kind} bf16 table"

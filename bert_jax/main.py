@@ -58,11 +58,17 @@ try:
 except ValueError as error:
     sys.exit(f"error: {error}")
 
-_CONFIG = config_flags.DEFINE_config_file(
-    "config",
-    str(DEFAULT_CONFIG),
-    "Config file (a recipe in configs/); --config.FIELD=VALUE overrides.",
-)
+try:
+    # Defining the flag loads the recipe and defines its --config.FIELD overrides from argv: a misspelt field
+    # fails here, before absl's own parsing.
+    _CONFIG = config_flags.DEFINE_config_file(
+        "config",
+        str(DEFAULT_CONFIG),
+        "Config file (a recipe in configs/); --config.FIELD=VALUE overrides.",
+    )
+except Exception as error:  # noqa: BLE001 -- ml_collections raises KeyError/AttributeError for a bad field
+    message = " ".join(str(error).replace("\\n", " ").split()).strip("'\"").replace("\\'", "'")
+    sys.exit(f"error: unknown config field {message}")
 _WORKDIR = flags.DEFINE_string(
     "workdir",
     None,
@@ -151,8 +157,9 @@ def main(argv) -> int:
 
     from bert_jax import checkpoint, pretrain, sweep, train_lib
 
-    logging.info("config:\n%s", config)
+    # The config goes to WORKDIR/config.json and TensorBoard (the loops write it), not onto the screen.
     try:
+        train_lib.check_config(config)
         _initialize_distributed()
         if config.mode == "pretrain":
             pretrain.run(config, workdir)
@@ -177,9 +184,28 @@ def main(argv) -> int:
     return 0
 
 
+def _parse_flags(argv: list[str]) -> list[str]:
+    """absl's flag parsing, with every failure (an unknown flag or config field, a bad value, a recipe that does
+    not load) as one line naming it."""
+    try:
+        return flags.FLAGS(argv)
+    except flags.Error as error:
+        sys.exit(f"error: {_first_line(error)}")
+    except Exception as error:  # noqa: BLE001 -- the recipe file's own exception, whatever it is
+        sys.exit(f"error: --config: {type(error).__name__}: {_first_line(error)}")
+
+
+def _first_line(error: BaseException) -> str:
+    """The message's first line; for a message that carries a traceback, also its last line (the cause)."""
+    lines = [line for line in str(error).strip().splitlines() if line.strip()]
+    if not lines:
+        return type(error).__name__
+    return f"{lines[0]} {lines[-1].strip()}" if "Traceback" in str(error) else lines[0]
+
+
 def run() -> None:
     """The `bert-jax` console script and `python -m bert_jax.main`."""
-    app.run(main)
+    app.run(main, flags_parser=_parse_flags)
 
 
 if __name__ == "__main__":

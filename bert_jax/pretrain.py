@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 from absl import logging
 
-from bert_jax import checkpoint, flops, losses, optim, sharding, startup, train_lib
+from bert_jax import checkpoint, flops, losses, optim, sharding, startup, train_lib, warm_start
 from bert_jax.data.loader import make_eval_batches, make_pretraining_loader
 from bert_jax.model import build_model
 from bert_jax.train_lib import divide, setup_error
@@ -104,6 +104,7 @@ RESUME_SAFE = (
     "num_train_steps", "log_every_steps", "checkpoint_every_steps", "keep_checkpoints", "eval_every_steps",
     "eval_batches", "data.eval_input_pattern", "mesh_shape", "grad_accum_steps", "async_checkpoints",
     "preemption_check_every_steps", "max_consecutive_nonfinite", "model.attention_impl", "model.remat_policy",
+    "init_checkpoint",
 )  # fmt: skip
 
 
@@ -122,6 +123,38 @@ def check_resume(stored, config, step: int) -> None:
         raise ValueError(f"num_train_steps {config.num_train_steps} < the restored step {step}")
 
 
+# The compact progress line: (label, metric key, format).
+PROGRESS_FIELDS = (
+    ("loss", "train/loss", ".3f"),
+    ("mlm_acc", "train/mlm_accuracy", ".3f"),
+    ("nsp_acc", "train/nsp_accuracy", ".3f"),
+)
+
+
+def warm_start_params(config, abstract) -> dict | None:
+    """`config.init_checkpoint`'s encoder and MLM/NSP heads (a bert_jax workdir, a transformers directory or a
+    TF1 checkpoint) to continue pretraining from; None for a random init. Shapes must equal the recipe's model."""
+    if not config.init_checkpoint:
+        return None
+    weights = warm_start.from_path(
+        config.init_checkpoint, head="pretraining", heads=("bert", "mlm", "nsp"),
+        dtype=config.dtype, param_dtype=config.param_dtype, seed=config.seed,
+    )  # fmt: skip
+    wanted = jax.tree_util.tree_flatten_with_path(abstract.params)[0]
+    have = dict(jax.tree_util.tree_flatten_with_path(weights.params)[0])
+    for path, leaf in wanted:
+        name = "/".join(str(getattr(k, "key", k)) for k in path)
+        if path[0].key not in weights.params:
+            continue
+        if path not in have or tuple(have[path].shape) != tuple(leaf.shape):
+            got = "absent" if path not in have else tuple(have[path].shape)
+            raise ValueError(
+                f"{weights.source}: {name} is {got} but the recipe's model wants {tuple(leaf.shape)}"
+            )
+    logging.info("continuing pretraining from %s (%s)", weights.source, sorted(weights.params))
+    return weights.params
+
+
 def run(config, workdir: str):
     """Pretrains per `config` in `workdir` (resuming from its latest checkpoint); returns the final state.
 
@@ -131,7 +164,7 @@ def run(config, workdir: str):
 
 
 def _run(config, workdir: str, setup: startup.SetupAgreement):
-    workdir = train_lib.absolute_workdir(workdir)
+    workdir = train_lib.prepare_workdir(workdir)
     process_index, process_count = jax.process_index(), jax.process_count()
 
     # ------------------------------------------------------------------------------------------------------
@@ -217,16 +250,25 @@ def _run(config, workdir: str, setup: startup.SetupAgreement):
         save_interval_steps=config.checkpoint_every_steps,
         async_save=config.async_checkpoints,
     )
+    train_lib.say(f"workdir {workdir}")
     resumed = ckpt.latest_step() is not None
     if resumed:
         with setup_error("checkpoint"):
             state, data_state, stored = ckpt.restore(None, abstract)
             check_resume(stored, config, int(state.step))
             loader.set_state(data_state)
-        logging.info("resumed from %s at step %d", ckpt.directory, int(state.step))
+        train_lib.say(f"resumed from {ckpt.directory} at step {int(state.step):,}")
     else:
-        state = train_lib.create_state(model, tx, abstract, jax.random.key(config.seed))
+        with setup_error("init_checkpoint"):
+            params = warm_start_params(config, abstract)
+        state = train_lib.create_state(model, tx, abstract, jax.random.key(config.seed), params)
     start_step = int(state.step)
+    if start_step >= config.num_train_steps:
+        train_lib.say(
+            f"already complete at step {start_step:,} (num_train_steps {config.num_train_steps:,})"
+        )
+        ckpt.close()
+        return state
 
     # ------------------------------------------------------------------------------------------------------
     # Loop.
@@ -234,6 +276,8 @@ def _run(config, workdir: str, setup: startup.SetupAgreement):
     writer = train_lib.MetricWriter(
         workdir, process_index=process_index, resume_step=start_step if resumed else None
     )
+    writer.write_config(config)
+    progress = train_lib.Progress(config.num_train_steps, start_step, PROGRESS_FIELDS)
     peak, peak_source = flops.peak_flops()
     logging.info("peak %.3g FLOP/s (%s)", peak, peak_source)
     preemption = train_lib.Preemption(config.preemption_check_every_steps)
@@ -263,6 +307,7 @@ def _run(config, workdir: str, setup: startup.SetupAgreement):
                 sums, scalars = window.flush()
                 scalars.update({f"train/{k}": v for k, v in summarize(sums).items()})
                 writer.write_scalars(done, scalars)
+                progress.update(done, scalars)
 
             if eval_batches and (
                 done % config.eval_every_steps == 0 or done == config.num_train_steps
@@ -272,7 +317,12 @@ def _run(config, workdir: str, setup: startup.SetupAgreement):
                     for b in eval_batches
                 ]
                 sums = jax.tree.map(lambda *xs: float(sum(xs)), *jax.device_get(sums))
-                writer.write_scalars(done, {f"eval/{k}": v for k, v in summarize(sums).items()})
+                evaluated = {f"eval/{k}": v for k, v in summarize(sums).items()}
+                writer.write_scalars(done, evaluated)
+                progress.print(
+                    f"eval at step {done:,}: mlm_acc {evaluated['eval/mlm_accuracy']:.3f} · "
+                    f"nsp_acc {evaluated['eval/nsp_accuracy']:.3f}"
+                )
                 window.restart()
 
             stop = preemption.agreed(done)
@@ -281,7 +331,7 @@ def _run(config, workdir: str, setup: startup.SetupAgreement):
                 or stop
                 or (done % config.checkpoint_every_steps == 0 and not guard.in_a_row)
             ):
-                ckpt.save(
+                saved = ckpt.save(
                     done,
                     state,
                     data_state=loader.get_state(done),
@@ -289,12 +339,15 @@ def _run(config, workdir: str, setup: startup.SetupAgreement):
                     force=stop or done == config.num_train_steps,
                     loss_finite=not int(metrics["nonfinite"]),
                 )
+                if saved:
+                    progress.print(f"saving step {done:,} to {ckpt.directory / str(done)}")
                 window.restart()
             if stop:
                 logging.warning("preempted: saved step %d, exiting", done)
                 break
         ckpt.wait_until_finished()
     finally:
+        progress.close()
         batches.close()  # stops the prefetch thread
         preemption.restore()
         writer.close()

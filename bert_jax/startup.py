@@ -22,7 +22,7 @@ import numpy as np
 from absl import logging
 from jax.experimental import multihost_utils
 
-from bert_jax.train_lib import Preempted, SetupError, absolute_workdir
+from bert_jax.train_lib import Preempted, SetupError, absolute_workdir, prepare_workdir
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -213,6 +213,8 @@ class WorkdirLock:
             raise SetupError(
                 f"workdir {self.workdir}: gs:// needs gcsfs (pip install gcsfs, or bert_jax's [tpu] extra)"
             )
+        if not gcs:
+            prepare_workdir(self.workdir)  # a file or a read-only directory: its own one line
         bounded(f"workdir {self.workdir}", self._acquire, timeout_s=self.timeout_s)
         threading.Thread(target=self._heartbeat, daemon=True).start()
         return self

@@ -58,6 +58,61 @@ def absolute_workdir(workdir) -> epath.Path:
     return epath.Path(workdir if "://" in str(workdir) else os.path.abspath(workdir))
 
 
+def prepare_workdir(workdir) -> epath.Path:
+    """The absolute workdir, created; a local one that is a file or not writable is a SetupError."""
+    path = absolute_workdir(workdir)
+    if "://" in str(path):
+        return path
+    with setup_error("workdir"):
+        if path.exists() and not path.is_dir():
+            raise ValueError(f"{path} is a file, not a directory")
+        path.mkdir(parents=True, exist_ok=True)
+        # A probe file, not os.access: root passes access checks on read-only mounts.
+        probe = path / f".write_test_{os.getpid()}"
+        try:
+            probe.write_text("")
+            probe.unlink()
+        except OSError as error:
+            raise ValueError(f"{path} is not writable ({error.strerror})") from error
+    return path
+
+
+# Value rules checked before anything runs: (field-name test, the rule, what it must be).
+_RULES = (
+    (lambda k: k == "learning_rate", lambda v: v > 0, "> 0"),
+    (lambda k: k in ("num_train_steps", "num_epochs"), lambda v: v > 0, "> 0"),
+    (lambda k: k.endswith("batch_size"), lambda v: v > 0, "> 0"),
+    (lambda k: k == "warmup_steps", lambda v: v >= 0, ">= 0"),
+    (lambda k: k.endswith(("_prob", "_fraction")), lambda v: 0 <= v <= 1, "in [0, 1]"),
+    (lambda k: k.endswith("dropout"), lambda v: 0 <= v < 1, "in [0, 1)"),
+    (lambda k: k in ("adam_b1", "adam_b2"), lambda v: 0 <= v < 1, "in [0, 1)"),
+    (lambda k: k == "adam_epsilon", lambda v: v > 0, "> 0"),
+    (
+        lambda k: k in ("weight_decay", "max_grad_norm", "eval_every_steps"),
+        lambda v: v >= 0,
+        ">= 0",
+    ),
+    (lambda k: k in ("log_every_steps", "checkpoint_every_steps"), lambda v: v > 0, "> 0"),
+    (lambda k: k in ("grad_accum_steps", "max_consecutive_nonfinite"), lambda v: v >= 1, ">= 1"),
+)
+
+
+def check_config(config) -> None:
+    """Raises SetupError naming the first field whose value is out of range (a negative learning rate, zero
+    steps, a probability above 1, a warmup longer than the run)."""
+    flat = _flatten(config)
+    for key, value in flat.items():
+        name = key.rsplit(".", 1)[-1]
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            continue
+        for applies, ok, must in _RULES:
+            if applies(name) and not ok(value):
+                raise SetupError(f"{key}: {value!r} must be {must}")
+    steps, warmup = flat.get("num_train_steps"), flat.get("warmup_steps")
+    if steps is not None and warmup is not None and warmup > steps:
+        raise SetupError(f"warmup_steps: {warmup} must be <= num_train_steps {steps}")
+
+
 def _flatten(config, prefix="") -> dict:
     config = config.to_dict() if hasattr(config, "to_dict") else config
     flat = {}
@@ -325,6 +380,82 @@ class MetricWindow:
         return sums, scalars
 
 
+def say(text: str) -> None:
+    """A line for the person at the terminal (process 0, stdout), kept in the log too."""
+    logging.info("%s", text)
+    if jax.process_index() == 0:
+        print(text, flush=True)
+
+
+class Progress:
+    """What a person reads on stdout (process 0): the workdir, one compact line per log step, each save; on a
+    terminal a progress bar instead of the lines. The full scalars go to the log, TensorBoard and
+    metrics.jsonl (MetricWriter).
+
+    `fields`: (label, scalar key, format) for the line, e.g. ("loss", "train/loss", ".3f").
+    """
+
+    def __init__(self, total: int, start: int, fields, *, active: bool | None = None):
+        import sys
+
+        self.total, self.fields = total, fields
+        self.active = jax.process_index() == 0 if active is None else active
+        self._bar = None
+        if self.active and sys.stdout.isatty():
+            import tqdm
+
+            self._bar = tqdm.tqdm(total=total, initial=start, unit="step", dynamic_ncols=True)
+        self._at = start
+
+    def print(self, text: str) -> None:
+        if not self.active:
+            return
+        if self._bar is not None:
+            self._bar.write(text)
+        else:
+            print(text, flush=True)
+
+    def line(self, step: int, scalars: Mapping[str, float]) -> str:
+        parts = [f"step {step:,}/{self.total:,} ({step / self.total:.1%})"]
+        for label, key, spec in self.fields:
+            if key in scalars and math.isfinite(scalars[key]):
+                parts.append(f"{label} {scalars[key]:{spec}}")
+        if "perf/sequences_per_sec" in scalars:
+            parts.append(f"{scalars['perf/sequences_per_sec']:,.0f} seq/s")
+        if math.isfinite(scalars.get("perf/mfu", math.nan)):
+            parts.append(f"MFU {scalars['perf/mfu']:.1%}")
+        if "perf/step_time" in scalars:
+            parts.append(f"ETA {_duration((self.total - step) * scalars['perf/step_time'])}")
+        return " · ".join(parts)
+
+    def update(self, step: int, scalars: Mapping[str, float]) -> None:
+        if not self.active:
+            return
+        if self._bar is not None:
+            self._bar.update(step - self._at)
+            self._bar.set_postfix_str(self.line(step, scalars).split(" · ", 1)[-1])
+        else:
+            print(self.line(step, scalars), flush=True)
+        self._at = step
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+
+
+def _duration(seconds: float) -> str:
+    """'6d 3h', '2h 5m', '4m 10s', '12s'."""
+    seconds = max(0, int(seconds))
+    days, rest = divmod(seconds, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    if days:
+        return f"{days}d {hours}h"
+    if hours:
+        return f"{hours}h {minutes}m"
+    return f"{minutes}m {secs}s" if minutes else f"{secs}s"
+
+
 def divide(a: float, b: float) -> float:
     """a / b, or NaN when there is no weight (e.g. a window of skipped steps)."""
     return a / b if b > 0 else math.nan
@@ -347,7 +478,7 @@ class MetricWriter:
         # which code that only needs the metrics should not pay.
         import tensorboardX
 
-        workdir = epath.Path(workdir)
+        workdir = self._workdir = epath.Path(workdir)
         workdir.mkdir(parents=True, exist_ok=True)
         path = workdir / "metrics.jsonl"
         if resume_step is not None and path.exists():
@@ -376,6 +507,14 @@ class MetricWriter:
         self._jsonl.write(json.dumps({"step": int(step), **record}, allow_nan=False) + "\n")
         # A line per call on disk at once: a preempted run keeps every metric it logged.
         self._jsonl.flush()
+
+    def write_config(self, config) -> None:
+        """The run's config into WORKDIR/config.json and TensorBoard (as text), not onto stdout."""
+        if not self._active:
+            return
+        text = json.dumps(_flatten(config), indent=2, default=str, sort_keys=True)
+        (self._workdir / "config.json").write_text(text + "\n")
+        self._tensorboard.add_text("config", f"```\n{text}\n```", global_step=0)
 
     def flush(self) -> None:
         if self._active:

@@ -29,71 +29,62 @@ class InitialWeights:
     source: str
 
 
-def _config(fields, tokenizer, config) -> BertConfig:
-    """The encoder config for fine-tuning: the run's dtypes and dropout over the stored fields."""
-    dropout = {"hidden_dropout_prob": config.dropout, "attention_dropout_prob": config.dropout}
-    return train_lib.model_config(
-        fields,
-        vocab_size=tokenizer.vocab_size,
-        dtype=config.dtype,
-        param_dtype=config.param_dtype,
-        **dropout,
-    )
-
-
-def from_workdir(path: epath.Path, config, heads=("bert",)) -> InitialWeights:
-    """The newest readable checkpoint of a bert_jax workdir (parameters only; no optimizer is built)."""
-    directory = path / "checkpoints"
-    step, params, stored = checkpoint.restore_params(str(directory))
-    if stored["mode"] == "pretrain":
-        spec = {"path": stored["data"]["vocab_file"] or str(SAMPLE_VOCAB)}
-        spec["do_lower_case"] = stored["data"]["do_lower_case"]
+def from_path(
+    path, *, head: str, heads, dtype: str, param_dtype: str, seed: int = 0, **overrides
+) -> InitialWeights:
+    """Weights from a bert_jax workdir (the top-level modules in `heads`), a transformers-layout directory or an
+    original TF1 checkpoint (`head` is what `load_pretrained` is asked for). The model config takes the run's
+    dtypes and `overrides` (e.g. dropout) over the stored fields."""
+    path = epath.Path(path)
+    if (path / "checkpoints").is_dir():
+        directory = path / "checkpoints"
+        step, params, stored = checkpoint.restore_params(str(directory))
+        if stored["mode"] == "pretrain":
+            spec = {"path": stored["data"]["vocab_file"] or str(SAMPLE_VOCAB)}
+            spec["do_lower_case"] = stored["data"]["do_lower_case"]
+        else:
+            spec = stored["tokenizer"]
+        tokenizer = load_tokenizer(spec["path"], do_lower_case=spec["do_lower_case"])
+        kept = {k: v for k, v in params.items() if k in heads}
+        dropped = sorted(set(params) - set(kept))
+        logging.info(
+            "%s step %d: restored %s; dropped heads %s", directory, step, sorted(kept), dropped
+        )
+        fields, source = stored["model"], f"{directory}/{step}"
+    elif (
+        (path / "config.json").exists()
+        or (path / "bert_config.json").exists()
+        or epath.Path(f"{path}.index").exists()
+    ):
+        model, kept, tokenizer = convert.load_pretrained(path, head=head, dtype=dtype, seed=seed)
+        fields = dataclasses.asdict(model.config)
+        spec, source = {"path": str(path), "do_lower_case": None}, str(path)
     else:
-        spec = stored["tokenizer"]
-    tokenizer = load_tokenizer(spec["path"], do_lower_case=spec["do_lower_case"])
-    kept = {k: v for k, v in params.items() if k in heads}
-    dropped = sorted(set(params) - set(kept))
-    logging.info(
-        "%s step %d: restored %s; dropped heads %s", directory, step, sorted(kept), dropped
+        raise ValueError(
+            f"{path} is neither a bert_jax workdir (no checkpoints/) nor a transformers-layout "
+            "directory (no config.json) nor an original TF1 checkpoint (no bert_config.json)"
+        )
+    fields = {k: v for k, v in fields.items() if k not in ("dtype", "param_dtype")}
+    model_config = train_lib.model_config(
+        fields, vocab_size=tokenizer.vocab_size, dtype=dtype, param_dtype=param_dtype, **overrides
     )
-    model_config = _config(stored["model"], tokenizer, config)
-    return InitialWeights(model_config, tokenizer, spec, kept, f"{directory}/{step}")
+    return InitialWeights(model_config, tokenizer, spec, kept, source)
 
 
 def load(config, *, head: str = "classification", heads=("bert", "classifier")) -> InitialWeights:
-    """Resolves `config.init_checkpoint`: a bert_jax workdir, a transformers-layout directory, or "" (random).
-
-    `head` is the head asked of a transformers checkpoint (its own label count, so a classifier it has loads);
-    `heads` are the top-level modules kept from a bert_jax workdir.
-    """
-    path = config.init_checkpoint
-    if not path:
-        logging.warning("no init_checkpoint: random initialisation (good for smoke tests only)")
-        spec = {
-            "path": config.vocab_file or str(SAMPLE_VOCAB),
-            "do_lower_case": config.do_lower_case,
-        }
-        tokenizer = load_tokenizer(spec["path"], do_lower_case=spec["do_lower_case"])
-        return InitialWeights(
-            _config(config.model.to_dict(), tokenizer, config), tokenizer, spec, None, "random"
-        )
-    path = epath.Path(path)
-    if (path / "checkpoints").is_dir():
-        return from_workdir(path, config, heads)
-    if (path / "config.json").exists():
-        model, params, tokenizer = convert.load_pretrained(
-            path, head=head, dtype=config.dtype, seed=config.seed
-        )
-        fields = {
-            k: v
-            for k, v in dataclasses.asdict(model.config).items()
-            if k not in ("dtype", "param_dtype")
-        }
-        spec = {"path": str(path), "do_lower_case": None}
-        return InitialWeights(
-            _config(fields, tokenizer, config), tokenizer, spec, params, str(path)
-        )
-    raise ValueError(
-        f"{path} is neither a bert_jax workdir (no checkpoints/) nor a transformers-layout "
-        "directory (no config.json)"
-    )
+    """Resolves a fine-tuning config's `init_checkpoint` (see `from_path`), or "" for a random init of
+    `config.model` with `config.vocab_file`. Dropout is the fine-tuning recipe's (`config.dropout`)."""
+    dropout = {"hidden_dropout_prob": config.dropout, "attention_dropout_prob": config.dropout}
+    if config.init_checkpoint:
+        return from_path(
+            config.init_checkpoint, head=head, heads=heads, dtype=config.dtype,
+            param_dtype=config.param_dtype, seed=config.seed, **dropout,
+        )  # fmt: skip
+    logging.warning("no init_checkpoint: random initialisation (good for smoke tests only)")
+    spec = {"path": config.vocab_file or str(SAMPLE_VOCAB), "do_lower_case": config.do_lower_case}
+    tokenizer = load_tokenizer(spec["path"], do_lower_case=spec["do_lower_case"])
+    model_config = train_lib.model_config(
+        config.model.to_dict(), vocab_size=tokenizer.vocab_size, dtype=config.dtype,
+        param_dtype=config.param_dtype, **dropout,
+    )  # fmt: skip
+    return InitialWeights(model_config, tokenizer, spec, None, "random")

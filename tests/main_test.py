@@ -161,3 +161,59 @@ def test_default_run_learns(tmp_path):
     evals = [m for m in metrics(workdir) if "eval/mlm_accuracy" in m]
     assert len(evals) == 1 and evals[0]["eval/mlm_accuracy"] > 0.05
     assert sorted(p.name for p in (workdir / "checkpoints").iterdir()) == ["120"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--config=nosuch.py"], "error: --config=nosuch.py: no such file, and no packaged recipe of that name"),
+        (["--config=configs/bert_base.py:large"], "error: flag --config="),
+        (["--config.learning_rat=1"], "error: unknown config field 'learning_rat' Did you mean \"learning_rate\""),
+        (["--config.num_train_steps=0"], "error: num_train_steps: 0 must be > 0"),
+        (["--config.learning_rate=-1"], "error: learning_rate: -1.0 must be > 0"),
+        (["--config.warmup_steps=900"], "error: warmup_steps: 900 must be <= num_train_steps 800"),
+        (["--config.data.masked_lm_prob=1.5"], "error: data.masked_lm_prob: 1.5 must be in [0, 1]"),
+        (["--workdir=/sys/bert_jax_run"], "error: workdir: "),
+        ([f"--config.data.vocab_file={REPO / 'README.md'}"], f"error: data: {REPO / 'README.md'}: not a WordPiece vocab.txt"),
+        (["--config=glue", "--config.task=sst2", "--config.init_checkpoint="], "error: data: no data_dir given and TFDS glue/sst2 (train) is not prepared"),
+    ],
+)  # fmt: skip
+def test_first_hour_errors_are_one_line(tmp_path, args, message):
+    """Each bad input of a user's first hour is one line naming the field or path, with no traceback and no
+    config dump on the screen."""
+    if not any(a.startswith("--workdir") for a in args):
+        args = [f"--workdir={tmp_path / 'run'}", *args]
+    result = main(*args, timeout=120)
+    assert result.returncode != 0
+    assert result.stderr.strip().splitlines()[-1].startswith(message), result.stderr[-2000:]
+    assert "Traceback" not in result.stderr and "learning_rate:" not in result.stdout
+
+
+def test_workdir_that_is_a_file_is_one_line(tmp_path):
+    (tmp_path / "file").write_text("x")
+    result = main(f"--workdir={tmp_path / 'file'}", timeout=120)
+    last = result.stderr.strip().splitlines()[-1]
+    assert last == f"error: workdir: {tmp_path / 'file'} is a file, not a directory"
+
+
+def test_default_run_prints_progress_and_finishes_once(tmp_path):
+    """A person reads the workdir, compact progress lines with step/total and ETA, each save; a rerun of a
+    finished run says so and trains nothing."""
+    args = [f"--workdir={tmp_path}", "--config.num_train_steps=4", "--config.warmup_steps=1", "--config.log_every_steps=2",
+            "--config.eval_every_steps=0", "--config.checkpoint_every_steps=4"]  # fmt: skip
+    first = main(*args, timeout=300)
+    assert first.returncode == 0, first.stderr[-3000:]
+    lines = first.stdout.splitlines()
+    assert lines[0] == f"workdir {tmp_path}"
+    progress = [line for line in lines if line.startswith("step ")]
+    assert [line.split(" · ")[0] for line in progress] == ["step 2/4 (50.0%)", "step 4/4 (100.0%)"]
+    assert all(
+        " · loss " in line and " seq/s · MFU " in line and " · ETA " in line for line in progress
+    )
+    assert f"saving step 4 to {tmp_path / 'checkpoints' / '4'}" in lines
+    assert (tmp_path / "config.json").exists() and "learning_rate" not in first.stdout
+    again = main(*args, timeout=300)
+    assert again.returncode == 0
+    assert "already complete at step 4 (num_train_steps 4)" in again.stdout
+    assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == 2

@@ -107,6 +107,9 @@ def get_config(size: str = "base") -> ml_collections.ConfigDict:
     c.dtype = "float32"
     # Storage dtype of the parameters, and so of the optimizer state: float32 even with bfloat16 compute.
     c.param_dtype = "float32"
+    # Continue pretraining from a bert_jax workdir, a transformers directory or a TF1 checkpoint (its encoder
+    # and MLM/NSP heads; shapes must match `model`); "" = random init. Used only when WORKDIR has no checkpoint.
+    c.init_checkpoint = ""
     # Parameter init, dropout (folded with the step) and data order.
     c.seed = 0
     # Generator of the dropout keys ("rbg" is faster on some TPUs).

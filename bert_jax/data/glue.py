@@ -289,7 +289,18 @@ def _read_tfds(task: Task, split: str, tfds_data_dir: str | None) -> Examples:
     import tensorflow_datasets.text.glue  # noqa: F401  (registers glue/* without TensorFlow)
 
     tfds_split = split.replace("dev", "validation", 1)  # dev_matched -> validation_matched
-    source = tfds.data_source(f"glue/{task.name}", split=tfds_split, data_dir=tfds_data_dir)
+    try:
+        # Nothing downloads at run time: an unprepared data set is an error naming what to do.
+        source = tfds.data_source(
+            f"glue/{task.name}", split=tfds_split, data_dir=tfds_data_dir, download=False
+        )
+    except Exception as error:  # noqa: BLE001 -- TFDS raises several kinds for "not prepared"
+        where = tfds_data_dir or "TFDS's default data directory"
+        raise ValueError(
+            f"no data_dir given and TFDS glue/{task.name} ({tfds_split}) is not prepared in {where} "
+            f"({type(error).__name__}); pass --config.data_dir=GLUE_DIR (the official GLUE layout) or "
+            "prepare the TFDS data set beforehand"
+        ) from error
     idx, texts, labels = [], [[] for _ in task.tfds_features], []
     for row in source:
         idx.append(int(row["idx"]))

@@ -319,6 +319,11 @@ def load_tokenizer(
         return SentencePieceTokenizer(path, do_lower_case=bool(do_lower_case))
     if path.suffix == ".json":
         return WordPieceTokenizer.from_tokenizer_json(path)
-    return WordPieceTokenizer.from_vocab_file(
-        path, do_lower_case=True if do_lower_case is None else do_lower_case
-    )
+    try:
+        return WordPieceTokenizer.from_vocab_file(
+            path, do_lower_case=True if do_lower_case is None else do_lower_case
+        )
+    except (
+        TypeError
+    ) as error:  # the tokenizers library's word for a vocab without BERT's special tokens
+        raise ValueError(f"{path}: not a WordPiece vocab.txt ({error})") from error
