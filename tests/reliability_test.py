@@ -267,6 +267,27 @@ def test_main_exits_0_on_sigterm_during_start_up(tmp_path):
     assert not (tmp_path / "run.lock").exists()
 
 
+@pytest.mark.slow
+def test_main_saves_and_exits_0_on_ctrl_c(tmp_path):
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bert_jax.main", f"--workdir={tmp_path}", "--config.num_train_steps=400",
+         "--config.warmup_steps=1", "--config.global_batch_size=8", "--config.log_every_steps=1",
+         "--config.eval_every_steps=0", "--config.data.seq_length=32", "--config.mesh_shape=(8,1,1)"],
+        cwd=REPO, env={**os.environ, "JAX_PLATFORMS": "cpu"}, stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    deadline = time.time() + 300
+    while not (tmp_path / "metrics.jsonl").exists() or not (tmp_path / "metrics.jsonl").read_text():
+        assert time.time() < deadline and proc.poll() is None
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    stderr = proc.communicate(timeout=300)[1]
+    assert proc.returncode == 0, stderr[-3000:]
+    saved = [int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit()]
+    assert len(saved) == 1 and 1 <= saved[0] < 400 and "SIGINT: saving a checkpoint" in stderr
+    assert "Traceback" not in stderr and not (tmp_path / "run.lock").exists()
+
+
 # ----------------------------------------------------------------------------------------------------------
 # Resume: a host-independent data state (row 1), the config check (row 10), metrics.jsonl.
 # ----------------------------------------------------------------------------------------------------------
