@@ -257,7 +257,7 @@ def test_main_exits_0_on_sigterm_during_start_up(tmp_path):
     lines = []
     for line in proc.stderr:
         lines.append(line)
-        if "config:" in line:  # logged after main installed its handler
+        if "] mesh {" in line:  # logged in setup, after main installed its handler
             proc.send_signal(signal.SIGTERM)
             break
     rest = proc.communicate(timeout=300)[1]
