@@ -45,7 +45,8 @@ EXTRAS_REQUIRE = {
     ],
     # The viewer for the event files every run writes: tensorboard --logdir WORKDIR.
     "tensorboard": ["tensorboard>=2.16"],
-    "tpu": ["jax[tpu]>=0.10.2"],
+    # gcsfs: gs:// workdirs (etils epath reads them through it).
+    "tpu": ["jax[tpu]>=0.10.2", "gcsfs>=2024.2"],
     "cuda": ["jax[cuda12]>=0.10.2"],
     "tf": ["tensorflow-cpu>=2.16"],
 }

@@ -1,25 +1,103 @@
 """Checkpoints of the train state, the data iterator state and the config, with Orbax.
 
-One checkpoint per saved step, `DIRECTORY/<step>/` holding three items: `state` (the sharded train state,
-written by every host in parallel with OCDBT/TensorStore), `data` and `config` (JSON, written once). Saves
-are asynchronous by default: `save` returns once the arrays are copied off the devices and training goes
-on while the files are written. Local paths and gs:// go through the same code (etils epath).
+One checkpoint per saved step, `DIRECTORY/<step>/` holding four items: `state` (the sharded train state,
+written by every host in parallel with OCDBT/TensorStore), `data`, `config` and `manifest` (JSON, written
+once). Saves are asynchronous by default: `save` returns once the arrays are copied off the devices and
+training goes on while the files are written. Local paths and gs:// go through the same code (etils epath).
+
+The manifest makes a checkpoint prove itself: a checksum of every array (computed on the devices over the
+logical array, so it holds on any mesh) and whether the state and the step's loss were finite. A state that is
+not finite is never saved; a restored state must match its checksums, else the step counts as damaged.
+See docs/reliability.md.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import os
+import re
+import shutil
 from collections.abc import Mapping
 from typing import Any
 
 import jax
+import jax.numpy as jnp
+import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
+from jax.experimental import multihost_utils
+
+MANIFEST_VERSION = 1
 
 
 class CheckpointMismatchError(ValueError):
     """The checkpoint's arrays do not fit the requested state (another model size or optimizer)."""
+
+
+class CheckpointSaveError(RuntimeError):
+    """A save failed (disk full, no permission, unreachable bucket); the message is one line naming the step."""
+
+
+class DamagedCheckpointError(ValueError):
+    """A restored array does not match the checksum recorded when it was saved."""
+
+
+def _digest(x) -> jax.Array:
+    """A uint32 checksum of an array's bits: a position-weighted sum mod 2**32, exact in any reduction order
+    (so any sharding gives the same value), and changed by every single-bit flip (the weights are odd)."""
+    if jnp.issubdtype(x.dtype, jax.dtypes.prng_key):
+        x = jax.random.key_data(x)
+    if x.dtype == jnp.bool_ or x.dtype.itemsize == 1:
+        bits = x.astype(jnp.uint32)
+    elif x.dtype.itemsize == 2:
+        bits = jax.lax.bitcast_convert_type(x, jnp.uint16).astype(jnp.uint32)
+    else:
+        # 8-byte values split into two uint32 words (a trailing axis).
+        bits = jax.lax.bitcast_convert_type(x, jnp.uint32)
+    bits = bits.reshape(-1)
+    weights = jnp.arange(bits.size, dtype=jnp.uint32) * jnp.uint32(2654435761) + jnp.uint32(1)
+    return jnp.sum(bits * (weights | jnp.uint32(1)), dtype=jnp.uint32)
+
+
+@jax.jit
+def _fingerprint(state):
+    """({leaf: checksum}, all leaves finite) of a pytree of arrays, on the devices."""
+    leaves = jax.tree_util.tree_flatten_with_path(state)[0]
+    digests = {_path_name(path): _digest(leaf) for path, leaf in leaves}
+    finite = [jnp.isfinite(x).all() for _, x in leaves if jnp.issubdtype(x.dtype, jnp.inexact)]
+    return digests, jnp.all(jnp.stack(finite)) if finite else jnp.bool_(True)
+
+
+def _host_value(x) -> np.ndarray:
+    """A replicated (possibly multi-process) scalar's value on this host."""
+    return np.asarray(x.addressable_data(0))
+
+
+def fingerprint(state) -> tuple[dict[str, int], bool]:
+    """({array name: uint32 checksum}, whether every float array is finite) of a train state."""
+    digests, finite = _fingerprint(state)
+    return {k: int(_host_value(v)) for k, v in digests.items()}, bool(_host_value(finite))
+
+
+def _all_hosts_ok(ok: bool) -> bool:
+    """True when `ok` holds on every process (a failure on one host makes all of them fall back)."""
+    if jax.process_count() == 1:
+        return ok
+    return bool(np.min(multihost_utils.process_allgather(np.int32(ok))))
+
+
+def _describe(error: BaseException, directory) -> str:
+    """One line for a read failure: the damaged file when the error names one under `directory` (TensorStore's
+    messages do, deep inside), else the error's type and first line, shortened."""
+    if isinstance(error, DamagedCheckpointError):
+        return str(error)
+    paths = re.findall(r"(?:gs://|/)[^\s\"']+", str(error))
+    inside = [q for q in paths if q.startswith(str(directory))]
+    if inside:
+        return f"{type(error).__name__} reading {inside[0]}"
+    return _first_line(error)[:200]
 
 
 def _path_name(path) -> str:
@@ -80,7 +158,10 @@ class Checkpointer:
             "state": ocp.StandardCheckpointHandler(),
             "data": ocp.JsonCheckpointHandler(),
             "config": ocp.JsonCheckpointHandler(),
+            "manifest": ocp.JsonCheckpointHandler(),
         }
+        # The step whose save is in flight, named when an asynchronous failure surfaces later.
+        self._pending: int | None = None
         self._manager = ocp.CheckpointManager(
             self.directory, options=options, item_handlers=handlers
         )
@@ -93,14 +174,23 @@ class Checkpointer:
         return sorted(self._manager.all_steps())
 
     def save(
-        self, step: int, state, *, data_state: dict, config: Mapping, force: bool = False
+        self,
+        step: int,
+        state,
+        *,
+        data_state: dict,
+        config: Mapping,
+        force: bool = False,
+        loss_finite: bool = True,
     ) -> bool:
-        """Starts saving `state` with the data iterator state and the config as JSON; True if it saves.
+        """Starts saving `state` with the data iterator state, the config and a manifest; True if it saves.
 
         Without `force`, only multiples of `save_interval_steps` are saved. A step that already has a
-        checkpoint is not saved again (False), so a final forced save may follow a periodic one. All hosts
-        must call it with the same step. `data_state` must be the same on every host (only one writes it).
-        Raises if the previous asynchronous save failed.
+        checkpoint is not saved again (False), so a final forced save may follow a periodic one. A state with a
+        non-finite parameter or optimizer value is not saved (False, with a warning). `loss_finite` (the step's
+        loss) is recorded: `last_good_step` skips steps whose loss was not. All hosts must call it with the same
+        step. `data_state` must be the same on every host (only one writes it). Raises CheckpointSaveError if
+        this save cannot start (e.g. too little disk) or the previous asynchronous one failed.
         """
         step = int(step)
         if not force and step % self.save_interval_steps:
@@ -108,12 +198,55 @@ class Checkpointer:
         if step in self._manager.all_steps():
             logging.info("checkpoint for step %d already exists in %s", step, self.directory)
             return False
+        checksums, finite = fingerprint(state)
+        if not finite:
+            logging.warning(
+                "not saving step %d: its parameters or optimizer state are not finite", step
+            )
+            return False
+        self._check_space(step, state)
+        manifest = {
+            "version": MANIFEST_VERSION,
+            "finite": finite,
+            "loss_finite": bool(loss_finite),
+            "checksums": checksums,
+        }
         args = ocp.args.Composite(
             state=ocp.args.StandardSave(state),
             data=ocp.args.JsonSave(_to_json(data_state)),
             config=ocp.args.JsonSave(_to_json(config)),
+            manifest=ocp.args.JsonSave(manifest),
         )
-        return self._manager.save(step, args=args, force=True)
+        with self._save_errors():
+            saved = self._manager.save(step, args=args, force=True)
+        self._pending = step
+        return saved
+
+    def _check_space(self, step: int, state) -> None:
+        """Refuses a save that cannot fit a local disk, before it starts (an asynchronous write would fail one
+        interval later). The state's in-memory size bounds what the save writes."""
+        if "://" in str(self.directory) or jax.process_index() != 0:
+            return
+        needed = sum(x.nbytes for x in jax.tree.leaves(state))
+        free = shutil.disk_usage(os.fspath(self.directory)).free
+        if free < needed:
+            raise CheckpointSaveError(
+                f"cannot save step {step} to {self.directory}: {free / 2**20:.1f} MiB free, the state "
+                f"needs up to {needed / 2**20:.1f} MiB (disk full?)"
+            )
+
+    @contextlib.contextmanager
+    def _save_errors(self):
+        """Turns a failed write (this one, or the pending asynchronous one surfacing now) into one line."""
+        try:
+            yield
+        except CheckpointSaveError:
+            raise
+        except Exception as error:
+            what = f"step {self._pending}" if self._pending is not None else "a checkpoint"
+            raise CheckpointSaveError(
+                f"saving {what} to {self.directory} failed: {_first_line(error)[:300]}"
+            ) from error
 
     def _check_fits(self, step: int, abstract_state) -> None:
         """Raises CheckpointMismatchError naming the first array whose shape differs, or is missing."""
@@ -138,9 +271,11 @@ class Checkpointer:
 
         `abstract_state`: the state's structure as `jax.ShapeDtypeStruct`s with `.sharding`; arrays are read
         straight into those shardings, so a checkpoint saved on one mesh restores onto another. A checkpoint
-        from another model size raises CheckpointMismatchError naming the array and both shapes. An
-        unreadable (corrupt, partly deleted) checkpoint falls back to the previous step with a warning; the
-        returned state's `step` says which was used. Raises ValueError if no checkpoint is usable.
+        from another model size raises CheckpointMismatchError naming the array and both shapes. A damaged
+        step (unreadable, or an array that fails its checksum) falls back to the previous one with one warning
+        line naming the file or array, and is deleted once an older step restores, so the run saves it again
+        when it gets there. The returned state's `step` says which was used. Raises ValueError if no
+        checkpoint is usable.
         """
         steps = sorted(self._manager.all_steps(), reverse=True)
         if not steps:
@@ -150,32 +285,76 @@ class Checkpointer:
                 f"no checkpoint at step {step} in {self.directory}; have {steps[::-1]}"
             )
         candidates = [s for s in steps if step is None or s <= step]
-        failures = []
+        damaged, failures = [], []
         for s in candidates:
+            where = self.directory / str(s)
             try:
                 self._check_fits(s, abstract_state)
-                restored = self._manager.restore(
-                    s,
-                    args=ocp.args.Composite(
-                        state=ocp.args.StandardRestore(abstract_state),
-                        data=ocp.args.JsonRestore(),
-                        config=ocp.args.JsonRestore(),
-                    ),
-                )
+                items = {
+                    "state": ocp.args.StandardRestore(abstract_state),
+                    "data": ocp.args.JsonRestore(),
+                    "config": ocp.args.JsonRestore(),
+                }
+                # Checkpoints written before manifests existed restore unverified.
+                has_manifest = (where / "manifest").exists()
+                if has_manifest:
+                    items["manifest"] = ocp.args.JsonRestore()
+                restored = self._manager.restore(s, args=ocp.args.Composite(**items))
+                if has_manifest:
+                    self._verify(s, restored["state"], restored["manifest"])
+                ok, problem = True, ""
             except CheckpointMismatchError:
                 raise
             except Exception as error:  # noqa: BLE001 -- any read failure means "try the previous one"
-                failures.append(f"step {s}: {_first_line(error)}")
+                ok, problem = False, _describe(error, where)
+                logging.debug("reading %s: %s", where, error)
+            if not _all_hosts_ok(ok):
+                problem = problem or "damaged on another host"
                 logging.warning(
-                    "checkpoint %s is unreadable (%s); trying the previous one",
-                    self.directory / str(s),
-                    _first_line(error),
+                    "checkpoint %s is unreadable (%s); trying the previous one", where, problem
                 )
+                damaged.append(s)
+                failures.append(f"step {s}: {problem}")
                 continue
-            if failures:
-                logging.warning("restored step %d instead: %s", s, "; ".join(failures))
+            for bad in damaged:
+                logging.warning(
+                    "deleting damaged checkpoint %s; step %d restored", self.directory / str(bad), s
+                )
+                self._manager.delete(bad)
             return restored["state"], restored["data"], restored["config"]
         raise ValueError(f"no usable checkpoint in {self.directory}: {'; '.join(failures)}")
+
+    def _verify(self, step: int, state, manifest: dict) -> None:
+        """Raises DamagedCheckpointError naming the first array whose checksum differs from the manifest's."""
+        checksums, _ = fingerprint(state)
+        for name, want in manifest["checksums"].items():
+            if checksums.get(name) != want:
+                raise DamagedCheckpointError(
+                    f"{self.directory / str(step) / 'state'}: {name!r} does not match its checksum"
+                )
+
+    def last_good_step(self) -> int | None:
+        """The newest finished step whose state was finite and whose loss was finite (per its manifest)."""
+        for s in sorted(self._manager.all_steps(), reverse=True):
+            if not (self.directory / str(s) / "manifest").exists():
+                continue  # saved before manifests: unknown
+            try:
+                args = ocp.args.Composite(manifest=ocp.args.JsonRestore())
+                manifest = self._manager.restore(s, args=args)["manifest"]
+            except Exception:  # noqa: BLE001 -- an unreadable manifest is not a good checkpoint
+                continue
+            if manifest.get("finite") and manifest.get("loss_finite"):
+                return s
+        return None
+
+    def describe_last_good(self) -> str:
+        """A sentence naming the last good checkpoint (finite state and loss), for an error that stops a run."""
+        with contextlib.suppress(CheckpointSaveError):
+            self.wait_until_finished()  # a pending save may be the good one
+        step = self.last_good_step()
+        if step is None:
+            return f" No checkpoint with finite parameters and loss was saved in {self.directory}."
+        return f" The last good checkpoint (finite parameters and loss) is step {step} in {self.directory}."
 
     def read_config(self, step: int | None = None) -> tuple[int, dict]:
         """(step, config) of `step` (None: the latest), without reading the state.
@@ -192,12 +371,15 @@ class Checkpointer:
         return step, restored["config"]
 
     def wait_until_finished(self) -> None:
-        """Blocks until the pending save is on disk; raises if it failed."""
-        self._manager.wait_until_finished()
+        """Blocks until the pending save is on disk; raises CheckpointSaveError if it failed."""
+        with self._save_errors():
+            self._manager.wait_until_finished()
 
     def close(self) -> None:
-        """Waits for the pending save (raising if it failed) and releases the manager's threads."""
-        self._manager.close()
+        """Waits for the pending save (raising CheckpointSaveError if it failed) and releases the manager's
+        threads."""
+        with self._save_errors():
+            self._manager.close()
 
 
 def restore_params(

@@ -22,7 +22,7 @@ import ml_collections
 from absl import logging
 from etils import epath
 
-from bert_jax import checkpoint, losses, metrics, optim, sharding, train_lib, warm_start
+from bert_jax import checkpoint, losses, metrics, optim, sharding, startup, train_lib, warm_start
 from bert_jax.data import glue
 from bert_jax.model import build_model
 from bert_jax.train_lib import setup_error
@@ -109,7 +109,14 @@ def _score(results) -> float:
 # One run: one task, one setting, one seed.
 # ----------------------------------------------------------------------------------------------------------
 def run(config, workdir) -> dict:
-    """Fine-tunes `config.task` with the config's single setting; writes WORKDIR/results.json."""
+    """Fine-tunes `config.task` with the config's single setting; writes WORKDIR/results.json.
+
+    One run per workdir (a lock); every host agrees that setup worked before the first collective."""
+    with startup.agreed_setup() as setup, startup.WorkdirLock(workdir):
+        return _run(config, workdir, setup)
+
+
+def _run(config, workdir, setup: startup.SetupAgreement) -> dict:
     workdir = train_lib.absolute_workdir(workdir)
     with setup_error("task"):
         task = glue.get_task(config.task)
@@ -141,6 +148,9 @@ def run(config, workdir) -> dict:
             raise ValueError(f"{len(examples['train'])} training examples < one batch")
     num_train_steps = steps_per_epoch * config.num_epochs
     warmup_steps = round(config.warmup_fraction * num_train_steps)
+
+    # Hosts read their data apart; what follows reads checkpoints and syncs them.
+    setup.reach()
 
     # Weights, then the features their tokenizer makes.
     with setup_error("init_checkpoint"):

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import importlib.util
 import logging as std_logging
+import os
 import sys
+import threading
 from pathlib import Path
 
 from absl import app, flags, logging
@@ -81,6 +83,11 @@ _NUM_PROCESSES = flags.DEFINE_integer(
 _PROCESS_ID = flags.DEFINE_integer(
     "process_id", None, "This process's index (with --coordinator_address)."
 )
+_DISTRIBUTED_TIMEOUT = flags.DEFINE_integer(
+    "distributed_timeout_s",
+    60,
+    "Seconds to wait for every process to join, and without a heartbeat before a process counts as dead.",
+)
 
 
 class _QuietOrbax:
@@ -91,13 +98,36 @@ class _QuietOrbax:
 
 
 def _initialize_distributed() -> None:
+    """Joins the multi-process run. A process that cannot join (a host missing, a wrong address) exits with
+    one line within --distributed_timeout_s, where JAX would abort with a C++ trace after 5 minutes; a host
+    lost later stops the others after the same heartbeat timeout."""
     import jax
 
+    timeout = _DISTRIBUTED_TIMEOUT.value
+    where = _COORDINATOR.value or "the TPU metadata's coordinator"
+    joined = threading.Event()
+
+    def give_up():
+        # JAX aborts the process when its own (longer) deadline passes; this line and exit come first.
+        if not joined.wait(timeout):
+            sys.stderr.write(
+                f"error: process {_PROCESS_ID.value} could not join the run at {where} within {timeout} s "
+                "(is every process started, with the same --coordinator_address and --num_processes?)\n"
+            )
+            sys.stderr.flush()
+            os._exit(1)
+
+    timeouts = {"initialization_timeout": timeout + 30, "heartbeat_timeout_seconds": timeout}
     if _COORDINATOR.value:
-        jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+        threading.Thread(target=give_up, daemon=True).start()
+        jax.distributed.initialize(
+            _COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value, **timeouts
+        )
     elif _on_tpu_vm():
+        threading.Thread(target=give_up, daemon=True).start()
         # On a Cloud TPU VM the workers, their number and this one's index come from the TPU metadata.
-        jax.distributed.initialize()
+        jax.distributed.initialize(**timeouts)
+    joined.set()
 
 
 def _on_tpu_vm() -> bool:
@@ -125,6 +155,10 @@ def _use_compilation_cache(directory: str) -> None:
 
 
 def main(argv) -> int:
+    # First thing: a SIGTERM or Ctrl-C during start-up stops the run cleanly (exit 0) instead of killing it.
+    from bert_jax import startup
+
+    startup.EarlySignals().install()
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments {argv[1:]}")
     config = _CONFIG.value
@@ -132,14 +166,14 @@ def main(argv) -> int:
         Path("workdir") / Path(config_flags.get_config_filename(flags.FLAGS["config"])).stem
     )
     logging.get_absl_handler().addFilter(_QuietOrbax())
-    _initialize_distributed()
     _use_compilation_cache(config.get("compilation_cache_dir", ""))
 
-    from bert_jax import finetune_tasks, pretrain, sweep, train_lib
+    from bert_jax import checkpoint, finetune_tasks, pretrain, sweep, train_lib
 
     # The config goes to WORKDIR/config.json and TensorBoard (the loops write it), not onto the screen.
     try:
         train_lib.check_config(config)
+        _initialize_distributed()
         if config.mode == "pretrain":
             pretrain.run(config, workdir)
         elif config.mode == "finetune":
@@ -151,10 +185,17 @@ def main(argv) -> int:
         else:
             modes = ("pretrain", "finetune", "glue_suite", *finetune_tasks.TASKS)
             raise train_lib.SetupError(f"config.mode {config.mode!r} is not one of {modes}")
-    except (train_lib.SetupError, train_lib.NonFiniteLossError) as error:
+    except (
+        train_lib.SetupError,
+        train_lib.NonFiniteLossError,
+        checkpoint.CheckpointSaveError,
+    ) as error:
         sys.exit(f"error: {error}")
     except train_lib.Preempted as stopped:
         logging.warning("preempted: %s; rerun the same command to resume", stopped)
+    except KeyboardInterrupt:
+        # A second Ctrl-C: the newest finished checkpoint stands (a save in flight is never "latest").
+        sys.exit("error: interrupted; the newest finished checkpoint stands")
     return 0
 
 

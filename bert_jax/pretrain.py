@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 from absl import logging
 
-from bert_jax import checkpoint, flops, losses, optim, sharding, train_lib, warm_start
+from bert_jax import checkpoint, flops, losses, optim, sharding, startup, train_lib, warm_start
 from bert_jax.data.loader import make_eval_batches, make_pretraining_loader
 from bert_jax.model import build_model
 from bert_jax.train_lib import divide, setup_error
@@ -100,6 +100,30 @@ def summarize(sums: dict[str, float]) -> dict[str, float]:
     }
 
 
+# Config fields a resumed run may change: they leave the data order, the model and the optimizer as they were.
+RESUME_SAFE = (
+    "num_train_steps", "log_every_steps", "checkpoint_every_steps", "keep_checkpoints", "eval_every_steps",
+    "eval_batches", "data.eval_input_pattern", "mesh_shape", "grad_accum_steps", "async_checkpoints",
+    "preemption_check_every_steps", "max_consecutive_nonfinite", "model.attention_impl", "model.remat_policy",
+    "init_checkpoint",
+)  # fmt: skip
+
+
+def check_resume(stored, config, step: int) -> None:
+    """Raises ValueError when `config` cannot continue the run stored at `step` (see RESUME_SAFE); warns with
+    the safe changes."""
+    breaking, safe = train_lib.config_changes(stored, config, RESUME_SAFE)
+    if breaking:
+        raise ValueError(
+            f"the config differs from the stored run's in ways that break continuation: {'; '.join(breaking)}"
+            " (use another --workdir to start a new run)"
+        )
+    if safe:
+        logging.warning("resuming with changed settings: %s", "; ".join(safe))
+    if config.num_train_steps < step:
+        raise ValueError(f"num_train_steps {config.num_train_steps} < the restored step {step}")
+
+
 # The compact progress line: (label, metric key, format).
 PROGRESS_FIELDS = (
     ("loss", "train/loss", ".3f"),
@@ -133,7 +157,14 @@ def warm_start_params(config, abstract) -> dict | None:
 
 
 def run(config, workdir: str):
-    """Pretrains per `config` in `workdir` (resuming from its latest checkpoint); returns the final state."""
+    """Pretrains per `config` in `workdir` (resuming from its latest checkpoint); returns the final state.
+
+    One run per workdir (a lock); every host agrees that setup worked before the first collective."""
+    with startup.agreed_setup() as setup, startup.WorkdirLock(workdir):
+        return _run(config, workdir, setup)
+
+
+def _run(config, workdir: str, setup: startup.SetupAgreement):
     started = time.perf_counter()
     workdir = train_lib.prepare_workdir(workdir)
     process_index, process_count = jax.process_index(), jax.process_count()
@@ -216,6 +247,8 @@ def run(config, workdir: str):
     # ------------------------------------------------------------------------------------------------------
     # Checkpoint: restore the latest one in the workdir, or create the state from scratch.
     # ------------------------------------------------------------------------------------------------------
+    # The first collective (Orbax syncs the hosts when it opens the directory) comes after the agreement.
+    setup.reach()
     ckpt = checkpoint.Checkpointer(
         str(workdir / "checkpoints"),
         keep=config.keep_checkpoints,
@@ -223,9 +256,11 @@ def run(config, workdir: str):
         async_save=config.async_checkpoints,
     )
     train_lib.say(f"workdir {workdir}")
-    if ckpt.latest_step() is not None:
+    resumed = ckpt.latest_step() is not None
+    if resumed:
         with setup_error("checkpoint"):
-            state, data_state, _ = ckpt.restore(None, abstract)
+            state, data_state, stored = ckpt.restore(None, abstract)
+            check_resume(stored, config, int(state.step))
             loader.set_state(data_state)
         train_lib.say(f"resumed from {ckpt.directory} at step {int(state.step):,}")
     else:
@@ -243,7 +278,9 @@ def run(config, workdir: str):
     # ------------------------------------------------------------------------------------------------------
     # Loop.
     # ------------------------------------------------------------------------------------------------------
-    writer = train_lib.MetricWriter(workdir, process_index=process_index)
+    writer = train_lib.MetricWriter(
+        workdir, process_index=process_index, resume_step=start_step if resumed else None
+    )
     writer.write_config(config)
     progress = train_lib.Progress(config.num_train_steps, start_step, PROGRESS_FIELDS)
     peak, peak_source = flops.peak_flops()
@@ -252,7 +289,7 @@ def run(config, workdir: str):
     window = train_lib.MetricWindow(peak)
     guard = train_lib.NonFiniteGuard(
         config.max_consecutive_nonfinite,
-        note=lambda: f" The last good checkpoint is step {ckpt.latest_step()} in {ckpt.directory}",
+        note=ckpt.describe_last_good,
     )
     batches = loader.iterate(start_step)
     try:
@@ -312,6 +349,7 @@ def run(config, workdir: str):
                     data_state=loader.get_state(done),
                     config=config,
                     force=stop or done == config.num_train_steps,
+                    loss_finite=not int(metrics["nonfinite"]),
                 )
                 if saved:
                     progress.print(f"saving step {done:,} to {ckpt.directory / str(done)}")

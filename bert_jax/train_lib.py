@@ -321,10 +321,12 @@ class Preemption:
     once any host got one. A second Ctrl-C interrupts at once."""
 
     def __init__(self, check_every: int):
-        self.requested, self.check_every = False, max(1, check_every)
+        self.check_every = max(1, check_every)
         self._previous = {
             s: signal.signal(s, self._handle) for s in (signal.SIGTERM, signal.SIGINT)
         }
+        # A signal that startup.EarlySignals recorded after the setup agreement still stops the run.
+        self.requested = any(getattr(h, "received", None) for h in self._previous.values())
 
     def _handle(self, signum, frame):
         if self.requested and signum == signal.SIGINT:
@@ -482,11 +484,13 @@ def divide(a: float, b: float) -> float:
 class MetricWriter:
     """Writes a step's scalars to the log (one line), TensorBoard and WORKDIR/metrics.jsonl.
 
-    Only process 0 writes; on the others every method does nothing. Non-finite values are logged
+    `resume_step`: the step a resumed run restored; lines past it are dropped. Only process 0 writes; on the others every method does nothing. Non-finite values are logged
     as they are and stored as null in the JSON lines, which stay valid JSON.
     """
 
-    def __init__(self, workdir: str | os.PathLike, *, process_index: int):
+    def __init__(
+        self, workdir: str | os.PathLike, *, process_index: int, resume_step: int | None = None
+    ):
         self._active = process_index == 0
         if not self._active:
             return
@@ -496,8 +500,17 @@ class MetricWriter:
 
         workdir = self._workdir = epath.Path(workdir)
         workdir.mkdir(parents=True, exist_ok=True)
+        path = workdir / "metrics.jsonl"
+        if resume_step is not None and path.exists():
+            # Lines past the restored step were logged by the run that died; the resumed run logs those steps
+            # again, so each step appears once.
+            keep = [line for line in path.read_text().splitlines(keepends=True) if line.strip()]
+            keep = [line for line in keep if json.loads(line).get("step", 0) <= resume_step]
+            partial = path.parent / (path.name + ".tmp")
+            partial.write_text("".join(keep))
+            partial.replace(path)
         # Append, so a resumed run keeps the lines of the run it continues.
-        self._jsonl = (workdir / "metrics.jsonl").open("a")
+        self._jsonl = path.open("a")
         self._tensorboard = tensorboardX.SummaryWriter(logdir=os.fspath(workdir))
 
     def write_scalars(self, step: int, scalars: Mapping[str, float]) -> None:

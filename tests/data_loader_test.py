@@ -74,9 +74,9 @@ def test_resume_across_epoch_boundary_matches_uninterrupted(tagged):
     )
     first = make()
     ref = [b for _, b in zip(range(60), first.iterate(0), strict=False)]
-    epoch0 = first.get_state(0)["epoch_sizes"][0][0]
-    assert 16 * 10 < epoch0 < 16 * 30  # resume inside epoch 0, then cross epoch boundaries
-    assert len(first.get_state(0)["epoch_sizes"][0]) >= 3
+    epoch_sizes = first._phases[0][1].epoch_sizes
+    assert 16 * 10 < epoch_sizes[0] < 16 * 30  # resume inside epoch 0, then cross epoch boundaries
+    assert len(epoch_sizes) >= 3
     state = json.loads(json.dumps(first.get_state(10)))
     resumed = make()
     resumed.set_state(state)

@@ -138,7 +138,9 @@ def test_overrides_run_then_bad_and_corrupt_checkpoints(tmp_path):
         and "resumed from" in result.stderr
         and "at step 3" in result.stderr
     )
-    assert [m["step"] for m in metrics(workdir) if "train/loss" in m] == [1, 2, 3, 4, 5, 6, 4, 5, 6]
+    # The damaged step 6 was re-saved, and the lines past step 3 replaced (each step once).
+    assert [m["step"] for m in metrics(workdir) if "train/loss" in m] == [1, 2, 3, 4, 5, 6]
+    assert sorted(int(p.name) for p in (workdir / "checkpoints").iterdir()) == [3, 6]
 
 
 @pytest.mark.slow

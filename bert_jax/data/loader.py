@@ -5,8 +5,8 @@ a disjoint share of the documents (or, for instance shards, of each epoch's perm
 reads it as an endless stream of epochs, each a fresh shuffle with fresh instances; host p's
 batch at step s is rows [s*B, (s+1)*B) of its own stream, masked with a generator keyed by
 (seed, step, process). So every host yields one batch per step forever (no end-of-epoch hang),
-the union over hosts is the global batch without duplicates, and resuming needs only the step.
-`get_state` also carries the epoch sizes seen so far, so a restored process skips recounting.
+the union over hosts is the global batch without duplicates, and resuming needs only the step: the
+state is the same on every host (a restored host recounts the epochs before its position).
 
 Instance files (`source="instances"`: bert_jax's ArrayRecord or the original tool's TFRecords)
 train with the masks stored in them (`masking="static"`, the paper's dupe_factor=10 setup) or
@@ -29,7 +29,8 @@ from bert_jax.data import instances, masking, records
 from bert_jax.data.streams import CorpusStream, RecordStream, keyed_rng
 from bert_jax.data.tokenizer import load_tokenizer
 
-STATE_VERSION = 1
+# 2: host-independent (no process_index, no per-host epoch sizes).
+STATE_VERSION = 2
 MASKINGS = ("static", "dynamic")
 
 
@@ -125,27 +126,43 @@ class PretrainingLoader:
             thread.join()
 
     def get_state(self, step: int) -> dict:
-        """JSON-serialisable state to resume at `step` (the next step to run)."""
+        """JSON-serialisable state to resume at `step` (the next step to run), the same on every host.
+
+        Each host derives its own position from it (batches are pure functions of seed, step and host), so
+        one host writes it for all. It fingerprints what the data order depends on, which `set_state` checks.
+        """
         return {
             "version": STATE_VERSION,
             "next_step": int(step),
             "seed": self.seed,
-            "process_index": self.process_index,
             "process_count": self.process_count,
-            "batch_size": self.batch_size,
-            "epoch_sizes": [list(map(int, p[1].epoch_sizes)) for p in self._phases],
+            "global_batch_size": self.batch_size * self.process_count,
+            "phases": [[int(p[0]), int(p[2]), int(p[3])] for p in self._phases],
         }
 
     def set_state(self, state: dict) -> None:
-        """Restores a state from `get_state`; raises if it was saved for another setup."""
-        for key in ("version", "seed", "process_index", "process_count", "batch_size"):
-            mine = STATE_VERSION if key == "version" else getattr(self, key)
-            if state.get(key) != mine:
-                raise ValueError(f"data state has {key}={state.get(key)}, this loader {mine}")
-        for phase, sizes in zip(self._phases, state["epoch_sizes"], strict=True):
-            if isinstance(phase[1], CorpusStream) and len(sizes) > len(phase[1].epoch_sizes):
-                phase[1].epoch_sizes = list(sizes)
-        self._next_step = int(state["next_step"])
+        """Restores a state from `get_state`; raises ValueError naming the field saved for another setup."""
+        if state.get("version") != STATE_VERSION:
+            raise ValueError(
+                f"data state version {state.get('version')}, this loader reads {STATE_VERSION}"
+            )
+        step = int(state["next_step"])
+        mine = self.get_state(step)
+        for key in ("seed", "process_count", "global_batch_size"):
+            if state.get(key) != mine[key]:
+                # Hosts own disjoint shares of the data: another count is another data order.
+                hint = " (each host reads its own share)" if key == "process_count" else ""
+                raise ValueError(
+                    f"data state has {key}={state.get(key)}, this run {mine[key]}{hint}"
+                )
+        # The phases must agree on the steps already trained; later ones may move (more steps).
+        past = lambda phases: [p for p in phases if p[0] < step]
+        if past(state["phases"]) != past(mine["phases"]):
+            raise ValueError(
+                f"data phases (start, seq_length, max_predictions) before step {step} were "
+                f"{past(state['phases'])}, this run has {past(mine['phases'])}"
+            )
+        self._next_step = step
 
 
 def _held_out(doc: list[str], modulus: int) -> bool:
