@@ -24,7 +24,7 @@ import ml_collections
 from absl import logging
 from etils import epath
 
-from bert_jax import checkpoint, optim, sharding, train_lib, warm_start
+from bert_jax import checkpoint, optim, sharding, startup, train_lib, warm_start
 from bert_jax.data import glue
 from bert_jax.model import build_model
 from bert_jax.tasks import conll, squad, swag
@@ -147,7 +147,14 @@ def predict(p_eval_step, params, features, batch_size: int, mesh):
 # One run.
 # ----------------------------------------------------------------------------------------------------------
 def run(config, workdir) -> dict:
-    """Fine-tunes and evaluates the task `config.mode`; writes WORKDIR/results.json and prediction files."""
+    """Fine-tunes and evaluates the task `config.mode`; writes WORKDIR/results.json and prediction files.
+
+    One run per workdir (a lock); every host agrees that setup worked before the first collective."""
+    with startup.agreed_setup() as setup, startup.WorkdirLock(workdir):
+        return _run(config, workdir, setup)
+
+
+def _run(config, workdir, setup: startup.SetupAgreement) -> dict:
     workdir = train_lib.absolute_workdir(workdir)
     with setup_error("mode"):
         if config.mode not in TASKS:
@@ -163,6 +170,9 @@ def run(config, workdir) -> dict:
     # Data files first, so a missing or malformed file fails before any weights are loaded.
     with setup_error("data"):
         raw = task.read(config)
+
+    # Hosts read their data apart; what follows reads checkpoints and syncs them.
+    setup.reach()
 
     # Weights, then the features their tokenizer makes.
     with setup_error("init_checkpoint"):
