@@ -429,7 +429,31 @@ def restore_params(
                     _first_line(error),
                 )
                 continue
+            try:
+                _verify_params(directory / str(s), restored["state"])
+            except DamagedCheckpointError as error:
+                failures.append(f"step {s}: {_first_line(error)}")
+                logging.warning("%s; trying the previous one", _first_line(error))
+                continue
             return s, restored["state"]["params"], restored["config"]
         raise ValueError(f"no usable checkpoint in {directory}: {'; '.join(failures)}")
     finally:
         manager.close()
+
+
+def _verify_params(step_dir: epath.Path, restored: dict) -> None:
+    """Checks restored parameters against the step's manifest (checksums, finiteness); steps saved before
+    manifests existed pass unverified."""
+    manifest_file = step_dir / "manifest" / "metadata"
+    if not manifest_file.exists():
+        return
+    manifest = json.loads(manifest_file.read_text())
+    if not manifest.get("finite", True):
+        raise DamagedCheckpointError(f"{step_dir}: its state was not finite when saved")
+    checksums, _ = fingerprint(restored)
+    for name, got in checksums.items():
+        want = manifest["checksums"].get(name)
+        if want is not None and got != want:
+            raise DamagedCheckpointError(
+                f"{step_dir / 'state'}: {name!r} does not match its checksum"
+            )

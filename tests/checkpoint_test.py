@@ -1,6 +1,7 @@
 """Orbax checkpoints: resharding restores, keep-last-K, size mismatch, corrupt fallback, failed async save."""
 
 import concurrent.futures
+import json
 import logging
 
 import jax
@@ -228,3 +229,29 @@ def test_gs_paths_take_the_same_code_path(monkeypatch):
     assert seen["options"].max_to_keep == 5 and ckpt.save_interval_steps == 100
     assert seen["options"].enable_async_checkpointing is False
     assert seen["item_names"] == ("state", "data", "config", "manifest")
+
+
+def test_params_only_restore_verifies_the_manifest_and_names_the_step_used(tmp_path, caplog):
+    """Fine-tuning reads a pretraining workdir's parameters only; a step whose arrays do not match its
+    manifest's checksums is skipped with one warning naming the file, and the step actually read is returned
+    (so results.json records the source that was used)."""
+    mesh = sharding.make_mesh((1, 1, 1), devices=jax.devices()[:1])
+    ckpt = checkpoint.Checkpointer(str(tmp_path), keep=3, save_interval_steps=1, async_save=False)
+    for step, seed in ((1, 0), (2, 1)):
+        ckpt.save(step, _state(mesh, step, seed), data_state={}, config={"mode": "x"}, force=True)
+    ckpt.close()
+    step, params, _ = checkpoint.restore_params(str(tmp_path))
+    assert step == 2
+    # A bit flip in step 2's data shows as a checksum mismatch: simulated by changing the recorded checksum.
+    manifest = tmp_path / "2" / "manifest" / "metadata"
+    recorded = json.loads(manifest.read_text())
+    name = next(n for n in recorded["checksums"] if n.startswith("params/"))
+    recorded["checksums"][name] ^= 1
+    manifest.write_text(json.dumps(recorded))
+    with caplog.at_level(logging.WARNING):
+        step, params, _ = checkpoint.restore_params(str(tmp_path))
+    assert step == 1
+    assert f"{tmp_path / '2' / 'state'}: {name!r} does not match its checksum" in caplog.text
+    want = _state(mesh, 1, 0).params
+    for got, expected in zip(jax.tree.leaves(params), jax.tree.leaves(want), strict=True):
+        np.testing.assert_array_equal(np.asarray(got), np.asarray(expected))
