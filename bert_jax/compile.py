@@ -343,7 +343,7 @@ _TOPOLOGY = flags.DEFINE_string("topology", None, f"Cloud TPU slice: {VALID_FORM
 _NUM_SLICES = flags.DEFINE_integer(
     "num_slices", 1, "Slices joined over DCN (multi-slice); set config.dcn_mesh_shape to match."
 )
-_STEPS = flags.DEFINE_list("steps", list(STEPS), f"Which of {STEPS} to compile.")
+_STEPS = flags.DEFINE_list("programs", list(STEPS), f"Which of {STEPS} to compile.")
 _JSON = flags.DEFINE_bool("json", False, "Print one JSON object instead of the table.")
 
 
@@ -363,7 +363,7 @@ def main(argv) -> int:
             topology = parse_topology(_TOPOLOGY.value)
             devices = topology_devices(topology, _NUM_SLICES.value)
         if set(_STEPS.value) - set(STEPS):
-            raise train_lib.SetupError(f"--steps {_STEPS.value}: each must be one of {STEPS}")
+            raise train_lib.SetupError(f"--programs {_STEPS.value}: each must be one of {STEPS}")
         reports = compile_steps(config, devices, topology.hbm_bytes, _STEPS.value)
     except train_lib.SetupError as error:
         sys.exit(f"error: {error}")
