@@ -22,7 +22,17 @@ import ml_collections
 from absl import logging
 from etils import epath
 
-from bert_jax import checkpoint, losses, metrics, optim, sharding, startup, train_lib, warm_start
+from bert_jax import (
+    checkpoint,
+    losses,
+    metrics,
+    optim,
+    reporting,
+    sharding,
+    startup,
+    train_lib,
+    warm_start,
+)
 from bert_jax.data import glue
 from bert_jax.model import build_model
 from bert_jax.train_lib import setup_error
@@ -202,7 +212,7 @@ def _run(config, workdir, setup: startup.SetupAgreement) -> dict:
     }
     # Created only now: bad input above leaves no directory behind.
     workdir = train_lib.prepare_workdir(workdir)
-    train_lib.say(f"workdir {workdir}")
+    reporting.say(f"workdir {workdir}")
     with setup_error("workdir"):
         finished = reuse_workdir(workdir, stored, config.overwrite)
     if finished is not None:
@@ -217,13 +227,13 @@ def _run(config, workdir, setup: startup.SetupAgreement) -> dict:
             position["epoch"],
             position["batches_done"],
         )
-        train_lib.say(f"resumed {workdir} at step {int(state.step):,} (epoch {start_epoch})")
+        reporting.say(f"resumed {workdir} at step {int(state.step):,} (epoch {start_epoch})")
 
     # Loop: train an epoch, evaluate on dev; the final epoch's model is the run's result.
-    writer = train_lib.MetricWriter(workdir, process_index=jax.process_index())
+    writer = reporting.MetricWriter(workdir, process_index=jax.process_index())
     writer.write_config(stored)
-    progress = train_lib.Progress(num_train_steps, int(state.step), PROGRESS_FIELDS)
-    window = train_lib.MetricWindow()
+    progress = reporting.Progress(num_train_steps, int(state.step), PROGRESS_FIELDS)
+    window = reporting.MetricWindow()
     guard = train_lib.NonFiniteGuard(config.max_consecutive_nonfinite)
     preemption = train_lib.Preemption(check_every=1)
     step = int(state.step)
@@ -252,7 +262,7 @@ def _run(config, workdir, setup: startup.SetupAgreement) -> dict:
                 if step % config.log_every_steps == 0 or step == num_train_steps:
                     sums, scalars = window.flush()
                     if not regression:
-                        scalars["train/accuracy"] = train_lib.divide(
+                        scalars["train/accuracy"] = reporting.divide(
                             sums["correct_sum"], sums["weight_sum"]
                         )
                     writer.write_scalars(step, scalars)
@@ -325,8 +335,8 @@ def _run(config, workdir, setup: startup.SetupAgreement) -> dict:
         "num_train_examples": len(examples["train"]),
         "config": stored,
     }
-    train_lib.write_json(workdir / "results.json", summary)
-    train_lib.say(f"{task.name}: results in {workdir / 'results.json'}")
+    reporting.write_json(workdir / "results.json", summary)
+    reporting.say(f"{task.name}: results in {workdir / 'results.json'}")
     return {**summary, "workdir": str(workdir)}
 
 

@@ -24,7 +24,7 @@ import ml_collections
 from absl import logging
 from etils import epath
 
-from bert_jax import checkpoint, optim, sharding, startup, train_lib, warm_start
+from bert_jax import checkpoint, optim, reporting, sharding, startup, train_lib, warm_start
 from bert_jax.data import glue
 from bert_jax.model import build_model
 from bert_jax.tasks import conll, squad, swag
@@ -238,10 +238,10 @@ def _run(config, workdir, setup: startup.SetupAgreement) -> dict:
     ckpt = checkpoint.Checkpointer(str(workdir / "checkpoints"), keep=1, save_interval_steps=1)
 
     # Loop: train an epoch, evaluate on dev.
-    writer = train_lib.MetricWriter(workdir, process_index=jax.process_index())
+    writer = reporting.MetricWriter(workdir, process_index=jax.process_index())
     writer.write_config(stored)
-    progress = train_lib.Progress(num_train_steps, 0, (("loss", "train/loss", ".4f"),))
-    window = train_lib.MetricWindow()
+    progress = reporting.Progress(num_train_steps, 0, (("loss", "train/loss", ".4f"),))
+    window = reporting.MetricWindow()
     guard = train_lib.NonFiniteGuard(config.max_consecutive_nonfinite)
     history, files, step = [], {}, 0
     # A SWAG row is four sequences: throughput counts sequences, as for the other tasks.
@@ -327,6 +327,6 @@ def _run(config, workdir, setup: startup.SetupAgreement) -> dict:
         **prepared.info,
         "config": stored,
     }
-    train_lib.write_json(workdir / "results.json", summary)
+    reporting.write_json(workdir / "results.json", summary)
     logging.info("%s dev (final model, epoch %d): %s", name, config.num_epochs, summary["results"])
     return {**summary, "workdir": str(workdir)}

@@ -17,10 +17,21 @@ import jax
 import jax.numpy as jnp
 from absl import logging
 
-from bert_jax import checkpoint, flops, losses, optim, sharding, startup, train_lib, warm_start
+from bert_jax import (
+    checkpoint,
+    flops,
+    losses,
+    optim,
+    reporting,
+    sharding,
+    startup,
+    train_lib,
+    warm_start,
+)
 from bert_jax.data.loader import make_eval_batches, make_pretraining_loader
 from bert_jax.model import build_model
-from bert_jax.train_lib import divide, setup_error
+from bert_jax.reporting import divide
+from bert_jax.train_lib import setup_error
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -255,21 +266,21 @@ def _run(config, workdir: str, setup: startup.SetupAgreement):
         save_interval_steps=config.checkpoint_every_steps,
         async_save=config.async_checkpoints,
     )
-    train_lib.say(f"workdir {workdir}")
+    reporting.say(f"workdir {workdir}")
     resumed = ckpt.latest_step() is not None
     if resumed:
         with setup_error("checkpoint"):
             state, data_state, stored = ckpt.restore(None, abstract)
             check_resume(stored, config, int(state.step))
             loader.set_state(data_state)
-        train_lib.say(f"resumed from {ckpt.directory} at step {int(state.step):,}")
+        reporting.say(f"resumed from {ckpt.directory} at step {int(state.step):,}")
     else:
         with setup_error("init_checkpoint"):
             params = warm_start_params(config, abstract)
         state = train_lib.create_state(model, tx, abstract, jax.random.key(config.seed), params)
     start_step = int(state.step)
     if start_step >= config.num_train_steps:
-        train_lib.say(
+        reporting.say(
             f"already complete at step {start_step:,} (num_train_steps {config.num_train_steps:,})"
         )
         ckpt.close()
@@ -278,15 +289,15 @@ def _run(config, workdir: str, setup: startup.SetupAgreement):
     # ------------------------------------------------------------------------------------------------------
     # Loop.
     # ------------------------------------------------------------------------------------------------------
-    writer = train_lib.MetricWriter(
+    writer = reporting.MetricWriter(
         workdir, process_index=process_index, resume_step=start_step if resumed else None
     )
     writer.write_config(config)
-    progress = train_lib.Progress(config.num_train_steps, start_step, PROGRESS_FIELDS)
+    progress = reporting.Progress(config.num_train_steps, start_step, PROGRESS_FIELDS)
     peak, peak_source = flops.peak_flops()
     logging.info("peak %.3g FLOP/s (%s)", peak, peak_source)
     preemption = train_lib.Preemption(config.preemption_check_every_steps)
-    window = train_lib.MetricWindow(peak)
+    window = reporting.MetricWindow(peak)
     guard = train_lib.NonFiniteGuard(
         config.max_consecutive_nonfinite,
         note=ckpt.describe_last_good,
@@ -305,7 +316,7 @@ def _run(config, workdir: str, setup: startup.SetupAgreement):
                 # The one wait outside the log steps: how long compiling and the first step took.
                 jax.block_until_ready(metrics)
                 seconds = time.perf_counter() - started
-                train_lib.say(f"first step finished (step {done}) {seconds:.1f} s after start")
+                reporting.say(f"first step finished (step {done}) {seconds:.1f} s after start")
             window.add(
                 metrics,
                 sequences=config.global_batch_size,

@@ -15,7 +15,7 @@ import numpy as np
 from absl import logging
 from etils import epath
 
-from bert_jax import finetune, metrics, train_lib
+from bert_jax import finetune, metrics, reporting, train_lib
 from bert_jax.data import glue
 from bert_jax.train_lib import setup_error
 
@@ -96,7 +96,7 @@ def run(config, workdir) -> dict:
         "settings": settings,
         "config": config.to_dict(),
     }
-    train_lib.write_json(workdir / "results.json", summary)
+    reporting.write_json(workdir / "results.json", summary)
     logging.info(
         "%s sweep: best dev score %.4f (%s); best median over seeds %.4f (bs %d, lr %g, %d epochs)",
         summary["task"], best_run["score"], best_run["workdir"], best_setting["median_score"],
@@ -130,7 +130,7 @@ def run_suite(config, workdir) -> str:
     # A sweep picks each task's setting on dev (as the paper): the table says so.
     table = metrics.format_glue_table(results, split="dev-selected" if config.sweep else "dev")
     summary = {"split": "dev", "results": results, "glue_table": table, "config": config.to_dict()}
-    train_lib.write_json(workdir / "results.json", summary)
+    reporting.write_json(workdir / "results.json", summary)
     if jax.process_index() == 0:
         (workdir / "glue_table.txt").write_text(table + "\n")
         print(table, flush=True)

@@ -7,11 +7,9 @@ Imports no loop and nothing from `data/`; pretrain.py, finetune.py and the task 
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import os
 import signal
-import time
 from collections.abc import Callable, Iterable, Mapping
 
 import flax.linen as nn
@@ -100,7 +98,7 @@ _RULES = (
 def check_config(config) -> None:
     """Raises SetupError naming the first field whose value is out of range (a negative learning rate, zero
     steps, a probability above 1, a warmup longer than the run)."""
-    flat = _flatten(config)
+    flat = flat_config(config)
     for key, value in flat.items():
         name = key.rsplit(".", 1)[-1]
         if isinstance(value, bool) or not isinstance(value, int | float):
@@ -113,12 +111,13 @@ def check_config(config) -> None:
         raise SetupError(f"warmup_steps: {warmup} must be <= num_train_steps {steps}")
 
 
-def _flatten(config, prefix="") -> dict:
+def flat_config(config, prefix="") -> dict:
+    """{"data.seq_length": 128, ...}: a (nested) config as one level of dotted keys, tuples as lists."""
     config = config.to_dict() if hasattr(config, "to_dict") else config
     flat = {}
     for key, value in config.items():
         if isinstance(value, Mapping):
-            flat.update(_flatten(value, f"{prefix}{key}."))
+            flat.update(flat_config(value, f"{prefix}{key}."))
         else:
             # JSON (the stored config) has lists where the recipe has tuples.
             flat[f"{prefix}{key}"] = list(value) if isinstance(value, tuple) else value
@@ -131,7 +130,7 @@ def config_changes(stored, current, safe: Iterable[str]) -> tuple[list[str], lis
     A change is safe when its field is in `safe` (or starts with one of them followed by "."): logging, cadence,
     more steps; every other difference breaks continuation (vocab, lower-casing, model shape, data, optimizer).
     """
-    old, new = _flatten(stored), _flatten(current)
+    old, new = flat_config(stored), flat_config(current)
     safe = tuple(safe)
     breaking, allowed = [], []
     for key in sorted(set(old) | set(new)):
@@ -291,7 +290,7 @@ def predict(p_eval, params, batches: Iterable[dict], mesh) -> dict[str, np.ndarr
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Host side of the loop: the non-finite guard, preemption, the metric window and writer.
+# Host side of the loop: the non-finite guard and preemption (what a run reports is in reporting.py).
 # ----------------------------------------------------------------------------------------------------------
 class NonFiniteGuard:
     """Counts skipped (non-finite) steps from each step's `nonfinite` flag and stops a run of them.
@@ -349,216 +348,3 @@ class Preemption:
     def restore(self):
         for signum, handler in self._previous.items():
             signal.signal(signum, handler)
-
-
-class MetricWindow:
-    """The step metrics between two log lines, kept on the device until `flush`.
-
-    Every step's metrics hold `loss`, `grad_norm`, `learning_rate`, `nonfinite` (from `guarded_update`) and the
-    loop's own sums. `flush` returns the window's sums and the scalars every loop logs, with one meaning each:
-    `train/loss` and `train/grad_norm` are means over the window's finite steps, `train/learning_rate` the last
-    step's, `train/nonfinite_steps` the total skipped since the process started, and `perf/*` the throughput
-    (MFU when FLOPs and a peak are given).
-    """
-
-    def __init__(self, peak_flops: float = math.nan):
-        self.peak_flops, self.nonfinite_total = peak_flops, 0
-        self.restart()
-
-    def restart(self) -> None:
-        """Empties the window and restarts its clock (after an eval or a save, which are not train time)."""
-        self.steps, self.sequences, self.tokens, self.flops = [], 0, 0, 0.0
-        self.start = time.perf_counter()
-
-    def add(self, metrics, *, sequences: int, tokens: int, flops: float = 0.0) -> None:
-        self.steps.append(metrics)
-        self.sequences, self.tokens, self.flops = (
-            self.sequences + sequences,
-            self.tokens + tokens,
-            self.flops + flops,
-        )
-
-    def flush(self) -> tuple[dict[str, float], dict[str, float]]:
-        """(sums of every metric, the shared scalars); restarts the window."""
-        sums = jax.tree.map(lambda *xs: float(np.sum(xs)), *jax.device_get(self.steps))
-        elapsed = time.perf_counter() - self.start
-        self.nonfinite_total += int(sums["nonfinite"])
-        # No finite step in the window: no value.
-        good = len(self.steps) - sums["nonfinite"] or math.nan
-        scalars = {
-            "train/loss": sums["loss"] / good,
-            "train/grad_norm": sums["grad_norm"] / good,
-            "train/learning_rate": float(jax.device_get(self.steps[-1]["learning_rate"])),
-            "train/nonfinite_steps": self.nonfinite_total,
-            "perf/step_time": elapsed / len(self.steps),
-            "perf/sequences_per_sec": self.sequences / elapsed,
-            "perf/tokens_per_sec": self.tokens / elapsed,
-        }
-        if self.flops:
-            scalars["perf/mfu"] = self.flops / elapsed / self.peak_flops
-        self.restart()
-        return sums, scalars
-
-
-def say(text: str) -> None:
-    """A line for the person at the terminal (process 0, stdout), kept in the log too."""
-    logging.info("%s", text)
-    if jax.process_index() == 0:
-        print(text, flush=True)
-
-
-class Progress:
-    """What a person reads on stdout (process 0): the workdir, one compact line per log step, each save; on a
-    terminal a progress bar instead of the lines. The full scalars go to the log, TensorBoard and
-    metrics.jsonl (MetricWriter).
-
-    `fields`: (label, scalar key, format) for the line, e.g. ("loss", "train/loss", ".3f").
-    """
-
-    def __init__(self, total: int, start: int, fields, *, active: bool | None = None):
-        import sys
-
-        self.total, self.fields = total, fields
-        self.active = jax.process_index() == 0 if active is None else active
-        self._bar = None
-        if self.active and sys.stdout.isatty():
-            import tqdm
-
-            self._bar = tqdm.tqdm(total=total, initial=start, unit="step", dynamic_ncols=True)
-        self._at = start
-
-    def print(self, text: str) -> None:
-        if not self.active:
-            return
-        if self._bar is not None:
-            self._bar.write(text)
-        else:
-            print(text, flush=True)
-
-    def line(self, step: int, scalars: Mapping[str, float]) -> str:
-        parts = [f"step {step:,}/{self.total:,} ({step / self.total:.1%})"]
-        for label, key, spec in self.fields:
-            if key in scalars and math.isfinite(scalars[key]):
-                parts.append(f"{label} {scalars[key]:{spec}}")
-        if "perf/sequences_per_sec" in scalars:
-            parts.append(f"{scalars['perf/sequences_per_sec']:,.0f} seq/s")
-        if math.isfinite(scalars.get("perf/mfu", math.nan)):
-            parts.append(f"MFU {scalars['perf/mfu']:.1%}")
-        if "perf/step_time" in scalars:
-            parts.append(f"ETA {_duration((self.total - step) * scalars['perf/step_time'])}")
-        return " · ".join(parts)
-
-    def update(self, step: int, scalars: Mapping[str, float]) -> None:
-        if not self.active:
-            return
-        if self._bar is not None:
-            self._bar.update(step - self._at)
-            self._bar.set_postfix_str(self.line(step, scalars).split(" · ", 1)[-1])
-        else:
-            print(self.line(step, scalars), flush=True)
-        self._at = step
-
-    def close(self) -> None:
-        if self._bar is not None:
-            self._bar.close()
-
-
-def _duration(seconds: float) -> str:
-    """'6d 3h', '2h 5m', '4m 10s', '12s'."""
-    seconds = max(0, int(seconds))
-    days, rest = divmod(seconds, 86400)
-    hours, rest = divmod(rest, 3600)
-    minutes, secs = divmod(rest, 60)
-    if days:
-        return f"{days}d {hours}h"
-    if hours:
-        return f"{hours}h {minutes}m"
-    return f"{minutes}m {secs}s" if minutes else f"{secs}s"
-
-
-def divide(a: float, b: float) -> float:
-    """a / b, or NaN when there is no weight (e.g. a window of skipped steps)."""
-    return a / b if b > 0 else math.nan
-
-
-class MetricWriter:
-    """Writes a step's scalars to the log (one line), TensorBoard and WORKDIR/metrics.jsonl.
-
-    `resume_step`: the step a resumed run restored; lines past it are dropped. Only process 0 writes; on the others every method does nothing. Non-finite values are logged
-    as they are and stored as null in the JSON lines, which stay valid JSON.
-    """
-
-    def __init__(
-        self, workdir: str | os.PathLike, *, process_index: int, resume_step: int | None = None
-    ):
-        self._active = process_index == 0
-        if not self._active:
-            return
-        # Imported here: tensorboardX imports torch whenever it is installed (1 s or more),
-        # which code that only needs the metrics should not pay.
-        import tensorboardX
-
-        workdir = self._workdir = epath.Path(workdir)
-        workdir.mkdir(parents=True, exist_ok=True)
-        path = workdir / "metrics.jsonl"
-        if resume_step is not None and path.exists():
-            # Lines past the restored step were logged by the run that died; the resumed run logs those steps
-            # again, so each step appears once.
-            keep = [line for line in path.read_text().splitlines(keepends=True) if line.strip()]
-            keep = [line for line in keep if json.loads(line).get("step", 0) <= resume_step]
-            partial = path.parent / (path.name + ".tmp")
-            partial.write_text("".join(keep))
-            partial.replace(path)
-        # Append, so a resumed run keeps the lines of the run it continues.
-        self._jsonl = path.open("a")
-        self._tensorboard = tensorboardX.SummaryWriter(logdir=os.fspath(workdir))
-
-    def write_scalars(self, step: int, scalars: Mapping[str, float]) -> None:
-        """Writes `scalars` (Python, NumPy or JAX scalars) for `step`."""
-        if not self._active:
-            return
-        values = {key: float(value) for key, value in scalars.items()}
-        logging.info(
-            "step %d: %s", step, ", ".join(f"{k}={v:.6g}" for k, v in sorted(values.items()))
-        )
-        for key, value in values.items():
-            self._tensorboard.add_scalar(key, value, global_step=step)
-        record = {k: (v if math.isfinite(v) else None) for k, v in values.items()}
-        self._jsonl.write(json.dumps({"step": int(step), **record}, allow_nan=False) + "\n")
-        # A line per call on disk at once: a preempted run keeps every metric it logged.
-        self._jsonl.flush()
-
-    def write_config(self, config) -> None:
-        """The run's config into WORKDIR/config.json and TensorBoard (as text), not onto stdout."""
-        if not self._active:
-            return
-        text = json.dumps(_flatten(config), indent=2, default=str, sort_keys=True)
-        (self._workdir / "config.json").write_text(text + "\n")
-        self._tensorboard.add_text("config", f"```\n{text}\n```", global_step=0)
-
-    def flush(self) -> None:
-        if self._active:
-            self._jsonl.flush()
-            self._tensorboard.flush()
-
-    def close(self) -> None:
-        """Flushes and closes; later calls are no-ops."""
-        if self._active:
-            self._jsonl.close()
-            self._tensorboard.close()
-            self._active = False
-
-    def __enter__(self) -> MetricWriter:
-        return self
-
-    def __exit__(self, *exc_info) -> None:
-        self.close()
-
-
-def write_json(path: epath.Path, value) -> None:
-    """Writes `value` as indented JSON from process 0; non-finite floats become null."""
-    if jax.process_index() == 0:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        clean = lambda x: None if isinstance(x, float) and not math.isfinite(x) else x
-        text = json.dumps(jax.tree.map(clean, value), indent=2, default=str, allow_nan=False)
-        path.write_text(text + "\n")

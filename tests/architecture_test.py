@@ -61,9 +61,10 @@ def test_no_loop_imports_another_and_only_entry_points_import_loops():
 
 
 def test_train_lib_imports_no_loop_and_no_data():
-    imported = _imports(MODULES["bert_jax.train_lib"])
-    assert not imported & LOOPS
-    assert not [m for m in imported if m.startswith("bert_jax.data")]
+    for library in ("bert_jax.train_lib", "bert_jax.reporting"):
+        imported = _imports(MODULES[library])
+        assert not imported & LOOPS
+        assert not [m for m in imported if m.startswith("bert_jax.data")]
 
 
 def test_data_imports_no_jax():

@@ -9,7 +9,7 @@ import pytest
 from tensorboardX.crc32c import crc32c
 from tensorboardX.proto import event_pb2
 
-from bert_jax import metrics, train_lib
+from bert_jax import metrics, reporting
 from bert_jax.data import glue
 
 # References written from the definitions with NumPy, independent of scikit-learn/scipy.
@@ -228,7 +228,7 @@ def _read_events(path):
 
 
 def test_metric_writer(tmp_path, caplog):
-    with caplog.at_level(logging.INFO), train_lib.MetricWriter(tmp_path, process_index=0) as writer:
+    with caplog.at_level(logging.INFO), reporting.MetricWriter(tmp_path, process_index=0) as writer:
         writer.write_scalars(10, {"train/loss": np.float32(2.5), "train/lr": 1e-4})
         writer.write_scalars(20, {"train/loss": float("nan"), "eval/mrpc/f1": 0.875})
     assert "step 10: train/loss=2.5, train/lr=0.0001" in caplog.text
@@ -247,13 +247,13 @@ def test_metric_writer(tmp_path, caplog):
     assert scalars[3] == (20, "eval/mrpc/f1", 0.875)
     assert len(scalars) == 4
     # A resumed run appends to the same metrics.jsonl.
-    with train_lib.MetricWriter(tmp_path, process_index=0) as writer:
+    with reporting.MetricWriter(tmp_path, process_index=0) as writer:
         writer.write_scalars(30, {"train/loss": 1.0})
     assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == 3
 
 
 def test_metric_writer_only_on_process_zero(tmp_path):
-    writer = train_lib.MetricWriter(tmp_path / "w", process_index=1)
+    writer = reporting.MetricWriter(tmp_path / "w", process_index=1)
     writer.write_scalars(1, {"train/loss": 1.0})
     writer.flush()
     writer.close()

@@ -20,7 +20,8 @@ import numpy as np
 import pytest
 from checkpoint_test import _abstract, _leaves, _state
 
-from bert_jax import checkpoint, pretrain, sharding, startup, train_lib
+from bert_jax import checkpoint, pretrain, reporting, sharding, startup, train_lib
+from bert_jax.configs.pretraining import data_config
 from bert_jax.data import loader as loader_lib
 
 REPO = Path(__file__).resolve().parents[1]
@@ -292,8 +293,11 @@ def test_main_saves_and_exits_0_on_ctrl_c(tmp_path):
 # Resume: a host-independent data state (row 1), the config check (row 10), metrics.jsonl.
 # ----------------------------------------------------------------------------------------------------------
 def _loader(process_index=0, process_count=2, num_train_steps=40):
-    config = {"seq_length": 32, "max_predictions_per_seq": 5, "phase2_seq_length": 64,
-              "phase2_fraction": 0.25}  # fmt: skip
+    # The recipe's data fields (every one is read as cfg.field), shrunk.
+    config = data_config()
+    config.update(
+        seq_length=32, max_predictions_per_seq=5, phase2_seq_length=64, phase2_fraction=0.25
+    )
     return loader_lib.make_pretraining_loader(
         config, global_batch_size=8, num_train_steps=num_train_steps, seed=1,
         process_index=process_index, process_count=process_count,
@@ -361,7 +365,7 @@ def test_resume_refuses_breaking_config_changes(caplog):
 def test_metrics_lines_past_the_restored_step_are_dropped(tmp_path):
     lines = [{"step": s, "train/loss": float(s)} for s in (1, 2, 3, 4, 5, 6)]
     (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
-    with train_lib.MetricWriter(tmp_path, process_index=0, resume_step=4) as writer:
+    with reporting.MetricWriter(tmp_path, process_index=0, resume_step=4) as writer:
         writer.write_scalars(5, {"train/loss": 50.0})
     got = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert got == [*lines[:4], {"step": 5, "train/loss": 50.0}]
