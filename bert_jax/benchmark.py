@@ -36,7 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
-from bert_jax import flops, optim, pretrain
+from bert_jax import flops, kernel_times, optim, pretrain
 from bert_jax import model as model_lib
 from bert_jax.configs import pretraining
 
@@ -67,8 +67,17 @@ _PRNG = flags.DEFINE_enum(
     ["threefry2x32", "rbg", "unsafe_rbg"],
     "Generator of the dropout keys (the trainer's default).",
 )
+_OPTIMIZER = flags.DEFINE_enum(
+    "optimizer", None, optim.OPTIMIZERS, "bert_jax's optimizer (default: the recipe's, bert_adam)."
+)
 _ONLY = flags.DEFINE_enum("only", "both", ["both", "fwdbwd", "train"], "Which measurements to run.")
 _JSON = flags.DEFINE_string("json_out", None, "Also write the results as JSON to this file.")
+_PROFILE = flags.DEFINE_string(
+    "profile_dir",
+    None,
+    "Also trace 3 of bert_jax's train steps with jax.profiler into this folder and print the kernel table.",
+)
+PROFILE_STEPS = 3
 
 
 def make_batch(cfg: model_lib.BertConfig, batch: int, length: int, predictions: int, seed: int = 0):
@@ -93,7 +102,7 @@ def make_batch(cfg: model_lib.BertConfig, batch: int, length: int, predictions: 
 
 
 def time_steps(step, state, steps: int, sync=jax.block_until_ready):
-    """(seconds of the first call, seconds per later call) of `step(state) -> state`.
+    """(seconds of the first call, seconds per later call, last state) of `step(state) -> state`.
 
     `sync(state)` waits for the device; it is called once after the first call and once after the rest.
     """
@@ -105,7 +114,7 @@ def time_steps(step, state, steps: int, sync=jax.block_until_ready):
     for _ in range(steps):
         state = step(state)
     sync(state)
-    return first, (time.perf_counter() - start) / steps
+    return first, (time.perf_counter() - start) / steps, state
 
 
 def _jax_peak_bytes() -> int | None:
@@ -121,19 +130,29 @@ def bert_jax_timings(
     grad_accum_steps=1,
     prng_impl="threefry2x32",
     model_name="base",
+    profile_dir=None,
+    optimizer=None,
 ):
-    """{measure: {seconds, compile_seconds, peak_bytes}} for bert_jax."""
+    """{measure: {seconds, compile_seconds, peak_bytes}} for bert_jax.
+
+    With `profile_dir`, `PROFILE_STEPS` more train steps run under `jax.profiler.trace` after the timing.
+    """
     model = model_lib.BertForPreTraining(cfg)
-    params = jax.jit(lambda: nn.unbox(model_lib.init_params(model, jax.random.key(0))))()
+    # The key is an argument: a constant key lets XLA constant-fold the whole random init on the host
+    # (minutes on a GPU host for bert_base).
+    params = jax.jit(lambda key: nn.unbox(model_lib.init_params(model, key)))(jax.random.key(0))
     batch = jax.tree.map(jnp.asarray, batch)
     rng = jax.random.key(1, impl=prng_impl)
     out = {}
 
-    def measure(jitted, args, step, state):
+    def measure(jitted, args, step, state, profile=False):
         start = time.perf_counter()
         compiled = jitted.lower(*args).compile()
         compile_seconds = time.perf_counter() - start
-        _, seconds = time_steps(functools.partial(step, compiled), state, steps)
+        _, seconds, state = time_steps(functools.partial(step, compiled), state, steps)
+        if profile:
+            with jax.profiler.trace(profile_dir, create_perfetto_trace=True):
+                time_steps(functools.partial(step, compiled), state, PROFILE_STEPS - 1)
         return {
             "seconds": seconds,
             "compile_seconds": compile_seconds,
@@ -151,6 +170,8 @@ def bert_jax_timings(
         # The paper's optimizer as the recipes set it: clipping at 1.0, AdamW with its decay mask.
         config = pretraining.get_config(model_name)
         config.update(warmup_steps=10, num_train_steps=1000)
+        if optimizer:
+            config.optimizer = optimizer
         tx, schedule = optim.make_optimizer(config), optim.make_schedule(config)
         state = jax.jit(lambda p: optim.TrainState.create(p, tx))(params)
         step = jax.jit(
@@ -163,7 +184,13 @@ def bert_jax_timings(
             ),
             donate_argnums=0,
         )
-        out["train"] = measure(step, (state, batch, rng), lambda c, s: c(s, batch, rng)[0], state)
+        out["train"] = measure(
+            step,
+            (state, batch, rng),
+            lambda c, s: c(s, batch, rng)[0],
+            state,
+            profile=profile_dir is not None,
+        )
     return out
 
 
@@ -239,7 +266,7 @@ def torch_timings(cfg, batch, steps: int, which: str, *, compile_model: bool, gr
             continue
         if cuda:
             torch.cuda.reset_peak_memory_stats()
-        first, seconds = time_steps(fn, None, steps, sync)
+        first, seconds, _ = time_steps(fn, None, steps, sync)
         out[name] = {
             "seconds": seconds,
             "compile_seconds": max(first - seconds, 0.0),
@@ -262,6 +289,8 @@ def run(
     attention_impl: str = "auto",
     attention_dropout_prob: float = 0.1,
     prng_impl: str = "threefry2x32",
+    profile_dir: str | None = None,
+    optimizer: str | None = None,
 ) -> dict:
     """Times every implementation; returns {"setup": {...}, "rows": [one dict per measurement]}."""
     unknown = sorted(set(references) - set(REFERENCES))
@@ -292,7 +321,17 @@ def run(
         )
         if torch.cuda.is_available():
             torch.cuda.empty_cache()  # hand the memory back before JAX's allocator takes its share
-    ours = bert_jax_timings(cfg, batch, steps, which, grad_accum_steps, prng_impl, model)
+    ours = bert_jax_timings(
+        cfg,
+        batch,
+        steps,
+        which,
+        grad_accum_steps,
+        prng_impl,
+        model,
+        profile_dir=profile_dir,
+        optimizer=optimizer,
+    )
     results = {"bert_jax": ours} | results
     step_flops = flops.model_flops_per_sequence(cfg, seq_length, predictions) * batch_size
     peak, peak_source = flops.peak_flops()
@@ -365,6 +404,8 @@ def main(argv):
         attention_impl=_ATTENTION.value,
         attention_dropout_prob=_ATTENTION_DROPOUT.value,
         prng_impl=_PRNG.value,
+        profile_dir=_PROFILE.value,
+        optimizer=_OPTIMIZER.value,
     )
     s = result["setup"]
     print(
@@ -381,6 +422,8 @@ def main(argv):
     if _JSON.value:
         with open(_JSON.value, "w") as f:
             json.dump(result, f, indent=1)
+    if _PROFILE.value:
+        print(kernel_times.table(_PROFILE.value, steps=PROFILE_STEPS, top=40))
 
 
 if __name__ == "__main__":

@@ -14,6 +14,11 @@ After every run OUT/matrix.md (a Markdown table) and OUT/matrix.json are rewritt
 reports what finished; OUT/runs.log holds every run's output. A run that fails or runs out of time is a row
 saying so, never a number.
 
+With `--profile`, phase 1's bert_jax step is also traced (3 steps, `jax.profiler`) and its optimized HLO
+dumped: OUT/phase1_kernels.txt (device time per kernel, `bert_jax.kernel_times`), OUT/phase1.trace.json.gz
+(the trace, for `python -m bert_jax.kernel_times` or Perfetto) and OUT/phase1_hlo.txt.gz (the fusions the
+kernel names refer to).
+
 Packages the GPU image lacks (ml_collections for the recipes, tensorboardX for the trainer's metrics) are
 installed from wheels in `--wheels` when they are not importable (docs/performance.md has the download command);
 without them the runs that need them are rows saying so.
@@ -22,10 +27,12 @@ without them the runs that need them are rows saying so.
 from __future__ import annotations
 
 import argparse
+import gzip
 import importlib.util
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -85,7 +92,14 @@ def plan(dry_run: bool, workdir: Path) -> list[dict]:
     ]
     main = [py, "-m", "bert_jax.main"]
     return [
-        dict(name="phase1", kind="bench", cap=200, cmd=bench + sizes["phase1"] + common + [refs]),
+        dict(
+            name="phase1",
+            kind="bench",
+            # torch.compile's compilation and both warm-ups run inside this cap.
+            cap=300,
+            profile=True,
+            cmd=bench + sizes["phase1"] + common + [refs],
+        ),
         dict(
             name="trainer",
             kind="trainer",
@@ -168,6 +182,33 @@ def _run(cmd, env, timeout: float, log) -> tuple[int | None, float, float | None
     return code, seconds, (first_step or [None])[0], "\n".join(lines)
 
 
+def _profiled(cmd: list, env: dict, scratch: Path) -> tuple[list, dict]:
+    """The command and environment of a run that also traces its step and dumps its optimized HLO."""
+    dump = scratch / "hlo"
+    flags = f"--xla_dump_to={dump} --xla_dump_hlo_as_text --xla_dump_hlo_module_re=.*train_step.*"
+    env = dict(env, XLA_FLAGS=f"{env.get('XLA_FLAGS', '')} {flags}".strip())
+    return cmd + [f"--profile_dir={scratch / 'profile'}"], env
+
+
+def _keep_profile(name: str, output: str, scratch: Path, out: Path) -> None:
+    """Copies a profiled run's kernel table, trace and optimized HLO (gzipped) into `out`."""
+    lines = output.splitlines()
+    first = [i for i, line in enumerate(lines) if ".trace.json.gz: " in line][:1]
+    table = "\n".join(lines[first[0] :]) + "\n" if first else "no kernel table in the output\n"
+    (out / f"{name}_kernels.txt").write_text(table)
+    traces = sorted((scratch / "profile").rglob("*.trace.json.gz"), key=lambda p: p.stat().st_mtime)
+    # The files that come back from a device machine are capped at 16 MiB each.
+    if traces and traces[-1].stat().st_size < 15 * 2**20:
+        shutil.copy(traces[-1], out / f"{name}.trace.json.gz")
+    dumps = sorted(
+        (scratch / "hlo").glob("*train_step*after_optimizations.txt"),
+        key=lambda p: p.stat().st_size,
+    )
+    if dumps:
+        with open(dumps[-1], "rb") as src, gzip.open(out / f"{name}_hlo.txt.gz", "wb") as dst:
+            shutil.copyfileobj(src, dst)
+
+
 def _trainer_metrics(workdir: Path) -> dict | None:
     """The last logged training window of a trainer run (step time, seq/s, MFU)."""
     path = workdir / "metrics.jsonl"
@@ -216,6 +257,9 @@ def main(argv=None) -> int:
     parser.add_argument("--budget_s", type=float, default=330.0, help="Seconds for all the runs.")
     parser.add_argument("--dry_run", action="store_true", help="Tiny sizes (a CPU check).")
     parser.add_argument("--only", default="", help="Comma-separated run names (default: all).")
+    parser.add_argument(
+        "--profile", action="store_true", help="Trace phase 1's step and keep its kernels and HLO."
+    )
     args = parser.parse_args(argv)
     start = time.monotonic()
     out = Path(args.out)
@@ -247,7 +291,13 @@ def main(argv=None) -> int:
             else:
                 json_out = scratch / f"{run['name']}.json"
                 cmd = run["cmd"] + ([f"--json_out={json_out}"] if run["kind"] == "bench" else [])
-                code, seconds, first_step, output = _run(cmd, env, min(run["cap"], left), log)
+                profiled = args.profile and run.get("profile", False)
+                run_env = env
+                if profiled:
+                    cmd, run_env = _profiled(cmd, env, scratch)
+                code, seconds, first_step, output = _run(cmd, run_env, min(run["cap"], left), log)
+                if profiled:
+                    _keep_profile(run["name"], output, scratch, out)
                 result["seconds"] = seconds
                 if code is None:
                     result["error"] = f"timed out after {seconds:.0f} s"

@@ -1,6 +1,7 @@
 """The speed machinery that runs without an accelerator: device prefetch, the compilation cache, the benchmark
 and the GPU matrix script (dry-run with tiny sizes)."""
 
+import gzip
 import json
 import os
 import subprocess
@@ -115,7 +116,13 @@ def test_matrix_dry_run_writes_the_table(tmp_path):
     # The whole GPU matrix with tiny sizes on a CPU: every run finishes and becomes rows of numbers.
     gpu_matrix.main(
         ["--out", str(tmp_path), "--dry_run", "--budget_s", "900", "--only", "phase1,trainer"]
+        + ["--profile"]
     )
+    # --profile: phase 1's kernel table, trace and optimized HLO of the train step come back.
+    assert (tmp_path / "phase1_kernels.txt").read_text().startswith("vm.trace.json.gz: ")
+    assert (tmp_path / "phase1.trace.json.gz").stat().st_size > 0
+    with gzip.open(tmp_path / "phase1_hlo.txt.gz", "rt") as f:
+        assert "HloModule jit_train_step" in f.readline()
     matrix = json.loads((tmp_path / "matrix.json").read_text())
     runs = {r["name"]: r for r in matrix["runs"]}
     assert [r.get("error") for r in runs.values()] == [None, None]

@@ -9,14 +9,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import seqeval.metrics
-from seqeval.scheme import IOB2
-
 
 def entity_scores(
     gold: Sequence[Sequence[str]], predicted: Sequence[Sequence[str]], *, strict: bool = False
 ) -> dict:
     """Micro precision/recall/F1 over entities (fractions) plus per-type F1 and support."""
+    # Imported here: only NER scoring needs seqeval, and a pretraining host (a GPU image) may lack it.
+    import seqeval.metrics
+    from seqeval.scheme import IOB2
+
     gold, predicted = [list(s) for s in gold], [list(s) for s in predicted]
     if [len(s) for s in gold] != [len(s) for s in predicted]:
         raise ValueError("gold and predicted sentences differ in number or length")

@@ -1,0 +1,113 @@
+r"""Device time per kernel from a `jax.profiler` trace: where a step's time goes, as a text table.
+
+    python -m bert_jax.kernel_times TRACE_DIR_OR_FILE --steps=3 [--top=40]
+
+Reads the Perfetto/Chrome JSON that `jax.profiler.trace(dir, create_perfetto_trace=True)` writes
+(`**/*.trace.json.gz`). Kernels are the complete events ("ph": "X") on the accelerator's stream threads
+("Stream #N"); the "XLA Ops"/"XLA Modules" threads of the same device repeat those spans one level up and
+are left out, so nothing is counted twice. Without an accelerator in the trace, the host's XLA events are
+tabulated instead (a CPU run), which is what the CPU test reads.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import gzip
+import json
+from pathlib import Path
+
+
+def find_trace(path: str | Path) -> Path:
+    """The newest `*.trace.json.gz` at or under `path`."""
+    path = Path(path)
+    if path.is_file():
+        return path
+    found = sorted(path.rglob("*.trace.json.gz"), key=lambda p: p.stat().st_mtime)
+    if not found:
+        raise FileNotFoundError(f"no *.trace.json.gz under {path}")
+    return found[-1]
+
+
+def load_events(path: Path) -> tuple[list[dict], dict, dict]:
+    """(complete events, {pid: process name}, {(pid, tid): thread name})."""
+    with gzip.open(path, "rt") if path.suffix == ".gz" else open(path) as f:
+        trace = json.load(f)
+    events = trace["traceEvents"] if isinstance(trace, dict) else trace
+    processes, threads = {}, {}
+    for e in events:
+        if e.get("ph") == "M" and e.get("name") == "process_name":
+            processes[e["pid"]] = e.get("args", {}).get("name", "")
+        elif e.get("ph") == "M" and e.get("name") == "thread_name":
+            threads[(e["pid"], e.get("tid"))] = e.get("args", {}).get("name", "")
+    complete = [e for e in events if e.get("ph") == "X" and "dur" in e]
+    return complete, processes, threads
+
+
+def kernel_events(events, processes, threads) -> tuple[list[dict], str]:
+    """(the events to tabulate, a phrase saying which they are)."""
+    devices = {
+        pid for pid, name in processes.items() if "/device:" in name and "CPU" not in name.upper()
+    }
+    if devices:
+        streams = [
+            e
+            for e in events
+            if e["pid"] in devices
+            and threads.get((e["pid"], e.get("tid")), "").startswith("Stream")
+        ]
+        if streams:
+            return streams, "kernels on the device streams"
+        ops = [
+            e
+            for e in events
+            if e["pid"] in devices and "Module" not in threads.get((e["pid"], e.get("tid")), "")
+        ]
+        return ops, "device events (no stream threads in this trace)"
+    hosts = {pid for pid, name in processes.items() if "host" in name.lower()}
+    xla = [
+        e
+        for e in events
+        if e["pid"] in hosts and (e.get("args", {}).get("hlo_op") or "fusion" in e.get("name", ""))
+    ]
+    return xla, "host XLA events (no accelerator in this trace)"
+
+
+def table(path, steps: int = 1, top: int = 40) -> str:
+    """The text table: total kernel time per step, then the `top` kernels by time per step."""
+    trace = find_trace(path)
+    events, processes, threads = load_events(trace)
+    kernels, what = kernel_events(events, processes, threads)
+    totals = collections.defaultdict(float)
+    counts = collections.Counter()
+    for e in kernels:
+        totals[e["name"]] += e["dur"]
+        counts[e["name"]] += 1
+    total_ms = sum(totals.values()) / 1e3 / steps
+    lines = [
+        f"{trace.name}: {what}",
+        f"time per step {total_ms:.2f} ms over {sum(counts.values()) / steps:.0f} events "
+        f"({len(totals)} distinct), {steps} step(s) traced",
+        f"{'ms/step':>9} {'share':>6} {'calls':>6}  name",
+    ]
+    for name, us in sorted(totals.items(), key=lambda kv: -kv[1])[:top]:
+        ms = us / 1e3 / steps
+        share = ms / total_ms if total_ms else 0.0
+        calls = counts[name] / steps
+        calls = f"{calls:6.0f}" if calls.is_integer() else f"{calls:6.1f}"
+        lines.append(f"{ms:9.3f} {share:6.1%} {calls}  {name[:110]}")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("trace", help="A trace file or a folder holding one (newest wins).")
+    parser.add_argument("--steps", type=int, default=1, help="Steps the trace holds.")
+    parser.add_argument("--top", type=int, default=40, help="Rows to print.")
+    args = parser.parse_args(argv)
+    print(table(args.trace, args.steps, args.top))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,60 @@
+"""The kernel table read from a profiler trace: stream kernels only, per step, largest first."""
+
+import gzip
+import json
+
+from bert_jax import benchmark, kernel_times
+
+
+def _trace(path, events):
+    meta = [
+        {"ph": "M", "pid": 1, "name": "process_name", "args": {"name": "/device:GPU:0"}},
+        {"ph": "M", "pid": 2, "name": "process_name", "args": {"name": "/host:CPU"}},
+        {
+            "ph": "M",
+            "pid": 1,
+            "tid": 7,
+            "name": "thread_name",
+            "args": {"name": "Stream #7(Compute)"},
+        },
+        {"ph": "M", "pid": 1, "tid": 8, "name": "thread_name", "args": {"name": "XLA Ops"}},
+    ]
+    with gzip.open(path, "wt") as f:
+        json.dump({"traceEvents": meta + events}, f)
+
+
+def test_stream_kernels_per_step_without_the_ops_line(tmp_path):
+    kernel = lambda name, dur, tid=7, pid=1: {
+        "ph": "X",
+        "pid": pid,
+        "tid": tid,
+        "name": name,
+        "dur": dur,
+    }
+    events = [kernel("gemm", 3000.0), kernel("gemm", 3000.0), kernel("softmax", 1000.0)]
+    # The ops line repeats the kernels' spans, and host events are not device time: both left out.
+    events += [kernel("fusion.1", 7000.0, tid=8), kernel("ExecuteHelper", 9000.0, tid=1, pid=2)]
+    _trace(tmp_path / "host.trace.json.gz", events)
+    text = kernel_times.table(tmp_path, steps=2).splitlines()
+    assert text[0] == "host.trace.json.gz: kernels on the device streams"
+    assert text[1].startswith("time per step 3.50 ms over 2 events (2 distinct), 2 step(s)")
+    assert text[3].split() == ["3.000", "85.7%", "1", "gemm"]
+    assert text[4].split() == ["0.500", "14.3%", "0.5", "softmax"]
+
+
+def test_benchmark_profile_on_a_cpu_gives_a_table(tmp_path):
+    benchmark.run(
+        "tiny",
+        2,
+        8,
+        2,
+        dtype="float32",
+        references=(),
+        steps=1,
+        which="train",
+        profile_dir=str(tmp_path),
+    )
+    lines = kernel_times.table(tmp_path, steps=benchmark.PROFILE_STEPS).splitlines()
+    assert lines[0].endswith("host XLA events (no accelerator in this trace)")
+    assert float(lines[1].split()[3]) > 0  # "time per step X ms"
+    assert len(lines) > 5
