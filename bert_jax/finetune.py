@@ -13,14 +13,12 @@ from __future__ import annotations
 import dataclasses
 import functools
 import itertools
-import json
 import math
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 from absl import logging
-from etils import epath
 
 from bert_jax import (
     checkpoint,
@@ -214,7 +212,14 @@ def _run(config, workdir, setup: startup.SetupAgreement) -> dict:
     workdir = train_lib.prepare_workdir(workdir)
     reporting.say(f"workdir {workdir}")
     with setup_error("workdir"):
-        finished = reuse_workdir(workdir, stored, config.overwrite)
+        finished = train_lib.reuse_workdir(
+            workdir,
+            stored,
+            config.overwrite,
+            safe_changes=SAFE_CHANGES,
+            run_files=RUN_FILES,
+            resumable=True,
+        )
     if finished is not None:
         return finished
     ckpt = checkpoint.Checkpointer(str(workdir / "checkpoints"), keep=1, save_interval_steps=1)
@@ -349,40 +354,3 @@ SAFE_CHANGES = (
 )  # fmt: skip
 # What a run writes into its workdir: removed when a rerun starts over.
 RUN_FILES = ("checkpoints", "leaderboard", "results.json", "metrics.jsonl")
-
-
-def reuse_workdir(workdir: epath.Path, stored: dict, overwrite: bool) -> dict | None:
-    """Decides what a used workdir means for this run: None to train (fresh or resuming the same run), or the
-    finished run's summary when it is already complete. Another run's workdir is an error unless `overwrite`,
-    which deletes that run's files first."""
-    checkpoints, results = workdir / "checkpoints", workdir / "results.json"
-    if not checkpoints.exists() and not results.exists():
-        return None
-    if checkpoints.exists():
-        step, previous = checkpoint.Checkpointer(
-            str(checkpoints), keep=1, save_interval_steps=1, async_save=False
-        ).read_config()
-    else:
-        previous = json.loads(results.read_text())["config"]
-    breaking, safe = train_lib.config_changes(previous, stored, SAFE_CHANGES)
-    if safe and not breaking:
-        logging.warning("%s: continuing with changed settings: %s", workdir, "; ".join(safe))
-    if breaking and not overwrite:
-        raise ValueError(
-            f"{workdir} holds another run ({'; '.join(breaking[:3])}"
-            f"{'; ...' if len(breaking) > 3 else ''}): use another --workdir, or "
-            "--config.overwrite=True to delete it and start over"
-        )
-    if breaking:
-        logging.warning("overwrite: deleting the previous run in %s", workdir)
-        if jax.process_index() == 0:
-            for name in RUN_FILES:
-                path = workdir / name
-                path.rmtree() if path.is_dir() else path.unlink(missing_ok=True)
-            for events in workdir.glob("events.out.tfevents.*"):
-                events.unlink()
-        return None
-    if results.exists():
-        logging.warning("%s: already complete; its results.json stands", workdir)
-        return {**json.loads(results.read_text()), "workdir": str(workdir)}
-    return None

@@ -81,37 +81,6 @@ def initial_params(weights: warm_start.InitialWeights, task, num_labels: int, me
     return model, train_lib.create_params(model, shardings, rng, loaded)
 
 
-def reuse_workdir(workdir: epath.Path, stored: dict, overwrite: bool) -> dict | None:
-    """None to train; the finished run's summary when `workdir` holds this very run, complete. Another run's
-    (or an unfinished run's: these loops do not resume mid-run) workdir is an error unless `overwrite`, which
-    deletes its files first."""
-    used = [name for name in RUN_FILES if (workdir / name).exists()]
-    if not used:
-        return None
-    results = workdir / "results.json"
-    breaking = ["(unfinished: no results.json)"]
-    if results.exists():
-        previous = json.loads(results.read_text())
-        breaking, _ = train_lib.config_changes(previous["config"], stored, SAFE_CHANGES)
-        if not breaking:
-            logging.warning("%s: already complete; its results.json stands", workdir)
-            return {**previous, "workdir": str(workdir)}
-    if not overwrite:
-        raise ValueError(
-            f"{workdir} holds another run ({'; '.join(breaking[:3])}"
-            f"{'; ...' if len(breaking) > 3 else ''}): use another --workdir, or "
-            "--config.overwrite=True to delete it and start over"
-        )
-    logging.warning("overwrite: deleting the previous run in %s", workdir)
-    if jax.process_index() == 0:
-        for name in used:
-            path = workdir / name
-            path.rmtree() if path.is_dir() else path.unlink()
-        for events in workdir.glob("events.out.tfevents.*"):
-            events.unlink()
-    return None
-
-
 # ----------------------------------------------------------------------------------------------------------
 # The steps: pure functions bound to the task, model and optimizer with functools.partial.
 # ----------------------------------------------------------------------------------------------------------
@@ -230,8 +199,14 @@ def _run(config, workdir, setup: startup.SetupAgreement) -> dict:
     }
     with setup_error("workdir"):
         # Compared as results.json stores it (tuples as lists).
-        finished = reuse_workdir(
-            workdir, json.loads(json.dumps(stored, default=str)), config.overwrite
+        finished = train_lib.reuse_workdir(
+            workdir,
+            json.loads(json.dumps(stored, default=str)),
+            config.overwrite,
+            safe_changes=SAFE_CHANGES,
+            run_files=RUN_FILES,
+            # These loops do not resume mid-run: an unfinished workdir is another run.
+            resumable=False,
         )
     if finished is not None:
         return finished

@@ -7,8 +7,8 @@ A checkpoint `PREFIX` (e.g. `bert_model.ckpt`) is an index file `PREFIX.index` a
 `BundleEntryProto` (dtype, shape, shard, offset, size, masked CRC32C). A data shard is the tensors' raw bytes
 back to back. Both protos are decoded here from the protobuf wire format, so no TensorFlow is needed.
 
-This module imports NumPy only (and `google_crc32c` when installed), so it also runs under TensorFlow's
-Python for cross-checks.
+This module imports NumPy and `bert_jax.crc32c` only (no JAX), so it also runs under TensorFlow's Python for
+cross-checks.
 """
 
 from __future__ import annotations
@@ -20,10 +20,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-try:
-    from google_crc32c import extend as _crc32c_extend
-except ImportError:  # pragma: no cover -- a slow pure-Python CRC still reads small checkpoints
-    _crc32c_extend = None
+from bert_jax.crc32c import crc32c
+from bert_jax.crc32c import mask as mask_crc
 
 _FOOTER_SIZE = 48
 _TABLE_MAGIC = 0xDB4775248B80FB57
@@ -55,36 +53,6 @@ _DTYPE_ENUM = {name: enum for enum, name in _DTYPES.items()}
 
 class BundleError(ValueError):
     """A checkpoint file that is not a readable TensorBundle; the message names the file and tensor."""
-
-
-# ----------------------------------------------------------------------------------------------------------
-# CRC32C, as LevelDB and TensorBundle store it ("masked", so a CRC of data holding CRCs stays robust).
-# ----------------------------------------------------------------------------------------------------------
-def _crc_table() -> list[int]:
-    table = []
-    for i in range(256):
-        crc = i
-        for _ in range(8):
-            crc = (crc >> 1) ^ (0x82F63B78 if crc & 1 else 0)
-        table.append(crc)
-    return table
-
-
-_CRC_TABLE = _crc_table()
-
-
-def crc32c(data: bytes, crc: int = 0) -> int:
-    """CRC32C (Castagnoli) of `data`, continuing from `crc`."""
-    if _crc32c_extend is not None:
-        return _crc32c_extend(crc, bytes(data))
-    crc ^= 0xFFFFFFFF
-    for byte in bytes(data):
-        crc = _CRC_TABLE[(crc ^ byte) & 0xFF] ^ (crc >> 8)
-    return crc ^ 0xFFFFFFFF
-
-
-def mask_crc(crc: int) -> int:
-    return ((((crc >> 15) | (crc << 17)) & 0xFFFFFFFF) + 0xA282EAD8) & 0xFFFFFFFF
 
 
 # ----------------------------------------------------------------------------------------------------------

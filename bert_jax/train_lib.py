@@ -7,6 +7,7 @@ Imports no loop and nothing from `data/`; pretrain.py, finetune.py and the task 
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import os
 import signal
@@ -140,6 +141,64 @@ def config_changes(stored, current, safe: Iterable[str]) -> tuple[list[str], lis
         is_safe = any(key == s or key.startswith(f"{s}.") for s in safe)
         (allowed if is_safe else breaking).append(line)
     return breaking, allowed
+
+
+def reuse_workdir(
+    workdir: epath.Path,
+    stored: dict,
+    overwrite: bool,
+    *,
+    safe_changes: Iterable[str],
+    run_files: Iterable[str],
+    resumable: bool,
+) -> dict | None:
+    """What a used workdir means for a fine-tuning run: None to train, or the finished run's summary.
+
+    None for a fresh workdir, or (when the loop is `resumable`) for the same run to resume from its
+    checkpoints; a changed field in `safe_changes` is logged and allowed. The finished run's results.json (plus
+    "workdir") when the workdir holds this very run, complete. Another run's workdir, or an unfinished one for a
+    loop that cannot resume, is an error naming the changes, unless `overwrite`, which deletes that run's
+    `run_files` and event files first.
+    """
+    from bert_jax import checkpoint  # the one user of Orbax here; most of this module needs none
+
+    used = [name for name in run_files if (workdir / name).exists()]
+    checkpoints, results = workdir / "checkpoints", workdir / "results.json"
+    if not used or (resumable and not checkpoints.exists() and not results.exists()):
+        return None
+    if resumable and checkpoints.exists():
+        _, previous = checkpoint.Checkpointer(
+            str(checkpoints), keep=1, save_interval_steps=1, async_save=False
+        ).read_config()
+    elif results.exists():
+        previous = json.loads(results.read_text())["config"]
+    else:
+        previous = None
+    if previous is None:
+        breaking, safe = ["(unfinished: no results.json)"], []
+    else:
+        breaking, safe = config_changes(previous, stored, safe_changes)
+    if safe and not breaking:
+        logging.warning("%s: continuing with changed settings: %s", workdir, "; ".join(safe))
+    if breaking and not overwrite:
+        raise ValueError(
+            f"{workdir} holds another run ({'; '.join(breaking[:3])}"
+            f"{'; ...' if len(breaking) > 3 else ''}): use another --workdir, or "
+            "--config.overwrite=True to delete it and start over"
+        )
+    if breaking:
+        logging.warning("overwrite: deleting the previous run in %s", workdir)
+        if jax.process_index() == 0:
+            for name in used:
+                path = workdir / name
+                path.rmtree() if path.is_dir() else path.unlink(missing_ok=True)
+            for events in workdir.glob("events.out.tfevents.*"):
+                events.unlink()
+        return None
+    if results.exists():
+        logging.warning("%s: already complete; its results.json stands", workdir)
+        return {**json.loads(results.read_text()), "workdir": str(workdir)}
+    return None
 
 
 # ----------------------------------------------------------------------------------------------------------

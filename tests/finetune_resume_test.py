@@ -7,6 +7,7 @@ import json
 import jax
 import numpy as np
 import pytest
+from etils import epath
 from finetune_test import tiny_config, write_sst2_rule
 
 from bert_jax import checkpoint, finetune, train_lib
@@ -93,3 +94,28 @@ def test_used_workdir_finished_refused_or_overwritten(sst2, tmp_path, monkeypatc
     assert len({line["step"] for line in lines if "train/loss" in line}) == len(
         [line for line in lines if "train/loss" in line]
     )
+
+
+@pytest.mark.parametrize("resumable", [True, False])
+def test_reuse_workdir_without_checkpoints(tmp_path, resumable):
+    # The one rule both fine-tuning loops use, on results.json alone (no checkpoint to read).
+    reuse = lambda stored, overwrite=False: train_lib.reuse_workdir(
+        workdir, stored, overwrite, safe_changes=("log_every_steps",),
+        run_files=("results.json", "metrics.jsonl"), resumable=resumable,
+    )  # fmt: skip
+    workdir = epath.Path(tmp_path)
+    assert reuse({"lr": 1}) is None  # a fresh workdir
+    (tmp_path / "metrics.jsonl").write_text("{}\n")
+    if resumable:  # killed before its first checkpoint: the same run starts again
+        assert reuse({"lr": 1}) is None
+    else:  # a loop that cannot resume refuses an unfinished run's workdir
+        with pytest.raises(ValueError, match=r"\(unfinished: no results.json\)"):
+            reuse({"lr": 1})
+    (tmp_path / "results.json").write_text(json.dumps({"config": {"lr": 1}, "score": 0.5}))
+    # This very run, complete (a safe change aside): its summary stands.
+    summary = reuse({"lr": 1, "log_every_steps": 7})
+    assert summary == {"config": {"lr": 1}, "score": 0.5, "workdir": str(tmp_path)}
+    with pytest.raises(ValueError, match=r"holds another run \(lr: 1 -> 2\)"):
+        reuse({"lr": 2})
+    assert reuse({"lr": 2}, overwrite=True) is None
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
