@@ -32,34 +32,7 @@ from bert_jax import (
     warm_start,
 )
 from bert_jax.data import glue
-from bert_jax.model import build_model
 from bert_jax.train_lib import setup_error
-
-
-def initial_params(weights: warm_start.InitialWeights, task: glue.Task, mesh, rng):
-    """The task's classification model and its parameters, born sharded on `mesh`: a fresh init whose encoder
-    (and classifier, if its shape fits the task) are the checkpoint's. Returns (model, shardings, params).
-
-    A checkpoint classifier whose shape does not fit the task is re-initialised, with a log line.
-    """
-    model = build_model(weights.model_config, "classification", task.num_labels)
-    shardings = sharding.logical_shardings(jax.eval_shape(train_lib.boxed_init(model), rng), mesh)
-    loaded = None if weights.params is None else dict(weights.params)
-    if loaded is not None:
-        have = loaded["classifier"]["kernel"].shape[-1] if "classifier" in loaded else None
-        if have is None:
-            logging.info(
-                "%s has no classifier: initialised one with %d outputs",
-                weights.source,
-                task.num_labels,
-            )
-        elif have != task.num_labels:
-            logging.warning(
-                "%s: the checkpoint's classifier has %d outputs but %s needs %d: re-initialising it",
-                *(weights.source, have, task.name, task.num_labels),
-            )
-            del loaded["classifier"]
-    return model, shardings, train_lib.create_params(model, shardings, rng, loaded)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -180,7 +153,14 @@ def _run(config, workdir, setup: startup.SetupAgreement) -> dict:
     with setup_error("optimizer"):
         tx = optim.make_optimizer(ml_collections.ConfigDict(run_fields))
         schedule = optim.make_schedule(ml_collections.ConfigDict(run_fields))
-    model, _, params = initial_params(weights, task, mesh, jax.random.key(config.seed))
+    model, _, params = warm_start.initial_params(
+        weights,
+        "classification",
+        task.num_labels,
+        mesh,
+        jax.random.key(config.seed),
+        task=task.name,
+    )
     abstract = train_lib.abstract_state(model, tx, mesh)
     # Adam's moments are zeros_like(params), so they are born with the params' shardings.
     state = jax.device_put(optim.TrainState.create(params, tx), train_lib.shardings_of(abstract))

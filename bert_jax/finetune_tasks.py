@@ -17,7 +17,6 @@ import json
 import math
 import time
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -26,7 +25,6 @@ from etils import epath
 
 from bert_jax import checkpoint, optim, reporting, sharding, startup, train_lib, warm_start
 from bert_jax.data import glue
-from bert_jax.model import build_model
 from bert_jax.tasks import conll, squad, swag
 from bert_jax.train_lib import setup_error
 
@@ -55,30 +53,6 @@ def _checkpoint_labels(path: str) -> list[str] | None:
         return None
     id2label = json.loads(config_file.read_text()).get("id2label") or {}
     return [id2label[k] for k in sorted(id2label, key=int)] or None
-
-
-def initial_params(weights: warm_start.InitialWeights, task, num_labels: int, mesh, rng):
-    """The task's model and its parameters, born sharded: a fresh init whose modules are replaced by the
-    checkpoint's where their shapes fit (a head of another width is re-initialised, with a log line)."""
-    model = build_model(weights.model_config, task.HEAD, num_labels)
-    boxed = jax.eval_shape(train_lib.boxed_init(model), rng)
-    shardings = sharding.logical_shardings(boxed, mesh)
-    loaded = None
-    if weights.params is not None:
-        shape = lambda tree: jax.tree.map(lambda x: tuple(x.shape), tree)
-        fresh = shape(nn.unbox(boxed))
-        loaded = {}
-        for name, value in weights.params.items():
-            if name in fresh and shape(value) == fresh[name]:
-                loaded[name] = value
-            else:
-                logging.warning(
-                    "%s: %r does not fit the %s head: re-initialised",
-                    weights.source,
-                    name,
-                    task.HEAD,
-                )
-    return model, train_lib.create_params(model, shardings, rng, loaded)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -169,8 +143,8 @@ def _run(config, workdir, setup: startup.SetupAgreement) -> dict:
     with setup_error("optimizer"):
         tx = optim.make_optimizer(ml_collections.ConfigDict(run_fields))
         schedule = optim.make_schedule(ml_collections.ConfigDict(run_fields))
-    model, params = initial_params(
-        weights, task, prepared.num_labels, mesh, jax.random.key(config.seed)
+    model, _, params = warm_start.initial_params(
+        weights, task.HEAD, prepared.num_labels, mesh, jax.random.key(config.seed), task=name
     )
     abstract = train_lib.abstract_state(model, tx, mesh)
     state = jax.device_put(optim.TrainState.create(params, tx), train_lib.shardings_of(abstract))

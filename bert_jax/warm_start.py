@@ -1,18 +1,20 @@
 """Where a fine-tuning run's weights come from: a bert_jax workdir (pretraining or fine-tuning, parameters only),
 a transformers-layout directory, or a random init (smoke tests). Returns the encoder's config, its tokenizer and
-the weights; the loop builds the task's model around them."""
+the weights; `initial_params` builds the task's model around them."""
 
 from __future__ import annotations
 
 import dataclasses
 
+import flax.linen as nn
+import jax
 from absl import logging
 from etils import epath
 
-from bert_jax import checkpoint, convert, train_lib
+from bert_jax import checkpoint, convert, sharding, train_lib
 from bert_jax.data.corpus import SAMPLE_VOCAB
 from bert_jax.data.tokenizer import load_tokenizer
-from bert_jax.model import BertConfig
+from bert_jax.model import BertConfig, build_model
 
 
 @dataclasses.dataclass
@@ -94,3 +96,41 @@ def load(config, *, head: str = "classification", heads=("bert", "classifier")) 
         param_dtype=config.param_dtype, **dropout,
     )  # fmt: skip
     return InitialWeights(model_config, tokenizer, spec, None, "random")
+
+
+def initial_params(weights: InitialWeights, head: str, num_labels: int, mesh, rng, *, task: str):
+    """(model, parameter shardings, parameters) of `head` with `num_labels` outputs for `task`, born sharded on
+    `mesh`: a fresh init whose top-level modules are the checkpoint's where their shapes fit.
+
+    A module the checkpoint lacks, or one of another shape (a classifier with another label count), is
+    initialised afresh, with a log line; checkpoint modules the head has no place for are ignored.
+    """
+    model = build_model(weights.model_config, head, num_labels)
+    boxed = jax.eval_shape(train_lib.boxed_init(model), rng)
+    shardings = sharding.logical_shardings(boxed, mesh)
+    if weights.params is None:
+        return model, shardings, train_lib.create_params(model, shardings, rng)
+    shapes = lambda tree: jax.tree.map(lambda x: tuple(x.shape), tree)
+    fresh, loaded = shapes(nn.unbox(boxed)), {}
+    # A head's width is its kernel's last dimension (Dense and DenseGeneral alike).
+    width = lambda tree: tree["kernel"][-1] if isinstance(tree, dict) and "kernel" in tree else None
+    for name, want in fresh.items():
+        if name not in weights.params:
+            logging.info(
+                "%s has no %s: initialised one with %s outputs", weights.source, name, width(want)
+            )
+            continue
+        have = shapes(weights.params[name])
+        if have == want:
+            loaded[name] = weights.params[name]
+        elif width(have) is not None and width(want) is not None:
+            logging.warning(
+                "%s: the checkpoint's %s has %s outputs but %s needs %s: re-initialising it",
+                *(weights.source, name, width(have), task, width(want)),
+            )
+        else:
+            logging.warning(
+                "%s: the checkpoint's %s does not fit the %s head: re-initialising it",
+                *(weights.source, name, head),
+            )
+    return model, shardings, train_lib.create_params(model, shardings, rng, loaded)

@@ -135,8 +135,8 @@ def _hf_config(**kwargs):
 def _initial(config, task, num_labels, weights=None):
     mesh = jax.sharding.Mesh(np.array(jax.devices()).reshape(-1, 1, 1), ("data", "fsdp", "tensor"))
     weights = weights or warm_start.load(config, head=task.HEAD, heads=task.KEPT_MODULES)
-    model, params = finetune_tasks.initial_params(
-        weights, task, num_labels, mesh, jax.random.key(7)
+    model, _, params = warm_start.initial_params(
+        weights, task.HEAD, num_labels, mesh, jax.random.key(7), task=task.HEAD
     )
     return model, jax.device_get(params)
 

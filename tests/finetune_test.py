@@ -191,7 +191,7 @@ def test_learns_a_clear_rule_over_seeds_and_predicts_test(tmp_path):
     config.init_checkpoint = best
     mesh = sharding.make_mesh(config.mesh_shape)
     start = warm_start.load(config)
-    model, _, params = finetune.initial_params(start, glue.TASKS["sst2"], mesh, jax.random.key(9))
+    model, _, params = glue_initial_params(start, "sst2", mesh, jax.random.key(9))
     features = glue.encode_examples(
         glue.read_examples("sst2", "test", str(data)), start.tokenizer, 16
     )
@@ -228,9 +228,7 @@ def test_starts_exactly_from_a_transformers_checkpoint(tmp_path, caplog):
     config = tiny_config(task="mrpc", init_checkpoint=str(tmp_path / "hf"))
     mesh = sharding.make_mesh(config.mesh_shape)
     start = warm_start.load(config)
-    model, shardings, params = finetune.initial_params(
-        start, glue.TASKS["mrpc"], mesh, jax.random.key(1)
-    )
+    model, shardings, params = glue_initial_params(start, "mrpc", mesh, jax.random.key(1))
     assert model.config.hidden_dropout_prob == model.config.attention_dropout_prob == 0.1
     # Every tensor of the checkpoint, and nothing else, before any update; placed as the rules say.
     ours = convert.flat_params_to_hf(params, model.config, "classification")
@@ -259,8 +257,8 @@ def test_starts_exactly_from_a_transformers_checkpoint(tmp_path, caplog):
     # A classifier with another label count (2 -> MNLI's 3) is re-initialised, with a log line.
     caplog.set_level(logging.INFO)
     config.task = "mnli"
-    _, _, mnli_params = finetune.initial_params(
-        warm_start.load(config), glue.TASKS["mnli"], mesh, jax.random.key(1)
+    _, _, mnli_params = glue_initial_params(
+        warm_start.load(config), "mnli", mesh, jax.random.key(1)
     )
     assert "classifier has 2 outputs but mnli needs 3: re-initialising it" in caplog.text
     assert mnli_params["classifier"]["kernel"].shape == (32, 3)
@@ -288,7 +286,7 @@ def test_starts_from_a_pretraining_workdir(tmp_path, caplog):
     mesh = sharding.make_mesh(config.mesh_shape)
     start = warm_start.load(config)
     assert start.model_config.vocab_size == vocab and start.tokenizer.vocab_size == vocab
-    _, _, params = finetune.initial_params(start, glue.TASKS["stsb"], mesh, jax.random.key(1))
+    _, _, params = glue_initial_params(start, "stsb", mesh, jax.random.key(1))
     assert "dropped heads ['mlm', 'nsp']" in caplog.text
     assert "has no classifier: initialised one with 1 outputs" in caplog.text
     assert params["classifier"]["kernel"].shape == (32, 1)
@@ -326,4 +324,12 @@ def test_command_line_names_the_valid_tasks(tmp_path):
     assert done.stderr.strip().splitlines()[-1] == (
         "error: task: unknown GLUE task 'bogus'; valid tasks: "
         "cola, sst2, mrpc, stsb, qqp, mnli, qnli, rte, wnli, ax"
+    )
+
+
+def glue_initial_params(weights, task_name, mesh, rng):
+    """The GLUE loop's model and parameters for `task_name` (as finetune.run builds them)."""
+    task = glue.TASKS[task_name]
+    return warm_start.initial_params(
+        weights, "classification", task.num_labels, mesh, rng, task=task.name
     )
