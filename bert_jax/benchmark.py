@@ -70,6 +70,13 @@ _PRNG = flags.DEFINE_enum(
 _OPTIMIZER = flags.DEFINE_enum(
     "optimizer", None, optim.OPTIMIZERS, "bert_jax's optimizer (default: the recipe's, bert_adam)."
 )
+_DATA = flags.DEFINE_enum(
+    "data",
+    "random",
+    ["random", "corpus"],
+    "The batch: uniform random ids, no padding ('random'), or the trainer's own first batch from the "
+    "recipe's data (the bundled corpus: real token frequencies and its padding).",
+)
 _ONLY = flags.DEFINE_enum("only", "both", ["both", "fwdbwd", "train"], "Which measurements to run.")
 _JSON = flags.DEFINE_string("json_out", None, "Also write the results as JSON to this file.")
 _PROFILE = flags.DEFINE_string(
@@ -99,6 +106,16 @@ def make_batch(cfg: model_lib.BertConfig, batch: int, length: int, predictions: 
         "masked_lm_weights": np.ones((batch, predictions), np.float32),
         "next_sentence_labels": rng.integers(0, 2, (batch,)).astype(np.int32),
     }
+
+
+def corpus_batch(model: str, batch: int, length: int, predictions: int) -> dict[str, np.ndarray]:
+    """The trainer's first batch at this shape from the recipe's data (`configs/pretraining.py`)."""
+    from bert_jax.data.loader import make_pretraining_loader
+
+    data = pretraining.get_config(model).data
+    data.update(seq_length=length, max_predictions_per_seq=predictions, phase2_fraction=0.0)
+    loader = make_pretraining_loader(data, global_batch_size=batch, num_train_steps=1)
+    return loader.batch(0)
 
 
 def time_steps(step, state, steps: int, sync=jax.block_until_ready):
@@ -291,6 +308,7 @@ def run(
     prng_impl: str = "threefry2x32",
     profile_dir: str | None = None,
     optimizer: str | None = None,
+    data: str = "random",
 ) -> dict:
     """Times every implementation; returns {"setup": {...}, "rows": [one dict per measurement]}."""
     unknown = sorted(set(references) - set(REFERENCES))
@@ -302,7 +320,12 @@ def run(
         attention_impl=attention_impl,
         attention_dropout_prob=attention_dropout_prob,
     )
-    batch = make_batch(cfg, batch_size, seq_length, predictions)
+    if data == "corpus":
+        batch = corpus_batch(model, batch_size, seq_length, predictions)
+        if int(batch["input_ids"].max()) >= cfg.vocab_size:
+            raise app.UsageError(f"--data=corpus: the recipe's vocab exceeds bert_{model}'s")
+    else:
+        batch = make_batch(cfg, batch_size, seq_length, predictions)
     results = {}
     # The references run first: JAX's allocator reserves most of a GPU's memory once it starts.
     for reference in references:
@@ -351,6 +374,8 @@ def run(
         "dtype": dtype,
         "attention_impl": attention_impl,
         "attention_dropout_prob": attention_dropout_prob,
+        "data": data,
+        "padding_fraction": float(1.0 - np.mean(batch["attention_mask"])),
         "peak_flops": peak,
         "peak_source": peak_source,
         "model_flops_per_step": step_flops,
@@ -406,13 +431,15 @@ def main(argv):
         prng_impl=_PRNG.value,
         profile_dir=_PROFILE.value,
         optimizer=_OPTIMIZER.value,
+        data=_DATA.value,
     )
     s = result["setup"]
     print(
         f"backend {s['backend']} ({s['device']}), {s['device_count']} device(s), {s['cpu_cores']} CPU cores, "
         f"jax {s['jax']}; bert_{s['model']} batch {s['batch_size']} x {s['seq_length']}, "
         f"{s['max_predictions']} predictions, {s['dtype']}, attention {s['attention_impl']}, "
-        f"grad_accum_steps {s['grad_accum_steps']}"
+        f"grad_accum_steps {s['grad_accum_steps']}; data {s['data']} "
+        f"({s['padding_fraction']:.0%} padding)"
     )
     print(
         f"peak {s['peak_flops'] / 1e9:.0f} GFLOP/s ({s['peak_source']}); "

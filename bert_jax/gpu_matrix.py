@@ -7,6 +7,7 @@ Each run is a subprocess with a time limit taken from one overall budget (`--bud
   phase1      bert_base, 256 x 128, 20 predictions, bf16, AdamW step; beside transformers eager and compiled
   trainer     `python -m bert_jax.main` on the bundled corpus (data pipeline, logging, a checkpoint), fresh
               compilation cache: steady step time and launch -> first step
+  phase1_corpus  bert_jax's phase 1 step on the trainer's first batch (`--data=corpus`: real ids, padding)
   trainer2    the same again with the cache the first launch wrote (launch -> first step, second launch)
   phase2      bert_base, 256 x 512, 80 predictions, gradient accumulation, beside transformers eager
   large       bert_large phase 1
@@ -106,6 +107,14 @@ def plan(dry_run: bool, workdir: Path) -> list[dict]:
             cap=150,
             workdir=workdir / "trainer1",
             cmd=main + trainer + [f"--workdir={workdir / 'trainer1'}"],
+        ),
+        # Phase 1 on the trainer's own batch (real token frequencies, the corpus's padding): what the
+        # step costs on the data the trainer sees, beside the uniform random batch above.
+        dict(
+            name="phase1_corpus",
+            kind="bench",
+            cap=120,
+            cmd=bench + sizes["phase1"] + common + ["--reference=none", "--data=corpus"],
         ),
         dict(
             name="trainer2",

@@ -72,6 +72,17 @@ def test_benchmark_rows_on_a_tiny_model():
     assert text.splitlines()[1].split()[:2] == ["bert_jax", "fwd+bwd"]
 
 
+def test_corpus_batch_is_the_trainers_data():
+    # The recipe's bundled corpus at phase-1 shape: real ids with [CLS]/[SEP], and padding on the right.
+    batch = benchmark.corpus_batch("base", 16, 128, 20)
+    assert batch["input_ids"].shape == (16, 128) and batch["masked_lm_ids"].shape == (16, 20)
+    mask = batch["attention_mask"].astype(bool)
+    lengths = mask.sum(1)
+    assert 0.2 < 1 - mask.mean() < 0.8  # the bundled documents are short
+    assert (mask == (np.arange(128)[None] < lengths[:, None])).all()
+    assert (batch["input_ids"][~mask] == 0).all()
+
+
 def test_markdown_table_rows_and_failures():
     rows = [
         dict(implementation="bert_jax", measure="train", seconds=0.05, sequences_per_sec=5120.0)
@@ -93,7 +104,8 @@ def test_markdown_table_rows_and_failures():
 
 def test_plan_covers_the_issue_matrix():
     runs = {r["name"]: r for r in gpu_matrix.plan(False, Path("/w"))}
-    assert list(runs) == ["phase1", "trainer", "trainer2", "phase2", "large"]
+    assert list(runs) == ["phase1", "trainer", "phase1_corpus", "trainer2", "phase2", "large"]
+    assert "--data=corpus" in runs["phase1_corpus"]["cmd"]
     assert "--reference=torch,torch_compile" in runs["phase1"]["cmd"]
     for flag in (
         "--batch_size=256",
