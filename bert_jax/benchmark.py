@@ -70,6 +70,12 @@ _PRNG = flags.DEFINE_enum(
 _OPTIMIZER = flags.DEFINE_enum(
     "optimizer", None, optim.OPTIMIZERS, "bert_jax's optimizer (default: the recipe's, bert_adam)."
 )
+_EMBEDDING_GRADIENT = flags.DEFINE_enum(
+    "embedding_gradient",
+    "scatter",
+    model_lib.EMBEDDING_GRADIENTS,
+    "bert_jax's word-embedding gradient (bert_jax/lookup.py).",
+)
 _DATA = flags.DEFINE_enum(
     "data",
     "random",
@@ -309,6 +315,7 @@ def run(
     profile_dir: str | None = None,
     optimizer: str | None = None,
     data: str = "random",
+    embedding_gradient: str = "scatter",
 ) -> dict:
     """Times every implementation; returns {"setup": {...}, "rows": [one dict per measurement]}."""
     unknown = sorted(set(references) - set(REFERENCES))
@@ -319,6 +326,7 @@ def run(
         dtype=dtype,
         attention_impl=attention_impl,
         attention_dropout_prob=attention_dropout_prob,
+        embedding_gradient=embedding_gradient,
     )
     if data == "corpus":
         batch = corpus_batch(model, batch_size, seq_length, predictions)
@@ -375,6 +383,7 @@ def run(
         "attention_impl": attention_impl,
         "attention_dropout_prob": attention_dropout_prob,
         "data": data,
+        "embedding_gradient": embedding_gradient,
         "padding_fraction": float(1.0 - np.mean(batch["attention_mask"])),
         "peak_flops": peak,
         "peak_source": peak_source,
@@ -432,6 +441,7 @@ def main(argv):
         profile_dir=_PROFILE.value,
         optimizer=_OPTIMIZER.value,
         data=_DATA.value,
+        embedding_gradient=_EMBEDDING_GRADIENT.value,
     )
     s = result["setup"]
     print(
@@ -439,7 +449,7 @@ def main(argv):
         f"jax {s['jax']}; bert_{s['model']} batch {s['batch_size']} x {s['seq_length']}, "
         f"{s['max_predictions']} predictions, {s['dtype']}, attention {s['attention_impl']}, "
         f"grad_accum_steps {s['grad_accum_steps']}; data {s['data']} "
-        f"({s['padding_fraction']:.0%} padding)"
+        f"({s['padding_fraction']:.0%} padding); embedding gradient {s['embedding_gradient']}"
     )
     print(
         f"peak {s['peak_flops'] / 1e9:.0f} GFLOP/s ({s['peak_source']}); "

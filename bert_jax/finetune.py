@@ -330,7 +330,7 @@ PROGRESS_FIELDS = (("loss", "train/loss", ".4f"), ("acc", "train/accuracy", ".3f
 # Fields a rerun may change without breaking the run it continues.
 SAFE_CHANGES = (
     "log_every_steps", "eval_batch_size", "predict_test", "max_consecutive_nonfinite", "mesh_shape",
-    "overwrite", "sweep", "data_dir", "tfds_data_dir",
+    "overwrite", "sweep", "data_dir", "tfds_data_dir", "model.embedding_gradient",
 )  # fmt: skip
 # What a run writes into its workdir: removed when a rerun starts over.
 RUN_FILES = ("checkpoints", "leaderboard", "results.json", "metrics.jsonl")

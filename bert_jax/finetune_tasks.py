@@ -32,7 +32,7 @@ TASKS = {"squad": squad, "swag": swag, "conll": conll}
 # Fields a rerun may change and still be the same run (a finished one is then reported, not retrained).
 SAFE_CHANGES = (
     "log_every_steps", "eval_batch_size", "max_consecutive_nonfinite", "mesh_shape", "overwrite",
-    "data_dir", "tfds_data_dir",
+    "data_dir", "tfds_data_dir", "model.embedding_gradient",
 )  # fmt: skip
 # What a run writes into its workdir: removed when `overwrite` starts over.
 RUN_FILES = (

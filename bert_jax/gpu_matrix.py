@@ -8,6 +8,7 @@ Each run is a subprocess with a time limit taken from one overall budget (`--bud
   trainer     `python -m bert_jax.main` on the bundled corpus (data pipeline, logging, a checkpoint), fresh
               compilation cache: steady step time and launch -> first step
   phase1_corpus  bert_jax's phase 1 step on the trainer's first batch (`--data=corpus`: real ids, padding)
+  phase1_corpus_sorted  the same with `--embedding_gradient=sorted` (no colliding scatter on the pad id)
   trainer2    the same again with the cache the first launch wrote (launch -> first step, second launch)
   phase2      bert_base, 256 x 512, 80 predictions, gradient accumulation, beside transformers eager
   large       bert_large phase 1
@@ -115,6 +116,16 @@ def plan(dry_run: bool, workdir: Path) -> list[dict]:
             kind="bench",
             cap=120,
             cmd=bench + sizes["phase1"] + common + ["--reference=none", "--data=corpus"],
+        ),
+        # The same batch with the word-embedding gradient as a sorted segmented sum (bert_jax/lookup.py).
+        dict(
+            name="phase1_corpus_sorted",
+            kind="bench",
+            cap=120,
+            cmd=bench
+            + sizes["phase1"]
+            + common
+            + ["--reference=none", "--data=corpus", "--embedding_gradient=sorted"],
         ),
         dict(
             name="trainer2",

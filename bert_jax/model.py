@@ -20,13 +20,15 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-# Re-exported: attention and its dropout used to live here, and callers still name them `model.*`.
 from bert_jax.attention import (  # noqa: F401
     ATTENTION_IMPLS,
     check_attention_impl,
     dot_product_attention,
     dropout,
 )
+
+# Re-exported: attention and its dropout used to live here, and callers still name them `model.*`.
+from bert_jax.lookup import sorted_lookup
 
 Array = jax.Array
 
@@ -40,6 +42,9 @@ ACTIVATIONS = {
     "relu": jax.nn.relu,
 }
 REMAT_POLICIES = ("none", "full", "dots")
+# How the word-embedding gradient is summed (bert_jax/lookup.py): "scatter" (autodiff of the gather) or
+# "sorted" (a segmented sum; no colliding atomic adds on a GPU).
+EMBEDDING_GRADIENTS = ("scatter", "sorted")
 HEADS = ("none", "pretraining", "classification", "span", "token")
 # The sizes of the released BERT models (Devlin et al. 2018; Turc et al. 2019 for the compact ones).
 PRESETS = {
@@ -74,6 +79,7 @@ class BertConfig:
     remat_policy: str = "none"  # one of REMAT_POLICIES: recompute layer activations in backward
     # One nn.scan over layer weights stacked on a leading axis: XLA compiles one layer, not num_layers.
     scan_layers: bool = False
+    embedding_gradient: str = "scatter"  # one of EMBEDDING_GRADIENTS
 
     def __post_init__(self):
         if self.hidden_size % self.num_heads:
@@ -90,6 +96,10 @@ class BertConfig:
         )
         if self.remat_policy not in REMAT_POLICIES:
             raise ValueError(f"remat_policy {self.remat_policy!r} not in {REMAT_POLICIES}")
+        if self.embedding_gradient not in EMBEDDING_GRADIENTS:
+            raise ValueError(
+                f"embedding_gradient {self.embedding_gradient!r} not in {EMBEDDING_GRADIENTS}"
+            )
         for name in ("dtype", "param_dtype"):
             if getattr(self, name) not in ("float32", "bfloat16", "float16"):
                 raise ValueError(
@@ -228,7 +238,11 @@ class Embeddings(nn.Module):
                 f"sequence length {length} exceeds max_position_embeddings "
                 f"{self.config.max_position_embeddings}"
             )
-        x = self.word_embeddings(input_ids)
+        cfg = self.config
+        if cfg.embedding_gradient == "sorted":
+            x = sorted_lookup(self.word_embeddings.embedding, input_ids, cfg.compute_dtype)
+        else:
+            x = self.word_embeddings(input_ids)
         # The position and segment tables are read without a gather: a gather's gradient is a scatter-add,
         # and on a GPU the segment table's (32,768 rows of a 256 x 128 batch added into 2) serialises on
         # colliding atomics. A slice's gradient is a pad, a select's an elementwise select and a sum.

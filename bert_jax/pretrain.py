@@ -116,7 +116,7 @@ RESUME_SAFE = (
     "num_train_steps", "log_every_steps", "checkpoint_every_steps", "keep_checkpoints", "eval_every_steps",
     "eval_batches", "data.eval_input_pattern", "mesh_shape", "grad_accum_steps", "async_checkpoints",
     "preemption_check_every_steps", "max_consecutive_nonfinite", "model.attention_impl", "model.remat_policy",
-    "init_checkpoint",
+    "model.embedding_gradient", "init_checkpoint",
 )  # fmt: skip
 
 

@@ -104,8 +104,11 @@ def test_markdown_table_rows_and_failures():
 
 def test_plan_covers_the_issue_matrix():
     runs = {r["name"]: r for r in gpu_matrix.plan(False, Path("/w"))}
-    assert list(runs) == ["phase1", "trainer", "phase1_corpus", "trainer2", "phase2", "large"]
+    assert list(runs) == [
+        "phase1", "trainer", "phase1_corpus", "phase1_corpus_sorted", "trainer2", "phase2", "large",
+    ]  # fmt: skip
     assert "--data=corpus" in runs["phase1_corpus"]["cmd"]
+    assert "--embedding_gradient=sorted" in runs["phase1_corpus_sorted"]["cmd"]
     assert "--reference=torch,torch_compile" in runs["phase1"]["cmd"]
     for flag in (
         "--batch_size=256",

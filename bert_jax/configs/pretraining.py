@@ -57,6 +57,10 @@ def model_config(size: str) -> ml_collections.ConfigDict:
     # One nn.scan over stacked layer weights: XLA compiles one layer instead of num_layers (much faster
     # compiles, same numbers); checkpoints for transformers stay per layer (convert stacks/unstacks).
     m.scan_layers = False
+    # The word-embedding gradient: "scatter" (autodiff of the lookup) or "sorted" (a segmented sum with
+    # one add per distinct id: on a GPU, padded batches' pad-id rows no longer collide; equal up to the
+    # order of float32 additions). Which is faster on a GPU is still to be measured (docs/performance.md).
+    m.embedding_gradient = "scatter"
     return m
 
 
