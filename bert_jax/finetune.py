@@ -198,7 +198,6 @@ def _run(config, workdir, setup: startup.SetupAgreement) -> dict:
             config.overwrite,
             safe_changes=SAFE_CHANGES,
             run_files=RUN_FILES,
-            resumable=True,
         )
     if finished is not None:
         return finished

@@ -3,16 +3,18 @@
 `run(config, workdir)` fine-tunes the task named by `config.mode` ("squad", "swag", "conll"; the task's own
 pieces are in `bert_jax.tasks`) from `config.init_checkpoint` (warm_start.py) for `config.num_epochs` epochs,
 evaluating on dev after each (or only after the last). As the original scripts, the run's score is the final
-model's dev score; the best epoch is recorded beside it under its own name, never in its place. The final
-model is kept with Orbax in WORKDIR/checkpoints, writes the task's prediction files into WORKDIR, and
-WORKDIR/results.json holds the scores, the per-epoch history and the config. Bad input raises
-`train_lib.SetupError` (one line) before training.
+model's dev score; the best epoch is recorded beside it under its own name, never in its place. The newest
+model is kept with Orbax in WORKDIR/checkpoints (each epoch's end, and the step a SIGTERM/SIGINT stopped at:
+rerunning the command resumes there, to the same result); the final model writes the task's prediction files
+into WORKDIR, and WORKDIR/results.json holds the scores, the per-epoch history and the config. Bad input
+raises `train_lib.SetupError` (one line) before training.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import itertools
 import json
 import math
 import time
@@ -171,41 +173,56 @@ def _run(config, workdir, setup: startup.SetupAgreement) -> dict:
         "tokenizer": weights.tokenizer_spec,
         "num_labels": prepared.num_labels,
     }
+    stored = json.loads(json.dumps(stored, default=str))  # as checkpoints and results.json store it
     with setup_error("workdir"):
-        # Compared as results.json stores it (tuples as lists).
         finished = train_lib.reuse_workdir(
             workdir,
-            json.loads(json.dumps(stored, default=str)),
+            stored,
             config.overwrite,
             safe_changes=SAFE_CHANGES,
             run_files=RUN_FILES,
-            # These loops do not resume mid-run: an unfinished workdir is another run.
-            resumable=False,
         )
     if finished is not None:
         return finished
+    # The newest checkpoint is kept: each epoch's end, and the step a preemption stopped at.
     ckpt = checkpoint.Checkpointer(str(workdir / "checkpoints"), keep=1, save_interval_steps=1)
+    history, files, start_epoch, skip = [], {}, 1, 0
+    if ckpt.latest_step() is not None:
+        with setup_error("checkpoint"):
+            state, position, _ = ckpt.restore(None, abstract)
+        history, files, start_epoch, skip = (
+            position["history"],
+            position["files"],
+            position["epoch"],
+            position["batches_done"],
+        )
+        reporting.say(f"resumed {workdir} at step {int(state.step):,} (epoch {start_epoch})")
 
     # Loop: train an epoch, evaluate on dev.
     writer = reporting.MetricWriter(workdir, process_index=jax.process_index())
     writer.write_config(stored)
-    progress = reporting.Progress(num_train_steps, 0, (("loss", "train/loss", ".4f"),))
+    progress = reporting.Progress(
+        num_train_steps, int(state.step), (("loss", "train/loss", ".4f"),)
+    )
     window = reporting.MetricWindow()
     guard = train_lib.NonFiniteGuard(config.max_consecutive_nonfinite)
-    history, files, step = [], {}, 0
+    preemption = train_lib.Preemption(check_every=1)
+    step = int(state.step)
     # A SWAG row is four sequences: throughput counts sequences, as for the other tasks.
     sequences_per_row = math.prod(prepared.train["input_ids"].shape[1:-1])
     tokens_per_row = math.prod(prepared.train["input_ids"].shape[1:])
     try:
-        for epoch in range(1, config.num_epochs + 1):
-            for batch in glue.train_batches(
+        for epoch in range(start_epoch, config.num_epochs + 1):
+            batches = glue.train_batches(
                 prepared.train,
                 per_host_batch,
                 seed=config.seed,
                 epoch=epoch,
                 process_index=jax.process_index(),
                 process_count=process_count,
-            ):
+            )
+            # The epoch's order is a function of (seed, epoch): a resumed epoch skips what it did.
+            for done_in_epoch, batch in enumerate(itertools.islice(batches, skip, None), skip + 1):
                 state, step_metrics = p_train_step(
                     state, sharding.host_to_global(batch, mesh), dropout_rng
                 )
@@ -216,11 +233,18 @@ def _run(config, workdir, setup: startup.SetupAgreement) -> dict:
                     tokens=config.batch_size * tokens_per_row,
                 )
                 guard.check(step_metrics, step)
-                if step % config.log_every_steps and step != num_train_steps:
-                    continue
-                _, scalars = window.flush()
-                writer.write_scalars(step, scalars)
-                progress.update(step, scalars)
+                if step % config.log_every_steps == 0 or step == num_train_steps:
+                    _, scalars = window.flush()
+                    writer.write_scalars(step, scalars)
+                    progress.update(step, scalars)
+                if done_in_epoch < steps_per_epoch and preemption.agreed(step):
+                    position = {
+                        "epoch": epoch, "batches_done": done_in_epoch, "history": history,
+                        "files": files,
+                    }  # fmt: skip
+                    ckpt.save(step, state, data_state=position, config=stored, force=True)
+                    raise train_lib.Preempted(f"saved step {step} (epoch {epoch}) in {workdir}")
+            skip = 0
 
             final = epoch == config.num_epochs
             if final or config.eval_every_epoch:
@@ -236,6 +260,8 @@ def _run(config, workdir, setup: startup.SetupAgreement) -> dict:
                 directory = workdir if final and jax.process_index() == 0 else None
                 results, written = task.score(config, prepared, out, directory)
                 files.update(written)
+                # Plain Python numbers: the history goes into checkpoints and must come back equal.
+                results = jax.tree.map(lambda x: x.item() if hasattr(x, "item") else x, results)
                 history.append({"epoch": epoch, "step": step, "results": results})
                 progress.print(
                     f"epoch {epoch} dev {name} {task.MAIN_METRIC}: {results[task.MAIN_METRIC]:.4f}"
@@ -251,8 +277,11 @@ def _run(config, workdir, setup: startup.SetupAgreement) -> dict:
                         "perf/eval_sequences_per_sec": eval_rate,
                     },
                 )
+            position = {"epoch": epoch + 1, "batches_done": 0, "history": history, "files": files}
+            ckpt.save(step, state, data_state=position, config=stored, force=True)
+            if epoch < config.num_epochs and preemption.agreed(step):
+                raise train_lib.Preempted(f"saved step {step} (end of epoch {epoch}) in {workdir}")
             window.restart()
-        ckpt.save(step, state, data_state={"epoch": config.num_epochs}, config=stored, force=True)
         ckpt.wait_until_finished()
     finally:
         progress.close()

@@ -150,34 +150,28 @@ def reuse_workdir(
     *,
     safe_changes: Iterable[str],
     run_files: Iterable[str],
-    resumable: bool,
 ) -> dict | None:
     """What a used workdir means for a fine-tuning run: None to train, or the finished run's summary.
 
-    None for a fresh workdir, or (when the loop is `resumable`) for the same run to resume from its
-    checkpoints; a changed field in `safe_changes` is logged and allowed. The finished run's results.json (plus
-    "workdir") when the workdir holds this very run, complete. Another run's workdir, or an unfinished one for a
-    loop that cannot resume, is an error naming the changes, unless `overwrite`, which deletes that run's
-    `run_files` and event files first.
+    None for a fresh workdir, one with no checkpoint and no results (killed before its first save), or the same
+    run to resume from its checkpoints (a changed field in `safe_changes` is logged and allowed). The finished
+    run's results.json (plus "workdir") when the workdir holds this very run, complete. Another run's workdir
+    is an error naming the changes, unless `overwrite`, which deletes that run's `run_files` and event files
+    first.
     """
     from bert_jax import checkpoint  # the one user of Orbax here; most of this module needs none
 
     used = [name for name in run_files if (workdir / name).exists()]
     checkpoints, results = workdir / "checkpoints", workdir / "results.json"
-    if not used or (resumable and not checkpoints.exists() and not results.exists()):
+    if not used or (not checkpoints.exists() and not results.exists()):
         return None
-    if resumable and checkpoints.exists():
+    if checkpoints.exists():
         _, previous = checkpoint.Checkpointer(
             str(checkpoints), keep=1, save_interval_steps=1, async_save=False
         ).read_config()
-    elif results.exists():
+    else:
         previous = json.loads(results.read_text())["config"]
-    else:
-        previous = None
-    if previous is None:
-        breaking, safe = ["(unfinished: no results.json)"], []
-    else:
-        breaking, safe = config_changes(previous, stored, safe_changes)
+    breaking, safe = config_changes(previous, stored, safe_changes)
     if safe and not breaking:
         logging.warning("%s: continuing with changed settings: %s", workdir, "; ".join(safe))
     if breaking and not overwrite:

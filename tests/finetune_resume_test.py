@@ -96,21 +96,16 @@ def test_used_workdir_finished_refused_or_overwritten(sst2, tmp_path, monkeypatc
     )
 
 
-@pytest.mark.parametrize("resumable", [True, False])
-def test_reuse_workdir_without_checkpoints(tmp_path, resumable):
-    # The one rule both fine-tuning loops use, on results.json alone (no checkpoint to read).
+def test_reuse_workdir_without_checkpoints(tmp_path):
+    # The rule both fine-tuning loops use, on results.json alone (no checkpoint to read).
     reuse = lambda stored, overwrite=False: train_lib.reuse_workdir(
         workdir, stored, overwrite, safe_changes=("log_every_steps",),
-        run_files=("results.json", "metrics.jsonl"), resumable=resumable,
+        run_files=("results.json", "metrics.jsonl"),
     )  # fmt: skip
     workdir = epath.Path(tmp_path)
     assert reuse({"lr": 1}) is None  # a fresh workdir
     (tmp_path / "metrics.jsonl").write_text("{}\n")
-    if resumable:  # killed before its first checkpoint: the same run starts again
-        assert reuse({"lr": 1}) is None
-    else:  # a loop that cannot resume refuses an unfinished run's workdir
-        with pytest.raises(ValueError, match=r"\(unfinished: no results.json\)"):
-            reuse({"lr": 1})
+    assert reuse({"lr": 1}) is None  # killed before its first checkpoint: the same run starts again
     (tmp_path / "results.json").write_text(json.dumps({"config": {"lr": 1}, "score": 0.5}))
     # This very run, complete (a safe change aside): its summary stands.
     summary = reuse({"lr": 1, "log_every_steps": 7})

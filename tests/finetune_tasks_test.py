@@ -15,7 +15,7 @@ import tensorflow_datasets as tfds
 import torch
 import transformers
 
-from bert_jax import finetune_tasks, warm_start
+from bert_jax import checkpoint, finetune_tasks, train_lib, warm_start
 from bert_jax.configs import conll as conll_config
 from bert_jax.configs import squad as squad_config
 from bert_jax.configs import swag as swag_config
@@ -246,3 +246,32 @@ def test_squad_command_end_to_end(tmp_path):
     assert result.stderr.strip().splitlines()[-1] == (
         f"error: data: {tmp_path}/dev-v1.1.json: question 'x' has no 'question' field"
     )
+
+
+@pytest.mark.slow
+def test_preempted_task_run_resumes_to_the_same_result(tmp_path, monkeypatch):
+    task_fixtures.write_conll(tmp_path, n_train=320, n_dev=48)
+    config = lambda: _config(
+        conll_config, "tiny", data_dir=str(tmp_path), vocab_file=task_fixtures.write_vocab(tmp_path),
+        max_seq_length=16, num_epochs=2, batch_size=32,
+    )  # fmt: skip
+    whole = finetune_tasks.run(config(), tmp_path / "whole")
+
+    # SIGTERM agreed at step 13 (mid epoch 2 of 10-step epochs): the run saves and stops.
+    agreed = train_lib.Preemption.agreed
+    monkeypatch.setattr(train_lib.Preemption, "agreed", lambda self, step: step == 13)
+    with pytest.raises(train_lib.Preempted, match=r"saved step 13 \(epoch 2\)"):
+        finetune_tasks.run(config(), tmp_path / "cut")
+    assert not (tmp_path / "cut" / "results.json").exists()
+    monkeypatch.setattr(train_lib.Preemption, "agreed", agreed)
+    resumed = finetune_tasks.run(config(), tmp_path / "cut")
+
+    assert resumed["results"] == whole["results"] and resumed["epochs"] == whole["epochs"]
+    assert resumed["files"] == {k: v.replace("whole", "cut") for k, v in whole["files"].items()}
+    params = [
+        checkpoint.restore_params(str(tmp_path / w / "checkpoints"))[1] for w in ("cut", "whole")
+    ]
+    for a, b in zip(*map(jax.tree.leaves, params), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+    predictions = [(tmp_path / w / "dev_predictions.txt").read_text() for w in ("cut", "whole")]
+    assert predictions[0] == predictions[1]
