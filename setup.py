@@ -47,7 +47,9 @@ EXTRAS_REQUIRE = {
     "tensorboard": ["tensorboard>=2.16"],
     # gcsfs: gs:// workdirs (etils epath reads them through it).
     "tpu": ["jax[tpu]>=0.10.2", "gcsfs>=2024.2"],
-    "cuda": ["jax[cuda12]>=0.10.2"],
+    # CUDA 13 wheels, as on the H100 the GPU numbers were measured on (docs/performance.md); use jax[cuda12]
+    # for an older driver.
+    "cuda": ["jax[cuda13]>=0.10.2"],
     "tf": ["tensorflow-cpu>=2.16"],
 }
 

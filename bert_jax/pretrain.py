@@ -143,30 +143,6 @@ PROGRESS_FIELDS = (
 )
 
 
-def warm_start_params(config, abstract) -> dict | None:
-    """`config.init_checkpoint`'s encoder and MLM/NSP heads (a bert_jax workdir, a transformers directory or a
-    TF1 checkpoint) to continue pretraining from; None for a random init. Shapes must equal the recipe's model."""
-    if not config.init_checkpoint:
-        return None
-    weights = warm_start.from_path(
-        config.init_checkpoint, head="pretraining", heads=("bert", "mlm", "nsp"),
-        dtype=config.dtype, param_dtype=config.param_dtype, seed=config.seed,
-    )  # fmt: skip
-    wanted = jax.tree_util.tree_flatten_with_path(abstract.params)[0]
-    have = dict(jax.tree_util.tree_flatten_with_path(weights.params)[0])
-    for path, leaf in wanted:
-        name = "/".join(str(getattr(k, "key", k)) for k in path)
-        if path[0].key not in weights.params:
-            continue
-        if path not in have or tuple(have[path].shape) != tuple(leaf.shape):
-            got = "absent" if path not in have else tuple(have[path].shape)
-            raise ValueError(
-                f"{weights.source}: {name} is {got} but the recipe's model wants {tuple(leaf.shape)}"
-            )
-    logging.info("continuing pretraining from %s (%s)", weights.source, sorted(weights.params))
-    return weights.params
-
-
 def run(config, workdir: str):
     """Pretrains per `config` in `workdir` (resuming from its latest checkpoint); returns the final state.
 
@@ -276,7 +252,7 @@ def _run(config, workdir: str, setup: startup.SetupAgreement):
         reporting.say(f"resumed from {ckpt.directory} at step {int(state.step):,}")
     else:
         with setup_error("init_checkpoint"):
-            params = warm_start_params(config, abstract)
+            params = warm_start.pretraining_params(config, abstract)
         state = train_lib.create_state(model, tx, abstract, jax.random.key(config.seed), params)
     start_step = int(state.step)
     if start_step >= config.num_train_steps:

@@ -1,6 +1,7 @@
-"""Where a fine-tuning run's weights come from: a bert_jax workdir (pretraining or fine-tuning, parameters only),
-a transformers-layout directory, or a random init (smoke tests). Returns the encoder's config, its tokenizer and
-the weights; `initial_params` builds the task's model around them."""
+"""Where a run's starting weights come from: a bert_jax workdir (pretraining or fine-tuning, parameters only),
+a transformers-layout directory, a TF1 checkpoint, or a random init (smoke tests). Returns the encoder's config,
+its tokenizer and the weights; `initial_params` builds a fine-tuning task's model around them, and
+`pretraining_params` checks them against the pretraining recipe's model to continue pretraining."""
 
 from __future__ import annotations
 
@@ -96,6 +97,30 @@ def load(config, *, head: str = "classification", heads=("bert", "classifier")) 
         param_dtype=config.param_dtype, **dropout,
     )  # fmt: skip
     return InitialWeights(model_config, tokenizer, spec, None, "random")
+
+
+def pretraining_params(config, abstract) -> dict | None:
+    """`config.init_checkpoint`'s encoder and MLM/NSP heads (a bert_jax workdir, a transformers directory or a
+    TF1 checkpoint) to continue pretraining from; None for a random init. Shapes must equal the recipe's model."""
+    if not config.init_checkpoint:
+        return None
+    weights = from_path(
+        config.init_checkpoint, head="pretraining", heads=("bert", "mlm", "nsp"),
+        dtype=config.dtype, param_dtype=config.param_dtype, seed=config.seed,
+    )  # fmt: skip
+    wanted = jax.tree_util.tree_flatten_with_path(abstract.params)[0]
+    have = dict(jax.tree_util.tree_flatten_with_path(weights.params)[0])
+    for path, leaf in wanted:
+        name = "/".join(str(getattr(k, "key", k)) for k in path)
+        if path[0].key not in weights.params:
+            continue
+        if path not in have or tuple(have[path].shape) != tuple(leaf.shape):
+            got = "absent" if path not in have else tuple(have[path].shape)
+            raise ValueError(
+                f"{weights.source}: {name} is {got} but the recipe's model wants {tuple(leaf.shape)}"
+            )
+    logging.info("continuing pretraining from %s (%s)", weights.source, sorted(weights.params))
+    return weights.params
 
 
 def initial_params(weights: InitialWeights, head: str, num_labels: int, mesh, rng, *, task: str):
