@@ -34,6 +34,7 @@ import importlib.util
 import json
 import os
 import platform
+import re
 import shutil
 import subprocess
 import sys
@@ -41,6 +42,8 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+
+from bert_jax import kernel_times
 
 REPO = Path(__file__).resolve().parents[1]
 # Packages each kind of run needs that the GPU image may lack, by import name (the recipes are ml_collections).
@@ -211,19 +214,24 @@ def _profiled(cmd: list, env: dict, scratch: Path) -> tuple[list, dict]:
 
 
 def _keep_profile(name: str, output: str, scratch: Path, out: Path) -> None:
-    """Copies a profiled run's kernel table, trace and optimized HLO (gzipped) into `out`."""
+    """Copies a profiled run's kernel table (annotated from its optimized HLO), trace and optimized HLO
+    (gzipped) into `out`."""
     lines = output.splitlines()
     first = [i for i, line in enumerate(lines) if ".trace.json.gz: " in line][:1]
     table = "\n".join(lines[first[0] :]) + "\n" if first else "no kernel table in the output\n"
-    (out / f"{name}_kernels.txt").write_text(table)
     traces = sorted((scratch / "profile").rglob("*.trace.json.gz"), key=lambda p: p.stat().st_mtime)
-    # The files that come back from a device machine are capped at 16 MiB each.
-    if traces and traces[-1].stat().st_size < 15 * 2**20:
-        shutil.copy(traces[-1], out / f"{name}.trace.json.gz")
     dumps = sorted(
         (scratch / "hlo").glob("*train_step*after_optimizations.txt"),
         key=lambda p: p.stat().st_size,
     )
+    steps = re.search(r"(\d+) step\(s\) traced", table)
+    if traces and dumps and steps:
+        # The same table, each fusion named by the JAX operation it came from.
+        table = kernel_times.table(traces[-1], int(steps.group(1)), 60, hlo=dumps[-1]) + "\n"
+    (out / f"{name}_kernels.txt").write_text(table)
+    # The files that come back from a device machine are capped at 16 MiB each.
+    if traces and traces[-1].stat().st_size < 15 * 2**20:
+        shutil.copy(traces[-1], out / f"{name}.trace.json.gz")
     if dumps:
         with open(dumps[-1], "rb") as src, gzip.open(out / f"{name}_hlo.txt.gz", "wb") as dst:
             shutil.copyfileobj(src, dst)

@@ -1,12 +1,17 @@
 r"""Device time per kernel from a `jax.profiler` trace: where a step's time goes, as a text table.
 
-    python -m bert_jax.kernel_times TRACE_DIR_OR_FILE --steps=3 [--top=40]
+    python -m bert_jax.kernel_times TRACE_DIR_OR_FILE --steps=3 [--top=40] [--hlo=OPTIMIZED_HLO.txt(.gz)]
 
 Reads the Perfetto/Chrome JSON that `jax.profiler.trace(dir, create_perfetto_trace=True)` writes
 (`**/*.trace.json.gz`). Kernels are the complete events ("ph": "X") on the accelerator's stream threads
 ("Stream #N"); the "XLA Ops"/"XLA Modules" threads of the same device repeat those spans one level up and
 are left out, so nothing is counted twice. Without an accelerator in the trace, the host's XLA events are
 tabulated instead (a CPU run), which is what the CPU test reads.
+
+With `--hlo` (the optimized HLO text that `--xla_dump_to` writes, as `gpu_matrix --profile` keeps it), each XLA
+fusion is annotated with the JAX operation it came from (its `op_name`: "fwd"/"bwd" and the module path), so a
+row like `input_add_reduce_fusion_9` reads `bwd bert/layer_11/intermediate/reduce_sum`. Library kernels (cuBLAS
+`nvjet_*`, cuDNN) have no fusion name and stay unannotated.
 """
 
 from __future__ import annotations
@@ -15,7 +20,26 @@ import argparse
 import collections
 import gzip
 import json
+import re
 from pathlib import Path
+
+_HLO_LINE = re.compile(r'^\s*(?:ROOT\s+)?%([\w.\-]+) = .*?metadata=\{op_name="([^"]*)"')
+_JIT = re.compile(r"^jit\([^)]*\)/")
+_BACKWARD = re.compile(r"transpose\(jvp\(\w+\)\)/")
+_FORWARD = re.compile(r"jvp\(\w+\)/")
+
+
+def hlo_op_names(path: str | Path) -> dict[str, str]:
+    """{kernel name: "fwd|bwd op path"} from optimized HLO text; a fusion `a_b.9` launches kernel `a_b_9`."""
+    path = Path(path)
+    with gzip.open(path, "rt") if path.suffix == ".gz" else open(path) as f:
+        names = {}
+        for line in f:
+            match = _HLO_LINE.match(line)
+            if match:
+                op = _FORWARD.sub("fwd ", _BACKWARD.sub("bwd ", _JIT.sub("", match.group(2))))
+                names[re.sub(r"[.\-]", "_", match.group(1))] = op
+    return names
 
 
 def find_trace(path: str | Path) -> Path:
@@ -73,8 +97,10 @@ def kernel_events(events, processes, threads) -> tuple[list[dict], str]:
     return xla, "host XLA events (no accelerator in this trace)"
 
 
-def table(path, steps: int = 1, top: int = 40) -> str:
-    """The text table: total kernel time per step, then the `top` kernels by time per step."""
+def table(path, steps: int = 1, top: int = 40, hlo: str | Path | None = None) -> str:
+    """The text table: total kernel time per step, then the `top` kernels by time per step (annotated with
+    their JAX operations when `hlo` is given)."""
+    ops = hlo_op_names(hlo) if hlo else {}
     trace = find_trace(path)
     events, processes, threads = load_events(trace)
     kernels, what = kernel_events(events, processes, threads)
@@ -95,7 +121,10 @@ def table(path, steps: int = 1, top: int = 40) -> str:
         share = ms / total_ms if total_ms else 0.0
         calls = counts[name] / steps
         calls = f"{calls:6.0f}" if calls.is_integer() else f"{calls:6.1f}"
-        lines.append(f"{ms:9.3f} {share:6.1%} {calls}  {name[:110]}")
+        # GPU kernels are named like their fusion with "_" for "."; CPU events keep the HLO name.
+        op = ops.get(re.sub(r"[.\-]", "_", name))
+        where = f"  <- {op[:100]}" if op else ""
+        lines.append(f"{ms:9.3f} {share:6.1%} {calls}  {name[:110]}{where}")
     return "\n".join(lines)
 
 
@@ -104,8 +133,11 @@ def main(argv=None) -> int:
     parser.add_argument("trace", help="A trace file or a folder holding one (newest wins).")
     parser.add_argument("--steps", type=int, default=1, help="Steps the trace holds.")
     parser.add_argument("--top", type=int, default=40, help="Rows to print.")
+    parser.add_argument(
+        "--hlo", default=None, help="Optimized HLO text (.txt or .txt.gz) to annotate with."
+    )
     args = parser.parse_args(argv)
-    print(table(args.trace, args.steps, args.top))
+    print(table(args.trace, args.steps, args.top, args.hlo))
     return 0
 
 

@@ -58,3 +58,25 @@ def test_benchmark_profile_on_a_cpu_gives_a_table(tmp_path):
     assert lines[0].endswith("host XLA events (no accelerator in this trace)")
     assert float(lines[1].split()[3]) > 0  # "time per step X ms"
     assert len(lines) > 5
+
+
+def test_kernels_named_by_the_operations_they_came_from(tmp_path):
+    kernel = lambda name, dur: {"ph": "X", "pid": 1, "tid": 7, "name": name, "dur": dur}
+    _trace(
+        tmp_path / "host.trace.json.gz",
+        [kernel("input_reduce_fusion_9", 2000.0), kernel("nvjet_x", 1000.0)],
+    )
+    hlo = tmp_path / "module.after_optimizations.txt"
+    hlo.write_text(
+        "HloModule jit_train_step\n"
+        "  %input_reduce_fusion.9 = bf16[8]{0} fusion(%p), kind=kInput, calls=%f, metadata={op_name="
+        '"jit(train_step)/transpose(jvp(BertForPreTraining))/bert/layer_3/intermediate/reduce_sum" x=1}\n'
+        '  %loop_fusion.2 = f32[] fusion(%q), metadata={op_name="jit(train_step)/jvp(BertForPreTraining)/bert/mul"}\n'
+    )
+    assert kernel_times.hlo_op_names(hlo) == {
+        "input_reduce_fusion_9": "bwd bert/layer_3/intermediate/reduce_sum",
+        "loop_fusion_2": "fwd bert/mul",
+    }
+    rows = kernel_times.table(tmp_path, hlo=hlo).splitlines()[3:]
+    assert rows[0].endswith("input_reduce_fusion_9  <- bwd bert/layer_3/intermediate/reduce_sum")
+    assert rows[1].endswith("nvjet_x")  # a library kernel: no fusion, no annotation

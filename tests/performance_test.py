@@ -134,7 +134,8 @@ def test_matrix_dry_run_writes_the_table(tmp_path):
         + ["--profile"]
     )
     # --profile: phase 1's kernel table, trace and optimized HLO of the train step come back.
-    assert (tmp_path / "phase1_kernels.txt").read_text().startswith("vm.trace.json.gz: ")
+    kernels = (tmp_path / "phase1_kernels.txt").read_text()
+    assert kernels.startswith("vm.trace.json.gz: ") and "  <- " in kernels  # annotated from the HLO
     assert (tmp_path / "phase1.trace.json.gz").stat().st_size > 0
     with gzip.open(tmp_path / "phase1_hlo.txt.gz", "rt") as f:
         assert "HloModule jit_train_step" in f.readline()
