@@ -70,10 +70,9 @@ def load_events(path: Path) -> tuple[list[dict], dict, dict]:
 
 def kernel_events(events, processes, threads) -> tuple[list[dict], str]:
     """(the events to tabulate, a phrase saying which they are)."""
-    devices = {
-        pid for pid, name in processes.items() if "/device:" in name and "CPU" not in name.upper()
-    }
-    if devices:
+    # Accelerators only: a CPU run's trace can hold other "/device:" lines (libtpu's "/device:CUSTOM:...").
+    devices = {pid for pid, name in processes.items() if re.search(r"/device:(GPU|TPU):", name)}
+    if any(e["pid"] in devices for e in events):
         streams = [
             e
             for e in events

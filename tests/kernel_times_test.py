@@ -10,6 +10,13 @@ def _trace(path, events):
     meta = [
         {"ph": "M", "pid": 1, "name": "process_name", "args": {"name": "/device:GPU:0"}},
         {"ph": "M", "pid": 2, "name": "process_name", "args": {"name": "/host:CPU"}},
+        # What libtpu adds to any trace once it is loaded: not an accelerator.
+        {
+            "ph": "M",
+            "pid": 3,
+            "name": "process_name",
+            "args": {"name": "/device:CUSTOM:Megascale Trace"},
+        },
         {
             "ph": "M",
             "pid": 1,
@@ -34,6 +41,7 @@ def test_stream_kernels_per_step_without_the_ops_line(tmp_path):
     events = [kernel("gemm", 3000.0), kernel("gemm", 3000.0), kernel("softmax", 1000.0)]
     # The ops line repeats the kernels' spans, and host events are not device time: both left out.
     events += [kernel("fusion.1", 7000.0, tid=8), kernel("ExecuteHelper", 9000.0, tid=1, pid=2)]
+    events += [kernel("megascale", 5000.0, tid=1, pid=3)]
     _trace(tmp_path / "host.trace.json.gz", events)
     text = kernel_times.table(tmp_path, steps=2).splitlines()
     assert text[0] == "host.trace.json.gz: kernels on the device streams"

@@ -12,7 +12,8 @@ import jax
 import numpy as np
 import pytest
 
-from bert_jax import benchmark, gpu_matrix, sharding, train_lib
+from bert_jax import benchmark, gpu_matrix, pretrain, sharding, train_lib
+from bert_jax.configs import bert_tiny
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -165,10 +166,6 @@ def test_matrix_dry_run_writes_the_table(tmp_path):
     ],
 )
 def test_impossible_attention_impl_stops_the_trainer_with_one_line(tmp_path, impl, message):
-    sys.path.insert(0, str(REPO))
-    from bert_jax import pretrain
-    from bert_jax.configs import bert_tiny
-
     config = bert_tiny.get_config()
     config.model.attention_impl = impl
     with pytest.raises(train_lib.SetupError) as error:
