@@ -7,7 +7,7 @@ A checkpoint `PREFIX` (e.g. `bert_model.ckpt`) is an index file `PREFIX.index` a
 `BundleEntryProto` (dtype, shape, shard, offset, size, masked CRC32C). A data shard is the tensors' raw bytes
 back to back. Both protos are decoded here from the protobuf wire format, so no TensorFlow is needed.
 
-This module imports NumPy and `bert_jax.crc32c` only (no JAX), so it also runs under TensorFlow's Python for
+This module imports NumPy and `bert_jax.tf_wire` only (no JAX), so it also runs under TensorFlow's Python for
 cross-checks.
 """
 
@@ -20,8 +20,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from bert_jax.crc32c import crc32c
-from bert_jax.crc32c import mask as mask_crc
+from bert_jax import tf_wire
+from bert_jax.tf_wire import crc32c
+from bert_jax.tf_wire import mask as mask_crc
 
 _FOOTER_SIZE = 48
 _TABLE_MAGIC = 0xDB4775248B80FB57
@@ -58,56 +59,17 @@ class BundleError(ValueError):
 # ----------------------------------------------------------------------------------------------------------
 # Protobuf wire format: just enough for BundleHeaderProto and BundleEntryProto.
 # ----------------------------------------------------------------------------------------------------------
-def _read_varint(buf: bytes, pos: int) -> tuple[int, int]:
-    value = shift = 0
-    while True:
-        if pos >= len(buf):
-            raise IndexError("varint runs past the end")
-        byte = buf[pos]
-        pos += 1
-        value |= (byte & 0x7F) << shift
-        if byte < 0x80:
-            return value, pos
-        shift += 7
-
-
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte, value = value & 0x7F, value >> 7
-        out.append(byte | (0x80 if value else 0))
-        if not value:
-            return bytes(out)
+_read_varint, _varint, _field = tf_wire.read_varint, tf_wire.varint, tf_wire.field
 
 
 def _fields(buf: bytes) -> dict[int, list]:
     """field number -> values (ints for varint/fixed fields, bytes for length-delimited ones)."""
-    fields: dict[int, list] = {}
-    pos = 0
-    while pos < len(buf):
-        key, pos = _read_varint(buf, pos)
-        number, wire = key >> 3, key & 7
-        if wire == 0:
-            value, pos = _read_varint(buf, pos)
-        elif wire == 1:
-            value, pos = int.from_bytes(buf[pos : pos + 8], "little"), pos + 8
-        elif wire == 2:
-            size, pos = _read_varint(buf, pos)
-            value, pos = bytes(buf[pos : pos + size]), pos + size
-        elif wire == 5:
-            value, pos = int.from_bytes(buf[pos : pos + 4], "little"), pos + 4
-        else:
-            raise ValueError(f"protobuf wire type {wire}")
-        if pos > len(buf):
-            raise IndexError("field runs past the end")
-        fields.setdefault(number, []).append(value)
-    return fields
-
-
-def _field(number: int, value) -> bytes:
-    if isinstance(value, bytes):
-        return _varint(number << 3 | 2) + _varint(len(value)) + value
-    return _varint(number << 3) + _varint(value)
+    out: dict[int, list] = {}
+    for number, wire, value in tf_wire.fields(buf):
+        out.setdefault(number, []).append(
+            int.from_bytes(value, "little") if wire in (1, 5) else value
+        )
+    return out
 
 
 @dataclass(frozen=True)
@@ -199,7 +161,7 @@ def read_index(path: str) -> dict[str, bytes]:
         for _, handle in _block_entries(index_block):
             block, _ = _read_block(data, handle, path)
             out.update((k.decode("utf-8", "replace"), v) for k, v in _block_entries(block))
-    except (IndexError, struct.error) as e:
+    except (IndexError, ValueError, struct.error) as e:
         raise BundleError(f"{path}: malformed checkpoint index ({e})") from e
     return out
 

@@ -21,21 +21,22 @@ from collections.abc import Iterator
 import numpy as np
 from etils import epath
 
-from bert_jax import crc32c as _crc
+from bert_jax import tf_wire as _wire
 
 
 class CorruptRecordError(ValueError):
     """A record file is truncated or fails its checksum; the message names file and offset."""
 
 
-# ---- CRC-32C: bert_jax/crc32c.py (shared with the TF checkpoint reader) ----
+# ---- CRC-32C and protobuf: bert_jax/tf_wire.py (shared with the TF checkpoint reader) ----
 
-crc32c, crc32c_python = _crc.crc32c, _crc.crc32c_python
+crc32c, crc32c_python = _wire.crc32c, _wire.crc32c_python
+_fields = _wire.fields
 
 
 def masked_crc32c(data: bytes) -> int:
     """TFRecord's masked CRC of `data`."""
-    return _crc.mask(_crc.crc32c(data))
+    return _wire.mask(_wire.crc32c(data))
 
 
 # ---- Framing ----
@@ -177,12 +178,8 @@ def _encode_varints(values: np.ndarray) -> bytes:
     return out[cols < nbytes[:, None]].tobytes()
 
 
-def _key(field: int, wire: int) -> bytes:
-    return _encode_varints(np.array([(field << 3) | wire]))
-
-
 def _length_delimited(field: int, payload: bytes) -> bytes:
-    return _key(field, 2) + _encode_varints(np.array([len(payload)])) + payload
+    return _wire.field(field, payload)
 
 
 def encode_example(features: dict[str, np.ndarray]) -> bytes:
@@ -199,41 +196,6 @@ def encode_example(features: dict[str, np.ndarray]) -> bytes:
         entry = _length_delimited(1, name.encode("utf-8")) + _length_delimited(2, feature)
         entries.append(_length_delimited(1, entry))  # Features.feature (map entry) = 1
     return _length_delimited(1, b"".join(entries))  # Example.features = 1
-
-
-def _varint(buf: bytes, pos: int) -> tuple[int, int]:
-    result = shift = 0
-    while True:
-        if pos >= len(buf):
-            raise ValueError("protobuf ends inside a varint")
-        b = buf[pos]
-        pos += 1
-        result |= (b & 0x7F) << shift
-        if b < 0x80:
-            return result, pos
-        shift += 7
-
-
-def _fields(buf: bytes) -> Iterator[tuple[int, int, object]]:
-    """(field number, wire type, value) of a protobuf message; value is int or bytes."""
-    pos = 0
-    while pos < len(buf):
-        tag, pos = _varint(buf, pos)
-        field, wire = tag >> 3, tag & 7
-        if wire == 0:
-            value, pos = _varint(buf, pos)
-        elif wire == 2:
-            n, pos = _varint(buf, pos)
-            if pos + n > len(buf):
-                raise ValueError("protobuf field runs past the end of its message")
-            value, pos = buf[pos : pos + n], pos + n
-        elif wire == 5:
-            value, pos = buf[pos : pos + 4], pos + 4
-        elif wire == 1:
-            value, pos = buf[pos : pos + 8], pos + 8
-        else:
-            raise ValueError(f"unsupported protobuf wire type {wire}")
-        yield field, wire, value
 
 
 def _packed_varints(buf: bytes) -> np.ndarray:
