@@ -17,11 +17,9 @@ import math
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 from absl import logging
 
 from bert_jax import (
-    checkpoint,
     losses,
     metrics,
     optim,
@@ -145,14 +143,9 @@ def _run(config, workdir, setup: startup.SetupAgreement) -> dict:
         }
 
     # Model and train state, born sharded; checkpoint weights replace the fresh ones.
-    run_fields = {
-        **config.to_dict(),
-        "num_train_steps": num_train_steps,
-        "warmup_steps": warmup_steps,
-    }
-    with setup_error("optimizer"):
-        tx = optim.make_optimizer(ml_collections.ConfigDict(run_fields))
-        schedule = optim.make_schedule(ml_collections.ConfigDict(run_fields))
+    run_fields, tx, schedule = train_lib.fine_tuning_optimizer(
+        config, num_train_steps, warmup_steps
+    )
     model, _, params = warm_start.initial_params(
         weights,
         "classification",
@@ -191,21 +184,14 @@ def _run(config, workdir, setup: startup.SetupAgreement) -> dict:
     # Created only now: bad input above leaves no directory behind.
     workdir = train_lib.prepare_workdir(workdir)
     reporting.say(f"workdir {workdir}")
-    with setup_error("workdir"):
-        finished = train_lib.reuse_workdir(
-            workdir,
-            stored,
-            config.overwrite,
-            safe_changes=SAFE_CHANGES,
-            run_files=RUN_FILES,
-        )
+    finished, ckpt, restored = train_lib.open_fine_tuning_run(
+        workdir, stored, config.overwrite, abstract, safe_changes=SAFE_CHANGES, run_files=RUN_FILES
+    )
     if finished is not None:
         return finished
-    ckpt = checkpoint.Checkpointer(str(workdir / "checkpoints"), keep=1, save_interval_steps=1)
     history, start_epoch, skip = [], 1, 0
-    if ckpt.latest_step() is not None:
-        with setup_error("checkpoint"):
-            state, position, _ = ckpt.restore(None, abstract)
+    if restored is not None:
+        state, position = restored
         history, start_epoch, skip = (
             position["history"],
             position["epoch"],

@@ -21,11 +21,10 @@ import time
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 from absl import logging
 from etils import epath
 
-from bert_jax import checkpoint, optim, reporting, sharding, startup, train_lib, warm_start
+from bert_jax import optim, reporting, sharding, startup, train_lib, warm_start
 from bert_jax.data import glue
 from bert_jax.tasks import conll, squad, swag
 from bert_jax.train_lib import setup_error
@@ -137,14 +136,9 @@ def _run(config, workdir, setup: startup.SetupAgreement) -> dict:
     warmup_steps = round(config.warmup_fraction * num_train_steps)
 
     # Model and train state, born sharded; checkpoint weights replace the fresh ones.
-    run_fields = {
-        **config.to_dict(),
-        "num_train_steps": num_train_steps,
-        "warmup_steps": warmup_steps,
-    }
-    with setup_error("optimizer"):
-        tx = optim.make_optimizer(ml_collections.ConfigDict(run_fields))
-        schedule = optim.make_schedule(ml_collections.ConfigDict(run_fields))
+    run_fields, tx, schedule = train_lib.fine_tuning_optimizer(
+        config, num_train_steps, warmup_steps
+    )
     model, _, params = warm_start.initial_params(
         weights, task.HEAD, prepared.num_labels, mesh, jax.random.key(config.seed), task=name
     )
@@ -174,22 +168,14 @@ def _run(config, workdir, setup: startup.SetupAgreement) -> dict:
         "num_labels": prepared.num_labels,
     }
     stored = json.loads(json.dumps(stored, default=str))  # as checkpoints and results.json store it
-    with setup_error("workdir"):
-        finished = train_lib.reuse_workdir(
-            workdir,
-            stored,
-            config.overwrite,
-            safe_changes=SAFE_CHANGES,
-            run_files=RUN_FILES,
-        )
+    finished, ckpt, restored = train_lib.open_fine_tuning_run(
+        workdir, stored, config.overwrite, abstract, safe_changes=SAFE_CHANGES, run_files=RUN_FILES
+    )
     if finished is not None:
         return finished
-    # The newest checkpoint is kept: each epoch's end, and the step a preemption stopped at.
-    ckpt = checkpoint.Checkpointer(str(workdir / "checkpoints"), keep=1, save_interval_steps=1)
     history, files, start_epoch, skip = [], {}, 1, 0
-    if ckpt.latest_step() is not None:
-        with setup_error("checkpoint"):
-            state, position, _ = ckpt.restore(None, abstract)
+    if restored is not None:
+        state, position = restored
         history, files, start_epoch, skip = (
             position["history"],
             position["files"],

@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterable, Mapping
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import optax
 from absl import logging
@@ -141,6 +142,45 @@ def config_changes(stored, current, safe: Iterable[str]) -> tuple[list[str], lis
         is_safe = any(key == s or key.startswith(f"{s}.") for s in safe)
         (allowed if is_safe else breaking).append(line)
     return breaking, allowed
+
+
+def fine_tuning_optimizer(config, num_train_steps: int, warmup_steps: int):
+    """(the run's fields: the recipe plus its step counts, the optimizer, its schedule) of a fine-tuning run.
+    A bad optimizer field is a SetupError naming it."""
+    fields = {**config.to_dict(), "num_train_steps": num_train_steps, "warmup_steps": warmup_steps}
+    with setup_error("optimizer"):
+        recipe = ml_collections.ConfigDict(fields)
+        return fields, optim.make_optimizer(recipe), optim.make_schedule(recipe)
+
+
+def open_fine_tuning_run(
+    workdir: epath.Path,
+    stored: dict,
+    overwrite: bool,
+    abstract,
+    *,
+    safe_changes: Iterable[str],
+    run_files: Iterable[str],
+):
+    """(the finished run's summary or None, the run's checkpointer, (state, data position) restored from its
+    newest checkpoint or None) for a fine-tuning run; `reuse_workdir` decides what a used workdir means.
+
+    The checkpointer keeps the newest checkpoint: each epoch's end, and the step a preemption stopped at.
+    """
+    from bert_jax import checkpoint
+
+    with setup_error("workdir"):
+        finished = reuse_workdir(
+            workdir, stored, overwrite, safe_changes=safe_changes, run_files=run_files
+        )
+    if finished is not None:
+        return finished, None, None
+    ckpt = checkpoint.Checkpointer(str(workdir / "checkpoints"), keep=1, save_interval_steps=1)
+    if ckpt.latest_step() is None:
+        return None, ckpt, None
+    with setup_error("checkpoint"):
+        state, position, _ = ckpt.restore(None, abstract)
+    return None, ckpt, (state, position)
 
 
 def reuse_workdir(
