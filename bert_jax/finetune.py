@@ -26,6 +26,7 @@ from bert_jax import (
     reporting,
     sharding,
     startup,
+    tasks,
     train_lib,
     warm_start,
 )
@@ -37,14 +38,7 @@ from bert_jax.train_lib import setup_error
 # The steps: pure functions bound to model and optimizer with functools.partial.
 # ----------------------------------------------------------------------------------------------------------
 def _loss_sums(model, params, batch, rng, *, regression: bool, deterministic: bool):
-    logits = model.apply(
-        {"params": params},
-        batch["input_ids"],
-        batch["token_type_ids"],
-        batch["attention_mask"],
-        deterministic=deterministic,
-        rngs=None if deterministic else {"dropout": rng},
-    )["logits"]
+    logits = tasks.forward(model, params, batch, rng, deterministic)["logits"]
     loss_fn = losses.regression_loss if regression else losses.classification_loss
     return loss_fn(logits, batch["labels"], batch["weights"]), logits
 

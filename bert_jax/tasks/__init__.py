@@ -29,3 +29,16 @@ class Prepared:
     host: dict
     # Counts and labels worth recording in results.json.
     info: dict
+
+
+def forward(model, params, batch, rng, deterministic: bool):
+    """The model on a batch's `input_ids`, `token_type_ids` and `attention_mask`; dropout from `rng` unless
+    `deterministic`. SQuAD's and CoNLL's `forward`, and GLUE's."""
+    return model.apply(
+        {"params": params},
+        batch["input_ids"],
+        batch["token_type_ids"],
+        batch["attention_mask"],
+        deterministic=deterministic,
+        rngs=None if deterministic else {"dropout": rng},
+    )

@@ -10,6 +10,7 @@ from bert_jax import losses
 from bert_jax.data import conll
 from bert_jax.scoring import ner
 from bert_jax.tasks import Prepared
+from bert_jax.tasks import forward as _encoder_forward
 
 HEAD = "token"
 KEPT_MODULES = ("bert", "classifier")
@@ -49,15 +50,8 @@ def encode(config, raw, tokenizer, checkpoint_labels=None) -> Prepared:
     )
 
 
-def forward(model, params, batch, rng, deterministic: bool):
-    return model.apply(
-        {"params": params},
-        batch["input_ids"],
-        batch["token_type_ids"],
-        batch["attention_mask"],
-        deterministic=deterministic,
-        rngs=None if deterministic else {"dropout": rng},
-    )
+# The plain encoder call (the heads' outputs as they are).
+forward = _encoder_forward
 
 
 def loss_sums(outputs, batch):
