@@ -37,8 +37,8 @@ import numpy as np
 from absl import app, flags
 
 from bert_jax import flops, kernel_times, optim, pretrain
-from bert_jax import model as model_lib
 from bert_jax.configs import pretraining
+from bert_jax.models import bert as model_lib
 
 REFERENCES = ("torch", "torch_compile", "none")
 _MODEL = flags.DEFINE_enum("model", "base", sorted(model_lib.PRESETS), "Model size preset.")
@@ -74,7 +74,7 @@ _EMBEDDING_GRADIENT = flags.DEFINE_enum(
     "embedding_gradient",
     "scatter",
     model_lib.EMBEDDING_GRADIENTS,
-    "bert_jax's word-embedding gradient (bert_jax/lookup.py).",
+    "bert_jax's word-embedding gradient (bert_jax/models/lookup.py).",
 )
 _DATA = flags.DEFINE_enum(
     "data",

@@ -27,7 +27,7 @@ from absl import app, flags, logging
 from jax.sharding import NamedSharding, PartitionSpec
 
 from bert_jax import flops, main, optim, pretrain, sharding, train_lib
-from bert_jax.model import build_model
+from bert_jax.models.bert import build_model
 
 GiB = 2**30
 # HBM per chip (bytes) and the topology_name prefix libtpu accepts, by generation. v4 and v5p chips hold two

@@ -25,7 +25,6 @@ from absl import logging
 from etils import epath
 from flax import traverse_util
 
-from bert_jax import model as model_lib
 from bert_jax import tf1_layout, tf_checkpoint
 from bert_jax.hf_layout import (  # noqa: F401 -- re-exported: the transformers mapping lived here
     CONFIG_FIELDS,
@@ -35,6 +34,7 @@ from bert_jax.hf_layout import (  # noqa: F401 -- re-exported: the transformers 
     name_map,
     read_state_dict,
 )
+from bert_jax.models import bert as model_lib
 
 # Parameters a checkpoint may carry that a given head does not use, or lack and get initialised.
 _OPTIONAL_ROOTS = ("mlm/", "nsp/", "classifier/", "qa_outputs/", "bert/pooler/")

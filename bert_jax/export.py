@@ -25,7 +25,7 @@ import numpy as np
 from etils import epath
 
 from bert_jax import checkpoint, convert
-from bert_jax import model as model_lib
+from bert_jax.models import bert as model_lib
 
 FORMATS = ("transformers", "bert_jax", "tf1")
 # The outputs compared after a conversion, per head.

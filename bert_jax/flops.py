@@ -12,7 +12,7 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 
-from bert_jax.model import BertConfig
+from bert_jax.models.bert import BertConfig
 
 # Dense bfloat16 peak FLOP/s of one JAX device, by a substring of `device.device_kind` (first match wins).
 # TPU v2/v3 expose each TensorCore as a device (half a chip); v4 and later one device per chip.

@@ -120,7 +120,7 @@ def plan(dry_run: bool, workdir: Path) -> list[dict]:
             cap=120,
             cmd=bench + sizes["phase1"] + common + ["--reference=none", "--data=corpus"],
         ),
-        # The same batch with the word-embedding gradient as a sorted segmented sum (bert_jax/lookup.py).
+        # The same batch with the word-embedding gradient as a sorted segmented sum (bert_jax/models/lookup.py).
         dict(
             name="phase1_corpus_sorted",
             kind="bench",

@@ -18,7 +18,7 @@ import numpy as np
 from etils import epath
 from flax import traverse_util
 
-from bert_jax import model as model_lib
+from bert_jax.models import bert as model_lib
 
 # transformers' BertConfig field -> bert_jax BertConfig field.
 CONFIG_FIELDS = {

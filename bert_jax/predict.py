@@ -30,7 +30,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 from bert_jax import checkpoint, finetune, metrics, sharding, train_lib
 from bert_jax.data import glue
 from bert_jax.data.tokenizer import load_tokenizer
-from bert_jax.model import BertConfig, build_model
+from bert_jax.models.bert import BertConfig, build_model
 
 FORMATS = (".tsv", ".jsonl")
 

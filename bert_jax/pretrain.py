@@ -29,7 +29,7 @@ from bert_jax import (
     warm_start,
 )
 from bert_jax.data.loader import make_eval_batches, make_pretraining_loader
-from bert_jax.model import build_model
+from bert_jax.models.bert import build_model
 from bert_jax.reporting import divide
 from bert_jax.train_lib import setup_error
 

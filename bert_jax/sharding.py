@@ -1,6 +1,6 @@
 """Device mesh, logical-axis rules, and the shardings of parameters and batches.
 
-The model names every parameter dimension with a logical axis (`bert_jax.model`); `LOGICAL_AXIS_RULES` maps
+The model names every parameter dimension with a logical axis (`bert_jax.models.bert`); `LOGICAL_AXIS_RULES` maps
 those names onto the three mesh axes `data` (pure data parallelism), `fsdp` (data parallelism with parameters
 and optimizer state sharded, ZeRO-3 style) and `tensor` (Megatron-style tensor parallelism). The trainer uses
 these to create the train state already sharded and to turn per-host NumPy batches into global arrays.

@@ -15,8 +15,8 @@ import re
 
 import numpy as np
 
-from bert_jax import model as model_lib
 from bert_jax import tf_checkpoint
+from bert_jax.models import bert as model_lib
 
 # One layer: (TF1 name under bert/encoder/layer_{i}/, bert_jax path under bert/layer_{i}/, layout).
 _LAYER_NAMES = [

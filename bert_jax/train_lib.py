@@ -25,7 +25,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec
 
 from bert_jax import optim, sharding
-from bert_jax.model import BertConfig, init_params
+from bert_jax.models.bert import BertConfig, init_params
 
 
 # ----------------------------------------------------------------------------------------------------------

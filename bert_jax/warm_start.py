@@ -15,7 +15,7 @@ from etils import epath
 from bert_jax import checkpoint, convert, sharding, train_lib
 from bert_jax.data.corpus import SAMPLE_VOCAB
 from bert_jax.data.tokenizer import load_tokenizer
-from bert_jax.model import BertConfig, build_model
+from bert_jax.models.bert import BertConfig, build_model
 
 
 @dataclasses.dataclass

@@ -6,8 +6,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from bert_jax import attention
-from bert_jax import model as model_lib
+from bert_jax.models import attention
+from bert_jax.models import bert as model_lib
 
 
 def qkv(batch=3, length=10, heads=2, head_dim=8, dtype=jnp.float32, seed=0):

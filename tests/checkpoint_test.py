@@ -11,7 +11,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 from bert_jax import checkpoint, optim, sharding
-from bert_jax import model as model_lib
+from bert_jax.models import bert as model_lib
 
 OPTIM = ml_collections.ConfigDict(
     dict(learning_rate=1e-3, warmup_steps=1, num_train_steps=10, adam_b1=0.9, adam_b2=0.999,

@@ -16,7 +16,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from bert_jax import compile as compile_lib
 from bert_jax import flops, sharding, train_lib
-from bert_jax import model as model_lib
+from bert_jax.models import bert as model_lib
 
 REPO = Path(__file__).resolve().parents[1]
 GiB = 2**30

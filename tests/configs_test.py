@@ -8,7 +8,7 @@ import pytest
 
 from bert_jax import optim
 from bert_jax.data.loader import make_pretraining_loader
-from bert_jax.model import BertConfig
+from bert_jax.models.bert import BertConfig
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -21,7 +21,7 @@ from bert_jax import checkpoint, export, optim, pretrain, tf_checkpoint
 from bert_jax.configs import glue as glue_config
 from bert_jax.data import glue
 from bert_jax.data.corpus import SAMPLE_VOCAB
-from bert_jax.model import BertConfig, build_model, init_params
+from bert_jax.models.bert import BertConfig, build_model, init_params
 
 REPO = Path(pretrain.__file__).parents[1]
 FIXTURE = REPO / "tests" / "testdata" / "tf1_uncased_L-2_H-36_A-3"

@@ -20,7 +20,7 @@ from bert_jax.configs import bert_tiny
 from bert_jax.configs import glue as glue_config
 from bert_jax.data import glue
 from bert_jax.data.corpus import SAMPLE_VOCAB
-from bert_jax.model import BertConfig, build_model, init_params
+from bert_jax.models.bert import BertConfig, build_model, init_params
 from bert_jax.train_lib import SetupError
 
 REPO = Path(finetune.__file__).parents[1]

@@ -6,8 +6,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from bert_jax import lookup
-from bert_jax import model as model_lib
+from bert_jax.models import bert as model_lib
+from bert_jax.models import lookup
 
 
 @pytest.mark.parametrize("case", ["random", "padded", "one_id", "every_id_once"])

@@ -9,7 +9,7 @@ import torch
 import transformers
 
 import bert_jax
-from bert_jax import model as model_lib
+from bert_jax.models import bert as model_lib
 
 # Odd sizes so that a transposed or mis-reshaped tensor cannot go unnoticed.
 SMALL = dict(

@@ -9,8 +9,8 @@ import ml_collections
 import numpy as np
 import pytest
 
-from bert_jax import model as model_lib
 from bert_jax import optim, sharding
+from bert_jax.models import bert as model_lib
 
 FIELDS = (
     "learning_rate",

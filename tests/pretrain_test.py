@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from bert_jax import checkpoint, flops, pretrain, sharding, train_lib
-from bert_jax.model import BertConfig, BertForPreTraining, dummy_inputs
+from bert_jax.models.bert import BertConfig, BertForPreTraining, dummy_inputs
 
 VOCAB = 101
 

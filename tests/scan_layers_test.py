@@ -13,7 +13,7 @@ from safetensors.numpy import load_file
 
 import bert_jax
 from bert_jax import convert, sharding
-from bert_jax import model as model_lib
+from bert_jax.models import bert as model_lib
 
 TINY = model_lib.BertConfig(
     vocab_size=100, hidden_size=32, num_layers=3, num_heads=2, intermediate_size=64,

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from jax.sharding import NamedSharding, PartitionSpec
 
-from bert_jax import model as model_lib
 from bert_jax import sharding
+from bert_jax.models import bert as model_lib
 
 TINY = model_lib.BertConfig(
     vocab_size=100,

@@ -15,11 +15,11 @@ misspelt key is an error. docs/configs.md describes every field.
 import ml_collections
 from ml_collections import config_dict
 
-from bert_jax.model import PRESETS
+from bert_jax.models.bert import PRESETS
 
 # Where compiled steps are kept between launches (pretraining and fine-tuning share it).
 COMPILATION_CACHE_DIR = "~/.cache/bert_jax/xla"
-# The model sizes: BERT-Tiny ... BERT-Large (the one table lives in bert_jax.model.PRESETS).
+# The model sizes: BERT-Tiny ... BERT-Large (the one table lives in bert_jax.models.bert.PRESETS).
 SIZES = tuple(PRESETS)
 
 

@@ -20,7 +20,11 @@ import jax
 import jax.numpy as jnp
 
 from bert_jax import benchmark, optim, pretrain
-from bert_jax import model as model_lib
+
+try:  # the model wing (bert_jax/models/); older checkouts have bert_jax/model.py
+    from bert_jax.models import bert as model_lib
+except ImportError:
+    from bert_jax import model as model_lib
 
 OPS = ("fusion", "dot", "copy", "transpose", "scatter", "gather", "select", "reduce", "while")
 

@@ -20,7 +20,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from bert_jax.attention import (  # noqa: F401
+from bert_jax.models.attention import (  # noqa: F401
     ATTENTION_IMPLS,
     check_attention_impl,
     dot_product_attention,
@@ -28,7 +28,7 @@ from bert_jax.attention import (  # noqa: F401
 )
 
 # Re-exported: attention and its dropout used to live here, and callers still name them `model.*`.
-from bert_jax.lookup import sorted_lookup
+from bert_jax.models.lookup import sorted_lookup
 
 Array = jax.Array
 

@@ -1,0 +1,1 @@
+"""The model wing: shared layers, attention, and the model families (BERT today)."""
