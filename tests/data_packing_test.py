@@ -1,6 +1,7 @@
 """Sequence packing: the SPFHP packer, the packed batch contract, the loader's packed steps, padding."""
 
 import hashlib
+import pathlib
 
 import numpy as np
 import pytest
@@ -67,7 +68,60 @@ def test_row_buckets_and_prediction_budget():
     assert packing.prediction_budget(128, 3, 20, 0.15) == 22
     assert packing.prediction_budget(512, 16, 80, 0.15) == 92
     assert packing.prediction_budget(128, 1, 20, 0.15) == 20
-    assert packing.prediction_budget(128, 3, 20, None) == 60
+    assert packing.prediction_budget(128, 3, 20, 0.5) == 60  # capped at K * M
+    assert packing.prediction_budget(16, 2, 8, 0.15) == 8  # one sequence's M always fits
+
+
+def test_packer_keeps_rows_within_the_prediction_budget():
+    assert packing.pack_lengths([10, 10, 10, 10], 40, 4) == [[0, 1, 2, 3]]
+    rows = packing.pack_lengths([10, 10, 10, 10], 40, 4, [5, 5, 5, 5], 10)
+    assert rows == [[0, 1], [2, 3]]
+    with pytest.raises(ValueError, match="a sequence has 11 predictions, a packed row holds 10"):
+        packing.pack_lengths([10, 10], 40, 4, [11, 1], 10)
+
+
+@pytest.mark.parametrize("whole_word", [False, True])
+def test_dynamic_masks_never_bind_the_budget(whole_word):
+    # The budget's bound is a proof for masks drawn by the loader: the constrained packing is the
+    # plain length packing on every step.
+    loader = _loader(packing=True, whole_word_mask=whole_word)
+    for step in range(0, 10, 3):
+        feats = loader.unpacked_batch(step)
+        shapes = loader.packing_shapes(step)
+        lengths, length = feats["attention_mask"].sum(1), feats["input_ids"].shape[1]
+        preds = (feats["masked_lm_weights"] > 0).sum(1)
+        k, budget = shapes["max_per_row"], shapes["predictions_per_row"]
+        assert packing.pack_lengths(lengths, length, k, preds, budget) == packing.pack_lengths(
+            lengths, length, k
+        )
+
+
+def test_original_tfrecords_with_static_masks_pack_and_unpack():
+    golden = pathlib.Path(__file__).resolve().parent / "golden" / "pieces.tfrecord"
+    cfg = data_config()
+    cfg.update(
+        dict(
+            source="instances",
+            input_pattern=str(golden),
+            eval_input_pattern=str(golden),
+            phase2_fraction=0.0,
+            # The file's 64-token instances (mostly full) in 128-token rows: about two per row.
+            seq_length=128,
+            max_predictions_per_seq=10,
+            masking="static",
+            packing=True,
+            max_sequences_per_row=4,
+        )
+    )
+    loader = loader_lib.make_pretraining_loader(cfg, global_batch_size=8, num_train_steps=100)
+    feats, packed, where = _pack(loader, 0)
+    assert len(packed["input_ids"]) <= 5
+    assert packed["masked_lm_positions"].shape[1] == packing.prediction_budget(128, 4, 10, 0.15)
+    back = packing.unpack_features(packed, where, 10)
+    for k in feats:
+        np.testing.assert_array_equal(back[k], feats[k], err_msg=k)
+    for k, v in loader.batch(0).items():
+        np.testing.assert_array_equal(v, packed[k], err_msg=k)
 
 
 def _pack(loader, step):
@@ -220,3 +274,15 @@ def test_padding_fractions_before_and_after_packing():
     assert got["GLUE-like sentence pairs"][1] > 0.6
     for name in got:  # the issue's target: <= 5% after packing
         assert got[name][2] <= 0.05, name
+
+
+def test_eval_batches_pack_like_training_batches():
+    cfg = data_config()
+    cfg.update(dict(packing=True))
+    packed = loader_lib.make_eval_batches(cfg, global_batch_size=BATCH, num_batches=2)
+    cfg.packing = False
+    plain = loader_lib.make_eval_batches(cfg, global_batch_size=BATCH, num_batches=2)
+    for p, u in zip(packed, plain, strict=True):
+        assert p["cls_weights"].sum() == BATCH and len(p["input_ids"]) < BATCH
+        assert p["attention_mask"].sum() == u["attention_mask"].sum()
+        assert p["masked_lm_weights"].sum() == u["masked_lm_weights"].sum()

@@ -82,10 +82,9 @@ class PretrainingLoader:
     def packing_shapes(self, step: int) -> dict:
         """How step `step` is packed: `max_per_row`, the allowed row counts (`buckets`, the
         smallest that holds a step's sequences is used) and `predictions_per_row`."""
-        _, stream, length, max_pred = self._phase(step)
+        _, _, length, max_pred = self._phase(step)
         k = self.max_sequences_per_row
-        static = getattr(stream, "static", False)  # masks stored in files: drawn with unknown p
-        p = None if static else self._masking["masked_lm_prob"]
+        p = self._masking["masked_lm_prob"]
         return {
             "max_per_row": k,
             "buckets": packing.row_buckets(self.batch_size, k, self.row_multiple),

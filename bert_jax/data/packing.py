@@ -32,7 +32,6 @@ import math
 import numpy as np
 
 _PER_SEQUENCE = ("input_ids", "token_type_ids", "attention_mask")
-_MLM = ("masked_lm_positions", "masked_lm_ids", "masked_lm_weights")
 
 
 def check_settings(max_length: int, max_per_row: int, longest: int | None = None) -> None:
@@ -45,29 +44,43 @@ def check_settings(max_length: int, max_per_row: int, longest: int | None = None
         )
 
 
-def pack_lengths(lengths, max_length: int, max_per_row: int) -> list[list[int]]:
+def pack_lengths(
+    lengths, max_length: int, max_per_row: int, predictions=None, max_predictions_per_row=None
+) -> list[list[int]]:
     """SPFHP: the sequence indices of each row, rows ordered by first index, indices ascending.
 
     Every sequence is placed exactly once; a row's lengths sum to at most `max_length` and it
-    holds at most `max_per_row` sequences. Zero-length sequences are placed like 1-token ones.
+    holds at most `max_per_row` sequences. With `predictions` (per sequence), a row's sum also
+    stays within `max_predictions_per_row`: the best-fitting row that still has the slots is
+    taken. Zero-length sequences are placed like 1-token ones.
     """
     lengths = np.asarray(lengths, np.int64)
     check_settings(max_length, max_per_row, int(lengths.max()) if len(lengths) else None)
+    preds = np.zeros(len(lengths), np.int64) if predictions is None else np.asarray(predictions)
+    budget = max_predictions_per_row if predictions is not None else 0
+    if len(preds) and preds.max() > budget:
+        raise ValueError(f"a sequence has {preds.max()} predictions, a packed row holds {budget}")
     # open_rows[r]: rows with exactly r tokens of room and fewer than max_per_row sequences.
     open_rows: list[list[int]] = [[] for _ in range(max_length + 1)]
     has_open = np.zeros(max_length + 1, bool)
     rows: list[list[int]] = []
+    used: list[int] = []  # predictions per row
     for i in np.argsort(-lengths, kind="stable").tolist():
-        need = max(int(lengths[i]), 1)
-        fits = np.flatnonzero(has_open[need:])
-        if len(fits):
-            room = need + int(fits[0])
-            r = open_rows[room].pop()
-            has_open[room] = bool(open_rows[room])
-        else:
+        need, p = max(int(lengths[i]), 1), int(preds[i])
+        r = None
+        for room in (need + np.flatnonzero(has_open[need:])).tolist():
+            fits = [x for x in reversed(open_rows[room]) if used[x] + p <= budget]
+            if fits:
+                r = fits[0]
+                open_rows[room].remove(r)
+                has_open[room] = bool(open_rows[room])
+                break
+        if r is None:
             room, r = max_length, len(rows)
             rows.append([])
+            used.append(0)
         rows[r].append(i)
+        used[r] += p
         room -= need
         if len(rows[r]) < max_per_row and room > 0:
             open_rows[room].append(r)
@@ -96,19 +109,17 @@ def row_buckets(num_sequences: int, max_per_row: int, multiple: int = 1) -> tupl
 
 
 def prediction_budget(
-    max_length: int, max_per_row: int, max_predictions: int, masked_lm_prob: float | None
+    max_length: int, max_per_row: int, max_predictions: int, masked_lm_prob: float
 ) -> int:
-    """Masked-LM prediction slots per packed row.
+    """Masked-LM prediction slots per packed row: max(M, min(K * M, floor(p * L + K))).
 
-    With masks drawn here (`masking.mask_tokens`), a sequence of n tokens gets at most
-    max(1, rint(p * n)) <= p * n + 1 predictions; a row's n sum to at most L, so it needs at most
-    floor(p * L + K) slots (and never more than K * max_predictions). Masks read from files
-    (`masked_lm_prob` None) were drawn with an unknown p: K * max_predictions.
+    Masking (here and in the original tool) gives a sequence of n tokens at most
+    max(1, rint(p * n)) <= p * n + 1 predictions, and a row's n sum to at most L, so a row holds at
+    most floor(p * L + K) of them (never more than K * M; one sequence's M must always fit). The
+    packer enforces the budget too, so masks stored with a larger p only cost more rows.
     """
-    most = max_per_row * max_predictions
-    if masked_lm_prob is None:
-        return most
-    return min(most, math.floor(masked_lm_prob * max_length + max_per_row))
+    bound = math.floor(masked_lm_prob * max_length + max_per_row)
+    return max(max_predictions, min(max_per_row * max_predictions, bound))
 
 
 def place(rows: list[list[int]], lengths) -> dict[str, np.ndarray]:
@@ -136,11 +147,14 @@ def pack_features(
 
     The row count is `num_rows`, else the smallest of `buckets` that holds the packing, else the
     packing's own count. Returns (packed batch, placement). Masked-LM fields, if present, need
-    `predictions_per_row`; a row needing more slots raises ValueError.
+    `predictions_per_row`, which the packer respects.
     """
     n, length = feats["input_ids"].shape
     lengths = feats["attention_mask"].sum(1).astype(np.int64)
-    rows = pack_lengths(lengths, length, max_per_row)
+    preds = None
+    if "masked_lm_weights" in feats:
+        preds = (feats["masked_lm_weights"] > 0).sum(1)
+    rows = pack_lengths(lengths, length, max_per_row, preds, predictions_per_row)
     if num_rows is None:
         num_rows = next((b for b in buckets if b >= len(rows)), None) if buckets else len(rows)
     if num_rows is None or num_rows < len(rows):
@@ -175,10 +189,7 @@ def _pack_predictions(feats, where, num_rows, budget):
     order = np.lexsort((col, row))
     seq, k, row, col = seq[order], k[order], row[order], col[order]
     counts = np.bincount(row, minlength=num_rows)
-    if budget is None or (counts.max(initial=0) > budget):
-        raise ValueError(
-            f"a packed row needs {counts.max(initial=0)} masked-LM slots, the budget is {budget}"
-        )
+    assert counts.max(initial=0) <= budget  # the packer keeps every row within the budget
     rank = np.arange(len(row)) - np.repeat(np.cumsum(counts) - counts, counts)
     out = {
         "masked_lm_positions": np.zeros((num_rows, budget), np.int32),
