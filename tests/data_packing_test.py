@@ -286,3 +286,80 @@ def test_eval_batches_pack_like_training_batches():
         assert p["cls_weights"].sum() == BATCH and len(p["input_ids"]) < BATCH
         assert p["attention_mask"].sum() == u["attention_mask"].sum()
         assert p["masked_lm_weights"].sum() == u["masked_lm_weights"].sum()
+
+
+def _finetune_like(n=40, length=32, seed=0):
+    """A CoNLL/SQuAD-like feature dict: per-token labels (word_index padded with -1), an answer
+    span per sequence and a float label."""
+    rng = np.random.default_rng(seed)
+    lens = rng.integers(4, length + 1, n)
+    j = np.arange(length)[None, :]
+    real = j < lens[:, None]
+    start = rng.integers(0, lens)
+    return {
+        "input_ids": np.where(real, rng.integers(5, 99, (n, length)), 0).astype(np.int32),
+        "token_type_ids": (real & (j >= lens[:, None] // 2)).astype(np.int32),
+        "attention_mask": real.astype(np.int32),
+        "labels": np.where(real, rng.integers(0, 9, (n, length)), 0).astype(np.int32),
+        "word_index": np.where(real, j, -1).astype(np.int32),
+        "start_positions": start.astype(np.int32),
+        "end_positions": np.minimum(start + 2, lens - 1).astype(np.int32),
+        "label": rng.random(n).astype(np.float32),
+    }
+
+
+def test_fine_tuning_features_pack_and_unpack():
+    feats = _finetune_like()
+    packed, where = packing.pack_features(
+        feats,
+        max_per_row=4,
+        position_keys=("start_positions", "end_positions"),
+        pad_values={"word_index": -1},
+    )
+    assert len(packed["input_ids"]) < len(feats["input_ids"])
+    assert (
+        packed["label"].shape == packed["cls_weights"].shape and packed["label"].dtype == np.float32
+    )
+    assert (packed["word_index"][packed["segment_ids"] == 0] == -1).all()
+    # An answer span points at the same token in the packed row as in its own sequence.
+    r, s = where["row"], where["slot"]
+    rows_ids = packed["input_ids"][r, packed["start_positions"][r, s]]
+    own_ids = feats["input_ids"][np.arange(40), feats["start_positions"]]
+    np.testing.assert_array_equal(rows_ids, own_ids)
+    back = packing.unpack_features(packed, where)
+    assert sorted(back) == sorted(feats)
+    for k in feats:
+        np.testing.assert_array_equal(back[k], feats[k], err_msg=k)
+        assert back[k].dtype == feats[k].dtype
+    with pytest.raises(ValueError, match=r"^choices: shape \(40, 4\) cannot be packed"):
+        packing.pack_features({**feats, "choices": np.zeros((40, 4))}, max_per_row=4)
+
+
+def test_bucket_by_length_groups_similar_lengths():
+    lengths = padding.glue_like_lengths(1000)
+    batches = packing.bucket_by_length(lengths, 32, (32, 64, 96, 128), seed=3)
+    seen = np.concatenate([i for i, _ in batches])
+    assert sorted(seen.tolist()) == list(range(1000))  # every example once
+    for idx, bound in batches:
+        assert len(idx) <= 32 and lengths[idx].max() <= bound
+        assert bound == 32 or lengths[idx].min() > bound - 32  # the smallest bucket that holds it
+    again = packing.bucket_by_length(lengths, 32, (32, 64, 96, 128), seed=3)
+    assert all((a == b).all() and x == y for (a, x), (b, y) in zip(batches, again, strict=True))
+    tokens = sum(int(lengths[i].sum()) for i, _ in batches)
+    slots = sum(len(i) * b for i, b in batches)
+    assert 1 - tokens / slots < 0.3  # 65% padding at a fixed 128
+    full = packing.bucket_by_length(lengths, 32, (32, 64, 96, 128), drop_remainder=True)
+    assert all(len(i) == 32 for i, _ in full) and [b for _, b in full] == sorted(b for _, b in full)
+    with pytest.raises(ValueError, match="a sequence of 129 tokens exceeds the longest bucket 128"):
+        packing.bucket_by_length([3, 129], 8, (64, 128))
+
+
+def test_trim_batch_cuts_per_token_fields():
+    feats = _finetune_like()
+    feats["choice_ids"] = np.ones((40, 4, 32), np.int32)  # SWAG-like [N, choices, L]
+    idx, bound = packing.bucket_by_length(feats["attention_mask"].sum(1), 8, (16, 32))[0]
+    out = packing.trim_batch(feats, idx, bound)
+    assert out["input_ids"].shape == (len(idx), 16) and out["choice_ids"].shape == (len(idx), 4, 16)
+    np.testing.assert_array_equal(out["label"], feats["label"][idx])
+    np.testing.assert_array_equal(out["input_ids"], feats["input_ids"][idx, :16])
+    assert out["attention_mask"].sum() == feats["attention_mask"][idx].sum()  # nothing real cut

@@ -31,7 +31,7 @@ import math
 
 import numpy as np
 
-_PER_SEQUENCE = ("input_ids", "token_type_ids", "attention_mask")
+_MLM = ("masked_lm_positions", "masked_lm_ids", "masked_lm_weights")
 
 
 def check_settings(max_length: int, max_per_row: int, longest: int | None = None) -> None:
@@ -142,12 +142,16 @@ def pack_features(
     num_rows: int | None = None,
     buckets: tuple | None = None,
     predictions_per_row: int | None = None,
-) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    position_keys: tuple = (),
+    pad_values: dict | None = None,
+) -> tuple[dict[str, np.ndarray], dict]:
     """Packs an unpacked batch (rows of length L, real tokens first) into rows of length L.
 
     The row count is `num_rows`, else the smallest of `buckets` that holds the packing, else the
     packing's own count. Returns (packed batch, placement). Masked-LM fields, if present, need
-    `predictions_per_row`, which the packer respects.
+    `predictions_per_row`, which the packer respects. Other fields: [N, L] ones move with their
+    tokens (padding `pad_values.get(name, 0)`), [N] ones go to their sequence's slot [R, K]
+    (`position_keys`, e.g. SQuAD's start_positions, are token columns and move with the offset).
     """
     n, length = feats["input_ids"].shape
     lengths = feats["attention_mask"].sum(1).astype(np.int64)
@@ -160,26 +164,47 @@ def pack_features(
     if num_rows is None or num_rows < len(rows):
         raise ValueError(f"{n} sequences need {len(rows)} packed rows, more than {num_rows}")
     where = place(rows, lengths)
+    where["kinds"] = kinds = _kinds(feats, n, length, position_keys, pad_values or {})
     seq, col = np.nonzero(feats["attention_mask"])  # row-major: each sequence's tokens in order
-    dest_row, dest_col = where["row"][seq], where["offset"][seq] + col
-    out = {k: np.zeros((num_rows, length), np.int32) for k in (*_PER_SEQUENCE, "segment_ids")}
-    out["input_ids"][dest_row, dest_col] = feats["input_ids"][seq, col]
-    out["token_type_ids"][dest_row, dest_col] = feats["token_type_ids"][seq, col]
-    out["attention_mask"][dest_row, dest_col] = 1
-    out["segment_ids"][dest_row, dest_col] = where["slot"][seq] + 1
-    out["position_ids"] = np.zeros((num_rows, length), np.int32)
-    out["position_ids"][dest_row, dest_col] = col
+    dest = (where["row"][seq], where["offset"][seq] + col)
     slots = (where["row"], where["slot"])
+    out = {}
+    for k, (kind, pad) in kinds.items():
+        v = feats[k]
+        if kind == "token":
+            out[k] = np.full((num_rows, length), pad, v.dtype)
+            out[k][dest] = v[seq, col]
+        else:
+            out[k] = np.zeros((num_rows, max_per_row), v.dtype)
+            out[k][slots] = v + where["offset"] if kind == "position" else v
+    out["attention_mask"] = np.zeros((num_rows, length), feats["attention_mask"].dtype)
+    out["attention_mask"][dest] = 1
+    out["segment_ids"] = np.zeros((num_rows, length), np.int32)
+    out["segment_ids"][dest] = where["slot"][seq] + 1
+    out["position_ids"] = np.zeros((num_rows, length), np.int32)
+    out["position_ids"][dest] = col
     out["cls_positions"] = np.zeros((num_rows, max_per_row), np.int32)
     out["cls_positions"][slots] = where["offset"]
     out["cls_weights"] = np.zeros((num_rows, max_per_row), np.float32)
     out["cls_weights"][slots] = 1.0
-    if "next_sentence_labels" in feats:
-        out["next_sentence_labels"] = np.zeros((num_rows, max_per_row), np.int32)
-        out["next_sentence_labels"][slots] = feats["next_sentence_labels"]
     if "masked_lm_positions" in feats:
         out.update(_pack_predictions(feats, where, num_rows, predictions_per_row))
     return out, where
+
+
+def _kinds(feats, n, length, position_keys, pad_values) -> dict[str, tuple[str, int]]:
+    """How each field packs: ("token" | "sequence" | "position", padding value)."""
+    kinds = {}
+    for k, v in feats.items():
+        if k in _MLM or k == "attention_mask":
+            continue
+        if v.shape == (n, length):
+            kinds[k] = ("token", pad_values.get(k, 0))
+        elif v.shape == (n,):
+            kinds[k] = ("position" if k in position_keys else "sequence", 0)
+        else:
+            raise ValueError(f"{k}: shape {v.shape} cannot be packed (only [N, L] or [N] fields)")
+    return kinds
 
 
 def _pack_predictions(feats, where, num_rows, budget):
@@ -203,7 +228,7 @@ def _pack_predictions(feats, where, num_rows, budget):
 
 
 def unpack_features(
-    packed: dict[str, np.ndarray], where: dict[str, np.ndarray], max_predictions: int | None = None
+    packed: dict[str, np.ndarray], where: dict, max_predictions: int | None = None
 ) -> dict[str, np.ndarray]:
     """The unpacked batch back from a packed one and its placement (rows of the packed length)."""
     length = packed["input_ids"].shape[1]
@@ -213,13 +238,14 @@ def unpack_features(
     j = np.arange(length)[None, :]
     src = np.minimum(offset[:, None] + j, length - 1)
     real = j < lengths[:, None]
-    out = {
-        k: np.where(real, np.take_along_axis(packed[k][row], src, axis=1), 0).astype(np.int32)
-        for k in ("input_ids", "token_type_ids")
-    }
-    out["attention_mask"] = real.astype(np.int32)
-    if "next_sentence_labels" in packed:
-        out["next_sentence_labels"] = packed["next_sentence_labels"][row, slot]
+    out = {}
+    for k, (kind, pad) in where["kinds"].items():
+        if kind == "token":
+            out[k] = np.where(real, np.take_along_axis(packed[k][row], src, axis=1), pad)
+        else:
+            out[k] = packed[k][row, slot] - (offset if kind == "position" else 0)
+        out[k] = out[k].astype(packed[k].dtype)
+    out["attention_mask"] = real.astype(packed["attention_mask"].dtype)
     if "masked_lm_positions" in packed:
         pos = packed["masked_lm_positions"][row]  # [n, P]
         mine = (packed["masked_lm_weights"][row] > 0) & (pos >= offset[:, None])
@@ -234,6 +260,47 @@ def unpack_features(
             vals = np.take_along_axis(packed[k][row], order, axis=1)
             out[k] = np.where(keep, vals, 0).astype(packed[k].dtype)
     return out
+
+
+def bucket_by_length(
+    lengths, batch_size: int, boundaries, *, seed: int | None = None, drop_remainder: bool = False
+) -> list[tuple[np.ndarray, int]]:
+    """Fine-tuning batches of similar length: (example indices, bucket length) per batch.
+
+    Each example goes to the smallest boundary that holds it; a bucket is cut into batches of
+    `batch_size` (its last one shorter unless `drop_remainder`). With `seed`, examples are
+    shuffled within buckets and batches across them (a pure function of the seed); without,
+    buckets run shortest first, examples in index order.
+    """
+    lengths, bounds = np.asarray(lengths), np.sort(np.asarray(boundaries))
+    if len(lengths) and lengths.max() > bounds[-1]:
+        raise ValueError(
+            f"a sequence of {lengths.max()} tokens exceeds the longest bucket {bounds[-1]}"
+        )
+    rng = None if seed is None else np.random.default_rng(seed)
+    bucket = np.searchsorted(bounds, lengths)  # the first boundary >= length
+    batches = []
+    for b, bound in enumerate(bounds.tolist()):
+        members = np.flatnonzero(bucket == b)
+        if rng is not None:
+            members = rng.permutation(members)
+        for start in range(0, len(members), batch_size):
+            chunk = members[start : start + batch_size]
+            if len(chunk) == batch_size or not drop_remainder:
+                batches.append((chunk, bound))
+    if rng is not None:
+        batches = [batches[i] for i in rng.permutation(len(batches))]
+    return batches
+
+
+def trim_batch(feats: dict[str, np.ndarray], indices, length: int) -> dict[str, np.ndarray]:
+    """The rows `indices` of a feature dict, its per-token fields ([N, ..., L], SWAG's
+    [N, choices, L] too) cut to `length`."""
+    full = feats["input_ids"].shape[-1]
+    return {
+        k: v[indices][..., :length] if v.ndim >= 2 and v.shape[-1] == full else v[indices]
+        for k, v in feats.items()
+    }
 
 
 def padding_fraction(attention_mask: np.ndarray) -> float:
