@@ -62,7 +62,8 @@ def main():
     )
     loader.batch(0)
     steps = 1
-    while (steps + 1) * BATCH <= loader.get_state(0)["epoch_sizes"][0][0]:
+    epoch_size = loader._phases[0][1].epoch_sizes[0]  # the phase-1 stream's first epoch
+    while (steps + 1) * BATCH <= epoch_size:
         loader.batch(steps)
         steps += 1
     raw = steps * BATCH / (time.perf_counter() - t0)

@@ -351,7 +351,7 @@ def make_pretraining_loader(
     if phase2_start < num_train_steps:
         phases.append((phase2_start, cfg.phase2_seq_length, cfg.phase2_max_predictions_per_seq))
     logging.info("data phases (start_step, seq_length, max_predictions): %s", phases)
-    return _build(
+    loader = _build(
         cfg,
         batch_size=_per_host(global_batch_size, process_count),
         phases=phases,
@@ -361,6 +361,10 @@ def make_pretraining_loader(
         eval_mode=False,
         row_multiple=row_multiple,
     )
+    if cfg.packing:
+        for start, *_ in phases:
+            logging.info("packing from step %d: %s", start, loader.packing_shapes(start))
+    return loader
 
 
 def make_eval_batches(
