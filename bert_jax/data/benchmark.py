@@ -1,13 +1,15 @@
 """Data-pipeline throughput on ONE CPU core: sequences/s at length 128, batch 256.
 
     python -m bert_jax.data.benchmark [--documents=6000]
+    python -m bert_jax.data.benchmark --packing [--max_sequences_per_row=16]  # padding table only
 
 Measures (1) on the fly from raw text, tokenizing included (loader construction + one epoch of
 batches, i.e. tokenize + instances + masking for every sequence), (2) on the fly from a
 tokenized corpus in memory (instances + masking + batching, later epochs), (3) from
 pre-tokenized ArrayRecord shards with dynamic re-masking, (4) the same instances as the original
 tool's TFRecords with static masks (every record's CRC32C checked), (5) the offline reader
-`read_instances`. The process is pinned to core 0 before anything is imported.
+`read_instances`. The process is pinned to core 0 before anything is imported. `--packing` prints
+instead the padding fraction before and after sequence packing (`bert_jax.data.padding`).
 """
 
 import os
@@ -24,7 +26,7 @@ from bert_jax.assets import make_sample_corpus  # noqa: E402
 from bert_jax.configs.pretraining import data_config  # noqa: E402
 from bert_jax.data import corpus as corpus_lib  # noqa: E402
 from bert_jax.data import loader as loader_lib  # noqa: E402
-from bert_jax.data import read_instances, records  # noqa: E402
+from bert_jax.data import padding, read_instances, records  # noqa: E402
 from bert_jax.data.create_pretraining_data import create_shards  # noqa: E402
 from bert_jax.data.tokenizer import load_tokenizer  # noqa: E402
 
@@ -41,7 +43,13 @@ def _config(**kw):
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--documents", type=int, default=6000)
+    parser.add_argument("--packing", action="store_true")
+    parser.add_argument("--max_sequences_per_row", type=int, default=16)
+    parser.add_argument("--steps", type=int, default=8)
+    parser.add_argument("--row_multiple", type=int, default=1)
     args = parser.parse_args()
+    if args.packing:
+        return packing_table(args.max_sequences_per_row, args.steps, args.row_multiple)
     tmp = pathlib.Path(tempfile.mkdtemp())
     text = tmp / "corpus.txt"
     make_sample_corpus.write_corpus(text, make_sample_corpus.make_documents(args.documents, 3))
@@ -54,7 +62,8 @@ def main():
     )
     loader.batch(0)
     steps = 1
-    while (steps + 1) * BATCH <= loader.get_state(0)["epoch_sizes"][0][0]:
+    epoch_size = loader._phases[0][1].epoch_sizes[0]  # the phase-1 stream's first epoch
+    while (steps + 1) * BATCH <= epoch_size:
         loader.batch(steps)
         steps += 1
     raw = steps * BATCH / (time.perf_counter() - t0)
@@ -119,6 +128,33 @@ def main():
     n = sum(1 for _ in read_instances(str(tmp / "shard.array_record")))
     reader = n / (time.perf_counter() - t0)
     print(f"offline reader read_instances:          {reader:10,.0f} sequences/s ({n} instances)")
+
+
+def packing_table(max_per_row: int, steps: int, multiple: int) -> None:
+    """Prints the padding fraction before/after packing (batch 256, SPFHP, <= max_per_row per row,
+    row counts from the loader's buckets in multiples of `multiple`)."""
+    # Two phases of `steps` steps each over the bundled corpus, phase 2 from step `steps`.
+    cfg = data_config()
+    cfg.update(dict(phase2_fraction=0.5))
+    loader = loader_lib.make_pretraining_loader(
+        cfg, global_batch_size=BATCH, num_train_steps=2 * steps
+    )
+    rows = padding.padding_table(
+        loader,
+        (0, steps),
+        batch_size=BATCH,
+        steps=steps,
+        max_per_row=max_per_row,
+        multiple=multiple,
+    )
+    print(
+        f"padding fraction, {steps} steps of {BATCH} sequences per phase, <= {max_per_row} per row, "
+        f"rows in multiples of {multiple}"
+    )
+    print("| corpus | length | padding unpacked | padding packed | mean rows | row counts seen |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for name, length, before, after, n_rows, distinct in rows:
+        print(f"| {name} | {length} | {before:.1%} | {after:.1%} | {n_rows:.1f} | {distinct} |")
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ import numpy as np
 from absl import logging
 
 from bert_jax.data import corpus as corpus_lib
-from bert_jax.data import instances, masking, records
+from bert_jax.data import instances, masking, packing, records
 from bert_jax.data.streams import CorpusStream, RecordStream, keyed_rng
 from bert_jax.data.tokenizer import load_tokenizer
 
@@ -48,6 +48,8 @@ class PretrainingLoader:
         process_index,
         process_count,
         prefetch=2,
+        max_sequences_per_row=None,
+        row_multiple=1,
     ):
         self._phases = phases  # [(start_step, stream, seq_length, max_predictions)], sorted
         self.batch_size, self._masking = batch_size, masking
@@ -56,6 +58,8 @@ class PretrainingLoader:
         self._prefetch, self._next_step = prefetch, 0
         self._special = tokenizer.special_ids
         self._lock = threading.Lock()  # streams cache epochs; the prefetch thread shares them
+        # Packing (None = off): at most this many sequences per row, row counts multiples of row_multiple.
+        self.max_sequences_per_row, self.row_multiple = max_sequences_per_row, row_multiple
 
     def _phase(self, step: int):
         return [p for p in self._phases if p[0] <= step][-1]
@@ -67,7 +71,28 @@ class PretrainingLoader:
         return self._phase(step)[3]
 
     def batch(self, step: int) -> dict[str, np.ndarray]:
-        """This host's share of global step `step` (a pure function of seed, step and host)."""
+        """This host's share of global step `step` (a pure function of seed, step and host);
+        packed (`bert_jax.data.packing`) when the loader packs."""
+        feats = self.unpacked_batch(step)
+        if self.max_sequences_per_row is None:
+            return feats
+        packed, _ = packing.pack_features(feats, **self.packing_shapes(step))
+        return packed
+
+    def packing_shapes(self, step: int) -> dict:
+        """How step `step` is packed: `max_per_row`, the allowed row counts (`buckets`, the
+        smallest that holds a step's sequences is used) and `predictions_per_row`."""
+        _, _, length, max_pred = self._phase(step)
+        k = self.max_sequences_per_row
+        p = self._masking["masked_lm_prob"]
+        return {
+            "max_per_row": k,
+            "buckets": packing.row_buckets(self.batch_size, k, self.row_multiple),
+            "predictions_per_row": packing.prediction_budget(length, k, max_pred, p),
+        }
+
+    def unpacked_batch(self, step: int) -> dict[str, np.ndarray]:
+        """This host's share of global step `step`, one sequence per row."""
         start, stream, _, max_pred = self._phase(step)
         with self._lock:
             feats = stream.rows((step - start) * self.batch_size, self.batch_size)
@@ -199,6 +224,8 @@ def _check_config(cfg) -> None:
         )
     if cfg.eval_holdout_modulus < 2:
         raise ValueError(f"data.eval_holdout_modulus={cfg.eval_holdout_modulus}: must be >= 2")
+    if cfg.packing:
+        packing.check_settings(cfg.seq_length, cfg.max_sequences_per_row)
 
 
 def _instance_source(cfg, field: str, seq_length: int):
@@ -245,7 +272,9 @@ def _record_streams(cfg, phases, seed, hosts, eval_mode):
     return streams
 
 
-def _build(cfg, *, batch_size, phases, process_index, process_count, seed, eval_mode):
+def _build(
+    cfg, *, batch_size, phases, process_index, process_count, seed, eval_mode, row_multiple=1
+):
     _check_config(cfg)
     tok = load_tokenizer(cfg.vocab_file or str(corpus_lib.SAMPLE_VOCAB), cfg.do_lower_case)
     hosts = (process_index, process_count)
@@ -262,6 +291,8 @@ def _build(cfg, *, batch_size, phases, process_index, process_count, seed, eval_
         seed=seed,
         process_index=process_index,
         process_count=process_count,
+        max_sequences_per_row=cfg.max_sequences_per_row if cfg.packing else None,
+        row_multiple=row_multiple,
     )
 
 
@@ -307,15 +338,20 @@ def make_pretraining_loader(
     process_index: int = 0,
     process_count: int = 1,
     seed: int = 0,
+    row_multiple: int = 1,
 ) -> PretrainingLoader:
-    """The training loader: length `seq_length` until phase 2, then `phase2_seq_length`."""
+    """The training loader: length `seq_length` until phase 2, then `phase2_seq_length`.
+
+    With `data.packing`, batches are packed into a step-dependent number of rows, always a
+    multiple of `row_multiple` (pass the host's local device count so rows split evenly).
+    """
     cfg = data_config
     phase2_start = round(num_train_steps * (1 - cfg.phase2_fraction))
     phases = [(0, cfg.seq_length, cfg.max_predictions_per_seq)]
     if phase2_start < num_train_steps:
         phases.append((phase2_start, cfg.phase2_seq_length, cfg.phase2_max_predictions_per_seq))
     logging.info("data phases (start_step, seq_length, max_predictions): %s", phases)
-    return _build(
+    loader = _build(
         cfg,
         batch_size=_per_host(global_batch_size, process_count),
         phases=phases,
@@ -323,7 +359,12 @@ def make_pretraining_loader(
         process_count=process_count,
         seed=seed,
         eval_mode=False,
+        row_multiple=row_multiple,
     )
+    if cfg.packing:
+        for start, *_ in phases:
+            logging.info("packing from step %d: %s", start, loader.packing_shapes(start))
+    return loader
 
 
 def make_eval_batches(
