@@ -200,3 +200,21 @@ def test_lengths_a_gpu_cannot_tile_are_a_one_line_error():
         "attention_impl 'pallas' needs lengths that are multiples of 16 on a GPU, "
         "not 24 queries and 24 keys"
     )
+
+
+def test_the_three_kernels_lower_to_triton_for_a_gpu():
+    # Cross-lowering for CUDA runs the Pallas -> Triton lowering here, without a GPU: it rejects what
+    # Triton cannot express (block shapes, dtypes, scalar loads) before a GPU session would find out.
+    shape = jax.ShapeDtypeStruct((2, 128, 2, 64), jnp.bfloat16)
+    key_mask = jax.ShapeDtypeStruct((2, 128), jnp.bool_)
+    rng = jax.ShapeDtypeStruct((), jax.random.key(0).dtype)
+
+    def loss(q, k, v, key_mask, rng):
+        out = fa.flash_attention(
+            q, k, v, key_mask=key_mask, dropout_rate=0.1, dropout_rng=rng, interpret=False
+        )
+        return jnp.sum(out.astype(jnp.float32))
+
+    lowered = jax.jit(jax.grad(loss, (0, 1, 2))).trace(shape, shape, shape, key_mask, rng)
+    text = lowered.lower(lowering_platforms=("cuda",)).as_text()
+    assert text.count("stablehlo.custom_call @__gpu$xla.gpu.triton") == 3  # forward, dK/dV, dQ
