@@ -280,6 +280,7 @@ def test_pallas_requirements_are_one_line_config_errors():
         )
 
 
+@pytest.mark.slow  # 8-23 s on a shared CPU: the kernels are interpreted
 def test_model_with_pallas_attention_equals_xla_in_training():
     fields = dict(vocab_size=50, hidden_size=32, num_layers=1, num_heads=2, intermediate_size=24)
     fields |= dict(max_position_embeddings=16)

@@ -35,6 +35,8 @@ Array = jax.Array
 
 # Triton's dot needs every block side to be at least 16.
 MIN_GPU_BLOCK = 16
+# A block dimension of size 1 that the kernel does not see; `None` meant the same before `pl.squeezed`.
+_SQ = getattr(pl, "squeezed", None)
 # Logit of a key a query may not attend to: the XLA path's value, so that fully masked rows agree too.
 _MASKED = float(jnp.finfo(jnp.float32).min)
 
@@ -236,15 +238,15 @@ def _specs(c: _Config, head_dim: int, tiled: str):
     q_rows = (lambda b, n, i: (b, i)) if tiled == "q" else (lambda b, n, i: (b, 0))
     k_rows = (lambda b, n, i: (b, i)) if tiled == "k" else (lambda b, n, i: (b, 0))
     stats = (lambda b, n, i: (b, n, i)) if tiled == "q" else (lambda b, n, i: (b, n, 0))
-    q_spec = pl.BlockSpec((None, bq, None, head_dim), qi)
-    k_spec = pl.BlockSpec((None, bk, None, head_dim), ki)
+    q_spec = pl.BlockSpec((_SQ, bq, _SQ, head_dim), qi)
+    k_spec = pl.BlockSpec((_SQ, bk, _SQ, head_dim), ki)
     return dict(
         seeds=pl.BlockSpec((2,), lambda b, n, i: (0,)),
-        q_seg=pl.BlockSpec((None, bq), q_rows),
-        kv_seg=pl.BlockSpec((None, bk), k_rows),
+        q_seg=pl.BlockSpec((_SQ, bq), q_rows),
+        kv_seg=pl.BlockSpec((_SQ, bk), k_rows),
         q=q_spec,
         kv=k_spec,
-        stats=pl.BlockSpec((None, None, bq), stats),
+        stats=pl.BlockSpec((_SQ, _SQ, bq), stats),
     )
 
 
@@ -281,7 +283,7 @@ def _flash_bwd(c, residuals, do):
     delta = jnp.einsum("btnd,btnd->bnt", do.astype(jnp.float32), out.astype(jnp.float32))
     args = (seeds, q_seg, kv_seg, q, k, v, do, lse, delta)
     s = _specs(c, head_dim, "k")
-    whole_q = pl.BlockSpec((None, q_len, None, head_dim), lambda b, n, j: (b, 0, n, 0))
+    whole_q = pl.BlockSpec((_SQ, q_len, _SQ, head_dim), lambda b, n, j: (b, 0, n, 0))
     dk, dv = c.call(
         _dkdv_kernel,
         grid=(batch, heads, kv_len // c.block_k),
