@@ -254,6 +254,8 @@ def test_pallas_takes_the_same_dropout_as_xla_and_auto_never_picks_it(monkeypatc
     per_query = jnp.broadcast_to(mask, (2, 1, 16, 16))
     out = attention.dot_product_attention(q, k, v, per_query, impl="pallas", **kw)[0]
     np.testing.assert_array_equal(out, expected)
+    with pytest.raises(ValueError, match="attention_impl 'pallas' cannot give attention weights"):
+        attention.dot_product_attention(q, k, v, mask, impl="pallas", return_weights=True)
     monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
     for dtype, dropout in ((jnp.bfloat16, False), (jnp.bfloat16, True), (jnp.float32, True)):
         resolved = attention.resolve_impl(

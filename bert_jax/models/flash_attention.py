@@ -42,7 +42,7 @@ _MASKED = float(jnp.finfo(jnp.float32).min)
 
 
 def _compiler_params(num_warps: int, num_stages: int):
-    """Triton launch parameters; the class is `CompilerParams` from jax 0.5 on (`TritonCompilerParams` before)."""
+    """Triton launch parameters (the class is `TritonCompilerParams` in older jax releases)."""
     from jax.experimental.pallas import triton as plgpu
 
     params = getattr(plgpu, "CompilerParams", None) or plgpu.TritonCompilerParams
@@ -225,7 +225,7 @@ class _Config:
 
 
 def _specs(c: _Config, head_dim: int, tiled: str):
-    """BlockSpecs of (seeds, q_segments, kv_segments, q, k, v[, dO, lse, delta]) on a (b, n, tile) grid.
+    """BlockSpecs by role (seeds, segment ids, q/dO or k/v tiles, row statistics) on a (b, n, tile) grid.
 
     `tiled` is "q" (the grid's last axis walks query tiles; keys are whole) or "k" (the other way round).
     Arrays are [batch, length, heads, head_dim] (the model's layout), read in place without a transpose.
