@@ -239,3 +239,62 @@ def test_segment_rows_by_select_equal_a_gather():
     grad = jax.grad(lambda t: jnp.sum(model_lib._select_rows(t, ids) * jnp.arange(5.0)))(table)
     counts = np.array([3, 2, 3], np.float32)[:, None]
     np.testing.assert_allclose(grad, counts * np.arange(5.0)[None])
+
+
+def test_pallas_takes_the_same_dropout_as_xla_and_auto_never_picks_it(monkeypatch):
+    q, k, v = qkv(batch=2, length=16, head_dim=16)
+    mask = right_padding([16, 9], 16)[:, None, None, :]
+    rng = jax.random.key(2)
+    kw = dict(dropout_rate=0.1, dropout_rng=rng)
+    fused, weights = attention.dot_product_attention(q, k, v, mask, impl="pallas", **kw)
+    assert weights is None
+    expected = attention.dot_product_attention(q, k, v, mask, impl="xla", **kw)[0]
+    np.testing.assert_allclose(fused, expected, atol=2e-6)
+    # A per-query mask is not a [batch, keys] one: the masked path runs it, with the same dropout.
+    per_query = jnp.broadcast_to(mask, (2, 1, 16, 16))
+    out = attention.dot_product_attention(q, k, v, per_query, impl="pallas", **kw)[0]
+    np.testing.assert_array_equal(out, expected)
+    with pytest.raises(ValueError, match="attention_impl 'pallas' cannot give attention weights"):
+        attention.dot_product_attention(q, k, v, mask, impl="pallas", return_weights=True)
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    for dtype, dropout in ((jnp.bfloat16, False), (jnp.bfloat16, True), (jnp.float32, True)):
+        resolved = attention.resolve_impl(
+            "auto", dtype=dtype, head_dim=64, dropout=dropout, weights=False
+        )
+        assert resolved in ("cudnn", "xla")
+
+
+def test_pallas_requirements_are_one_line_config_errors():
+    assert (
+        model_lib.BertConfig(attention_impl="pallas").attention_impl == "pallas"
+    )  # CPU: interpreted
+    attention.check_attention_impl(
+        "pallas", dtype="bfloat16", head_dim=64, dropout_rate=0.1, backend="gpu"
+    )
+    for head_dim in (12, 8, 48):
+        with pytest.raises(ValueError) as error:
+            attention.check_attention_impl(
+                "pallas", dtype="bfloat16", head_dim=head_dim, dropout_rate=0.1, backend="gpu"
+            )
+        assert str(error.value) == (
+            f"attention_impl 'pallas' cannot run: on a GPU it needs a head size that is a power of "
+            f"two from 16, not {head_dim}"
+        )
+
+
+@pytest.mark.slow  # 8-23 s on a shared CPU: the kernels are interpreted
+def test_model_with_pallas_attention_equals_xla_in_training():
+    fields = dict(vocab_size=50, hidden_size=32, num_layers=1, num_heads=2, intermediate_size=24)
+    fields |= dict(max_position_embeddings=16)
+    inputs = dict(
+        input_ids=jnp.arange(32, dtype=jnp.int32).reshape(2, 16) % 50,
+        token_type_ids=jnp.zeros((2, 16), jnp.int32),
+        attention_mask=right_padding([16, 11], 16).astype(jnp.int32),
+    )
+    model = model_lib.BertModel(model_lib.BertConfig(**fields, attention_impl="xla"))
+    params = nn.unbox(model_lib.init_params(model, jax.random.key(0)))
+    rngs = {"dropout": jax.random.key(5)}
+    expected = model.apply({"params": params}, **inputs, deterministic=False, rngs=rngs)
+    pallas = model_lib.BertModel(model_lib.BertConfig(**fields, attention_impl="pallas"))
+    got = pallas.apply({"params": params}, **inputs, deterministic=False, rngs=rngs)
+    np.testing.assert_allclose(got["last_hidden_state"], expected["last_hidden_state"], atol=1e-5)

@@ -4,6 +4,8 @@ Implementations (`BertConfig.attention_impl`):
   "xla"    an explicit einsum/softmax path: float32 softmax, dropout on the probabilities, can return them;
   "jax"    `jax.nn.dot_product_attention`'s own XLA path (no dropout, no weights);
   "cudnn"  cuDNN flash attention on a GPU, 16-bit inputs only (no dropout, no weights);
+  "pallas" the Pallas flash kernel in models/flash_attention.py, with this module's dropout (the same mask
+           for the same rng); interpret mode off a GPU. Not chosen by "auto" until a GPU has timed it;
   "auto"   cuDNN where it can run (GPU, 16-bit, a head size cuDNN takes, no dropout, no weights), else "xla".
 
 cuDNN gets the padding as per-example key lengths (`key_value_seq_lengths`), never as a broadcast
@@ -19,7 +21,7 @@ import jax.numpy as jnp
 
 Array = jax.Array
 
-ATTENTION_IMPLS = ("auto", "xla", "jax", "cudnn")
+ATTENTION_IMPLS = ("auto", "xla", "jax", "cudnn", "pallas")
 # Input dtypes cuDNN's fused attention takes (as `jax.nn.dot_product_attention(implementation="cudnn")`).
 CUDNN_DTYPES = ("bfloat16", "float16")
 
@@ -69,6 +71,13 @@ def cudnn_unsupported(
     return None
 
 
+def pallas_unsupported(*, backend: str, head_dim: int) -> str | None:
+    """Why the Pallas kernel cannot run here (a phrase), or None if it can (anywhere off a GPU: interpreted)."""
+    if backend == "gpu" and (head_dim < 16 or head_dim & (head_dim - 1)):
+        return f"on a GPU it needs a head size that is a power of two from 16, not {head_dim}"
+    return None
+
+
 def check_attention_impl(
     impl: str, *, dtype: str, head_dim: int, dropout_rate: float, backend: str | None = None
 ) -> None:
@@ -91,6 +100,10 @@ def check_attention_impl(
         )
         if why:
             raise ValueError(f"attention_impl 'cudnn' cannot run: {why}")
+    if impl == "pallas":
+        why = pallas_unsupported(backend=backend or jax.default_backend(), head_dim=head_dim)
+        if why:
+            raise ValueError(f"attention_impl 'pallas' cannot run: {why}")
 
 
 def resolve_impl(impl: str, *, dtype, head_dim: int, dropout: bool, weights: bool) -> str:
@@ -192,9 +205,25 @@ def dot_product_attention(
         dropout=use_dropout,
         weights=return_weights,
     )
-    if impl == "xla":
+    key_mask = _key_padding_mask(mask)
+    if impl == "xla" or (impl == "pallas" and key_mask is None and not return_weights):
+        # The kernel takes a [batch, keys] mask; any other mask shape takes the masked path, whose dropout
+        # drops the same probabilities.
         out, weights = _masked_attention(query, key, value, mask, dropout_rate, dropout_rng)
         return out, (weights if return_weights else None)
+    if impl == "pallas" and not return_weights:
+        # Imported here: flash_attention builds on this module's dropout hash.
+        from bert_jax.models import flash_attention
+
+        out = flash_attention.flash_attention(
+            query,
+            key,
+            value,
+            key_mask=jnp.broadcast_to(key_mask, (query.shape[0], key.shape[1])),
+            dropout_rate=dropout_rate,
+            dropout_rng=dropout_rng,
+        )
+        return out, None
     if use_dropout or return_weights:
         what = "attention weights" if return_weights else "dropout on the attention probabilities"
         raise ValueError(f"attention_impl {impl!r} cannot give {what}; use 'auto' or 'xla'")
