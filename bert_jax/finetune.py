@@ -32,10 +32,11 @@ from bert_jax.train_lib import setup_error
 
 # The compact progress line: (label, metric key, format); accuracy where the task's loss counts hits.
 PROGRESS_FIELDS = (("loss", "train/loss", ".4f"), ("acc", "train/accuracy", ".3f"))
-# Fields a rerun may change and still be the same run (a finished one is then reported, not retrained).
+# Fields a rerun may change and still be the same run (a finished one is then reported, not retrained);
+# the evaluation cadence changes what is measured, not what is trained (and GLUE recipes gained the field).
 SAFE_CHANGES = (
-    "log_every_steps", "eval_batch_size", "predict_test", "max_consecutive_nonfinite", "mesh_shape",
-    "overwrite", "sweep", "data_dir", "tfds_data_dir", "model.embedding_gradient",
+    "log_every_steps", "eval_batch_size", "eval_every_epoch", "predict_test", "max_consecutive_nonfinite",
+    "mesh_shape", "overwrite", "sweep", "data_dir", "tfds_data_dir", "model.embedding_gradient",
 )  # fmt: skip
 # What every run writes into its workdir (the task adds its FILES): removed when `overwrite` starts over.
 RUN_FILES = ("checkpoints", "results.json", "metrics.jsonl", "config.json")
@@ -87,7 +88,7 @@ def _run(config, workdir, setup: startup.SetupAgreement) -> dict:
     workdir = train_lib.absolute_workdir(workdir)
 
     # ------------------------------------------------------------------------------------------------------
-    # Task: its name, then its data files, so a bad name or a missing file fails before any weights load.
+    # Task: the config's mode names it; a bad name (or GLUE task) fails first.
     # ------------------------------------------------------------------------------------------------------
     with setup_error("mode"):
         task = tasks.task_of(config.mode)
@@ -102,6 +103,7 @@ def _run(config, workdir, setup: startup.SetupAgreement) -> dict:
         config.mesh_shape,
         {"batch_size": config.batch_size, "eval_batch_size": config.eval_batch_size},
     )
+    # Data files next, so a missing or malformed file fails before any weights are loaded.
     with setup_error("data"):
         raw = task.read(config)
 
