@@ -1,11 +1,15 @@
-"""GLUE fine-tuning of one task with one setting, top to bottom (the grid and the suite are in sweep.py).
+"""Fine-tuning, top to bottom: the one loop of every task in `bert_jax.tasks` (GLUE, SQuAD, SWAG, CoNLL).
 
-`run(config, workdir)` fine-tunes `config.task` from `config.init_checkpoint` (warm_start.py), evaluating on dev at
-the end of every epoch and checkpointing there; the final model predicts the test split(s) into
-WORKDIR/leaderboard/ (with MNLI also AX). WORKDIR/results.json holds the final epoch's dev scores (the run's
-result, as the original protocol), the best epoch's apart, and the config. A killed or preempted run resumes where
-it stopped; a used workdir of another run is refused unless `config.overwrite`. Bad input raises
-`train_lib.SetupError` (one line) before training.
+`run(config, workdir)` fine-tunes the task of `config.mode` ("finetune" and "glue_suite" are GLUE's runs of
+`config.task`; "squad", "swag", "conll") from `config.init_checkpoint` (warm_start.py) for `config.num_epochs`
+epochs, evaluating on dev after each (or, without `eval_every_epoch`, after the last). As the original scripts,
+the run's score is the final model's dev score; the best epoch is recorded beside it under its own name, never
+in its place. The newest model is kept with Orbax in WORKDIR/checkpoints (each epoch's end, and the step a
+SIGTERM/SIGINT stopped at: rerunning the command resumes there, to the same result); the final model writes
+the task's files (SQuAD/SWAG/CoNLL dev predictions, GLUE's leaderboard files), and WORKDIR/results.json holds
+the scores, the per-epoch history and the config. A used workdir of another run is refused unless
+`config.overwrite`. Bad input raises `train_lib.SetupError` (one line) before training. The grid over seeds
+and the GLUE suite are in sweep.py.
 """
 
 from __future__ import annotations
@@ -13,177 +17,171 @@ from __future__ import annotations
 import dataclasses
 import functools
 import itertools
+import json
 import math
+import time
 
 import jax
 import jax.numpy as jnp
 from absl import logging
+from etils import epath
 
-from bert_jax import (
-    losses,
-    metrics,
-    optim,
-    reporting,
-    sharding,
-    startup,
-    tasks,
-    train_lib,
-    warm_start,
-)
-from bert_jax.data import glue
+from bert_jax import optim, reporting, sharding, startup, tasks, train_lib, warm_start
+from bert_jax.data import batching
 from bert_jax.train_lib import setup_error
 
+# The compact progress line: (label, metric key, format); accuracy where the task's loss counts hits.
+PROGRESS_FIELDS = (("loss", "train/loss", ".4f"), ("acc", "train/accuracy", ".3f"))
+# Fields a rerun may change and still be the same run (a finished one is then reported, not retrained);
+# the evaluation cadence changes what is measured, not what is trained (and GLUE recipes gained the field).
+SAFE_CHANGES = (
+    "log_every_steps", "eval_batch_size", "eval_every_epoch", "predict_test", "max_consecutive_nonfinite",
+    "mesh_shape", "overwrite", "sweep", "data_dir", "tfds_data_dir", "model.embedding_gradient",
+)  # fmt: skip
+# What every run writes into its workdir (the task adds its FILES): removed when `overwrite` starts over.
+RUN_FILES = ("checkpoints", "results.json", "metrics.jsonl", "config.json")
 
-# ----------------------------------------------------------------------------------------------------------
-# The steps: pure functions bound to model and optimizer with functools.partial.
-# ----------------------------------------------------------------------------------------------------------
-def _loss_sums(model, params, batch, rng, *, regression: bool, deterministic: bool):
-    logits = tasks.forward(model, params, batch, rng, deterministic)["logits"]
-    loss_fn = losses.regression_loss if regression else losses.classification_loss
-    return loss_fn(logits, batch["labels"], batch["weights"]), logits
+
+def _checkpoint_labels(path: str) -> list[str] | None:
+    """The label names of a transformers checkpoint's config.json (id2label), if it has them."""
+    config_file = epath.Path(path) / "config.json" if path else None
+    if config_file is None or not config_file.exists():
+        return None
+    id2label = json.loads(config_file.read_text()).get("id2label") or {}
+    return [id2label[k] for k in sorted(id2label, key=int)] or None
 
 
-def train_step(state, batch, rng, *, model, tx, schedule, regression: bool):
-    """One optimizer update; a non-finite loss or gradient leaves params and Adam state as they were."""
+def train_step(state, batch, rng, *, task, model, tx, schedule):
+    """One optimizer update on the task's loss; a non-finite loss or gradient leaves the state as it was."""
     rng = jax.random.fold_in(rng, state.step)
 
     def objective(params):
-        sums, _ = _loss_sums(model, params, batch, rng, regression=regression, deterministic=False)
+        sums = task.loss_sums(task.forward(model, params, batch, rng, deterministic=False), batch)
         return sums["loss_sum"] / jnp.maximum(sums["weight_sum"], 1e-5), sums
 
     (loss, sums), grads = jax.value_and_grad(objective, has_aux=True)(state.params)
     return train_lib.guarded_update(state, grads, loss, tx, schedule, sums)
 
 
-def eval_step(params, batch, *, model, regression: bool):
-    """Logits of a (padded) batch, with its labels, weights and example ids, for the host's metrics."""
-    _, logits = _loss_sums(model, params, batch, None, regression=regression, deterministic=True)
-    return {"logits": logits, **{k: batch[k] for k in ("labels", "weights", "example_ids")}}
+def _eval_scalars(name: str, results: dict) -> dict:
+    """results as eval/ keys: {entry: {metric: v}} (GLUE) as eval/<entry>/<metric>, flat numbers as
+    eval/<name>/<metric>."""
+    scalars = {}
+    for key, value in results.items():
+        if isinstance(value, dict):
+            scalars.update({f"eval/{key}/{m}": v for m, v in value.items()})
+        elif isinstance(value, int | float):
+            scalars[f"eval/{name}/{key}"] = value
+    return scalars
 
 
-def predict(p_eval_step, params, features, batch_size: int, mesh):
-    """Every example of `features` through the jitted eval step (fixed-shape, padded batches)."""
-    batches = glue.eval_batches(
-        features,
-        batch_size // jax.process_count(),
-        process_index=jax.process_index(),
-        process_count=jax.process_count(),
-    )
-    return train_lib.predict(p_eval_step, params, batches, mesh)
-
-
-def _score(results) -> float:
-    """The selection score: the task's metrics averaged as GLUE does (-inf when undefined)."""
-    score = metrics.glue_score(results)
-    return score if math.isfinite(score) else -math.inf
-
-
-# ----------------------------------------------------------------------------------------------------------
-# One run: one task, one setting, one seed.
-# ----------------------------------------------------------------------------------------------------------
 def run(config, workdir) -> dict:
-    """Fine-tunes `config.task` with the config's single setting; writes WORKDIR/results.json.
+    """Fine-tunes and evaluates the task of `config.mode`; writes WORKDIR/results.json and the task's files.
 
-    One run per workdir (a lock); every host agrees that setup worked before the first collective."""
+    One run per workdir (a lock, whose taking probes that the workdir is a writable directory before anything
+    else); every host agrees that setup worked before the first collective."""
     with startup.agreed_setup() as setup, startup.WorkdirLock(workdir):
         return _run(config, workdir, setup)
 
 
 def _run(config, workdir, setup: startup.SetupAgreement) -> dict:
     workdir = train_lib.absolute_workdir(workdir)
-    with setup_error("task"):
-        task = glue.get_task(config.task)
-        if task.name == "ax":
-            raise ValueError("ax is not trained: it is predicted by the MNLI model (task=mnli)")
-    regression, process_count = task.is_regression, jax.process_count()
 
+    # ------------------------------------------------------------------------------------------------------
+    # Task: the config's mode names it; a bad name (or GLUE task) fails first.
+    # ------------------------------------------------------------------------------------------------------
+    with setup_error("mode"):
+        task = tasks.task_of(config.mode)
+    with setup_error("task"):
+        name = task.name(config)
+    process_count = jax.process_count()
+
+    # ------------------------------------------------------------------------------------------------------
     # Mesh.
+    # ------------------------------------------------------------------------------------------------------
     mesh = train_lib.make_mesh(
         config.mesh_shape,
         {"batch_size": config.batch_size, "eval_batch_size": config.eval_batch_size},
     )
-
-    # Data: read every split first, so a missing file fails before any weights are loaded.
-    splits = ["train", *task.dev_splits]
-    splits += [*task.test_splits] if config.predict_test else []
+    # Data files next, so a missing or malformed file fails before any weights are loaded.
     with setup_error("data"):
-        read = lambda name, split: glue.read_examples(
-            name, split, config.data_dir, tfds_data_dir=config.tfds_data_dir
-        )
-        examples = {split: read(task.name, split) for split in splits}
-        if config.predict_test and task.name == "mnli":
-            examples["ax"] = read("ax", "test")
-        per_host_batch = config.batch_size // process_count
-        steps_per_epoch = glue.steps_per_epoch(
-            len(examples["train"]), per_host_batch, process_count
-        )
-        if steps_per_epoch == 0:
-            raise ValueError(f"{len(examples['train'])} training examples < one batch")
-    num_train_steps = steps_per_epoch * config.num_epochs
-    warmup_steps = round(config.warmup_fraction * num_train_steps)
+        raw = task.read(config)
 
     # Hosts read their data apart; what follows reads checkpoints and syncs them.
     setup.reach()
 
+    # ------------------------------------------------------------------------------------------------------
     # Weights, then the features their tokenizer makes.
+    # ------------------------------------------------------------------------------------------------------
     with setup_error("init_checkpoint"):
-        weights = warm_start.load(config)
+        weights = warm_start.load(config, head=task.HEAD, heads=task.KEPT_MODULES)
         if config.max_seq_length > weights.model_config.max_position_embeddings:
             raise ValueError(f"max_seq_length {config.max_seq_length} > max_position_embeddings")
     with setup_error("data"):
-        features = {
-            split: glue.encode_examples(ex, weights.tokenizer, config.max_seq_length)
-            for split, ex in examples.items()
-        }
+        prepared = task.encode(
+            config, raw, weights.tokenizer, _checkpoint_labels(config.init_checkpoint)
+        )
+        num_rows = len(prepared.train["input_ids"])
+        per_host_batch = config.batch_size // process_count
+        steps_per_epoch = batching.steps_per_epoch(num_rows, per_host_batch, process_count)
+        if steps_per_epoch == 0:
+            raise ValueError(f"{num_rows} training rows < one batch of {config.batch_size}")
+    num_train_steps = steps_per_epoch * config.num_epochs
+    warmup_steps = round(config.warmup_fraction * num_train_steps)
 
-    # Model and train state, born sharded; checkpoint weights replace the fresh ones.
+    # ------------------------------------------------------------------------------------------------------
+    # State: model and train state, born sharded; checkpoint weights replace the fresh ones.
+    # ------------------------------------------------------------------------------------------------------
     run_fields, tx, schedule = train_lib.fine_tuning_optimizer(
         config, num_train_steps, warmup_steps
     )
     model, _, params = warm_start.initial_params(
-        weights,
-        "classification",
-        task.num_labels,
-        mesh,
-        jax.random.key(config.seed),
-        task=task.name,
+        weights, task.HEAD, prepared.num_labels, mesh, jax.random.key(config.seed), task=name
     )
     abstract = train_lib.abstract_state(model, tx, mesh)
     # Adam's moments are zeros_like(params), so they are born with the params' shardings.
     state = jax.device_put(optim.TrainState.create(params, tx), train_lib.shardings_of(abstract))
     logging.info(
-        "%s from %s: %d examples, %d steps (%d warmup)",
-        *(task.name, weights.source, len(examples["train"]), num_train_steps, warmup_steps),
+        "%s from %s: %d training rows, %d steps (%d warmup)",
+        *(name, weights.source, num_rows, num_train_steps, warmup_steps),
     )
 
+    # ------------------------------------------------------------------------------------------------------
     # Steps, jitted with explicit shardings; the state is donated.
+    # ------------------------------------------------------------------------------------------------------
     p_train_step = train_lib.jit_step(
-        functools.partial(train_step, model=model, tx=tx, schedule=schedule, regression=regression),
+        functools.partial(train_step, task=task, model=model, tx=tx, schedule=schedule),
         abstract,
         mesh,
     )
     p_eval_step = train_lib.jit_eval(
-        functools.partial(eval_step, model=model, regression=regression), abstract, mesh
+        functools.partial(tasks.eval_step, task=task, model=model), abstract, mesh
     )
     dropout_rng = train_lib.dropout_key(config)
+    # params, features -> the task's outputs of every row.
+    predict = functools.partial(
+        tasks.predict, p_eval_step, batch_size=config.eval_batch_size, mesh=mesh
+    )
 
+    # ------------------------------------------------------------------------------------------------------
     # Checkpoint: the newest is kept (each epoch's end, and a preempted step). A used workdir resumes the same
     # run, and refuses another one unless told to start over.
+    # ------------------------------------------------------------------------------------------------------
     stored = {
         **run_fields,
         "model": dataclasses.asdict(weights.model_config),
         "tokenizer": weights.tokenizer_spec,
-        "num_labels": task.num_labels,
+        "num_labels": prepared.num_labels,
     }
-    # Created only now: bad input above leaves no directory behind.
-    workdir = train_lib.prepare_workdir(workdir)
+    stored = json.loads(json.dumps(stored, default=str))  # as checkpoints and results.json store it
     reporting.say(f"workdir {workdir}")
     finished, ckpt, restored = train_lib.open_fine_tuning_run(
-        workdir, stored, config.overwrite, abstract, safe_changes=SAFE_CHANGES, run_files=RUN_FILES
-    )
+        workdir, stored, config.overwrite, abstract,
+        safe_changes=SAFE_CHANGES, run_files=(*RUN_FILES, *task.FILES),
+    )  # fmt: skip
     if finished is not None:
         return finished
-    history, start_epoch, skip = [], 1, 0
+    history, files, start_epoch, skip = [], {}, 1, 0
     if restored is not None:
         state, position = restored
         history, start_epoch, skip = (
@@ -191,9 +189,13 @@ def _run(config, workdir, setup: startup.SetupAgreement) -> dict:
             position["epoch"],
             position["batches_done"],
         )
+        # GLUE checkpoints written before the loops were one have no "files": GLUE writes its files last.
+        files = position.get("files", {})
         reporting.say(f"resumed {workdir} at step {int(state.step):,} (epoch {start_epoch})")
 
+    # ------------------------------------------------------------------------------------------------------
     # Loop: train an epoch, evaluate on dev; the final epoch's model is the run's result.
+    # ------------------------------------------------------------------------------------------------------
     writer = reporting.MetricWriter(workdir, process_index=jax.process_index())
     writer.write_config(stored)
     progress = reporting.Progress(num_train_steps, int(state.step), PROGRESS_FIELDS)
@@ -201,10 +203,15 @@ def _run(config, workdir, setup: startup.SetupAgreement) -> dict:
     guard = train_lib.NonFiniteGuard(config.max_consecutive_nonfinite)
     preemption = train_lib.Preemption(check_every=1)
     step = int(state.step)
+    # A SWAG row is four sequences: throughput counts sequences, as for the other tasks.
+    sequences_per_row = math.prod(prepared.train["input_ids"].shape[1:-1])
+    tokens_per_row = math.prod(prepared.train["input_ids"].shape[1:])
+    # The final model's files are written by process 0 only.
+    directory = workdir if jax.process_index() == 0 else None
     try:
         for epoch in range(start_epoch, config.num_epochs + 1):
-            batches = glue.train_batches(
-                {k: v for k, v in features["train"].items() if k != "example_ids"},
+            batches = batching.train_batches(
+                prepared.train,
                 per_host_batch,
                 seed=config.seed,
                 epoch=epoch,
@@ -219,65 +226,56 @@ def _run(config, workdir, setup: startup.SetupAgreement) -> dict:
                 step += 1
                 window.add(
                     step_metrics,
-                    sequences=config.batch_size,
-                    tokens=config.batch_size * config.max_seq_length,
+                    sequences=config.batch_size * sequences_per_row,
+                    tokens=config.batch_size * tokens_per_row,
                 )
                 guard.check(step_metrics, step)
                 if step % config.log_every_steps == 0 or step == num_train_steps:
                     sums, scalars = window.flush()
-                    if not regression:
+                    if "correct_sum" in sums:
                         scalars["train/accuracy"] = reporting.divide(
                             sums["correct_sum"], sums["weight_sum"]
                         )
                     writer.write_scalars(step, scalars)
                     progress.update(step, scalars)
                 if done_in_epoch < steps_per_epoch and preemption.agreed(step):
-                    position = {"epoch": epoch, "batches_done": done_in_epoch, "history": history}
+                    position = {
+                        "epoch": epoch, "batches_done": done_in_epoch, "history": history,
+                        "files": files,
+                    }  # fmt: skip
                     ckpt.save(step, state, data_state=position, config=stored, force=True)
                     raise train_lib.Preempted(f"saved step {step} (epoch {epoch}) in {workdir}")
             skip = 0
 
-            results = {}
-            for split in task.dev_splits:
-                out = predict(
-                    p_eval_step, state.params, features[split], config.eval_batch_size, mesh
+            last = epoch == config.num_epochs
+            if last or config.eval_every_epoch:
+                start = time.perf_counter()
+                out = predict(state.params, prepared.dev)
+                # Device time of the dev set (the first evaluation includes compiling the eval step).
+                dev_rows = len(prepared.dev["input_ids"]) * sequences_per_row
+                eval_rate = dev_rows / (time.perf_counter() - start)
+                # Only the final model's dev predictions are written: they are the run's answer.
+                results, written = task.score(config, prepared, out, directory if last else None)
+                files.update(written)
+                # Plain Python numbers: the history goes into checkpoints and must come back equal.
+                results = jax.tree.map(lambda x: x.item() if hasattr(x, "item") else x, results)
+                score = task.main_score(results)
+                history.append({"epoch": epoch, "step": step, "score": score, "results": results})
+                progress.print(f"epoch {epoch} dev {name} {task.MAIN_METRIC}: {score:.4f}")
+                writer.write_scalars(
+                    step,
+                    {**_eval_scalars(name, results), "perf/eval_sequences_per_sec": eval_rate},
                 )
-                results[task.entry(split)] = metrics.task_metrics(
-                    task, out["logits"], out["labels"]
-                )
-            history.append(
-                {"epoch": epoch, "step": step, "score": _score(results), "results": results}
-            )
-            writer.write_scalars(
-                step,
-                {f"eval/{e}/{m}": v for e, values in results.items() for m, v in values.items()},
-            )
-            shown = ", ".join(
-                f"{e} {m} {v:.4f}" for e, vs in results.items() for m, v in vs.items()
-            )
-            progress.print(f"epoch {epoch} dev: {shown}")
-            position = {"epoch": epoch + 1, "batches_done": 0, "history": history}
+            position = {"epoch": epoch + 1, "batches_done": 0, "history": history, "files": files}
             ckpt.save(step, state, data_state=position, config=stored, force=True)
             if epoch < config.num_epochs and preemption.agreed(step):
                 raise train_lib.Preempted(f"saved step {step} (end of epoch {epoch}) in {workdir}")
             window.restart()
         ckpt.wait_until_finished()
 
-        # The final model predicts the test split(s): the leaderboard files, as the original protocol.
-        written = {}
-        tests = [(task.name, s) for s in task.test_splits] if config.predict_test else []
-        tests += [("ax", "test")] if "ax" in features else []
-        for name, split in tests:
-            out = predict(
-                p_eval_step, state.params, features["ax" if name == "ax" else split],
-                config.eval_batch_size, mesh,
-            )  # fmt: skip
-            if jax.process_index() == 0:
-                path = metrics.write_leaderboard_file(
-                    workdir / "leaderboard", glue.get_task(name), split, out["example_ids"],
-                    out["logits"],
-                )  # fmt: skip
-                written[f"{name}/{split}"] = path.name
+        # The final model predicts the task's test sets (GLUE's leaderboard files, as the original protocol).
+        outputs = {key: predict(state.params, features) for key, features in prepared.test.items()}
+        files.update(task.write_test(config, prepared, outputs, directory))
     finally:
         progress.close()
         preemption.restore()
@@ -286,30 +284,21 @@ def _run(config, workdir, setup: startup.SetupAgreement) -> dict:
 
     final, best = history[-1], max(history, key=lambda h: h["score"])
     summary = {
-        "task": task.name,
+        "task": name,
         "split": "dev",
-        # The run's result is its final epoch (the original's protocol); the best epoch is reported apart
-        # because picking it on dev would be selecting on the evaluation set.
+        # The final model's scores: the original scripts' protocol.
         "results": final["results"],
         "score": final["score"],
-        "best_epoch_on_dev": best,
+        # Selected on dev after the fact: for diagnosis, not a result to report.
+        "best_epoch_on_dev": {"epoch": best["epoch"], "score": best["score"]},
         "epochs": history,
-        "leaderboard_files": written,
+        **task.summary_fields(config, files),
         "init_checkpoint": weights.source,
-        "num_train_examples": len(examples["train"]),
+        **prepared.info,
         "config": stored,
     }
     reporting.write_json(workdir / "results.json", summary)
-    reporting.say(f"{task.name}: results in {workdir / 'results.json'}")
+    reporting.say(
+        f"{name} dev (final model, epoch {final['epoch']}): results in {workdir}/results.json"
+    )
     return {**summary, "workdir": str(workdir)}
-
-
-# The compact progress line: (label, metric key, format).
-PROGRESS_FIELDS = (("loss", "train/loss", ".4f"), ("acc", "train/accuracy", ".3f"))
-# Fields a rerun may change without breaking the run it continues.
-SAFE_CHANGES = (
-    "log_every_steps", "eval_batch_size", "predict_test", "max_consecutive_nonfinite", "mesh_shape",
-    "overwrite", "sweep", "data_dir", "tfds_data_dir", "model.embedding_gradient",
-)  # fmt: skip
-# What a run writes into its workdir: removed when a rerun starts over.
-RUN_FILES = ("checkpoints", "leaderboard", "results.json", "metrics.jsonl")

@@ -168,7 +168,7 @@ def main(argv) -> int:
     logging.get_absl_handler().addFilter(_QuietOrbax())
     _use_compilation_cache(config.get("compilation_cache_dir", ""))
 
-    from bert_jax import checkpoint, finetune_tasks, pretrain, sweep, train_lib
+    from bert_jax import checkpoint, finetune, pretrain, sweep, tasks, train_lib
 
     # The config goes to WORKDIR/config.json and TensorBoard (the loops write it), not onto the screen.
     try:
@@ -177,13 +177,14 @@ def main(argv) -> int:
         if config.mode == "pretrain":
             pretrain.run(config, workdir)
         elif config.mode == "finetune":
+            # One GLUE run, or with `sweep` the paper's grid over seeds: each run is finetune.run.
             sweep.run(config, workdir)
         elif config.mode == "glue_suite":
             sweep.run_suite(config, workdir)
-        elif config.mode in finetune_tasks.TASKS:
-            finetune_tasks.run(config, workdir)
+        elif config.mode in tasks.MODES:
+            finetune.run(config, workdir)
         else:
-            modes = ("pretrain", "finetune", "glue_suite", *finetune_tasks.TASKS)
+            modes = ("pretrain", *tasks.MODES)
             raise train_lib.SetupError(f"config.mode {config.mode!r} is not one of {modes}")
     except (
         train_lib.SetupError,

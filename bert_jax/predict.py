@@ -27,7 +27,7 @@ import numpy as np
 from etils import epath
 from jax.sharding import NamedSharding, PartitionSpec
 
-from bert_jax import checkpoint, finetune, metrics, sharding, train_lib
+from bert_jax import checkpoint, metrics, sharding, tasks, train_lib
 from bert_jax.data import glue
 from bert_jax.data.tokenizer import load_tokenizer
 from bert_jax.models.bert import BertConfig, build_model
@@ -75,7 +75,8 @@ def load_classifier(workdir) -> Classifier:
         raise PredictError(f"--workdir={workdir}: {error}") from None
     finally:
         reader.close()
-    if stored.get("mode") != "finetune" or "num_labels" not in stored:
+    # GLUE runs: one task's ("finetune") or a suite's ("glue_suite").
+    if tasks.MODES.get(stored.get("mode")) != "glue" or "num_labels" not in stored:
         raise PredictError(
             f"--workdir={workdir} is a {stored.get('mode', 'unknown')} workdir; predict needs a fine-tuned "
             "GLUE model (a run of --config=configs/glue.py)"
@@ -196,16 +197,13 @@ def predict(
     boxed = jax.eval_shape(train_lib.boxed_init(classifier.model), jax.random.key(0))
     param_shardings = sharding.logical_shardings(boxed, mesh)
     params = jax.device_put(classifier.params, param_shardings)
+    # The GLUE task's own eval step and batching: the fine-tuning run's leaderboard predictions.
     p_eval_step = jax.jit(
-        functools.partial(
-            finetune.eval_step,
-            model=classifier.model,
-            regression=classifier.task.is_regression,
-        ),
+        functools.partial(tasks.eval_step, task=tasks.glue, model=classifier.model),
         in_shardings=(param_shardings, sharding.batch_sharding(mesh)),
         out_shardings=NamedSharding(mesh, PartitionSpec()),
     )
-    out = finetune.predict(p_eval_step, params, features, batch_size, mesh)
+    out = tasks.predict(p_eval_step, params, features, batch_size, mesh)
     # Padding rows are gone; the example ids are the row numbers, so this puts the rows back in input order.
     return np.asarray(out["logits"], np.float32)[np.argsort(out["example_ids"])]
 

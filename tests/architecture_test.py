@@ -49,7 +49,13 @@ LOOPS = {n for n, t in MODULES.items() if _is_loop(t) and not _is_entry_point(n,
 
 
 def test_the_loops_are_found():
-    assert {"bert_jax.pretrain", "bert_jax.finetune"} <= LOOPS
+    # One pretraining loop and ONE fine-tuning loop: a task is a module of bert_jax.tasks, never a loop.
+    assert LOOPS == {"bert_jax.pretrain", "bert_jax.finetune"}
+
+
+def test_predict_builds_its_step_from_the_task_not_a_loop():
+    assert not _imports(MODULES["bert_jax.predict"]) & LOOPS
+    assert "bert_jax.tasks" in _imports(MODULES["bert_jax.predict"])
 
 
 def test_no_loop_imports_another_and_only_entry_points_import_loops():

@@ -15,7 +15,7 @@ import tensorflow_datasets as tfds
 import torch
 import transformers
 
-from bert_jax import checkpoint, finetune_tasks, train_lib, warm_start
+from bert_jax import checkpoint, finetune, tasks, train_lib, warm_start
 from bert_jax.configs import conll as conll_config
 from bert_jax.configs import squad as squad_config
 from bert_jax.configs import swag as swag_config
@@ -42,7 +42,7 @@ def test_squad_v2_learns_and_writes_official_files(tmp_path):
         squad_config, "tiny,2.0", data_dir=str(tmp_path), vocab_file=task_fixtures.write_vocab(tmp_path),
         max_seq_length=32, max_query_length=4, doc_stride=8, num_epochs=2,
     )  # fmt: skip
-    finetune_tasks.run(config, tmp_path / "out")
+    finetune.run(config, tmp_path / "out")
     results = _results(tmp_path / "out")
     # The final model's scores are the run's; the epochs' history and best epoch sit beside them.
     assert results["results"] == results["epochs"][-1]["results"]
@@ -73,7 +73,7 @@ def test_swag_learns(tmp_path):
         swag_config, "tiny", data_dir=str(tmp_path), vocab_file=task_fixtures.write_vocab(tmp_path),
         max_seq_length=16, num_epochs=2,
     )  # fmt: skip
-    finetune_tasks.run(config, tmp_path / "out")
+    finetune.run(config, tmp_path / "out")
     results = _results(tmp_path / "out")
     assert results["score"] == results["results"]["accuracy"] >= 0.95
     lines = (tmp_path / "out" / "predictions.csv").read_text().splitlines()
@@ -87,7 +87,7 @@ def test_swag_learns(tmp_path):
     ]
     assert all(m["perf/eval_sequences_per_sec"] > 0 for m in logged if "eval/swag/accuracy" in m)
     # The same command again reports the finished run; another run's settings are refused.
-    again = finetune_tasks.run(config, tmp_path / "out")
+    again = finetune.run(config, tmp_path / "out")
     assert again["results"] == results["results"]
     assert len((tmp_path / "out" / "metrics.jsonl").read_text().splitlines()) == len(logged)
     with config.unlocked():
@@ -95,7 +95,7 @@ def test_swag_learns(tmp_path):
     with pytest.raises(
         SetupError, match=r"^workdir: .* holds another run \(learning_rate: 0.001 -> 0.0005"
     ):
-        finetune_tasks.run(config, tmp_path / "out")
+        finetune.run(config, tmp_path / "out")
 
 
 @pytest.mark.slow
@@ -105,7 +105,7 @@ def test_conll_learns_and_writes_columns(tmp_path):
         conll_config, "tiny", data_dir=str(tmp_path), vocab_file=task_fixtures.write_vocab(tmp_path),
         max_seq_length=16, num_epochs=3,
     )  # fmt: skip
-    finetune_tasks.run(config, tmp_path / "out")
+    finetune.run(config, tmp_path / "out")
     results = _results(tmp_path / "out")
     assert results["score"] == results["results"]["f1"] >= 0.95
     assert results["labels"] == ["O", "B-LOC", "I-LOC", "B-PER", "I-PER"]
@@ -147,7 +147,7 @@ def test_starts_from_transformers_question_answering_weights(tmp_path):
     hf = transformers.BertForQuestionAnswering(_hf_config()).eval()
     path = _save_hf(hf, tmp_path, task_fixtures.write_vocab(tmp_path))
     config = _config(squad_config, "tiny", init_checkpoint=path)
-    model, params = _initial(config, finetune_tasks.TASKS["squad"], 2)
+    model, params = _initial(config, tasks.TASKS["squad"], 2)
     state = {k: v.numpy() for k, v in hf.state_dict().items()}
     np.testing.assert_array_equal(params["qa_outputs"]["kernel"], state["qa_outputs.weight"].T)
     np.testing.assert_array_equal(params["qa_outputs"]["bias"], state["qa_outputs.bias"])
@@ -178,9 +178,9 @@ def test_starts_from_transformers_token_classification_weights(tmp_path):
     hf = transformers.BertForTokenClassification(hf_config).eval()
     path = _save_hf(hf, tmp_path, task_fixtures.write_vocab(tmp_path))
     config = _config(conll_config, "tiny", init_checkpoint=path, data_dir=str(tmp_path))
-    task = finetune_tasks.TASKS["conll"]
+    task = tasks.TASKS["conll"]
     weights = warm_start.load(config, head=task.HEAD, heads=task.KEPT_MODULES)
-    checkpoint_labels = finetune_tasks._checkpoint_labels(path)
+    checkpoint_labels = finetune._checkpoint_labels(path)
     prepared = task.encode(config, task.read(config), weights.tokenizer, checkpoint_labels)
     assert prepared.info["labels"] == labels
     _, params = _initial(config, task, prepared.num_labels, weights)
@@ -197,10 +197,10 @@ def test_bad_input_is_one_setup_error(tmp_path):
     (tmp_path / "valid.txt").write_text("p1 NN O B-MISC\n")
     config = _config(conll_config, "tiny", data_dir=str(tmp_path))
     with pytest.raises(SetupError, match=r"^data: .*valid.txt: tags \['B-MISC'\] do not occur"):
-        finetune_tasks.run(config, tmp_path / "out")
+        finetune.run(config, tmp_path / "out")
     config = _config(squad_config, "tiny", data_dir=str(tmp_path))
     with pytest.raises(SetupError, match=r"^data: SQuAD file not found: .*train-v1.1.json"):
-        finetune_tasks.run(config, tmp_path / "out")
+        finetune.run(config, tmp_path / "out")
 
 
 def test_tfds_squad_through_the_loop_reads_mock_data(tmp_path):
@@ -213,7 +213,7 @@ def test_tfds_squad_through_the_loop_reads_mock_data(tmp_path):
         squad_config, "tiny", vocab_file=task_fixtures.write_vocab(tmp_path), num_epochs=1
     )
     with tfds.testing.mock_data(as_data_source_fn=lambda *a, **k: rows):
-        raw = finetune_tasks.TASKS["squad"].read(config)
+        raw = tasks.TASKS["squad"].read(config)
     assert len(raw["train"]) == 16 and raw["train"].examples[0].start_word == 2
 
 
@@ -255,16 +255,16 @@ def test_preempted_task_run_resumes_to_the_same_result(tmp_path, monkeypatch):
         conll_config, "tiny", data_dir=str(tmp_path), vocab_file=task_fixtures.write_vocab(tmp_path),
         max_seq_length=16, num_epochs=2, batch_size=32,
     )  # fmt: skip
-    whole = finetune_tasks.run(config(), tmp_path / "whole")
+    whole = finetune.run(config(), tmp_path / "whole")
 
     # SIGTERM agreed at step 13 (mid epoch 2 of 10-step epochs): the run saves and stops.
     agreed = train_lib.Preemption.agreed
     monkeypatch.setattr(train_lib.Preemption, "agreed", lambda self, step: step == 13)
     with pytest.raises(train_lib.Preempted, match=r"saved step 13 \(epoch 2\)"):
-        finetune_tasks.run(config(), tmp_path / "cut")
+        finetune.run(config(), tmp_path / "cut")
     assert not (tmp_path / "cut" / "results.json").exists()
     monkeypatch.setattr(train_lib.Preemption, "agreed", agreed)
-    resumed = finetune_tasks.run(config(), tmp_path / "cut")
+    resumed = finetune.run(config(), tmp_path / "cut")
 
     assert resumed["results"] == whole["results"] and resumed["epochs"] == whole["epochs"]
     assert resumed["files"] == {k: v.replace("whole", "cut") for k, v in whole["files"].items()}

@@ -15,7 +15,17 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from bert_jax import checkpoint, convert, finetune, metrics, optim, sharding, sweep, warm_start
+from bert_jax import (
+    checkpoint,
+    convert,
+    finetune,
+    metrics,
+    optim,
+    sharding,
+    sweep,
+    tasks,
+    warm_start,
+)
 from bert_jax.configs import bert_tiny
 from bert_jax.configs import glue as glue_config
 from bert_jax.data import glue
@@ -195,8 +205,8 @@ def test_learns_a_clear_rule_over_seeds_and_predicts_test(tmp_path):
     features = glue.encode_examples(
         glue.read_examples("sst2", "test", str(data)), start.tokenizer, 16
     )
-    step = jax.jit(functools.partial(finetune.eval_step, model=model, regression=False))
-    out = finetune.predict(step, params, features, 8, mesh)
+    step = jax.jit(functools.partial(tasks.eval_step, task=tasks.glue, model=model))
+    out = tasks.predict(step, params, features, 8, mesh)
     np.testing.assert_array_equal(out["logits"].argmax(-1), predicted)
     # A restarted sweep reuses finished runs instead of training them again.
     (Path(best) / "checkpoints").rename(tmp_path / "moved")
@@ -248,7 +258,7 @@ def test_starts_exactly_from_a_transformers_checkpoint(tmp_path, caplog):
     batch = {k: np.asarray(v, np.int32) for k, v in tokens.items()}
     batch.update(labels=np.zeros(16, np.int32), weights=np.ones(16, np.float32))
     batch["example_ids"] = np.arange(16, dtype=np.int32)
-    step = jax.jit(functools.partial(finetune.eval_step, model=model, regression=False))
+    step = jax.jit(functools.partial(tasks.eval_step, task=tasks.glue, model=model))
     logits = step(params, sharding.host_to_global(batch, mesh))["logits"]
     with torch.no_grad():
         want = torch_model(**{k: torch.as_tensor(v).long() for k, v in tokens.items()}).logits

@@ -105,6 +105,8 @@ def get_config(size: str = "base") -> ml_collections.ConfigDict:
     # Evaluation and output.
     # Dev/test batch; the last batch is padded so evaluation compiles once.
     c.eval_batch_size = 64
+    # Evaluate on dev after every epoch (results.json keeps each; the score is always the final one's).
+    c.eval_every_epoch = True
     # Write the leaderboard files (False when GLUE_DIR has no test files).
     c.predict_test = True
     # A workdir holding another run (other settings) is refused; True deletes that run and starts over.

@@ -1,6 +1,5 @@
 """What the SQuAD, SWAG and CoNLL-2003 recipes share: the GLUE recipe's model, optimizer, schedule, devices and
-logging fields (one place for those defaults), without its GLUE-only fields, plus the per-epoch dev
-evaluation switch. Not a recipe itself: configs/squad.py, swag.py and conll.py call `base_config`."""
+logging and evaluation fields (one place for those defaults), without its GLUE-only fields. Not a recipe itself: configs/squad.py, swag.py and conll.py call `base_config`."""
 
 import ml_collections
 
@@ -18,8 +17,6 @@ def base_config(mode: str, size: str) -> ml_collections.ConfigDict:
     for name in _GLUE_ONLY:
         if name in c:
             del c[name]
-    # Which task bert_jax.main runs: "squad", "swag" or "conll" (bert_jax.finetune_tasks).
+    # Which task bert_jax.main fine-tunes: "squad", "swag" or "conll" (bert_jax.tasks, by bert_jax.finetune).
     c.mode = mode
-    # Evaluate on dev after every epoch (results.json keeps each; the score is always the final one's).
-    c.eval_every_epoch = True
     return c

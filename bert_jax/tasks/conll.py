@@ -1,4 +1,4 @@
-"""CoNLL-2003 NER for the task loop: a label per word on its first word piece, entity-level P/R/F1 by seqeval,
+"""CoNLL-2003 NER for the fine-tuning loop: a label per word on its first word piece, entity-level P/R/F1 by seqeval,
 and the dev predictions written back as CoNLL columns (dev_predictions.txt)."""
 
 from __future__ import annotations
@@ -9,13 +9,18 @@ import numpy as np
 from bert_jax import losses
 from bert_jax.data import conll
 from bert_jax.scoring import ner
-from bert_jax.tasks import Prepared
+from bert_jax.tasks import Prepared, named_metric_fields
 from bert_jax.tasks import forward as _encoder_forward
 
 HEAD = "token"
 KEPT_MODULES = ("bert", "classifier")
 MAIN_METRIC = "f1"
+FILES = ("dev_predictions.txt",)
 _DEVICE_KEYS = ("input_ids", "token_type_ids", "attention_mask", "labels", "label_weights")
+
+
+def name(config) -> str:
+    return "conll"
 
 
 def read(config):
@@ -82,3 +87,15 @@ def score(config, prepared: Prepared, outputs, directory=None) -> tuple[dict, di
         conll.write_predictions(path, host["corpus"], predicted)
         files["dev_predictions"] = path
     return results, files
+
+
+def main_score(results) -> float:
+    return results[MAIN_METRIC]
+
+
+def write_test(config, prepared: Prepared, outputs, directory=None) -> dict:
+    return {}  # no test set: the dev predictions are the task's files
+
+
+def summary_fields(config, files: dict) -> dict:
+    return named_metric_fields(MAIN_METRIC, config, files)

@@ -1,4 +1,4 @@
-"""SQuAD v1.1 / v2.0 for the task loop: windows in, start/end logits out, answers scored by the official
+"""SQuAD v1.1 / v2.0 for the fine-tuning loop: windows in, start/end logits out, answers scored by the official
 definitions and written as predictions.json, nbest_predictions.json and (v2.0) null_odds.json."""
 
 from __future__ import annotations
@@ -8,14 +8,19 @@ import jax.numpy as jnp
 from bert_jax import losses
 from bert_jax.data import squad, squad_answers
 from bert_jax.scoring import squad as scoring
-from bert_jax.tasks import Prepared
+from bert_jax.tasks import Prepared, named_metric_fields
 from bert_jax.tasks import forward as _encoder_forward
 
 HEAD = "span"
 KEPT_MODULES = ("bert", "qa_outputs")
 MAIN_METRIC = "f1"
+FILES = ("predictions.json", "nbest_predictions.json", "null_odds.json")
 # Model inputs and targets; the alignments (token_to_word, max_context, example_index) stay on the host.
 _DEVICE_KEYS = ("input_ids", "token_type_ids", "attention_mask", "start_positions", "end_positions")
+
+
+def name(config) -> str:
+    return f"squad_v{config.version}"
 
 
 def read(config):
@@ -110,3 +115,15 @@ def score(config, prepared: Prepared, outputs, directory=None) -> tuple[dict, di
     if directory is not None:
         files = squad_answers.write_prediction_files(directory, answers, predictions)
     return results, files
+
+
+def main_score(results) -> float:
+    return results[MAIN_METRIC]
+
+
+def write_test(config, prepared: Prepared, outputs, directory=None) -> dict:
+    return {}  # no test set: the dev predictions are the task's files
+
+
+def summary_fields(config, files: dict) -> dict:
+    return named_metric_fields(MAIN_METRIC, config, files)

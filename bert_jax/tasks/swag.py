@@ -1,4 +1,4 @@
-"""SWAG for the task loop: four [CLS] context [SEP] ending [SEP] rows per example, one score per row from
+"""SWAG for the fine-tuning loop: four [CLS] context [SEP] ending [SEP] rows per example, one score per row from
 the pooled [CLS] (a classifier with one output), softmax over the four; accuracy; predictions.csv."""
 
 from __future__ import annotations
@@ -13,12 +13,17 @@ from etils import epath
 from bert_jax import losses
 from bert_jax.data import swag
 from bert_jax.scoring import choice
-from bert_jax.tasks import Prepared
+from bert_jax.tasks import Prepared, named_metric_fields
 
 HEAD = "classification"
 KEPT_MODULES = ("bert",)
 MAIN_METRIC = "accuracy"
+FILES = ("predictions.csv",)
 _DEVICE_KEYS = ("input_ids", "token_type_ids", "attention_mask", "labels")
+
+
+def name(config) -> str:
+    return "swag"
 
 
 def read(config):
@@ -77,3 +82,15 @@ def score(config, prepared: Prepared, outputs, directory=None) -> tuple[dict, di
         path.write_text(text.getvalue())
         files["predictions"] = str(path)
     return results, files
+
+
+def main_score(results) -> float:
+    return results[MAIN_METRIC]
+
+
+def write_test(config, prepared: Prepared, outputs, directory=None) -> dict:
+    return {}  # no test set: the dev predictions are the task's files
+
+
+def summary_fields(config, files: dict) -> dict:
+    return named_metric_fields(MAIN_METRIC, config, files)

@@ -1,0 +1,79 @@
+"""Fixed-shape batches of any task's features (NumPy only): every training epoch shuffled by (seed, epoch) in full
+batches, and every evaluation row once with the last batch padded, so each jitted step compiles once.
+
+`features` is a dict of arrays with one row per example on axis 0 (`input_ids` among them); each process
+yields its own slice of every global batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+
+import numpy as np
+
+
+def num_eval_batches(num_examples: int, batch_size: int, process_count: int = 1) -> int:
+    """Batches `eval_batches` yields: the last one is padded, not dropped."""
+    return -(-num_examples // (batch_size * process_count))
+
+
+def eval_batches(
+    features: Mapping[str, np.ndarray],
+    batch_size: int,
+    *,
+    process_index: int = 0,
+    process_count: int = 1,
+) -> Iterator[dict[str, np.ndarray]]:
+    """Yields every example once in batches of exactly `batch_size` rows, so eval compiles once.
+
+    Padding rows have `weights` 0 and `example_ids` -1. With several processes each yields its
+    `batch_size` slice of every global batch, all the same number of batches.
+    """
+    n = len(features["input_ids"])
+    global_size = batch_size * process_count
+    total = num_eval_batches(n, batch_size, process_count) * global_size
+    # Padding repeats the last real row rather than zeros: an all-masked row can give NaN
+    # logits, and NaN * weight 0 is still NaN in the summed metrics.
+    rows = np.minimum(np.arange(total), n - 1)
+    weights = (np.arange(total) < n).astype(np.float32)
+    for start in range(process_index * batch_size, total, global_size):
+        take = rows[start : start + batch_size]
+        batch = {key: value[take] for key, value in features.items()}
+        batch["weights"] = weights[start : start + batch_size]
+        if "example_ids" in batch:
+            batch["example_ids"] = np.where(batch["weights"] > 0, batch["example_ids"], -1)
+        yield batch
+
+
+def steps_per_epoch(num_examples: int, batch_size: int, process_count: int = 1) -> int:
+    """Full global batches in one epoch (`train_batches` drops the remainder)."""
+    return num_examples // (batch_size * process_count)
+
+
+def train_batches(
+    features: Mapping[str, np.ndarray],
+    batch_size: int,
+    *,
+    seed: int,
+    epoch: int,
+    start: int = 0,
+    process_index: int = 0,
+    process_count: int = 1,
+) -> Iterator[dict[str, np.ndarray]]:
+    """Yields one epoch of shuffled full batches, from batch `start` on.
+
+    The order depends only on (seed, epoch), so resuming needs only the step number. Each
+    process yields its `batch_size` slice of every global batch.
+    """
+    n = len(features["input_ids"])
+    steps = steps_per_epoch(n, batch_size, process_count)
+    if steps == 0:
+        raise ValueError(f"{n} rows is less than one global batch of {batch_size * process_count}")
+    order = np.random.default_rng([seed, epoch]).permutation(n)
+    global_size = batch_size * process_count
+    for step in range(start, steps):
+        begin = step * global_size + process_index * batch_size
+        take = order[begin : begin + batch_size]
+        batch = {key: value[take] for key, value in features.items()}
+        batch["weights"] = np.ones(batch_size, np.float32)
+        yield batch
