@@ -19,7 +19,7 @@ from pathlib import Path
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from bert_jax import platforms
+from bert_jax import configs, platforms
 
 # The exit status of a run stopped by SIGTERM (preemption, launch/stop.sh) or Ctrl-C after it saved its state:
 # sysexits.h's EX_TEMPFAIL, "try again later". Not 0, so `train && finetune` does not go on with a half-trained
@@ -34,18 +34,24 @@ DEFAULT_CONFIG = CONFIGS / "bert_tiny.py"
 def resolve_config(value: str) -> str:
     """The recipe file for `--config=VALUE`: an existing path as is, else a packaged recipe named
     `configs/NAME.py`, `NAME.py` or `NAME` (an optional `:ARG` suffix is kept). Raises ValueError naming the
-    recipes when there is none."""
+    recipes when there is none, and for a shared base (configs.BASES) that is not run itself."""
     path, colon, arg = value.partition(":")
-    if Path(path).is_file():
-        return value
     name = Path(path).name
     packaged = CONFIGS / (name if name.endswith(".py") else f"{name}.py")
-    if packaged.is_file():
-        return f"{packaged}{colon}{arg}"
-    names = sorted(f.stem for f in CONFIGS.glob("*.py") if f.stem != "__init__")
-    raise ValueError(
-        f"--config={value}: no such file, and no packaged recipe of that name ({', '.join(names)})"
-    )
+    if Path(path).is_file():
+        resolved = Path(path).resolve()
+    elif packaged.is_file():
+        resolved = packaged
+    else:
+        raise ValueError(
+            f"--config={value}: no such file, and no packaged recipe of that name "
+            f"({', '.join(configs.recipes())})"
+        )
+    if resolved.parent == CONFIGS and resolved.stem in configs.BASES:
+        raise ValueError(
+            f"--config={value}: configs/{resolved.stem}.py is {configs.BASES[resolved.stem]}"
+        )
+    return value if Path(path).is_file() else f"{packaged}{colon}{arg}"
 
 
 def _resolve_config_argv(argv: list[str]) -> list[str]:
@@ -162,6 +168,23 @@ def _initialize_distributed() -> None:
     joined.set()
 
 
+def check_init_checkpoint(config, workdir: str) -> None:
+    """A new run's `init_checkpoint` that does not exist is one line, before the workdir is made (the loops'
+    own message lists the layouts it is not). A TF1 checkpoint is a prefix (bert_model.ckpt.index beside it);
+    gs:// paths are left to the loop; a workdir that already holds a run resumes without it."""
+    path = config.get("init_checkpoint", "")
+    if not path or "://" in path or (Path(workdir).is_dir() and any(Path(workdir).iterdir())):
+        return
+    if not Path(path).exists() and not Path(f"{path}.index").exists():
+        from bert_jax import train_lib
+
+        raise train_lib.SetupError(
+            f"init_checkpoint: {path} does not exist; give a bert_jax workdir, a transformers directory "
+            "(config.json + weights) or a TF1 checkpoint prefix (bert_model.ckpt), or leave it empty to "
+            "start from random weights"
+        )
+
+
 def _use_compilation_cache(directory: str) -> None:
     """Keeps compiled executables in `directory` (local or gs://) across launches; "" does nothing."""
     if not directory:
@@ -194,6 +217,7 @@ def main(argv) -> int:
     # The config goes to WORKDIR/config.json and TensorBoard (the loops write it), not onto the screen.
     try:
         train_lib.check_config(config)
+        check_init_checkpoint(config, workdir)
         _initialize_distributed()
         if config.mode == "pretrain":
             state = pretrain.run(config, workdir)

@@ -186,6 +186,9 @@ def test_default_run_learns(tmp_path):
         (["--workdir=/sys/bert_jax_run"], "error: workdir: "),
         ([f"--config.data.vocab_file={REPO / 'README.md'}"], f"error: data: {REPO / 'README.md'}: not a WordPiece vocab.txt"),
         (["--config=glue", "--config.task=sst2", "--config.init_checkpoint="], "error: data: no data_dir given and TFDS glue/sst2 (train) is not prepared"),
+        (["--config=tasks"], "error: --config=tasks: configs/tasks.py is what the squad, swag and conll recipes share; run one of those"),
+        (["--config=configs/pretraining.py"], "error: --config=configs/pretraining.py: configs/pretraining.py is the pretraining recipe the sizes share; run a size: bert_tiny, "),
+        (["--config.init_checkpoint=/nonexistent/bert-base-uncased"], "error: init_checkpoint: /nonexistent/bert-base-uncased does not exist; give a bert_jax workdir"),
     ],
 )  # fmt: skip
 def test_first_hour_errors_are_one_line(tmp_path, args, message):
@@ -197,6 +200,24 @@ def test_first_hour_errors_are_one_line(tmp_path, args, message):
     assert result.returncode != 0
     assert result.stderr.strip().splitlines()[-1].startswith(message), result.stderr[-2000:]
     assert "Traceback" not in result.stderr and "learning_rate:" not in result.stdout
+
+
+def test_a_missing_init_checkpoint_leaves_no_workdir_and_a_binary_vocab_is_named(tmp_path):
+    result = main(
+        f"--workdir={tmp_path / 'run'}",
+        f"--config.init_checkpoint={tmp_path / 'gone'}",
+        timeout=120,
+    )
+    assert result.returncode == 1 and not (tmp_path / "run").exists()
+    binary = tmp_path / "vocab.bin"
+    binary.write_bytes(bytes(range(128, 256)) * 4)
+    result = main(
+        f"--workdir={tmp_path / 'run'}", f"--config.data.vocab_file={binary}", timeout=120
+    )
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"error: data: {binary}: not a WordPiece vocab.txt (byte 0 is not UTF-8 text); give a vocab.txt (one "
+        "token per line), a tokenizer directory or a SentencePiece .model"
+    )
 
 
 def test_workdir_that_is_a_file_is_one_line(tmp_path):
