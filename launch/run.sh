@@ -11,7 +11,7 @@
 # The command runs under nohup, logging to ~/bert_jax.log on each worker (its pid in ~/bert_jax.pid, which
 # launch/stop.sh signals), so a dropped ssh session does not stop training. Rerunning the same command resumes
 # from the workdir's latest checkpoint. The check compiles only the program the run starts with (phase 1's
-# train step; about a minute for BERT-base on 2 cores); CHECK=all also compiles phase 2 and the eval step (several
+# train step, one of the three programs); CHECK=all also compiles phase 2 and the eval step (several
 # minutes), SKIP_CHECK=1 skips it (e.g. without libtpu on this machine). --dry-run prints the commands.
 set -euo pipefail
 . "$(dirname "$0")/common.sh"
