@@ -26,6 +26,16 @@ INSTALL_REQUIRES = [
     "matplotlib>=3.8",  # python -m bert_jax.plot
 ]
 
+# What notebooks/bert_jax_colab.ipynb uses beyond bert_jax: transformers on torch (its last cell loads the export),
+# and nbclient/nbformat/ipykernel to run it headless (tests/notebook_test.py, CI). Colab has most already.
+NOTEBOOK = [
+    "torch>=2.4",
+    "transformers>=4.45",
+    "nbclient>=0.10",
+    "nbformat>=5.10",
+    "ipykernel>=6.29",
+]
+
 EXTRAS_REQUIRE = {
     # The reference implementations the tests compare against. torch is not pinned here;
     # the README installs torch==2.13.0 explicitly, which is the CPU build on this machine.
@@ -39,10 +49,10 @@ EXTRAS_REQUIRE = {
         # libtpu: bert_jax.compile and its tests compile for TPU topologies on a CPU machine.
         "jax[tpu]>=0.10.2",
         # The Colab notebook, executed top to bottom by tests/notebook_test.py.
-        "nbclient>=0.10",
-        "nbformat>=5.10",
-        "ipykernel>=6.29",
+        *NOTEBOOK,
     ],
+    # pip install 'bert_jax[notebook]': the Colab notebook's own needs (above).
+    "notebook": NOTEBOOK,
     # The viewer for the event files every run writes: tensorboard --logdir WORKDIR.
     "tensorboard": ["tensorboard>=2.16"],
     # gcsfs: gs:// workdirs (etils epath reads them through it).

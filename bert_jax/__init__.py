@@ -6,6 +6,11 @@ transformers layout. `python -m bert_jax.convert` converts between them (docs/mo
 Attributes are imported lazily so that `bert_jax.data` (NumPy only) never pulls in JAX.
 """
 
+from bert_jax import platforms as _platforms
+
+# Before any bert_jax module imports JAX: no TPU probe (and its libtpu error lines) where no TPU is attached.
+_platforms.skip_absent_tpu()
+
 __version__ = "0.1.0"
 __all__ = ["load_pretrained", "save_pretrained"]
 

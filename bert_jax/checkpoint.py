@@ -32,6 +32,19 @@ from jax.experimental import multihost_utils
 MANIFEST_VERSION = 1
 
 
+class _PartialRestoreNotice(logging.Filter):
+    """Drops Orbax's "Item ... was found in the checkpoint, but could not be restored" warning. Every restore
+    here asks for the items it needs (the state, or only the params); the others (the data state, the
+    manifest) stay on disk on purpose, so the warning is noise on every fine-tune, predict and convert."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "was found in the checkpoint, but could not be restored" not in record.getMessage()
+
+
+# Orbax warns through absl's logger; a filter there works whichever handler (absl's or Python's) prints it.
+logging.getLogger("absl").addFilter(_PartialRestoreNotice())
+
+
 class CheckpointMismatchError(ValueError):
     """The checkpoint's arrays do not fit the requested state (another model size or optimizer)."""
 

@@ -3,13 +3,13 @@
 With no flags it runs the embedded default: BERT-Tiny pretraining on the bundled sample corpus
 (configs/bert_tiny.py) in ./workdir/bert_tiny, a few minutes on a laptop CPU. An existing workdir resumes from
 its latest checkpoint. On a Cloud TPU pod slice run the same command on every worker (launch/run.sh); JAX's
-distributed runtime starts by itself there. Elsewhere pass --coordinator_address, --num_processes and
---process_id on every process.
+distributed runtime starts there when the slice has several hosts (a one-host VM and Colab need none). Elsewhere
+pass --coordinator_address, --num_processes and --process_id on every process. A run stopped by SIGTERM or
+Ctrl-C saves and exits with EXIT_STOPPED (75); rerunning the command resumes it.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import logging as std_logging
 import os
 import sys
@@ -19,6 +19,13 @@ from pathlib import Path
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from bert_jax import configs, platforms
+
+# The exit status of a run stopped by SIGTERM (preemption, launch/stop.sh) or Ctrl-C after it saved its state:
+# sysexits.h's EX_TEMPFAIL, "try again later". Not 0, so `train && finetune` does not go on with a half-trained
+# model; not 1, which is an error; rerunning the same command resumes the run.
+EXIT_STOPPED = 75
+
 # The recipes ship inside the package, so they resolve from any directory.
 CONFIGS = Path(__file__).resolve().parent / "configs"
 DEFAULT_CONFIG = CONFIGS / "bert_tiny.py"
@@ -27,18 +34,24 @@ DEFAULT_CONFIG = CONFIGS / "bert_tiny.py"
 def resolve_config(value: str) -> str:
     """The recipe file for `--config=VALUE`: an existing path as is, else a packaged recipe named
     `configs/NAME.py`, `NAME.py` or `NAME` (an optional `:ARG` suffix is kept). Raises ValueError naming the
-    recipes when there is none."""
+    recipes when there is none, and for a shared base (configs.BASES) that is not run itself."""
     path, colon, arg = value.partition(":")
-    if Path(path).is_file():
-        return value
     name = Path(path).name
     packaged = CONFIGS / (name if name.endswith(".py") else f"{name}.py")
-    if packaged.is_file():
-        return f"{packaged}{colon}{arg}"
-    names = sorted(f.stem for f in CONFIGS.glob("*.py") if f.stem != "__init__")
-    raise ValueError(
-        f"--config={value}: no such file, and no packaged recipe of that name ({', '.join(names)})"
-    )
+    if Path(path).is_file():
+        resolved = Path(path).resolve()
+    elif packaged.is_file():
+        resolved = packaged
+    else:
+        raise ValueError(
+            f"--config={value}: no such file, and no packaged recipe of that name "
+            f"({', '.join(configs.recipes())})"
+        )
+    if resolved.parent == CONFIGS and resolved.stem in configs.BASES:
+        raise ValueError(
+            f"--config={value}: configs/{resolved.stem}.py is {configs.BASES[resolved.stem]}"
+        )
+    return value if Path(path).is_file() else f"{packaged}{colon}{arg}"
 
 
 def _resolve_config_argv(argv: list[str]) -> list[str]:
@@ -90,21 +103,45 @@ _DISTRIBUTED_TIMEOUT = flags.DEFINE_integer(
 )
 
 
-class _QuietOrbax:
-    """Drops Orbax's per-save INFO chatter from the log (its warnings and errors still show)."""
+class _QuietLog:
+    """What the log on stderr leaves out: Orbax's per-save INFO chatter (its warnings and errors still show), and
+    the full metrics line of each log step, which would repeat the progress line on stdout in ~450 characters.
+    The full metrics are in WORKDIR/metrics.jsonl and TensorBoard; --verbosity=1 puts them in the log too."""
 
     def filter(self, record) -> bool:
-        return record.levelno >= std_logging.WARNING or "/orbax/" not in record.pathname
+        if record.levelno >= std_logging.WARNING:
+            return True
+        if record.funcName == "write_scalars" and record.pathname.endswith("reporting.py"):
+            return logging.get_verbosity() >= 1
+        return "/orbax/" not in record.pathname
 
 
 def _initialize_distributed() -> None:
-    """Joins the multi-process run. A process that cannot join (a host missing, a wrong address) exits with
-    one line within --distributed_timeout_s, where JAX would abort with a C++ trace after 5 minutes; a host
-    lost later stops the others after the same heartbeat timeout."""
+    """Joins the multi-process run, decided explicitly (docs/tpu.md):
+
+    - --coordinator_address given: JAX's distributed runtime with the flags' address, count and index;
+    - a TPU VM whose slice has several hosts (platforms.tpu_hosts: TPU_WORKER_HOSTNAMES or the metadata
+      server): the runtime, which finds the workers in the TPU metadata;
+    - one host (a laptop, a GPU machine, Colab's TPU, a v5e-1/v6e-1/v4-8 VM): nothing; one process needs no
+      runtime, and JAX's TPU cluster detection can fail on a host that has no worker list.
+
+    A process that cannot join (a host missing, a wrong address) exits with one line within
+    --distributed_timeout_s, where JAX would abort with a C++ trace after 5 minutes; a host lost later stops
+    the others after the same heartbeat timeout."""
+    if _COORDINATOR.value:
+        args, where = (
+            (_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value),
+            _COORDINATOR.value,
+        )
+    elif platforms.tpu_chips_attached() and (hosts := platforms.tpu_hosts()) > 1:
+        args, where = (), f"the TPU metadata's coordinator ({hosts} hosts)"
+    else:
+        return
     import jax
 
+    from bert_jax import train_lib
+
     timeout = _DISTRIBUTED_TIMEOUT.value
-    where = _COORDINATOR.value or "the TPU metadata's coordinator"
     joined = threading.Event()
 
     def give_up():
@@ -117,29 +154,35 @@ def _initialize_distributed() -> None:
             sys.stderr.flush()
             os._exit(1)
 
-    timeouts = {"initialization_timeout": timeout + 30, "heartbeat_timeout_seconds": timeout}
-    if _COORDINATOR.value:
-        threading.Thread(target=give_up, daemon=True).start()
+    threading.Thread(target=give_up, daemon=True).start()
+    try:
         jax.distributed.initialize(
-            _COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value, **timeouts
+            *args, initialization_timeout=timeout + 30, heartbeat_timeout_seconds=timeout
         )
-    elif _on_tpu_vm():
-        threading.Thread(target=give_up, daemon=True).start()
-        # On a Cloud TPU VM the workers, their number and this one's index come from the TPU metadata.
-        jax.distributed.initialize(**timeouts)
+    except (RuntimeError, ValueError) as error:
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise train_lib.SetupError(
+            f"joining the run at {where}: {first} (off a TPU pod slice, pass --coordinator_address, "
+            "--num_processes and --process_id)"
+        ) from error
     joined.set()
 
 
-def _on_tpu_vm() -> bool:
-    """A Cloud TPU VM: libtpu installed and TPU chips attached (/dev/accel* on v4/v5e, /dev/vfio on v5p/v6e).
-    libtpu alone is not enough: the [test] and [tpu] extras install it on CPU machines too."""
-    import glob
-    import os
+def check_init_checkpoint(config, workdir: str) -> None:
+    """A new run's `init_checkpoint` that does not exist is one line, before the workdir is made (the loops'
+    own message lists the layouts it is not). A TF1 checkpoint is a prefix (bert_model.ckpt.index beside it);
+    gs:// paths are left to the loop; a workdir that already holds a run resumes without it."""
+    path = config.get("init_checkpoint", "")
+    if not path or "://" in path or (Path(workdir).is_dir() and any(Path(workdir).iterdir())):
+        return
+    if not Path(path).exists() and not Path(f"{path}.index").exists():
+        from bert_jax import train_lib
 
-    if os.environ.get("JAX_PLATFORMS", "") not in ("", "tpu"):
-        return False
-    chips = glob.glob("/dev/accel*") or glob.glob("/dev/vfio/[0-9]*")
-    return bool(chips) and importlib.util.find_spec("libtpu") is not None
+        raise train_lib.SetupError(
+            f"init_checkpoint: {path} does not exist; give a bert_jax workdir, a transformers directory "
+            "(config.json + weights) or a TF1 checkpoint prefix (bert_model.ckpt), or leave it empty to "
+            "start from random weights"
+        )
 
 
 def _use_compilation_cache(directory: str) -> None:
@@ -155,7 +198,8 @@ def _use_compilation_cache(directory: str) -> None:
 
 
 def main(argv) -> int:
-    # First thing: a SIGTERM or Ctrl-C during start-up stops the run cleanly (exit 0) instead of killing it.
+    # First thing: a SIGTERM or Ctrl-C during start-up stops the run cleanly (exit EXIT_STOPPED) instead of
+    # killing it.
     from bert_jax import startup
 
     startup.EarlySignals().install()
@@ -165,7 +209,7 @@ def main(argv) -> int:
     workdir = _WORKDIR.value or str(
         Path("workdir") / Path(config_flags.get_config_filename(flags.FLAGS["config"])).stem
     )
-    logging.get_absl_handler().addFilter(_QuietOrbax())
+    logging.get_absl_handler().addFilter(_QuietLog())
     _use_compilation_cache(config.get("compilation_cache_dir", ""))
 
     from bert_jax import checkpoint, finetune, pretrain, sweep, tasks, train_lib
@@ -173,9 +217,13 @@ def main(argv) -> int:
     # The config goes to WORKDIR/config.json and TensorBoard (the loops write it), not onto the screen.
     try:
         train_lib.check_config(config)
+        check_init_checkpoint(config, workdir)
         _initialize_distributed()
         if config.mode == "pretrain":
-            pretrain.run(config, workdir)
+            state = pretrain.run(config, workdir)
+            # The loop returns after saving when a signal stopped it short of num_train_steps.
+            if int(state.step) < config.num_train_steps:
+                raise train_lib.Preempted(f"saved step {int(state.step):,} in {workdir}")
         elif config.mode == "finetune":
             # One GLUE run, or with `sweep` the paper's grid over seeds: each run is finetune.run.
             sweep.run(config, workdir)
@@ -193,7 +241,10 @@ def main(argv) -> int:
     ) as error:
         sys.exit(f"error: {error}")
     except train_lib.Preempted as stopped:
-        logging.warning("preempted: %s; rerun the same command to resume", stopped)
+        sys.stderr.write(
+            f"stopped: {stopped}; rerun the same command to resume (exit status {EXIT_STOPPED})\n"
+        )
+        return EXIT_STOPPED
     except KeyboardInterrupt:
         # A second Ctrl-C: the newest finished checkpoint stands (a save in flight is never "latest").
         sys.exit("error: interrupted; the newest finished checkpoint stands")

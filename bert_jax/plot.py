@@ -1,7 +1,9 @@
 """Training curves of a workdir as one PNG: `python -m bert_jax.plot WORKDIR [--out=PNG]`.
 
 Reads WORKDIR/metrics.jsonl (pretraining or fine-tuning) and draws up to four panels: losses, accuracies (and the
-other dev metrics), the learning rate, and throughput with MFU beside it. Panels without data are left out. The
+other dev metrics; scores in percent, as SQuAD's, get their own panel), the learning rate, and throughput with MFU
+beside it. Panels without data are left out, and a panel whose every curve has one point (a one-epoch
+fine-tune's dev scores) is written as values under the title instead. The
 default PNG is WORKDIR/curves.png, rendered by matplotlib's Agg backend (no display needed). `draw(workdir)` returns
 the figure; the notebook's live plot redraws `save(workdir)` while a run goes.
 """
@@ -16,8 +18,9 @@ from collections.abc import Sequence
 
 from etils import epath
 
-# Dev metrics that are not accuracies but belong beside them (GLUE's F1, Matthews, correlations).
-SCORE_NAMES = ("accuracy", "f1", "matthews_corr", "pearson", "spearman")
+# Dev metrics that are not accuracies but belong beside them (GLUE's F1, Matthews, correlations; SQuAD's exact
+# match, "exact_match" in v1.1 and "exact" in v2.0).
+SCORE_NAMES = ("accuracy", "f1", "matthews_corr", "pearson", "spearman", "exact_match", "exact")
 
 
 class PlotError(ValueError):
@@ -69,9 +72,20 @@ def draw(workdir, figure=None):
     figure = Figure() if figure is None else figure
     metrics = read_metrics(workdir)
     layout = panels(list(metrics))
+    # Scores in percent (SQuAD's exact match and F1) would flatten the 0-1 accuracies beside them.
+    percent = [k for k in layout.get("accuracy", []) if max(metrics[k][1], default=0.0) > 1.0]
+    if percent:
+        layout["accuracy"] = [k for k in layout["accuracy"] if k not in percent]
+        layout = {title: keys for title, keys in layout.items() if keys}
+        layout["score (%)"] = percent
+    # A curve of one point draws as a lone dot on an empty panel: its value goes under the title instead.
+    single = [
+        k for keys in layout.values() if all(len(metrics[k][0]) == 1 for k in keys) for k in keys
+    ]
+    layout = {t: keys for t, keys in layout.items() if not set(keys) <= set(single)}
     figure.clear()
     columns = 2 if len(layout) > 1 else 1
-    rows = -(-len(layout) // columns)
+    rows = max(1, -(-len(layout) // columns))
     figure.set_size_inches(6 * columns, 3.6 * rows)
     for i, (title, keys) in enumerate(layout.items(), start=1):
         axes = figure.add_subplot(rows, columns, i)
@@ -88,7 +102,12 @@ def draw(workdir, figure=None):
         else:
             axes.legend(fontsize="small")
         axes.grid(alpha=0.3)
-    figure.suptitle(str(epath.Path(workdir).name))
+    title = str(epath.Path(workdir).name)
+    if single:
+        title += "\n" + ", ".join(
+            f"{k} {metrics[k][1][0]:.4g} at step {metrics[k][0][0]}" for k in sorted(single)
+        )
+    figure.suptitle(title, fontsize="medium")
     figure.tight_layout()
     return figure
 

@@ -248,7 +248,18 @@ def _run(config, workdir: str, setup: startup.SetupAgreement):
         with setup_error("checkpoint"):
             state, data_state, stored = ckpt.restore(None, abstract)
             check_resume(stored, config, int(state.step))
-            loader.set_state(data_state)
+            try:
+                loader.set_state(data_state)
+            except ValueError as error:
+                if "data phases" not in str(error):
+                    raise
+                # Phase 2 starts at a fraction of num_train_steps: another length moves steps already trained.
+                raise ValueError(
+                    f"num_train_steps={config.num_train_steps:,} moves the sequence-length phases of the "
+                    f"{int(state.step):,} steps already trained ({error}); a run cannot be lengthened in "
+                    f"place: start a new --workdir with --config.init_checkpoint={workdir} (the weights, "
+                    "a fresh schedule)"
+                ) from error
         reporting.say(f"resumed from {ckpt.directory} at step {int(state.step):,}")
     else:
         with setup_error("init_checkpoint"):

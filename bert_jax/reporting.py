@@ -29,15 +29,19 @@ class MetricWindow:
 
     def __init__(self, peak_flops: float = math.nan):
         self.peak_flops, self.nonfinite_total = peak_flops, 0
+        self.steps = []
         self.restart()
 
     def restart(self) -> None:
-        """Empties the window and restarts its clock (after an eval or a save, which are not train time)."""
-        self.steps, self.sequences, self.tokens, self.flops = [], 0, 0, 0.0
+        """Restarts the throughput clock (after an eval or a save, which are not train time). The steps'
+        metrics stay: `train/loss` is the mean over every step since the last log line, whatever the eval and
+        checkpoint frequencies."""
+        self.timed_steps, self.sequences, self.tokens, self.flops = 0, 0, 0, 0.0
         self.start = time.perf_counter()
 
     def add(self, metrics, *, sequences: int, tokens: int, flops: float = 0.0) -> None:
         self.steps.append(metrics)
+        self.timed_steps += 1
         self.sequences, self.tokens, self.flops = (
             self.sequences + sequences,
             self.tokens + tokens,
@@ -45,7 +49,7 @@ class MetricWindow:
         )
 
     def flush(self) -> tuple[dict[str, float], dict[str, float]]:
-        """(sums of every metric, the shared scalars); restarts the window."""
+        """(sums of every metric, the shared scalars); empties the window and restarts its clock."""
         sums = jax.tree.map(lambda *xs: float(np.sum(xs)), *jax.device_get(self.steps))
         elapsed = time.perf_counter() - self.start
         self.nonfinite_total += int(sums["nonfinite"])
@@ -56,12 +60,13 @@ class MetricWindow:
             "train/grad_norm": sums["grad_norm"] / good,
             "train/learning_rate": float(jax.device_get(self.steps[-1]["learning_rate"])),
             "train/nonfinite_steps": self.nonfinite_total,
-            "perf/step_time": elapsed / len(self.steps),
-            "perf/sequences_per_sec": self.sequences / elapsed,
-            "perf/tokens_per_sec": self.tokens / elapsed,
+            "perf/step_time": divide(elapsed, self.timed_steps),
+            "perf/sequences_per_sec": divide(self.sequences, elapsed),
+            "perf/tokens_per_sec": divide(self.tokens, elapsed),
         }
         if self.flops:
             scalars["perf/mfu"] = self.flops / elapsed / self.peak_flops
+        self.steps = []
         self.restart()
         return sums, scalars
 

@@ -40,13 +40,22 @@ class EarlySignals:
         if self.received and signum == signal.SIGINT:
             raise KeyboardInterrupt
         name = signal.Signals(signum).name
-        logging.warning("%s during start-up: stopping before the first step", name)
+        if _AGREED:
+            # Past the setup agreement the state is being restored or created: the loop takes over the
+            # request, trains its first step and saves it.
+            logging.warning("%s during start-up: saving after the first step, then stopping", name)
+        else:
+            logging.warning("%s during start-up: stopping before the first step", name)
         self.received.append(signum)
 
     def install(self) -> EarlySignals:
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, self)
         return self
+
+
+# Set once this process passed SetupAgreement.reach(): a signal after it stops the run after one step.
+_AGREED = False
 
 
 def _early_signal_received() -> bool:
@@ -73,8 +82,9 @@ class SetupAgreement:
     def reach(self) -> None:
         """Called once setup is done on this host: raises SetupError when another host failed, Preempted
         when a host got SIGTERM/SIGINT during start-up (nothing new to save)."""
+        global _AGREED
         flags = self._gather(2 if _early_signal_received() else 1)
-        self.reached = True
+        self.reached = _AGREED = True
         failed = [i for i, f in enumerate(flags) if f == 0]
         if failed:
             raise SetupError(f"process(es) {failed} failed during setup (see their log); stopping")

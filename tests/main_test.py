@@ -186,6 +186,9 @@ def test_default_run_learns(tmp_path):
         (["--workdir=/sys/bert_jax_run"], "error: workdir: "),
         ([f"--config.data.vocab_file={REPO / 'README.md'}"], f"error: data: {REPO / 'README.md'}: not a WordPiece vocab.txt"),
         (["--config=glue", "--config.task=sst2", "--config.init_checkpoint="], "error: data: no data_dir given and TFDS glue/sst2 (train) is not prepared"),
+        (["--config=tasks"], "error: --config=tasks: configs/tasks.py is what the squad, swag and conll recipes share; run one of those"),
+        (["--config=configs/pretraining.py"], "error: --config=configs/pretraining.py: configs/pretraining.py is the pretraining recipe the sizes share; run a size: bert_tiny, "),
+        (["--config.init_checkpoint=/nonexistent/bert-base-uncased"], "error: init_checkpoint: /nonexistent/bert-base-uncased does not exist; give a bert_jax workdir"),
     ],
 )  # fmt: skip
 def test_first_hour_errors_are_one_line(tmp_path, args, message):
@@ -197,6 +200,24 @@ def test_first_hour_errors_are_one_line(tmp_path, args, message):
     assert result.returncode != 0
     assert result.stderr.strip().splitlines()[-1].startswith(message), result.stderr[-2000:]
     assert "Traceback" not in result.stderr and "learning_rate:" not in result.stdout
+
+
+def test_a_missing_init_checkpoint_leaves_no_workdir_and_a_binary_vocab_is_named(tmp_path):
+    result = main(
+        f"--workdir={tmp_path / 'run'}",
+        f"--config.init_checkpoint={tmp_path / 'gone'}",
+        timeout=120,
+    )
+    assert result.returncode == 1 and not (tmp_path / "run").exists()
+    binary = tmp_path / "vocab.bin"
+    binary.write_bytes(bytes(range(128, 256)) * 4)
+    result = main(
+        f"--workdir={tmp_path / 'run'}", f"--config.data.vocab_file={binary}", timeout=120
+    )
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"error: data: {binary}: not a WordPiece vocab.txt (byte 0 is not UTF-8 text); give a vocab.txt (one "
+        "token per line), a tokenizer directory or a SentencePiece .model"
+    )
 
 
 def test_workdir_that_is_a_file_is_one_line(tmp_path):
@@ -226,3 +247,40 @@ def test_default_run_prints_progress_and_finishes_once(tmp_path):
     assert again.returncode == 0
     assert "already complete at step 4 (num_train_steps 4)" in again.stdout
     assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == 2
+
+
+@pytest.mark.slow
+def test_lengthening_a_finished_run_says_why_and_what_to_do(tmp_path):
+    args = [f"--workdir={tmp_path}", "--config.warmup_steps=1", "--config.global_batch_size=8",
+            "--config.eval_every_steps=0", "--config.data.seq_length=32", "--config.data.max_predictions_per_seq=5",
+            "--config.data.phase2_seq_length=64", "--config.data.phase2_max_predictions_per_seq=10",
+            "--config.data.phase2_fraction=0.5"]  # fmt: skip
+    first = main(*args, "--config.num_train_steps=4", timeout=300)
+    assert first.returncode == 0, first.stderr[-3000:]
+    longer = main(*args, "--config.num_train_steps=8", timeout=300)
+    assert longer.returncode == 1
+    assert longer.stderr.strip().splitlines()[-1] == (
+        "error: checkpoint: num_train_steps=8 moves the sequence-length phases of the 4 steps already trained "
+        "(data phases (start, seq_length, max_predictions) before step 4 were [[0, 32, 5], [2, 64, 10]], this "
+        "run has [[0, 32, 5]]); a run cannot be lengthened in place: start a new --workdir with "
+        f"--config.init_checkpoint={tmp_path} (the weights, a fresh schedule)"
+    )
+
+
+def test_a_signal_during_start_up_says_what_will_happen(monkeypatch, caplog):
+    import logging
+    import signal
+
+    from bert_jax import startup
+
+    early = startup.EarlySignals()
+    with caplog.at_level(logging.WARNING):
+        early(signal.SIGTERM, None)
+        # Past the setup agreement (a resuming run restoring its state) the loop trains one step and saves.
+        monkeypatch.setattr(startup, "_AGREED", True)
+        early(signal.SIGTERM, None)
+    assert [r.getMessage() for r in caplog.records] == [
+        "SIGTERM during start-up: stopping before the first step",
+        "SIGTERM during start-up: saving after the first step, then stopping",
+    ]
+    assert early.received == [signal.SIGTERM, signal.SIGTERM]

@@ -63,3 +63,38 @@ def test_notebook_runs_top_to_bottom_on_cpu(tmp_path, monkeypatch):
         for out in cell.get("outputs", []) if "image/png" in out.get("data", {})
     ]  # fmt: skip
     assert len(images) >= 2
+
+
+def test_notebook_opens_on_colab_from_a_documented_public_install():
+    """The badge opens the notebook on Colab; its install cell is the README's pip command (a git URL with the
+    [notebook] extra, plus [tpu] on a TPU runtime), and that extra holds what the notebook imports."""
+    notebook = nbformat.read(NOTEBOOK, as_version=4)
+    first = notebook.cells[0].source
+    badge = "https://colab.research.google.com/github/OWNER/bert_jax/blob/main/notebooks/bert_jax_colab.ipynb"
+    assert (
+        f"[![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)]({badge})"
+        in first
+    )
+    install = next(c.source for c in notebook.cells if c.cell_type == "code" and "pip" in c.source)
+    assert (
+        'REPO = os.environ.get("BERT_JAX_REPO", "https://github.com/OWNER/bert_jax.git")' in install
+    )
+    assert 'extras = "notebook,tpu" if on_tpu else "notebook"' in install
+    assert '"pip", "install", "-q", f"bert_jax[{extras}] @ git+{REPO}"' in install
+    readme = (REPO / "README.md").read_text()
+    assert 'pip install "bert_jax[notebook] @ git+https://github.com/OWNER/bert_jax.git"' in readme
+    assert f"({badge})" in readme
+    setup = (REPO / "setup.py").read_text()
+    extra = setup.split("NOTEBOOK = [", 1)[1].split("]", 1)[0]
+    assert [line.strip().strip('",').split(">=")[0] for line in extra.strip().splitlines()] == [
+        "torch", "transformers", "nbclient", "nbformat", "ipykernel"
+    ]  # fmt: skip
+    assert '"notebook": NOTEBOOK' in setup
+    imported = {
+        line.split()[1].split(".")[0]
+        for cell in notebook.cells if cell.cell_type == "code"
+        for line in cell.source.splitlines() if line.startswith(("import ", "from "))
+    }  # fmt: skip
+    # Beyond the standard library, bert_jax and its own dependencies: only what the extra installs.
+    assert imported - {"json", "os", "pathlib", "random", "subprocess", "sys", "time", "importlib",
+                       "bert_jax", "numpy", "IPython"} == {"torch", "transformers"}  # fmt: skip

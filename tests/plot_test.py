@@ -118,3 +118,33 @@ def test_bad_workdir_is_one_line(tmp_path, content, message):
         plot.main([str(tmp_path)])
     text = str(raised.value.code)
     assert text.startswith("error: ") and message in text and "\n" not in text
+
+
+def _write(tmp_path, lines):
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    return tmp_path
+
+
+def test_squad_scores_in_percent_get_their_own_panel(tmp_path):
+    run = _write(tmp_path, [
+        {"step": 10, "train/loss": 3.0}, {"step": 20, "train/loss": 2.0},
+        {"step": 20, "eval/squad/exact_match": 61.5, "eval/squad/f1": 72.25},
+        {"step": 40, "train/loss": 1.5}, {"step": 40, "eval/squad/exact_match": 70.0, "eval/squad/f1": 80.0},
+    ])  # fmt: skip
+    figure = plot.draw(run)
+    axes = {a.get_title(): a for a in figure.axes}
+    assert sorted(axes) == ["loss", "score (%)"]
+    lines = {line.get_label(): line for line in axes["score (%)"].get_lines()}
+    assert sorted(lines) == ["eval/squad/exact_match", "eval/squad/f1"]
+    np.testing.assert_allclose(lines["eval/squad/exact_match"].get_ydata(), [61.5, 70.0])
+
+
+def test_one_point_curves_are_values_under_the_title(tmp_path):
+    run = _write(tmp_path, [
+        {"step": 8, "train/loss": 0.7, "train/learning_rate": 1e-3},
+        {"step": 16, "train/loss": 0.5, "train/learning_rate": 5e-4},
+        {"step": 16, "eval/sst2/accuracy": 0.9375},
+    ])  # fmt: skip
+    figure = plot.draw(run)
+    assert sorted(a.get_title() for a in figure.axes) == ["learning rate", "loss"]
+    assert figure._suptitle.get_text() == f"{run.name}\neval/sst2/accuracy 0.9375 at step 16"

@@ -1,6 +1,6 @@
 """Exact resume: a run killed with SIGKILL at an arbitrary step and restarted with the same command ends with
 parameters and optimizer state bitwise equal to an uninterrupted run and logs the same losses after the
-restore point; SIGTERM saves a checkpoint and exits 0 (subprocesses, 8 fake CPU devices, the real loader)."""
+restore point; SIGTERM saves a checkpoint and exits 75, main.EXIT_STOPPED (subprocesses, 8 fake CPU devices, the real loader)."""
 
 import json
 import os
@@ -124,13 +124,13 @@ def test_sigkill_and_sigterm_resume_exactly(tmp_path):
     ]
     assert_bitwise_equal(final_state(killed), expected_state)
 
-    # SIGTERM (preemption): a checkpoint at the step reached, exit code 0; the restart finishes identically.
+    # SIGTERM (preemption): a checkpoint at the step reached, exit code 75; the restart finishes identically.
     preempted = tmp_path / "preempted"
     proc = start(preempted)
     wait_for_step(preempted, proc, 2)
     proc.send_signal(signal.SIGTERM)
     _, stderr = proc.communicate(timeout=120)
-    assert proc.returncode == 0, stderr[-3000:]
+    assert proc.returncode == 75, stderr[-3000:]
     saved = sorted(int(p.name) for p in (preempted / "checkpoints").iterdir() if p.name.isdigit())
     assert saved and 2 <= saved[-1] < STEPS and "preempted: saved step" in stderr
     restart = subprocess.run(

@@ -7,3 +7,18 @@ directory once the package is installed:
     python -m bert_jax.main --config=configs/bert_base.py --workdir=DIR
     bert-jax --config=bert_base --workdir=DIR
 """
+
+from pathlib import Path
+
+# Files here that other recipes build on; running one directly is refused with this pointer.
+BASES = {
+    "pretraining": "the pretraining recipe the sizes share; run a size: "
+    "bert_tiny, bert_mini, bert_small, bert_medium, bert_base or bert_large",
+    "tasks": "what the squad, swag and conll recipes share; run one of those",
+}
+
+
+def recipes() -> list[str]:
+    """The names `--config=NAME` runs (every recipe file but the shared bases)."""
+    here = Path(__file__).resolve().parent
+    return sorted(f.stem for f in here.glob("*.py") if f.stem != "__init__" and f.stem not in BASES)

@@ -159,7 +159,13 @@ class WordPieceTokenizer(_Tokenizer):
         path = epath.Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"{path}: vocab file not found")
-        tokens = path.read_text(encoding="utf-8").splitlines()
+        try:
+            tokens = path.read_text(encoding="utf-8").splitlines()
+        except UnicodeDecodeError as error:
+            raise ValueError(
+                f"{path}: not a WordPiece vocab.txt (byte {error.start} is not UTF-8 text); give a vocab.txt "
+                "(one token per line), a tokenizer directory or a SentencePiece .model"
+            ) from error
         # Same rule as the original BERT loader: line number is the id, surrounding whitespace
         # stripped; a later duplicate keeps the later line's id, as transformers' load_vocab does.
         vocab = {tok.strip(): i for i, tok in enumerate(tokens)}
