@@ -236,7 +236,7 @@ def _run(config, workdir: str, setup: startup.SetupAgreement):
     # Checkpoint: restore the latest one in the workdir, or create the state from scratch.
     # ------------------------------------------------------------------------------------------------------
     # The first collective (Orbax syncs the hosts when it opens the directory) comes after the agreement.
-    setup.reach()
+    setup.reach(then_state=True)
     ckpt = checkpoint.Checkpointer(
         str(workdir / "checkpoints"),
         keep=config.keep_checkpoints,
@@ -255,6 +255,7 @@ def _run(config, workdir: str, setup: startup.SetupAgreement):
         with setup_error("init_checkpoint"):
             params = warm_start.pretraining_params(config, abstract)
         state = train_lib.create_state(model, tx, abstract, jax.random.key(config.seed), params)
+    setup.state_ready()
     start_step = int(state.step)
     if start_step >= config.num_train_steps:
         reporting.say(

@@ -135,7 +135,7 @@ class SetupAgreement:
     data file or code) all stop with the same line naming the first difference, before any step."""
 
     def __init__(self, config=None):
-        self.reached = False
+        self.reached, self.state_pending = False, False
         self.config = config
 
     def _gather(self, flag: int) -> np.ndarray:
@@ -143,10 +143,12 @@ class SetupAgreement:
             return np.array([flag])
         return np.asarray(multihost_utils.process_allgather(np.int32(flag))).reshape(-1)
 
-    def reach(self) -> None:
+    def reach(self, *, then_state: bool = False) -> None:
         """Called once setup is done on this host: raises SetupError when another host failed or the hosts
-        disagree, Preempted when a host got SIGTERM/SIGINT during start-up (nothing new to save)."""
+        disagree, Preempted when a host got SIGTERM/SIGINT during start-up (nothing new to save).
+        `then_state`: the loop also calls `state_ready` once the state is restored or created."""
         flags = self._gather(2 if _early_signal_received() else 1)
+        # Every host raises below or none does, so a host stopped here owes the others no later agreement.
         self.reached = True
         failed = [i for i, f in enumerate(flags) if f == 0]
         if failed:
@@ -160,11 +162,22 @@ class SetupAgreement:
                 )
         if (flags == 2).any():
             raise Preempted("a signal arrived during start-up; stopped before the first step")
+        self.state_pending = then_state
+
+    def state_ready(self) -> None:
+        """Called once the state is restored or created: raises SetupError when that failed on another host (an
+        init checkpoint missing there, a refused resume), so no host enters the loop alone."""
+        self.state_pending = False
+        failed = [i for i, f in enumerate(self._gather(1)) if f == 0]
+        if failed:
+            raise SetupError(
+                f"process(es) {failed} failed restoring or creating the state (see their log); stopping"
+            )
 
     def fail(self) -> None:
-        """Tells the other hosts, at their `reach`, that setup failed here."""
-        if not self.reached:
-            self.reached = True
+        """Tells the other hosts, at their `reach` (or `state_ready`), that setup failed here."""
+        if not self.reached or self.state_pending:
+            self.reached, self.state_pending = True, False
             self._gather(0)
 
 

@@ -1,6 +1,7 @@
 """Hosts that disagree (issue 24, row 2), 2 local processes x 4 CPU devices (jax.distributed over localhost,
 gloo): another learning rate, number of steps or batch size on one process stops both at the setup agreement,
-before any step, with the same line naming the first difference; no process enters the loop alone, no hang."""
+before any step, with the same line naming the first difference; a state that fails on one host only stops both;
+no process enters the loop alone, no hang."""
 
 import json
 import os
@@ -30,6 +31,10 @@ jax.distributed.initialize(f"localhost:{{port}}", 2, process_id, initialization_
                            heartbeat_timeout_seconds=30)
 import pretrain_test
 from bert_jax import pretrain, train_lib
+if process_id == 1 and overrides.pop("break_warm_start", False):
+    def broken(*args, **kwargs):
+        raise ValueError("/ckpt/model.ckpt: no such file on this host")
+    pretrain.warm_start.pretraining_params = broken
 fields = {{"num_train_steps": 4, "mesh_shape": (2, 2, 2), "eval_every_steps": 0, "model.vocab_size": -1,
           "data.phase2_fraction": 0.0}}
 config = pretrain_test.tiny_config(**{{**fields, **(overrides if process_id == 1 else {{}})}})
@@ -106,3 +111,19 @@ def test_hosts_that_disagree_all_stop_with_the_same_line(tmp_path, overrides, di
         assert code == 1 and stderr.strip().splitlines()[-1] == line, stderr[-2000:]
         assert "trained" not in stdout
     assert not (tmp_path / "checkpoints").exists() or not any((tmp_path / "checkpoints").iterdir())
+
+
+@pytest.mark.slow
+def test_a_state_that_fails_on_one_host_stops_both(tmp_path):
+    """After the setup agreement, creating the state fails on process 1 only (its init checkpoint is missing):
+    both stop with one line, neither enters the loop."""
+    start = time.time()
+    (code0, out0, err0), (code1, out1, err1) = run_two(tmp_path, {"break_warm_start": True})
+    assert time.time() - start < 120
+    assert code1 == 1 and err1.strip().splitlines()[-1] == (
+        "error: init_checkpoint: /ckpt/model.ckpt: no such file on this host"
+    ), err1[-2000:]
+    assert code0 == 1 and err0.strip().splitlines()[-1] == (
+        "error: process(es) [1] failed restoring or creating the state (see their log); stopping"
+    ), err0[-2000:]
+    assert "trained" not in out0 + out1
