@@ -453,24 +453,21 @@ def _first_usable(directory: epath.Path, steps: list[int], read, *, all_hosts: b
 
 
 class _DropReaderTracebacks(logging.Filter):
-    """Orbax and TensorStore log each failed read with its traceback (thousands of lines for a damaged step);
-    the fallback's own warning line says what failed."""
+    """Orbax and TensorStore log each failed read at ERROR with its traceback (thousands of lines for a damaged
+    step, through absl's logger); the fallback's own warning line says what failed."""
 
     def filter(self, record) -> bool:
-        return record.levelno < logging.ERROR or record.name != "absl"
+        return record.levelno < logging.ERROR
 
 
 @contextlib.contextmanager
 def _quiet_reader():
-    quiet = _DropReaderTracebacks()
-    loggers = [logging.getLogger("absl"), logging.getLogger()]
-    for logger in loggers:
-        logger.addFilter(quiet)
+    absl_logger, quiet = logging.getLogger("absl"), _DropReaderTracebacks()
+    absl_logger.addFilter(quiet)
     try:
         yield
     finally:
-        for logger in loggers:
-            logger.removeFilter(quiet)
+        absl_logger.removeFilter(quiet)
 
 
 def _read_manifest(step_dir: epath.Path) -> dict:

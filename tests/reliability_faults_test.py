@@ -326,3 +326,28 @@ def test_a_signal_while_restoring_stops_before_the_first_step():
     quiet = train_lib.Preemption(check_every=10)
     quiet.stop_before_first_step()  # no signal: goes on
     quiet.restore()
+
+
+def test_reader_errors_logged_during_a_fallback_are_dropped(tmp_path, mesh, caplog, monkeypatch):
+    """Orbax logs a failed read at ERROR with its traceback through absl; the fallback's one line replaces it."""
+    ckpt = _two_steps(tmp_path, mesh)
+    original = ckpt._manager.restore
+
+    def noisy(step, *args, **kwargs):
+        if step == 2:
+            try:
+                raise OSError(f"{tmp_path / '2' / 'state' / 'd' / 'abc'}: short read")
+            except OSError as error:
+                logging.getLogger("absl").error("read failed", exc_info=True)
+                raise error
+        return original(step, *args, **kwargs)
+
+    monkeypatch.setattr(ckpt._manager, "restore", noisy)
+    with caplog.at_level(logging.WARNING):
+        ckpt.restore(None, _abstract(mesh))
+    assert _warnings(caplog) == [
+        f"checkpoint {tmp_path / '2'} is unreadable (OSError reading {tmp_path / '2' / 'state' / 'd' / 'abc'}); "
+        "trying the previous one",
+        f"deleting damaged checkpoint {tmp_path / '2'}; step 1 restored",
+    ]
+    ckpt.close()
