@@ -213,6 +213,7 @@ def main(argv) -> int:
     _use_compilation_cache(config.get("compilation_cache_dir", ""))
 
     from bert_jax import checkpoint, finetune, pretrain, sweep, tasks, train_lib
+    from bert_jax.data.tfrecord import CorruptRecordError
 
     # The config goes to WORKDIR/config.json and TensorBoard (the loops write it), not onto the screen.
     try:
@@ -238,6 +239,7 @@ def main(argv) -> int:
         train_lib.SetupError,
         train_lib.NonFiniteLossError,
         checkpoint.CheckpointSaveError,
+        CorruptRecordError,  # met mid-run: the message names the file, the offset and the way on
     ) as error:
         sys.exit(f"error: {error}")
     except train_lib.Preempted as stopped:

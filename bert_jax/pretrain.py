@@ -29,6 +29,7 @@ from bert_jax import (
     warm_start,
 )
 from bert_jax.data.loader import make_eval_batches, make_pretraining_loader
+from bert_jax.data.tfrecord import CorruptRecordError
 from bert_jax.models.bert import build_model
 from bert_jax.reporting import divide
 from bert_jax.train_lib import setup_error
@@ -147,7 +148,7 @@ def run(config, workdir: str):
     """Pretrains per `config` in `workdir` (resuming from its latest checkpoint); returns the final state.
 
     One run per workdir (a lock); every host agrees that setup worked before the first collective."""
-    with startup.agreed_setup() as setup, startup.WorkdirLock(workdir):
+    with startup.agreed_setup(config) as setup, startup.WorkdirLock(workdir):
         return _run(config, workdir, setup)
 
 
@@ -235,7 +236,7 @@ def _run(config, workdir: str, setup: startup.SetupAgreement):
     # Checkpoint: restore the latest one in the workdir, or create the state from scratch.
     # ------------------------------------------------------------------------------------------------------
     # The first collective (Orbax syncs the hosts when it opens the directory) comes after the agreement.
-    setup.reach()
+    setup.reach(then_state=True)
     ckpt = checkpoint.Checkpointer(
         str(workdir / "checkpoints"),
         keep=config.keep_checkpoints,
@@ -265,6 +266,7 @@ def _run(config, workdir: str, setup: startup.SetupAgreement):
         with setup_error("init_checkpoint"):
             params = warm_start.pretraining_params(config, abstract)
         state = train_lib.create_state(model, tx, abstract, jax.random.key(config.seed), params)
+    setup.state_ready()
     start_step = int(state.step)
     if start_step >= config.num_train_steps:
         reporting.say(
@@ -276,9 +278,7 @@ def _run(config, workdir: str, setup: startup.SetupAgreement):
     # ------------------------------------------------------------------------------------------------------
     # Loop.
     # ------------------------------------------------------------------------------------------------------
-    writer = reporting.MetricWriter(
-        workdir, process_index=process_index, resume_step=start_step if resumed else None
-    )
+    writer = reporting.MetricWriter(workdir, process_index=process_index, resume_step=start_step)
     writer.write_config(config)
     progress = reporting.Progress(config.num_train_steps, start_step, PROGRESS_FIELDS)
     peak, peak_source = flops.peak_flops()
@@ -291,6 +291,7 @@ def _run(config, workdir: str, setup: startup.SetupAgreement):
     )
     batches = loader.iterate(start_step)
     try:
+        preemption.stop_before_first_step()
         # The next two batches are already on their way to the devices while a step runs.
         prefetched = sharding.prefetch_to_device(batches, mesh, batch=lambda item: item[1])
         for (step, batch), device_batch in prefetched:
@@ -356,6 +357,8 @@ def _run(config, workdir: str, setup: startup.SetupAgreement):
                 logging.warning("preempted: saved step %d, exiting", done)
                 break
         ckpt.wait_until_finished()
+    except CorruptRecordError as error:
+        raise startup.stop_at_corrupt_record(error, ckpt, state, loader, config) from None
     finally:
         progress.close()
         batches.close()  # stops the prefetch thread

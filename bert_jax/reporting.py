@@ -155,8 +155,11 @@ def divide(a: float, b: float) -> float:
 class MetricWriter:
     """Writes a step's scalars to the log (one line), TensorBoard and WORKDIR/metrics.jsonl.
 
-    `resume_step`: the step a resumed run restored; lines past it are dropped. Only process 0 writes; on the others every method does nothing. Non-finite values are logged
-    as they are and stored as null in the JSON lines, which stay valid JSON.
+    `resume_step`: the step this run starts from (a restored step, or 0 for a fresh start); lines past it were
+    logged by a run that died before saving them and are dropped, so each step appears once. None keeps every
+    line. A torn last line (a crash mid-write) is dropped with one warning. Only process 0 writes; on the others
+    every method does nothing. Non-finite values are logged as they are and stored as null in the JSON lines,
+    which stay valid JSON.
     """
 
     def __init__(
@@ -172,14 +175,8 @@ class MetricWriter:
         workdir = self._workdir = epath.Path(workdir)
         workdir.mkdir(parents=True, exist_ok=True)
         path = workdir / "metrics.jsonl"
-        if resume_step is not None and path.exists():
-            # Lines past the restored step were logged by the run that died; the resumed run logs those steps
-            # again, so each step appears once.
-            keep = [line for line in path.read_text().splitlines(keepends=True) if line.strip()]
-            keep = [line for line in keep if json.loads(line).get("step", 0) <= resume_step]
-            partial = path.parent / (path.name + ".tmp")
-            partial.write_text("".join(keep))
-            partial.replace(path)
+        if path.exists():
+            _drop_lines_past(path, resume_step)
         # Append, so a resumed run keeps the lines of the run it continues.
         self._jsonl = path.open("a")
         self._tensorboard = tensorboardX.SummaryWriter(logdir=os.fspath(workdir))
@@ -213,17 +210,51 @@ class MetricWriter:
             self._tensorboard.flush()
 
     def close(self) -> None:
-        """Flushes and closes; later calls are no-ops."""
+        """Flushes and closes; later calls are no-ops. A failing flush (a full disk) is one warning line: close
+        runs in the loops' cleanup, where raising would replace the error that stopped the run."""
         if self._active:
-            self._jsonl.close()
-            self._tensorboard.close()
             self._active = False
+            for name, stream in (
+                ("metrics.jsonl", self._jsonl),
+                ("TensorBoard events", self._tensorboard),
+            ):
+                try:
+                    stream.close()
+                except Exception as error:  # noqa: BLE001 -- reported as one line, see above
+                    first = str(error).strip().splitlines()[0] if str(error).strip() else ""
+                    logging.warning(
+                        "could not flush %s in %s: %s: %s",
+                        name,
+                        self._workdir,
+                        type(error).__name__,
+                        first,
+                    )
 
     def __enter__(self) -> MetricWriter:
         return self
 
     def __exit__(self, *exc_info) -> None:
         self.close()
+
+
+def _drop_lines_past(path: epath.Path, step: int | None) -> None:
+    """Rewrites metrics.jsonl without the lines past `step` (None: keeps them) and without a torn line."""
+    keep, torn = [], 0
+    for line in path.read_text().splitlines(keepends=True):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except ValueError:
+            torn += 1  # a write cut short by a crash
+            continue
+        if step is None or record.get("step", 0) <= step:
+            keep.append(line if line.endswith("\n") else line + "\n")
+    if torn:
+        logging.warning("%s: dropped %d torn line(s) (a write cut short by a crash)", path, torn)
+    partial = path.parent / (path.name + ".tmp")
+    partial.write_text("".join(keep))
+    partial.replace(path)
 
 
 def write_json(path: epath.Path, value) -> None:

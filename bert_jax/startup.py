@@ -8,6 +8,7 @@ See docs/reliability.md for what is guaranteed.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import importlib.util
 import json
 import os
@@ -22,7 +23,13 @@ import numpy as np
 from absl import logging
 from jax.experimental import multihost_utils
 
-from bert_jax.train_lib import Preempted, SetupError, absolute_workdir, prepare_workdir
+from bert_jax.train_lib import (
+    Preempted,
+    SetupError,
+    absolute_workdir,
+    flat_config,
+    prepare_workdir,
+)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -67,42 +74,129 @@ def _early_signal_received() -> bool:
 # ----------------------------------------------------------------------------------------------------------
 # Every host agrees that setup worked, before the first collective.
 # ----------------------------------------------------------------------------------------------------------
+# Config fields each process may set for itself: where compiled code is cached is a local path.
+HOST_LOCAL = ("compilation_cache_dir",)
+
+
+def code_version() -> str:
+    """A hash of bert_jax's source files: processes running other code would compute other steps."""
+    package = os.path.dirname(os.path.abspath(__file__))
+    digest = hashlib.sha256()
+    for root, dirs, files in os.walk(package):
+        dirs.sort()
+        for name in sorted(f for f in files if f.endswith(".py")):
+            path = os.path.join(root, name)
+            digest.update(os.path.relpath(path, package).encode())
+            with open(path, "rb") as f:
+                digest.update(f.read())
+    return digest.hexdigest()[:16]
+
+
+def run_fingerprint(config) -> dict[str, object]:
+    """{what: value} of everything the processes of one run must agree on: each config field (but HOST_LOCAL),
+    each data file and its size, the vocab's content hash, and the code version. Never raises: what cannot be
+    read is recorded as such (the loader reports it as its own error)."""
+    from bert_jax.data.streams import data_fingerprint  # NumPy only; imported when a run starts
+
+    flat = flat_config(config)
+    out: dict[str, object] = {f"config {k}": v for k, v in flat.items() if k not in HOST_LOCAL}
+    if "data" in config:
+        fields = ("input_pattern", "phase2_input_pattern", "eval_input_pattern")
+        try:
+            out.update(data_fingerprint(config.data, fields))
+        except Exception as error:  # noqa: BLE001 -- compared as a value, reported by the loader
+            out["data files"] = f"unreadable ({type(error).__name__})"
+    out["code version"] = code_version()
+    return out
+
+
+def first_difference(fingerprints: list[dict]) -> str | None:
+    """ "config learning_rate is 0.001 on process 0 but 0.002 on process 1" for the first (sorted) entry on which
+    a process differs from process 0, or None when all agree."""
+    keys = sorted(set().union(*fingerprints))
+    for key in keys:
+        values = [
+            json.dumps(f.get(key, "(absent)"), sort_keys=True, default=str) for f in fingerprints
+        ]
+        for i, value in enumerate(values[1:], start=1):
+            if value != values[0]:
+                return f"{key} is {values[0]} on process 0 but {value} on process {i}"
+    return None
+
+
+def _gather_json(value) -> list:
+    """Every process's `value` (JSON), in process order: lengths first, so the byte arrays have one shape."""
+    blob = np.frombuffer(json.dumps(value, sort_keys=True, default=str).encode(), np.uint8)
+    sizes = np.asarray(multihost_utils.process_allgather(np.int32(blob.size))).reshape(-1)
+    padded = np.zeros(int(sizes.max()), np.int32)
+    padded[: blob.size] = blob
+    rows = np.asarray(multihost_utils.process_allgather(padded)).reshape(len(sizes), -1)
+    return [
+        json.loads(bytes(row[:n].astype(np.uint8)).decode())
+        for row, n in zip(rows, sizes, strict=True)
+    ]
+
+
 class SetupAgreement:
     """Every host learns whether setup worked on all of them before the first collective, so one host's
-    setup error stops them all at once (instead of the others hanging in their first collective)."""
+    setup error stops them all at once (instead of the others hanging in their first collective). With a
+    config, the hosts also compare `run_fingerprint`s: processes that disagree (another learning rate, batch,
+    data file or code) all stop with the same line naming the first difference, before any step."""
 
-    def __init__(self):
-        self.reached = False
+    def __init__(self, config=None):
+        self.reached, self.state_pending = False, False
+        self.config = config
 
     def _gather(self, flag: int) -> np.ndarray:
         if jax.process_count() == 1:
             return np.array([flag])
         return np.asarray(multihost_utils.process_allgather(np.int32(flag))).reshape(-1)
 
-    def reach(self) -> None:
-        """Called once setup is done on this host: raises SetupError when another host failed, Preempted
-        when a host got SIGTERM/SIGINT during start-up (nothing new to save)."""
+    def reach(self, *, then_state: bool = False) -> None:
+        """Called once setup is done on this host: raises SetupError when another host failed or the hosts
+        disagree, Preempted when a host got SIGTERM/SIGINT during start-up (nothing new to save).
+        `then_state`: the loop also calls `state_ready` once the state is restored or created."""
         global _AGREED
         flags = self._gather(2 if _early_signal_received() else 1)
+        # Every host raises below or none does, so a host stopped here owes the others no later agreement.
         self.reached = _AGREED = True
         failed = [i for i, f in enumerate(flags) if f == 0]
         if failed:
             raise SetupError(f"process(es) {failed} failed during setup (see their log); stopping")
+        if self.config is not None and jax.process_count() > 1:
+            difference = first_difference(_gather_json(run_fingerprint(self.config)))
+            if difference:
+                raise SetupError(
+                    f"the processes disagree: {difference} (every process must run the same config, data "
+                    "files and code); stopping all"
+                )
         if (flags == 2).any():
             raise Preempted("a signal arrived during start-up; stopped before the first step")
+        self.state_pending = then_state
+
+    def state_ready(self) -> None:
+        """Called once the state is restored or created: raises SetupError when that failed on another host (an
+        init checkpoint missing there, a refused resume), so no host enters the loop alone."""
+        self.state_pending = False
+        failed = [i for i, f in enumerate(self._gather(1)) if f == 0]
+        if failed:
+            raise SetupError(
+                f"process(es) {failed} failed restoring or creating the state (see their log); stopping"
+            )
 
     def fail(self) -> None:
-        """Tells the other hosts, at their `reach`, that setup failed here."""
-        if not self.reached:
-            self.reached = True
+        """Tells the other hosts, at their `reach` (or `state_ready`), that setup failed here."""
+        if not self.reached or self.state_pending:
+            self.reached, self.state_pending = True, False
             self._gather(0)
 
 
 @contextlib.contextmanager
-def agreed_setup():
-    """`with agreed_setup() as setup:` around a loop, which calls `setup.reach()` before its first collective
-    (creating or restoring the state). An exception before that is agreed as a setup failure."""
-    setup = SetupAgreement()
+def agreed_setup(config=None):
+    """`with agreed_setup(config) as setup:` around a loop, which calls `setup.reach()` before its first
+    collective (creating or restoring the state). An exception before that is agreed as a setup failure; with
+    `config`, the processes' fingerprints are compared there too."""
+    setup = SetupAgreement(config)
     try:
         yield setup
     except BaseException:
@@ -111,8 +205,49 @@ def agreed_setup():
 
 
 # ----------------------------------------------------------------------------------------------------------
+# A corrupt record met mid-run.
+# ----------------------------------------------------------------------------------------------------------
+def stop_at_corrupt_record(error: Exception, ckpt, state, loader, config) -> Exception:
+    """The one-line error (the record's file and offset, what was saved, what to do) for a corrupt record the
+    loop met; saves the last finished step first, so a rerun resumes there. Only with one process: the others
+    are not at this point to join a save (they stop when this one exits)."""
+    step = int(np.asarray(jax.device_get(state.step)))
+    if jax.process_count() > 1:
+        saved = f"the newest checkpoint stands (not saved: {jax.process_count()} processes)"
+    else:
+        try:
+            if ckpt.save(step, state, data_state=loader.get_state(step), config=config, force=True):
+                ckpt.wait_until_finished()
+            saved = f"step {step} is saved" if step in ckpt.all_steps() else "nothing new saved"
+        except Exception as save_error:  # noqa: BLE001 -- the data error stays the one line
+            saved = f"step {step} could not be saved ({type(save_error).__name__})"
+    return type(error)(
+        f"{error}; {saved}; rerun with --config.data.skip_corrupt_records=True to skip damaged records "
+        "(allowed when resuming)"
+    )
+
+
+# ----------------------------------------------------------------------------------------------------------
 # One run per workdir.
 # ----------------------------------------------------------------------------------------------------------
+def _boot_id() -> str:
+    """This machine's boot id (a new one after every reboot; '' where there is none)."""
+    try:
+        return open("/proc/sys/kernel/random/boot_id").read().strip()
+    except OSError:
+        return ""
+
+
+def _process_start(pid: int) -> str:
+    """When process `pid` started, in clock ticks since boot ('' where unknown): a reused pid has another."""
+    try:
+        stat = open(f"/proc/{pid}/stat").read()
+    except OSError:
+        return ""
+    # Field 22; the command name (field 2) may hold spaces, so count from its closing parenthesis.
+    return stat.rsplit(")", 1)[-1].split()[19]
+
+
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -161,8 +296,10 @@ class WorkdirLock:
     """One run per workdir: process 0 holds WORKDIR/run.lock (host, pid, heartbeat) while the run lives.
 
     A second run on a live workdir raises SetupError naming the owner. A lock left by a crash is stale, and
-    taken over with a warning, when its process is gone (same host) or its heartbeat, refreshed every
-    `STALE_AFTER_S / 10` seconds, is older than `STALE_AFTER_S` (another host). Taking the lock is the run's
+    taken over with a warning, when its heartbeat, refreshed every `STALE_AFTER_S / 10` seconds, is older than
+    `STALE_AFTER_S`, or on the same host at once when the machine rebooted since (another boot id), its pid
+    is gone, or its pid now belongs to another process (another start time: a restarted container reuses
+    pids). A lock cut short while it was written is taken over too. Taking the lock is the run's
     first write, so an unusable workdir (no gcsfs for gs://, an unreachable bucket, a read-only disk) fails
     here as one line, after bounded retries.
     """
@@ -175,16 +312,31 @@ class WorkdirLock:
         self.path = self.workdir / "run.lock"
         self.active = (jax.process_index() if process_index is None else process_index) == 0
         self.owner = {"host": socket.gethostname(), "pid": os.getpid()}
+        # What tells this process apart from a later one with the same pid (after a reboot, in a new container).
+        self.identity = {"boot_id": _boot_id(), "started": _process_start(os.getpid())}
         self.timeout_s = timeout_s
         self._stop = threading.Event()
         self._created = False
 
     def _stale_reason(self, held: dict) -> str | None:
-        if held.get("host") == self.owner["host"]:
-            pid = int(held.get("pid", -1))
-            return None if _pid_alive(pid) else f"its process {pid} is gone"
+        if not held:
+            return "it was cut short while being written"
         age = time.time() - float(held.get("heartbeat", 0))
-        return f"no heartbeat for {age:.0f} s" if age > self.STALE_AFTER_S else None
+        if age > self.STALE_AFTER_S:
+            return f"no heartbeat for {age:.0f} s"
+        if held.get("host") != self.owner["host"]:
+            return None
+        pid = int(held.get("pid", -1))
+        if held.get("boot_id") and held["boot_id"] != self.identity["boot_id"]:
+            return f"the host rebooted since process {pid} took it"
+        if not _pid_alive(pid):
+            return f"its process {pid} is gone"
+        if held.get("started") and held["started"] != _process_start(pid):
+            return f"pid {pid} now belongs to another process"
+        return None
+
+    def _record(self) -> str:
+        return json.dumps({**self.owner, **self.identity, "heartbeat": time.time()})
 
     def _acquire(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -202,7 +354,7 @@ class WorkdirLock:
                 )
             logging.warning("taking over the stale lock %s (%s)", self.path, reason)
             self.path.unlink()
-        text = json.dumps({**self.owner, "heartbeat": time.time()})
+        text = self._record()
         if "://" in str(self.path):
             self.path.write_text(text)  # object stores have no exclusive create: best effort
             return
@@ -214,7 +366,13 @@ class WorkdirLock:
     def _heartbeat(self) -> None:
         while not self._stop.wait(self.STALE_AFTER_S / 10):
             with contextlib.suppress(Exception):
-                self.path.write_text(json.dumps({**self.owner, "heartbeat": time.time()}))
+                if "://" in str(self.path):
+                    self.path.write_text(self._record())
+                    continue
+                # Written aside and renamed: a starting run never reads a half-written live lock.
+                partial = self.path.parent / f"{self.path.name}.{os.getpid()}.tmp"
+                partial.write_text(self._record())
+                os.replace(partial, self.path)
 
     def __enter__(self) -> WorkdirLock:
         if not self.active:

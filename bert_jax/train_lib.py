@@ -126,6 +126,11 @@ def flat_config(config, prefix="") -> dict:
     return flat
 
 
+# Changes safe in every loop: where compiled code is cached, and skipping damaged records (the data order of the
+# good records is unchanged; a run stopped at a corrupt record is resumed with it turned on).
+ALWAYS_SAFE = ("compilation_cache_dir", "data.skip_corrupt_records")
+
+
 def config_changes(stored, current, safe: Iterable[str]) -> tuple[list[str], list[str]]:
     """(breaking, safe) changes from a workdir's stored config to the current one, as "field: old -> new".
 
@@ -133,7 +138,7 @@ def config_changes(stored, current, safe: Iterable[str]) -> tuple[list[str], lis
     more steps; every other difference breaks continuation (vocab, lower-casing, model shape, data, optimizer).
     """
     old, new = flat_config(stored), flat_config(current)
-    safe = tuple(safe)
+    safe = (*safe, *ALWAYS_SAFE)
     breaking, allowed = [], []
     for key in sorted(set(old) | set(new)):
         if old.get(key) == new.get(key):
@@ -437,6 +442,15 @@ class Preemption:
         # A tiny all-gather: every host learns whether any host was told to stop.
         flags = multihost_utils.process_allgather(np.int32(self.requested))
         return bool(np.max(flags))
+
+    def stop_before_first_step(self) -> None:
+        """Raises Preempted, on every host, when a signal arrived after the setup agreement (while the state was
+        restored or created): the restored checkpoint stands, so nothing is compiled, run or saved."""
+        requested = self.requested
+        if jax.process_count() > 1:
+            requested = bool(np.max(multihost_utils.process_allgather(np.int32(requested))))
+        if requested:
+            raise Preempted("a signal arrived before the first step; the newest checkpoint stands")
 
     def restore(self):
         for signum, handler in self._previous.items():

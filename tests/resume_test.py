@@ -40,9 +40,13 @@ def start(workdir):
                             stderr=subprocess.PIPE, text=True)  # fmt: skip
 
 
-def losses(workdir):
-    """{step: train/loss}; a step logged twice (before a kill and after the restore) keeps the later line."""
+def losses(workdir, once=True):
+    """{step: train/loss}. With `once`, a step logged twice (the lines past the restored step not dropped when
+    the run resumed) is an error: a dict alone would keep the later line and hide it."""
     lines = (Path(workdir) / "metrics.jsonl").read_text().splitlines()
+    steps = [r["step"] for r in map(json.loads, lines) if "train/loss" in r]
+    repeated = sorted({s for s in steps if steps.count(s) > 1})
+    assert not (once and repeated), f"steps logged more than once: {repeated}"
     return {r["step"]: r["train/loss"] for r in map(json.loads, lines) if "train/loss" in r}
 
 
@@ -50,7 +54,7 @@ def wait_for_step(workdir, proc, step, timeout=300):
     deadline = time.time() + timeout
     while time.time() < deadline:
         path = Path(workdir) / "metrics.jsonl"
-        if path.exists() and max(losses(workdir), default=0) >= step:
+        if path.exists() and max(losses(workdir, once=False), default=0) >= step:
             return
         assert proc.poll() is None, proc.stderr.read()[-3000:]
         time.sleep(0.05)

@@ -26,7 +26,13 @@ from absl import logging
 
 from bert_jax.data import corpus as corpus_lib
 from bert_jax.data import instances, masking, packing, records
-from bert_jax.data.streams import CorpusStream, RecordStream, keyed_rng
+from bert_jax.data.streams import (
+    CorpusStream,
+    RecordStream,
+    data_fingerprint,
+    fingerprint_changes,
+    keyed_rng,
+)
 from bert_jax.data.tokenizer import load_tokenizer
 
 # 2: host-independent (no process_index, no per-host epoch sizes).
@@ -60,6 +66,8 @@ class PretrainingLoader:
         self._lock = threading.Lock()  # streams cache epochs; the prefetch thread shares them
         # Packing (None = off): at most this many sequences per row, row counts multiples of row_multiple.
         self.max_sequences_per_row, self.row_multiple = max_sequences_per_row, row_multiple
+        # The files and vocab trained on (streams.data_fingerprint), kept in the data state; None: not checked.
+        self.fingerprint: dict | None = None
 
     def _phase(self, step: int):
         return [p for p in self._phases if p[0] <= step][-1]
@@ -163,6 +171,7 @@ class PretrainingLoader:
             "process_count": self.process_count,
             "global_batch_size": self.batch_size * self.process_count,
             "phases": [[int(p[0]), int(p[2]), int(p[3])] for p in self._phases],
+            **({"files": self.fingerprint} if self.fingerprint is not None else {}),
         }
 
     def set_state(self, state: dict) -> None:
@@ -186,6 +195,15 @@ class PretrainingLoader:
             raise ValueError(
                 f"data phases (start, seq_length, max_predictions) before step {step} were "
                 f"{past(state['phases'])}, this run has {past(mine['phases'])}"
+            )
+        # Every epoch's order spans all files (a permutation of every record, or instances of the whole corpus),
+        # so another file set or vocab changes the data of steps already trained: refused, never a warning.
+        changes = fingerprint_changes(state.get("files", {}), mine.get("files", {}))
+        if "files" in state and "files" in mine and changes:
+            raise ValueError(
+                f"the data differs from the checkpoint's: {'; '.join(changes)} (each epoch's order spans every "
+                "file, so the steps already trained would have read other data; restore the files or use "
+                "another --workdir)"
             )
         self._next_step = step
 
@@ -283,7 +301,7 @@ def _build(
     else:
         streams = _corpus_streams(cfg, tok, phases, seed, hosts, eval_mode)
     masking_cfg = {"masked_lm_prob": cfg.masked_lm_prob, "whole_word": cfg.whole_word_mask}
-    return PretrainingLoader(
+    loader = PretrainingLoader(
         streams,
         batch_size=batch_size,
         tokenizer=tok,
@@ -294,6 +312,8 @@ def _build(
         max_sequences_per_row=cfg.max_sequences_per_row if cfg.packing else None,
         row_multiple=row_multiple,
     )
+    loader.fingerprint = None if eval_mode else data_fingerprint(cfg)
+    return loader
 
 
 def _corpus_streams(cfg, tok, phases, seed, hosts, eval_mode):

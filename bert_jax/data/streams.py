@@ -7,14 +7,74 @@ keyed generators, so any row of any epoch can be rebuilt on a fresh process.
 
 from __future__ import annotations
 
-import numpy as np
+import hashlib
 
+import numpy as np
+from etils import epath
+
+from bert_jax.data import corpus as corpus_lib
 from bert_jax.data import instances, masking
 
 
 def keyed_rng(*keys: int) -> np.random.Generator:
     """A generator keyed by integers (seed, purpose, host, step, ...)."""
     return np.random.default_rng(np.random.SeedSequence([int(k) for k in keys]))
+
+
+def _file_name(path) -> str:
+    """A file's name in a fingerprint: the bundled assets by their place in the package (the same on every
+    host, wherever the package is installed), any other file by its path."""
+    path = epath.Path(path)
+    if str(path).startswith(str(corpus_lib.ASSETS)):
+        return f"bert_jax/assets/{path.name}"
+    return str(path)
+
+
+def data_fingerprint(cfg, fields=("input_pattern", "phase2_input_pattern")) -> dict[str, object]:
+    """{"file <name>": size in bytes, "vocab <name>": sha256 prefix} of what `cfg` (a data config) trains on:
+    every file its `fields` match, and its vocab (hashed: a vocab edited in place may keep its size). A pattern
+    that matches nothing is recorded as such (the loader reports it as its own error)."""
+    out: dict[str, object] = {}
+    if cfg.get("source", "text") == "tfds":
+        fields = ()  # TFDS data is named by the config (tfds_name, split), not by files
+    for field in fields:
+        pattern = cfg.get(field) or ("" if field == "input_pattern" else None)
+        if pattern is None:
+            continue
+        try:
+            paths = corpus_lib.expand_pattern(pattern)
+        except (OSError, ValueError):
+            out[f"files of data.{field}"] = "none found"
+            continue
+        for path in paths:
+            try:
+                out[f"file {_file_name(path)}"] = epath.Path(path).stat().length
+            except OSError:
+                out[f"file {_file_name(path)}"] = "unreadable"
+    vocab = epath.Path(cfg.get("vocab_file") or corpus_lib.SAMPLE_VOCAB)
+    try:
+        out[f"vocab {_file_name(vocab)}"] = hashlib.sha256(vocab.read_bytes()).hexdigest()[:16]
+    except OSError:
+        out[f"vocab {_file_name(vocab)}"] = "unreadable"
+    return out
+
+
+def fingerprint_changes(old: dict, new: dict) -> list[str]:
+    """ "added FILE (N bytes)", "removed FILE", "FILE: N -> M bytes", "vocab FILE changed" from `old` to `new`."""
+    changes = []
+    for key in sorted(set(old) | set(new)):
+        if old.get(key) == new.get(key):
+            continue
+        kind, _, name = key.partition(" ")
+        if key not in old:
+            changes.append(f"added {name} ({new[key]} bytes)" if kind == "file" else f"added {key}")
+        elif key not in new:
+            changes.append(f"removed {name}" if kind == "file" else f"removed {key}")
+        elif kind == "vocab":
+            changes.append(f"vocab {name} changed (content hash {old[key]} -> {new[key]})")
+        else:
+            changes.append(f"{name}: {old[key]} -> {new[key]} bytes")
+    return changes
 
 
 class CorpusStream:
