@@ -32,6 +32,7 @@ from bert_jax import (
 )
 from bert_jax.data import glue
 from bert_jax.train_lib import setup_error
+from bert_jax.workdir import save_tokenizer
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -196,6 +197,7 @@ def _run(config, workdir, setup: startup.SetupAgreement) -> dict:
     # Loop: train an epoch, evaluate on dev; the final epoch's model is the run's result.
     writer = reporting.MetricWriter(workdir, process_index=jax.process_index())
     writer.write_config(stored)
+    save_tokenizer(workdir, stored)  # the workdir carries its tokenizer: it works moved
     progress = reporting.Progress(num_train_steps, int(state.step), PROGRESS_FIELDS)
     window = reporting.MetricWindow()
     guard = train_lib.NonFiniteGuard(config.max_consecutive_nonfinite)

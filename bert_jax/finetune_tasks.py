@@ -28,6 +28,7 @@ from bert_jax import optim, reporting, sharding, startup, train_lib, warm_start
 from bert_jax.data import glue
 from bert_jax.tasks import conll, squad, swag
 from bert_jax.train_lib import setup_error
+from bert_jax.workdir import save_tokenizer
 
 TASKS = {"squad": squad, "swag": swag, "conll": conll}
 # Fields a rerun may change and still be the same run (a finished one is then reported, not retrained).
@@ -187,6 +188,7 @@ def _run(config, workdir, setup: startup.SetupAgreement) -> dict:
     # Loop: train an epoch, evaluate on dev.
     writer = reporting.MetricWriter(workdir, process_index=jax.process_index())
     writer.write_config(stored)
+    save_tokenizer(workdir, stored)  # the workdir carries its tokenizer: it works moved
     progress = reporting.Progress(
         num_train_steps, int(state.step), (("loss", "train/loss", ".4f"),)
     )

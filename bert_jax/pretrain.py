@@ -32,6 +32,7 @@ from bert_jax.data.loader import make_eval_batches, make_pretraining_loader
 from bert_jax.models.bert import build_model
 from bert_jax.reporting import divide
 from bert_jax.train_lib import setup_error
+from bert_jax.workdir import save_tokenizer
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -269,6 +270,7 @@ def _run(config, workdir: str, setup: startup.SetupAgreement):
         workdir, process_index=process_index, resume_step=start_step if resumed else None
     )
     writer.write_config(config)
+    save_tokenizer(workdir, config)  # the workdir carries its tokenizer: it works moved
     progress = reporting.Progress(config.num_train_steps, start_step, PROGRESS_FIELDS)
     peak, peak_source = flops.peak_flops()
     logging.info("peak %.3g FLOP/s (%s)", peak, peak_source)
