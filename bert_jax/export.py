@@ -3,9 +3,11 @@ numerically (both models on a fixed batch). The command over it is `python -m be
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 
-from bert_jax import layouts
+from bert_jax import checkpoint, layouts, workdir
 from bert_jax.models import bert as model_lib
 
 FORMATS = ("transformers", "bert_jax", "tf1")
@@ -17,6 +19,40 @@ _OUTPUTS = {
     "span": ("start_logits", "end_logits"),
     "token": ("logits",),
 }
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The bert_jax layout: a workdir with parameters only.
+# ----------------------------------------------------------------------------------------------------------
+def write_bert_jax(out, params, ckpt: layouts.Checkpoint, head: str) -> None:
+    """OUT/checkpoints/0 (parameters only, Orbax) + the tokenizer files in OUT/tokenizer/: a checkpoint that
+    `load_pretrained` and fine-tuning's init_checkpoint read like a workdir (see `bert_jax.workdir`)."""
+    out = workdir.absolute(out)
+    if (out / "checkpoints").exists():
+        raise ValueError(f"{out / 'checkpoints'}: already exists; choose a new --to directory")
+    (out / workdir.TOKENIZER_DIR).mkdir(parents=True, exist_ok=True)
+    layouts.write_tokenizer(
+        out / workdir.TOKENIZER_DIR, ckpt.tokenizer, ckpt.config, ckpt.do_lower_case
+    )
+    stored = {
+        "mode": "export",
+        "head": head,
+        "model": dataclasses.asdict(ckpt.config),
+        "tokenizer": {
+            "path": str(out / workdir.TOKENIZER_DIR / "vocab.txt"),
+            "do_lower_case": layouts.tokenizer_lowercases(ckpt.tokenizer),
+        },
+        "num_labels": layouts.infer_num_labels(params, head),
+        "id2label": ckpt.labels,
+        "source": ckpt.source,
+    }
+    writer = checkpoint.Checkpointer(
+        str(out / "checkpoints"), keep=1, save_interval_steps=1, async_save=False
+    )
+    try:
+        writer.save(0, {"params": params}, data_state={}, config=stored, force=True)
+    finally:
+        writer.close()
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -121,7 +157,7 @@ def convert_checkpoint(
     elif fmt == "tf1":
         layouts.save_tf1(out, params, ckpt.config, head, ckpt.tokenizer)
     else:
-        layouts.save_bert_jax(out, params, ckpt, head)
+        write_bert_jax(out, params, ckpt, head)
     if ckpt.skipped:
         print(
             f"skipped {len(ckpt.skipped)} stored tensors that are not parameters (optimizer slots, step)"

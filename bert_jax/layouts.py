@@ -26,7 +26,7 @@ from absl import logging
 from etils import epath
 from flax import traverse_util
 
-from bert_jax import checkpoint, tf1_layout, tf_checkpoint, workdir
+from bert_jax import tf1_layout, tf_checkpoint, workdir
 from bert_jax.hf_layout import (  # noqa: F401 -- re-exported: the transformers mapping lived here
     CONFIG_FIELDS,
     config_from_hf,
@@ -410,32 +410,3 @@ def save_tf1(directory, params, config: model_lib.BertConfig, head: str, tokeniz
     prefix = str(directory / "bert_model.ckpt")
     tf1_layout.write_params(prefix, flat_params(params, head), config)
     return prefix
-
-
-def save_bert_jax(out, params, ckpt: Checkpoint, head: str) -> None:
-    """OUT/checkpoints/0 (parameters only, Orbax) + the tokenizer files in OUT/tokenizer/: a checkpoint that
-    `load_pretrained` and fine-tuning's init_checkpoint read like a workdir (see `bert_jax.workdir`)."""
-    out = workdir.absolute(out)
-    if (out / "checkpoints").exists():
-        raise ValueError(f"{out / 'checkpoints'}: already exists; choose a new --to directory")
-    (out / workdir.TOKENIZER_DIR).mkdir(parents=True, exist_ok=True)
-    write_tokenizer(out / workdir.TOKENIZER_DIR, ckpt.tokenizer, ckpt.config, ckpt.do_lower_case)
-    stored = {
-        "mode": "export",
-        "head": head,
-        "model": dataclasses.asdict(ckpt.config),
-        "tokenizer": {
-            "path": str(out / workdir.TOKENIZER_DIR / "vocab.txt"),
-            "do_lower_case": tokenizer_lowercases(ckpt.tokenizer),
-        },
-        "num_labels": infer_num_labels(params, head),
-        "id2label": ckpt.labels,
-        "source": ckpt.source,
-    }
-    writer = checkpoint.Checkpointer(
-        str(out / "checkpoints"), keep=1, save_interval_steps=1, async_save=False
-    )
-    try:
-        writer.save(0, {"params": params}, data_state={}, config=stored, force=True)
-    finally:
-        writer.close()

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import warnings
 
 import flax.linen as nn
 import jax
@@ -22,7 +23,13 @@ from flax import traverse_util
 
 from bert_jax import layouts, sharding, train_lib, workdir
 from bert_jax.data.corpus import SAMPLE_VOCAB
+from bert_jax.hf_layout import CONFIG_FIELDS
 from bert_jax.models.bert import BertConfig, build_model, stack_layers
+
+# The BertConfig fields every checkpoint layout stores: what the weights are, not how a run computes with them.
+ARCHITECTURE = tuple(CONFIG_FIELDS.values())
+# The fields a run chooses for itself (its recipe's `model`), whatever the checkpoint was trained with.
+EXECUTION = ("attention_impl", "remat_policy", "scan_layers", "embedding_gradient")
 
 
 @dataclasses.dataclass
@@ -44,8 +51,8 @@ def from_path(
 ) -> InitialWeights:
     """The top-level modules named in `heads` of a bert_jax workdir, a transformers-layout directory or an
     original TF1 checkpoint (`path` absolute or relative to the current directory). The model config takes
-    the run's dtypes and `overrides` (e.g. dropout) over the stored fields; `head` (the model the run builds)
-    is for the log line."""
+    the stored architecture (ARCHITECTURE) with the run's dtypes and `overrides` (e.g. dropout, the EXECUTION
+    fields); `head` (the model the run builds) is for the log line."""
     path = workdir.absolute(path)
     if not path.exists() and not os.path.exists(f"{path}.index"):
         raise FileNotFoundError(
@@ -53,22 +60,29 @@ def from_path(
             f"checkpoint (a relative path is read from {os.getcwd()})"
         )
     ckpt = layouts.read_checkpoint(path)
-    tree = traverse_util.unflatten_dict(ckpt.flat, sep="/")
-    if (
-        ckpt.config.scan_layers
-    ):  # stored per layer by every layout; the model scans over them stacked
-        tree["bert"] = stack_layers(tree["bert"], ckpt.config.num_layers)
-    kept = {k: v for k, v in tree.items() if k in heads}
-    logging.info(
-        "%s: restored %s for the %s head; not used: %s",
-        *(ckpt.source, sorted(kept), head, sorted(set(tree) - set(kept))),
-    )
-    fields = dataclasses.asdict(ckpt.config)
-    fields = {k: v for k, v in fields.items() if k not in ("dtype", "param_dtype")}
+    # The weights' own fields come from the checkpoint; how to run them (attention kernel, remat, scan) is the
+    # run's, so every layout of the same weights builds the same model.
+    fields = {k: v for k, v in dataclasses.asdict(ckpt.config).items() if k in ARCHITECTURE}
     model_config = train_lib.model_config(
         fields, vocab_size=ckpt.tokenizer.vocab_size, dtype=dtype, param_dtype=param_dtype,
         **overrides,
     )  # fmt: skip
+    tree = traverse_util.unflatten_dict(ckpt.flat, sep="/")
+    # Every layout stores the layers one by one; a scanning model takes them stacked.
+    if model_config.scan_layers:
+        tree["bert"] = stack_layers(tree["bert"], model_config.num_layers)
+    kept = {k: v for k, v in tree.items() if k in heads}
+    lacking = sorted(set(heads) - set(kept))
+    if lacking:
+        warnings.warn(
+            f"{ckpt.source}: {lacking} not in the checkpoint: initialised at random from the run's seed "
+            "(fine-tuning trains them)",
+            stacklevel=3,
+        )
+    logging.info(
+        "%s: restored %s for the %s head; dropped heads %s",
+        *(ckpt.source, sorted(kept), head, sorted(set(tree) - set(kept))),
+    )
     return InitialWeights(
         model_config, ckpt.tokenizer, dict(ckpt.tokenizer_spec), kept, ckpt.source
     )
@@ -76,12 +90,14 @@ def from_path(
 
 def load(config, *, head: str = "classification", heads=("bert", "classifier")) -> InitialWeights:
     """Resolves a fine-tuning config's `init_checkpoint` (see `from_path`), or "" for a random init of
-    `config.model` with `config.vocab_file`. Dropout is the fine-tuning recipe's (`config.dropout`)."""
+    `config.model` with `config.vocab_file`. Dropout is the fine-tuning recipe's (`config.dropout`), and so are
+    the EXECUTION fields of `config.model`."""
     dropout = {"hidden_dropout_prob": config.dropout, "attention_dropout_prob": config.dropout}
     if config.init_checkpoint:
+        execution = {k: config.model[k] for k in EXECUTION if k in config.model}
         return from_path(
             config.init_checkpoint, head=head, heads=heads, dtype=config.dtype,
-            param_dtype=config.param_dtype, **dropout,
+            param_dtype=config.param_dtype, **dropout, **execution,
         )  # fmt: skip
     logging.warning("no init_checkpoint: random initialisation (good for smoke tests only)")
     path = str(workdir.absolute(config.vocab_file)) if config.vocab_file else str(SAMPLE_VOCAB)
@@ -115,9 +131,15 @@ def pretraining_params(config, abstract) -> dict | None:
                 f"{weights.source}: {name} is {got} but the recipe's model wants {tuple(leaf.shape)}"
             )
     logging.info("continuing pretraining from %s (%s)", weights.source, sorted(weights.params))
-    # Stored in the recipe's param_dtype, whatever the checkpoint's.
-    cast = lambda x, want: np.asarray(x).astype(want.dtype)
-    return {k: jax.tree.map(cast, v, abstract.params[k]) for k, v in weights.params.items()}
+    # The recipe's parameters of the modules the checkpoint has, stored in the recipe's param_dtype.
+    have = traverse_util.flatten_dict(weights.params, sep="/")
+    wanted = traverse_util.flatten_dict(dict(abstract.params), sep="/")
+    kept = {
+        k: np.asarray(have[k]).astype(leaf.dtype)
+        for k, leaf in wanted.items()
+        if k.split("/")[0] in weights.params
+    }
+    return traverse_util.unflatten_dict(kept, sep="/")
 
 
 def initial_params(weights: InitialWeights, head: str, num_labels: int, mesh, rng, *, task: str):

@@ -163,21 +163,26 @@ def _find_tokenizer(path: epath.Path, named: str, source: str) -> str:
 
 def save_tokenizer(workdir, stored) -> None:
     """Copies the tokenizer that `stored` (a run's config, see `tokenizer_spec`) names into WORKDIR/tokenizer/,
-    from process 0, once: a resumed run keeps the copy its first start made."""
+    from process 0, replacing an older copy (a run started over with another vocabulary). A resumed run whose
+    source has moved since keeps the copy its first start made."""
     if jax.process_index() != 0:
         return
-    target = epath.Path(workdir) / TOKENIZER_DIR
-    if target.exists() and any(target.iterdir()):
+    target = absolute(workdir) / TOKENIZER_DIR
+    source = absolute(tokenizer_spec(stored)["path"])
+    if not source.exists() or str(source).startswith(str(target)):
         return
-    source = epath.Path(tokenizer_spec(stored)["path"])
-    target.mkdir(parents=True, exist_ok=True)
     if source.is_dir():
         names = [n for n in _TOKENIZER_FILES if (source / n).exists()]
         names += [p.name for p in source.glob("*.model")]
-        for name in names:
-            (target / name).write_bytes((source / name).read_bytes())
     else:
-        (target / source.name).write_bytes(source.read_bytes())
+        names = [source.name]
+    files = {name: (source / name if source.is_dir() else source).read_bytes() for name in names}
+    if target.exists():
+        for old in target.iterdir():
+            old.unlink()
+    target.mkdir(parents=True, exist_ok=True)
+    for name, content in files.items():
+        (target / name).write_bytes(content)
 
 
 def _labels(stored) -> list[str] | None:
