@@ -102,7 +102,9 @@ def load(config, *, head: str = "classification", heads=("bert", "classifier")) 
     logging.warning("no init_checkpoint: random initialisation (good for smoke tests only)")
     path = str(workdir.absolute(config.vocab_file)) if config.vocab_file else str(SAMPLE_VOCAB)
     spec = {"path": path, "do_lower_case": config.do_lower_case}
-    tokenizer = workdir.open_tokenizer(path, config.do_lower_case, field="vocab_file")
+    # Named as the field it is, even inside the caller's "init_checkpoint" setup step.
+    with train_lib.setup_error("vocab_file"):
+        tokenizer = workdir.open_tokenizer(path, config.do_lower_case)
     model_config = train_lib.model_config(
         config.model.to_dict(), vocab_size=tokenizer.vocab_size, dtype=config.dtype,
         param_dtype=config.param_dtype, **dropout,

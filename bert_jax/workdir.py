@@ -124,9 +124,10 @@ def tokenizer_spec(stored) -> dict:
     }
 
 
-def open_tokenizer(path, do_lower_case: bool | None, *, field: str):
-    """`load_tokenizer`, with one-line errors that name `field` and the path and say what to do."""
-    where = f"{field}: {path}"
+def open_tokenizer(path, do_lower_case: bool | None, *, field: str | None = None):
+    """`load_tokenizer`, with one-line errors that name the path (after `field`, when given) and say what to
+    do."""
+    where = f"{field}: {path}" if field else str(path)
     if not epath.Path(path).exists():
         raise FileNotFoundError(
             f"{where}: no such file or directory; give a vocab.txt, a SentencePiece .model or a tokenizer "
