@@ -17,7 +17,7 @@ __all__ = ["load_pretrained", "save_pretrained"]
 
 def __getattr__(name):
     if name in __all__:
-        from bert_jax import convert
+        from bert_jax import layouts
 
-        return getattr(convert, name)
+        return getattr(layouts, name)
     raise AttributeError(f"module 'bert_jax' has no attribute {name!r}")

@@ -1,30 +1,13 @@
-"""Getting a model out: bert_jax workdirs as checkpoints, and the conversion command.
-
-    python -m bert_jax.convert --from=PATH --to=OUT --format=transformers|bert_jax|tf1 [--head=auto]
-
-PATH is a transformers-layout directory, Google's TF1 checkpoint (directory or prefix) or a bert_jax workdir
-(pretraining or fine-tuning; `--step` picks a checkpoint, default the latest). OUT receives:
-  transformers  config.json (with num_labels/id2label), model.safetensors, vocab.txt,
-                tokenizer_config.json (do_lower_case), special_tokens_map.json
-  tf1           bert_config.json, vocab.txt, bert_model.ckpt.{index,data-00000-of-00001} (Google's names;
-                the original run_classifier.py takes it as --init_checkpoint)
-  bert_jax      OUT/checkpoints/0/ (parameters only) + vocab.txt: loads with load_pretrained(OUT)
-At the end both models run on a fixed batch (the written one through transformers/PyTorch when the
-target is the transformers layout and they are installed, else through bert_jax's reader) and the largest
-difference is printed; above --tolerance (relative to the largest output) the command fails.
-"""
+"""Getting a model out: `convert_checkpoint` writes any checkpoint in another layout and checks the result
+numerically (both models on a fixed batch). The command over it is `python -m bert_jax.convert`."""
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import os
-import sys
 
 import numpy as np
-from etils import epath
 
-from bert_jax import checkpoint, convert
+from bert_jax import checkpoint, layouts, workdir
 from bert_jax.models import bert as model_lib
 
 FORMATS = ("transformers", "bert_jax", "tf1")
@@ -39,66 +22,27 @@ _OUTPUTS = {
 
 
 # ----------------------------------------------------------------------------------------------------------
-# bert_jax workdirs and checkpoints.
+# The bert_jax layout: a workdir with parameters only.
 # ----------------------------------------------------------------------------------------------------------
-def read_workdir(path, step, overrides, do_lower_case) -> convert.Checkpoint:
-    """Reads the parameters (all heads) of a bert_jax workdir's checkpoint, with its config and tokenizer."""
-    from bert_jax.data import glue
-    from bert_jax.data.corpus import SAMPLE_VOCAB
-    from bert_jax.data.tokenizer import load_tokenizer
-
-    workdir = epath.Path(os.path.abspath(path) if "://" not in str(path) else path)
-    step, params, stored = checkpoint.restore_params(str(workdir / "checkpoints"), step)
-    source = f"{workdir / 'checkpoints' / str(step)}"
-    if "tokenizer" in stored:  # fine-tuning runs and exports
-        spec = dict(stored["tokenizer"])
-    else:  # pretraining runs: the data pipeline's tokenizer
-        data = stored.get("data", {})
-        spec = {"path": data.get("vocab_file") or str(SAMPLE_VOCAB)}
-        spec["do_lower_case"] = data.get("do_lower_case", True)
-    if not os.path.isabs(spec["path"]) and "://" not in spec["path"]:
-        spec["path"] = str(workdir / spec["path"])
-    if not epath.Path(spec["path"]).exists() and (workdir / "vocab.txt").exists():
-        spec["path"] = str(workdir / "vocab.txt")  # an exported checkpoint that was moved or copied
-    if do_lower_case is None:
-        do_lower_case = spec.get("do_lower_case")
-    tokenizer = load_tokenizer(spec["path"], do_lower_case=do_lower_case)
-    fields = {
-        k: v for k, v in stored["model"].items() if k in model_lib.BertConfig.__dataclass_fields__
-    }
-    if fields.get("vocab_size", -1) == -1:
-        fields["vocab_size"] = tokenizer.vocab_size
-    try:
-        config = model_lib.BertConfig(**{**fields, **overrides})
-    except (TypeError, ValueError) as e:
-        raise ValueError(f"{source}: stored model config: {e}") from e
-    labels = stored.get("id2label")
-    task = glue.TASKS.get(stored.get("task", ""))
-    if labels is None and task is not None and task.labels:
-        labels = list(task.labels)
-    flat = convert.flat_params(params, "pretraining")
-    head = stored.get("head") or convert._head_of(flat)
-    return convert.Checkpoint(config, flat, tokenizer, do_lower_case, source, head, labels)
-
-
-def write_bert_jax(out, params, ckpt: convert.Checkpoint, head: str) -> None:
-    """OUT/checkpoints/0 (parameters only, Orbax) + the tokenizer files: a checkpoint load_pretrained and
-    fine-tuning's init_checkpoint read like a workdir."""
-    out = epath.Path(os.path.abspath(out))
+def write_bert_jax(out, params, ckpt: layouts.Checkpoint, head: str) -> None:
+    """OUT/checkpoints/0 (parameters only, Orbax) + the tokenizer files in OUT/tokenizer/: a checkpoint that
+    `load_pretrained` and fine-tuning's init_checkpoint read like a workdir (see `bert_jax.workdir`)."""
+    out = workdir.absolute(out)
     if (out / "checkpoints").exists():
         raise ValueError(f"{out / 'checkpoints'}: already exists; choose a new --to directory")
-    out.mkdir(parents=True, exist_ok=True)
-    convert.write_tokenizer(out, ckpt.tokenizer, ckpt.config, ckpt.do_lower_case)
-    num_labels = convert.infer_num_labels(params, head)
+    (out / workdir.TOKENIZER_DIR).mkdir(parents=True, exist_ok=True)
+    layouts.write_tokenizer(
+        out / workdir.TOKENIZER_DIR, ckpt.tokenizer, ckpt.config, ckpt.do_lower_case
+    )
     stored = {
         "mode": "export",
         "head": head,
         "model": dataclasses.asdict(ckpt.config),
         "tokenizer": {
-            "path": str(out / "vocab.txt"),
-            "do_lower_case": convert.tokenizer_lowercases(ckpt.tokenizer),
+            "path": str(out / workdir.TOKENIZER_DIR / "vocab.txt"),
+            "do_lower_case": layouts.tokenizer_lowercases(ckpt.tokenizer),
         },
-        "num_labels": num_labels,
+        "num_labels": layouts.infer_num_labels(params, head),
         "id2label": ckpt.labels,
         "source": ckpt.source,
     }
@@ -138,7 +82,7 @@ def _transformers_outputs(out, head, batch):
     import torch
     import transformers
 
-    cls = getattr(transformers, convert.ARCHITECTURES[head])
+    cls = getattr(transformers, layouts.ARCHITECTURES[head])
     reference = cls.from_pretrained(str(out)).eval()
     with torch.no_grad():
         outputs = reference(**{k: torch.from_numpy(v.astype(np.int64)) for k, v in batch.items()})
@@ -158,12 +102,12 @@ def check(out, fmt, ckpt, model, params, head, tolerance) -> float:
         try:
             theirs, their_tokenizer = _transformers_outputs(out, head, batch)
             their_ids = [their_tokenizer(t)["input_ids"] for t in texts]
-            reference = f"transformers {convert.ARCHITECTURES[head]}.from_pretrained(OUT)"
+            reference = f"transformers {layouts.ARCHITECTURES[head]}.from_pretrained(OUT)"
         except ImportError:  # no torch/transformers here: bert_jax's reader is the reference
             pass
     if theirs is None:
-        written = convert.read_checkpoint(out)
-        model2, params2 = convert.build(written, head)
+        written = layouts.read_checkpoint(out)
+        model2, params2 = layouts.build(written, head)
         theirs = model2.apply({"params": params2}, **batch)
         their_ids = [written.tokenizer([t])["input_ids"][0].tolist() for t in texts]
         reference = f"bert_jax reading {out}"
@@ -186,7 +130,7 @@ def check(out, fmt, ckpt, model, params, head, tolerance) -> float:
 
 
 # ----------------------------------------------------------------------------------------------------------
-# The command.
+# The conversion.
 # ----------------------------------------------------------------------------------------------------------
 def convert_checkpoint(
     source, out, fmt, *, head="auto", do_lower_case=None, step=None, tolerance=1e-4
@@ -195,13 +139,13 @@ def convert_checkpoint(
     difference. Raises ValueError / FileNotFoundError with one line for bad input or a failed check."""
     if fmt not in FORMATS:
         raise ValueError(f"--format={fmt!r} is not one of {FORMATS}")
-    ckpt = convert.read_checkpoint(source, do_lower_case=do_lower_case, step=step)
+    ckpt = layouts.read_checkpoint(source, do_lower_case=do_lower_case, step=step)
     head = ckpt.head if head == "auto" else head
     if fmt == "tf1" and head == "token":
         raise ValueError("--format=tf1: Google's code has no token-classification head")
-    model, params = convert.build(ckpt, head)
+    model, params = layouts.build(ckpt, head)
     if fmt == "transformers":
-        convert.save_pretrained(
+        layouts.save_pretrained(
             out,
             params,
             ckpt.config,
@@ -211,7 +155,7 @@ def convert_checkpoint(
             id2label=ckpt.labels if head in ("classification", "token") else None,
         )
     elif fmt == "tf1":
-        convert.save_tf1(out, params, ckpt.config, head, ckpt.tokenizer)
+        layouts.save_tf1(out, params, ckpt.config, head, ckpt.tokenizer)
     else:
         write_bert_jax(out, params, ckpt, head)
     if ckpt.skipped:
@@ -220,33 +164,3 @@ def convert_checkpoint(
         )
     print(f"wrote {fmt} ({head} head) from {ckpt.source} to {out}")
     return check(out, fmt, ckpt, model, params, head, tolerance)
-
-
-def run(argv=None) -> None:
-    parser = argparse.ArgumentParser(
-        prog="python -m bert_jax.convert", description=__doc__.split("\n")[0]
-    )
-    parser.add_argument(
-        "--from", dest="source", required=True, help="checkpoint to read (any layout)"
-    )
-    parser.add_argument("--to", dest="out", required=True, help="output directory")
-    parser.add_argument("--format", required=True, choices=FORMATS)
-    parser.add_argument("--head", default="auto", choices=("auto", *model_lib.HEADS))
-    parser.add_argument("--do_lower_case", default="auto", choices=("auto", "true", "false"))
-    parser.add_argument(
-        "--step", type=int, default=None, help="workdir checkpoint step (default latest)"
-    )
-    parser.add_argument("--tolerance", type=float, default=1e-4)
-    args = parser.parse_args(argv)
-    lower = {"auto": None, "true": True, "false": False}[args.do_lower_case]
-    try:
-        convert_checkpoint(
-            args.source, args.out, args.format, head=args.head, do_lower_case=lower,
-            step=args.step, tolerance=args.tolerance,
-        )  # fmt: skip
-    except (ValueError, OSError) as error:
-        sys.exit(f"error: {str(error).strip().splitlines()[0]}")
-
-
-if __name__ == "__main__":
-    run()

@@ -29,6 +29,7 @@ from etils import epath
 from bert_jax import optim, reporting, sharding, startup, tasks, train_lib, warm_start
 from bert_jax.data import batching
 from bert_jax.train_lib import setup_error
+from bert_jax.workdir import save_tokenizer
 
 # The compact progress line: (label, metric key, format); accuracy where the task's loss counts hits.
 PROGRESS_FIELDS = (("loss", "train/loss", ".4f"), ("acc", "train/accuracy", ".3f"))
@@ -198,6 +199,7 @@ def _run(config, workdir, setup: startup.SetupAgreement) -> dict:
     # ------------------------------------------------------------------------------------------------------
     writer = reporting.MetricWriter(workdir, process_index=jax.process_index())
     writer.write_config(stored)
+    save_tokenizer(workdir, stored)  # the workdir carries its tokenizer: it works moved
     progress = reporting.Progress(num_train_steps, int(state.step), PROGRESS_FIELDS)
     window = reporting.MetricWindow()
     guard = train_lib.NonFiniteGuard(config.max_consecutive_nonfinite)

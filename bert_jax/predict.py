@@ -27,9 +27,9 @@ import numpy as np
 from etils import epath
 from jax.sharding import NamedSharding, PartitionSpec
 
-from bert_jax import checkpoint, metrics, sharding, tasks, train_lib
+from bert_jax import metrics, sharding, tasks, train_lib
+from bert_jax import workdir as workdir_lib
 from bert_jax.data import glue
-from bert_jax.data.tokenizer import load_tokenizer
 from bert_jax.models.bert import BertConfig, build_model
 
 FORMATS = (".tsv", ".jsonl")
@@ -66,15 +66,10 @@ def load_classifier(workdir) -> Classifier:
     if not checkpoints.is_dir():
         raise PredictError(f"--workdir={workdir}: {_not_a_run(workdir)}")
     # The stored config first: the wrong kind of workdir fails before any array is read.
-    reader = checkpoint.Checkpointer(
-        str(checkpoints), keep=1, save_interval_steps=1, async_save=False
-    )
     try:
-        _, stored = reader.read_config()
+        _, stored = workdir_lib.read_stored(workdir)
     except ValueError as error:
         raise PredictError(f"--workdir={workdir}: {error}") from None
-    finally:
-        reader.close()
     # GLUE runs: one task's ("finetune") or a suite's ("glue_suite").
     if tasks.MODES.get(stored.get("mode")) != "glue" or "num_labels" not in stored:
         raise PredictError(
@@ -87,13 +82,15 @@ def load_classifier(workdir) -> Classifier:
             "checkpoint",
             file=sys.stderr,
         )
-    step, params, stored = checkpoint.restore_params(str(checkpoints))
+    try:
+        run = workdir_lib.read(workdir)
+    except (ValueError, OSError) as error:
+        raise PredictError(f"--workdir={workdir}: {str(error).splitlines()[0]}") from None
+    step, params, stored = run.step, run.params, run.stored
     task = glue.get_task(stored["task"])
-    spec = stored["tokenizer"]
-    tokenizer = load_tokenizer(spec["path"], do_lower_case=spec["do_lower_case"])
     model = build_model(BertConfig.from_dict(stored["model"]), "classification", task.num_labels)
     return Classifier(
-        task, model, params, tokenizer,
+        task, model, params, run.tokenizer,
         max_seq_length=stored["max_seq_length"],
         eval_batch_size=stored["eval_batch_size"],
         mesh_shape=tuple(stored["mesh_shape"]),

@@ -33,6 +33,7 @@ from bert_jax.data.tfrecord import CorruptRecordError
 from bert_jax.models.bert import build_model
 from bert_jax.reporting import divide
 from bert_jax.train_lib import setup_error
+from bert_jax.workdir import save_tokenizer
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -280,6 +281,7 @@ def _run(config, workdir: str, setup: startup.SetupAgreement):
     # ------------------------------------------------------------------------------------------------------
     writer = reporting.MetricWriter(workdir, process_index=process_index, resume_step=start_step)
     writer.write_config(config)
+    save_tokenizer(workdir, config)  # the workdir carries its tokenizer: it works moved
     progress = reporting.Progress(config.num_train_steps, start_step, PROGRESS_FIELDS)
     peak, peak_source = flops.peak_flops()
     logging.info("peak %.3g FLOP/s (%s)", peak, peak_source)

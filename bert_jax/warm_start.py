@@ -1,21 +1,35 @@
 """Where a run's starting weights come from: a bert_jax workdir (pretraining or fine-tuning, parameters only),
 a transformers-layout directory, a TF1 checkpoint, or a random init (smoke tests). Returns the encoder's config,
 its tokenizer and the weights; `initial_params` builds a fine-tuning task's model around them, and
-`pretraining_params` checks them against the pretraining recipe's model to continue pretraining."""
+`pretraining_params` checks them against the pretraining recipe's model to continue pretraining.
+
+Every route reads the same way (`layouts.read_checkpoint`, which reads workdirs through `bert_jax.workdir`):
+the parameters the checkpoint holds, in bert_jax's names, nothing initialised. So the same weights reached as a
+workdir, its transformers export or its TF1 export start a fine-tuning run from the same arrays; what a task
+needs and the checkpoint lacks is initialised in one place, `initial_params`, from the run's seed.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import os
+import warnings
 
 import flax.linen as nn
 import jax
+import numpy as np
 from absl import logging
-from etils import epath
+from flax import traverse_util
 
-from bert_jax import checkpoint, convert, sharding, train_lib
+from bert_jax import layouts, sharding, train_lib, workdir
 from bert_jax.data.corpus import SAMPLE_VOCAB
-from bert_jax.data.tokenizer import load_tokenizer
-from bert_jax.models.bert import BertConfig, build_model
+from bert_jax.hf_layout import CONFIG_FIELDS
+from bert_jax.models.bert import BertConfig, build_model, stack_layers
+
+# The BertConfig fields every checkpoint layout stores: what the weights are, not how a run computes with them.
+ARCHITECTURE = tuple(CONFIG_FIELDS.values())
+# The fields a run chooses for itself (its recipe's `model`), whatever the checkpoint was trained with.
+EXECUTION = ("attention_impl", "remat_policy", "scan_layers", "embedding_gradient")
 
 
 @dataclasses.dataclass
@@ -24,74 +38,73 @@ class InitialWeights:
 
     model_config: BertConfig
     tokenizer: object
-    # {"path", "do_lower_case"}: how to load the tokenizer again.
+    # {"path", "do_lower_case"}: how to load the tokenizer again (an absolute path).
     tokenizer_spec: dict
-    # Unboxed top-level modules ({"bert": ..., maybe a head}); None = random init.
+    # Unboxed top-level modules ({"bert": ..., maybe a head}) as NumPy arrays; None = random init.
     params: dict | None
     # Where they came from, for logs and results.json (a workdir names the step actually restored).
     source: str
 
 
 def from_path(
-    path, *, head: str, heads, dtype: str, param_dtype: str, seed: int = 0, **overrides
+    path, *, heads, dtype: str, param_dtype: str, head: str = "none", **overrides
 ) -> InitialWeights:
-    """Weights from a bert_jax workdir (the top-level modules in `heads`), a transformers-layout directory or an
-    original TF1 checkpoint (`head` is what `load_pretrained` is asked for). The model config takes the run's
-    dtypes and `overrides` (e.g. dropout) over the stored fields."""
-    path = epath.Path(path)
-    if (path / "checkpoints").is_dir():
-        directory = path / "checkpoints"
-        step, params, stored = checkpoint.restore_params(str(directory))
-        if stored["mode"] == "pretrain":
-            spec = {"path": stored["data"]["vocab_file"] or str(SAMPLE_VOCAB)}
-            spec["do_lower_case"] = stored["data"]["do_lower_case"]
-        else:
-            spec = stored["tokenizer"]
-        tokenizer = load_tokenizer(spec["path"], do_lower_case=spec["do_lower_case"])
-        kept = {k: v for k, v in params.items() if k in heads}
-        dropped = sorted(set(params) - set(kept))
-        logging.info(
-            "%s step %d: restored %s; dropped heads %s", directory, step, sorted(kept), dropped
+    """The top-level modules named in `heads` of a bert_jax workdir, a transformers-layout directory or an
+    original TF1 checkpoint (`path` absolute or relative to the current directory). The model config takes
+    the stored architecture (ARCHITECTURE) with the run's dtypes and `overrides` (e.g. dropout, the EXECUTION
+    fields); `head` (the model the run builds) is for the log line."""
+    path = workdir.absolute(path)
+    if not path.exists() and not os.path.exists(f"{path}.index"):
+        raise FileNotFoundError(
+            f"{path}: no such file or directory; give a bert_jax workdir, a transformers directory or a TF1 "
+            f"checkpoint (a relative path is read from {os.getcwd()})"
         )
-        fields, source = stored["model"], f"{directory}/{step}"
-    elif (
-        (path / "config.json").exists()
-        or (path / "bert_config.json").exists()
-        or epath.Path(f"{path}.index").exists()
-    ):
-        model, kept, tokenizer = convert.load_pretrained(path, head=head, dtype=dtype, seed=seed)
-        fields = dataclasses.asdict(model.config)
-        spec, source = {"path": str(path), "do_lower_case": None}, str(path)
-        if convert.source_format(path) == "tf1":
-            # TF1 casing is inferred from the checkpoint's name, which the vocab.txt alone does not carry.
-            spec = {
-                "path": tokenizer.path,
-                "do_lower_case": convert.tokenizer_lowercases(tokenizer),
-            }
-    else:
-        raise ValueError(
-            f"{path} is neither a bert_jax workdir (no checkpoints/) nor a transformers-layout "
-            "directory (no config.json) nor an original TF1 checkpoint (no bert_config.json)"
-        )
-    fields = {k: v for k, v in fields.items() if k not in ("dtype", "param_dtype")}
+    ckpt = layouts.read_checkpoint(path)
+    # The weights' own fields come from the checkpoint; how to run them (attention kernel, remat, scan) is the
+    # run's, so every layout of the same weights builds the same model.
+    fields = {k: v for k, v in dataclasses.asdict(ckpt.config).items() if k in ARCHITECTURE}
     model_config = train_lib.model_config(
-        fields, vocab_size=tokenizer.vocab_size, dtype=dtype, param_dtype=param_dtype, **overrides
+        fields, vocab_size=ckpt.tokenizer.vocab_size, dtype=dtype, param_dtype=param_dtype,
+        **overrides,
+    )  # fmt: skip
+    tree = traverse_util.unflatten_dict(ckpt.flat, sep="/")
+    # Every layout stores the layers one by one; a scanning model takes them stacked.
+    if model_config.scan_layers:
+        tree["bert"] = stack_layers(tree["bert"], model_config.num_layers)
+    kept = {k: v for k, v in tree.items() if k in heads}
+    lacking = sorted(set(heads) - set(kept))
+    if lacking:
+        warnings.warn(
+            f"{ckpt.source}: {lacking} not in the checkpoint: initialised at random from the run's seed "
+            "(fine-tuning trains them)",
+            stacklevel=3,
+        )
+    logging.info(
+        "%s: restored %s for the %s head; dropped heads %s",
+        *(ckpt.source, sorted(kept), head, sorted(set(tree) - set(kept))),
     )
-    return InitialWeights(model_config, tokenizer, spec, kept, source)
+    return InitialWeights(
+        model_config, ckpt.tokenizer, dict(ckpt.tokenizer_spec), kept, ckpt.source
+    )
 
 
 def load(config, *, head: str = "classification", heads=("bert", "classifier")) -> InitialWeights:
     """Resolves a fine-tuning config's `init_checkpoint` (see `from_path`), or "" for a random init of
-    `config.model` with `config.vocab_file`. Dropout is the fine-tuning recipe's (`config.dropout`)."""
+    `config.model` with `config.vocab_file`. Dropout is the fine-tuning recipe's (`config.dropout`), and so are
+    the EXECUTION fields of `config.model`."""
     dropout = {"hidden_dropout_prob": config.dropout, "attention_dropout_prob": config.dropout}
     if config.init_checkpoint:
+        execution = {k: config.model[k] for k in EXECUTION if k in config.model}
         return from_path(
             config.init_checkpoint, head=head, heads=heads, dtype=config.dtype,
-            param_dtype=config.param_dtype, seed=config.seed, **dropout,
+            param_dtype=config.param_dtype, **dropout, **execution,
         )  # fmt: skip
     logging.warning("no init_checkpoint: random initialisation (good for smoke tests only)")
-    spec = {"path": config.vocab_file or str(SAMPLE_VOCAB), "do_lower_case": config.do_lower_case}
-    tokenizer = load_tokenizer(spec["path"], do_lower_case=spec["do_lower_case"])
+    path = str(workdir.absolute(config.vocab_file)) if config.vocab_file else str(SAMPLE_VOCAB)
+    spec = {"path": path, "do_lower_case": config.do_lower_case}
+    # Named as the field it is, even inside the caller's "init_checkpoint" setup step.
+    with train_lib.setup_error("vocab_file"):
+        tokenizer = workdir.open_tokenizer(path, config.do_lower_case)
     model_config = train_lib.model_config(
         config.model.to_dict(), vocab_size=tokenizer.vocab_size, dtype=config.dtype,
         param_dtype=config.param_dtype, **dropout,
@@ -106,7 +119,7 @@ def pretraining_params(config, abstract) -> dict | None:
         return None
     weights = from_path(
         config.init_checkpoint, head="pretraining", heads=("bert", "mlm", "nsp"),
-        dtype=config.dtype, param_dtype=config.param_dtype, seed=config.seed,
+        dtype=config.dtype, param_dtype=config.param_dtype,
     )  # fmt: skip
     wanted = jax.tree_util.tree_flatten_with_path(abstract.params)[0]
     have = dict(jax.tree_util.tree_flatten_with_path(weights.params)[0])
@@ -120,34 +133,50 @@ def pretraining_params(config, abstract) -> dict | None:
                 f"{weights.source}: {name} is {got} but the recipe's model wants {tuple(leaf.shape)}"
             )
     logging.info("continuing pretraining from %s (%s)", weights.source, sorted(weights.params))
-    return weights.params
+    # The recipe's parameters of the modules the checkpoint has, stored in the recipe's param_dtype.
+    have = traverse_util.flatten_dict(weights.params, sep="/")
+    wanted = traverse_util.flatten_dict(dict(abstract.params), sep="/")
+    kept = {
+        k: np.asarray(have[k]).astype(leaf.dtype)
+        for k, leaf in wanted.items()
+        if k.split("/")[0] in weights.params
+    }
+    return traverse_util.unflatten_dict(kept, sep="/")
 
 
 def initial_params(weights: InitialWeights, head: str, num_labels: int, mesh, rng, *, task: str):
     """(model, parameter shardings, parameters) of `head` with `num_labels` outputs for `task`, born sharded on
-    `mesh`: a fresh init whose top-level modules are the checkpoint's where their shapes fit.
+    `mesh`: a fresh init from `rng` in which every parameter the checkpoint holds replaces the fresh one.
 
-    A module the checkpoint lacks, or one of another shape (a classifier with another label count), is
-    initialised afresh, with a log line; checkpoint modules the head has no place for are ignored.
+    The encoder is kept leaf by leaf: a pooler the checkpoint has and the head does not use (span, token) is
+    ignored, one the head needs and the checkpoint lacks is initialised; any other encoder parameter missing or
+    of another shape is an error. A head module the checkpoint lacks, or one of another shape (a classifier with
+    another label count), is initialised afresh, with a log line; checkpoint modules the head has no place for
+    are ignored.
     """
     model = build_model(weights.model_config, head, num_labels)
     boxed = jax.eval_shape(train_lib.boxed_init(model), rng)
     shardings = sharding.logical_shardings(boxed, mesh)
+    params = train_lib.create_params(model, shardings, rng)
     if weights.params is None:
-        return model, shardings, train_lib.create_params(model, shardings, rng)
-    shapes = lambda tree: jax.tree.map(lambda x: tuple(x.shape), tree)
-    fresh, loaded = shapes(nn.unbox(boxed)), {}
+        return model, shardings, params
+    flat = lambda tree: traverse_util.flatten_dict(tree, sep="/")
+    shapes = lambda tree: {k: tuple(v.shape) for k, v in flat(tree).items()}
     # A head's width is its kernel's last dimension (Dense and DenseGeneral alike).
-    width = lambda tree: tree["kernel"][-1] if isinstance(tree, dict) and "kernel" in tree else None
-    for name, want in fresh.items():
+    width = lambda s: s["kernel"][-1] if "kernel" in s else None
+    taken = {}
+    for name in nn.unbox(boxed):
+        want = shapes(params[name])
         if name not in weights.params:
             logging.info(
                 "%s has no %s: initialised one with %s outputs", weights.source, name, width(want)
             )
             continue
         have = shapes(weights.params[name])
-        if have == want:
-            loaded[name] = weights.params[name]
+        if name == "bert":
+            taken[name] = _encoder_keys(have, want, weights.source, head)
+        elif have == want:
+            taken[name] = list(want)
         elif width(have) is not None and width(want) is not None:
             logging.warning(
                 "%s: the checkpoint's %s has %s outputs but %s needs %s: re-initialising it",
@@ -158,4 +187,30 @@ def initial_params(weights: InitialWeights, head: str, num_labels: int, mesh, rn
                 "%s: the checkpoint's %s does not fit the %s head: re-initialising it",
                 *(weights.source, name, head),
             )
-    return model, shardings, train_lib.create_params(model, shardings, rng, loaded)
+    for name, keys in taken.items():
+        stored, fresh, where = flat(weights.params[name]), flat(params[name]), flat(shardings[name])
+        for key in keys:
+            value = np.asarray(stored[key]).astype(fresh[key].dtype)
+            fresh[key] = jax.device_put(value, where[key])
+        params[name] = traverse_util.unflatten_dict(fresh, sep="/")
+    return model, shardings, params
+
+
+def _encoder_keys(have: dict, want: dict, source: str, head: str) -> list[str]:
+    """The encoder parameters to take from the checkpoint: all the model has, but a pooler the checkpoint
+    lacks (initialised, with a log line). Raises naming the first other parameter missing or misshapen."""
+    for key, shape in want.items():
+        if key in have and have[key] != shape:
+            raise ValueError(
+                f"{source}: encoder parameter bert/{key} is {have[key]} but the model wants {shape}"
+            )
+        if key not in have and not key.startswith("pooler/"):
+            raise ValueError(
+                f"{source}: encoder parameter bert/{key} is missing from the checkpoint"
+            )
+    if any(k not in have for k in want):
+        logging.info("%s has no pooler: initialised one for the %s head", source, head)
+    unused = sorted({k.split("/")[0] for k in have if k not in want})
+    if unused:
+        logging.info("%s: encoder parameters the %s head does not use: %s", source, head, unused)
+    return [k for k in want if k in have]

@@ -78,3 +78,36 @@ def test_data_imports_no_jax():
         if name.startswith("bert_jax.data"):
             jax_imports = [m for m in _imports(tree) if m.split(".")[0] in JAX_PACKAGES]
             assert not jax_imports, f"{name} imports {jax_imports}"
+
+
+def _bert_jax_imports(name, tree) -> set[str]:
+    """The bert_jax modules `name` imports (at any level: a function-level import is an import all the same)."""
+    return {m for m in _imports(tree) if m in MODULES and m != name}
+
+
+def test_no_library_module_imports_a_command():
+    commands = {n for n, t in MODULES.items() if _is_entry_point(n, t)}
+    for name, tree in MODULES.items():
+        if name in commands:
+            continue
+        imported = _bert_jax_imports(name, tree) & commands
+        assert not imported, f"{name} (a library) imports the command(s) {sorted(imported)}"
+
+
+def test_no_import_cycles():
+    graph = {name: _bert_jax_imports(name, tree) for name, tree in MODULES.items()}
+    # A package's __init__ is imported by its modules implicitly; its own lazy imports are not a cycle.
+    graph = {n: {m for m in deps if not n.startswith(m + ".")} for n, deps in graph.items()}
+    state = {}
+
+    def visit(node, path):
+        state[node] = "open"
+        for dep in sorted(graph[node]):
+            assert state.get(dep) != "open", f"import cycle: {' -> '.join([*path, node, dep])}"
+            if dep not in state:
+                visit(dep, [*path, node])
+        state[node] = "done"
+
+    for node in sorted(graph):
+        if node not in state:
+            visit(node, [])

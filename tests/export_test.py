@@ -17,7 +17,7 @@ import transformers
 from safetensors.numpy import load_file
 
 import bert_jax
-from bert_jax import checkpoint, export, optim, pretrain, tf_checkpoint
+from bert_jax import checkpoint, convert, export, optim, pretrain, tf_checkpoint
 from bert_jax.configs import glue as glue_config
 from bert_jax.data import glue
 from bert_jax.data.corpus import SAMPLE_VOCAB
@@ -36,7 +36,7 @@ def torch_run(model, **inputs):
 
 def test_tf1_to_transformers_gives_the_original_outputs(tmp_path, capsys):
     out = tmp_path / "hf"
-    export.run([f"--from={FIXTURE}", f"--to={out}", "--format=transformers"])
+    convert.run([f"--from={FIXTURE}", f"--to={out}", "--format=transformers"])
     printed = capsys.readouterr().out
     assert "vs transformers BertForPreTraining.from_pretrained(OUT)" in printed
     assert float(printed.split("max |difference| ")[1].split()[0]) < 1e-5
@@ -177,7 +177,7 @@ def test_fine_tuning_workdir_exports_with_its_labels(tmp_path):
     assert loaded["classifier"]["kernel"].shape == (24, 3)  # num_labels from the parameters
     for got, want in zip(jax.tree.leaves(loaded), jax.tree.leaves(params), strict=True):
         np.testing.assert_array_equal(got, want)
-    export.run([f"--from={tmp_path / 'ft'}", f"--to={tmp_path / 'hf'}", "--format=transformers"])
+    convert.run([f"--from={tmp_path / 'ft'}", f"--to={tmp_path / 'hf'}", "--format=transformers"])
     auto = transformers.AutoModelForSequenceClassification.from_pretrained(tmp_path / "hf").eval()
     assert [auto.config.id2label[i] for i in range(3)] == list(glue.TASKS["mnli"].labels)
     batch = tokenizer(TEXTS)
@@ -221,7 +221,7 @@ def test_save_pretrained_writes_tokenizer_files_and_infers_num_labels(tmp_path):
 def test_command_errors_are_one_line(tmp_path, capsys):
     def fails(*args):
         with pytest.raises(SystemExit) as exit_info:
-            export.run(list(args))
+            convert.run(list(args))
         message = str(exit_info.value.code)
         assert message.startswith("error: ") and "\n" not in message
         return message

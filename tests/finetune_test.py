@@ -17,8 +17,8 @@ import tensorflow_datasets as tfds
 
 from bert_jax import (
     checkpoint,
-    convert,
     finetune,
+    layouts,
     metrics,
     optim,
     sharding,
@@ -241,7 +241,7 @@ def test_starts_exactly_from_a_transformers_checkpoint(tmp_path, caplog):
     model, shardings, params = glue_initial_params(start, "mrpc", mesh, jax.random.key(1))
     assert model.config.hidden_dropout_prob == model.config.attention_dropout_prob == 0.1
     # Every tensor of the checkpoint, and nothing else, before any update; placed as the rules say.
-    ours = convert.flat_params_to_hf(params, model.config, "classification")
+    ours = layouts.flat_params_to_hf(params, model.config, "classification")
     assert sorted(ours) == sorted(k for k in torch_weights if not k.endswith("position_ids"))
     for name, value in ours.items():
         np.testing.assert_array_equal(value, torch_weights[name], err_msg=name)

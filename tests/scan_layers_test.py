@@ -12,7 +12,7 @@ import pytest
 from safetensors.numpy import load_file
 
 import bert_jax
-from bert_jax import convert, sharding
+from bert_jax import layouts, sharding
 from bert_jax.models import bert as model_lib
 
 TINY = model_lib.BertConfig(
@@ -97,8 +97,8 @@ def test_load_and_save_pretrained_keep_the_per_layer_layout(tmp_path):
     ours = smodel.apply({"params": sparams}, **batch)["last_hidden_state"]
     want = model.apply({"params": params}, **batch)["last_hidden_state"]
     np.testing.assert_allclose(ours, want, atol=2e-5, rtol=0)
-    convert.save_pretrained(tmp_path / "scanned", sparams, smodel.config)
-    convert.save_pretrained(tmp_path / "unrolled", params, model.config)
+    layouts.save_pretrained(tmp_path / "scanned", sparams, smodel.config)
+    layouts.save_pretrained(tmp_path / "unrolled", params, model.config)
     a, b = load_file(str(tmp_path / "scanned" / "model.safetensors")), load_file(str(tmp_path / "unrolled" / "model.safetensors"))  # fmt: skip
     assert sorted(a) == sorted(b) and "encoder.layer.5.output.dense.weight" in a
     for key in a:

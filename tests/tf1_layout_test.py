@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import bert_jax
-from bert_jax import convert, export, tf1_layout, tf_checkpoint
+from bert_jax import export, layouts, tf1_layout, tf_checkpoint
 
 FIXTURE = Path(__file__).parent / "testdata" / "tf1_uncased_L-2_H-36_A-3"
 ORIGINAL = np.load(FIXTURE / "outputs.npz")
@@ -232,7 +232,7 @@ def test_tf2_checkpoint_and_damaged_files_are_one_line_errors(tmp_path):
         FileNotFoundError,
         match="is neither a bert_jax workdir .no checkpoints/. nor a transformers-layout",
     ):
-        convert.source_format(tmp_path)
+        layouts.source_format(tmp_path)
 
 
 def test_fine_tuning_starts_from_a_tf1_checkpoint():
@@ -267,7 +267,7 @@ def test_run_classifier_and_run_squad_heads_compute_what_the_original_does(tmp_p
     rewrite(target, fine_tuned)
     export.convert_checkpoint(target, tmp_path / "hf", "transformers")  # --head=auto finds the head
     hf_config = json.loads((tmp_path / "hf" / "config.json").read_text())
-    assert hf_config["architectures"] == [convert.ARCHITECTURES[head]]
+    assert hf_config["architectures"] == [layouts.ARCHITECTURES[head]]
     model, params, _ = bert_jax.load_pretrained(target, head=head)
     out = model.apply({"params": params}, **original_batch())
     # The original scripts' formulas, applied to the original graph's own encoder outputs (span logits reach
