@@ -8,7 +8,8 @@ r"""Throughput, MFU, peak memory and compile time of bert_jax beside transformer
 Two measurements per implementation on identical inputs:
   fwd+bwd   forward and backward of the pretraining loss (MLM at the masked positions + NSP);
   train     a whole training step: the same plus gradient clipping and the AdamW update
-            (bert_jax: `pretrain.train_step`; reference: `BertForPreTraining` + `torch.optim.AdamW`).
+            (bert_jax: the trainer's own jitted step, built by `bert_jax.program` from the recipe at this
+            shape on one device; reference: `BertForPreTraining` + `torch.optim.AdamW`).
 The reference runs as a PyTorch user would run it: SDPA attention, on a GPU bf16 autocast (with --dtype=
 bfloat16) and the fused AdamW, and with `torch_compile` the model under `torch.compile`. Both apply dropout
 0.1 to hidden states and attention probabilities, as the paper.
@@ -28,15 +29,15 @@ import functools
 import json
 import os
 import platform
+import sys
 import time
 
-import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
-from bert_jax import flops, kernel_times, optim, pretrain
+from bert_jax import flops, kernel_times, optim, pretrain, sharding, train_lib
+from bert_jax import program as program_lib
 from bert_jax.configs import pretraining
 from bert_jax.models import bert as model_lib
 
@@ -145,27 +146,72 @@ def _jax_peak_bytes() -> int | None:
     return stats.get("peak_bytes_in_use")
 
 
-def bert_jax_timings(
-    cfg,
-    batch,
-    steps: int,
-    which: str,
-    grad_accum_steps=1,
-    prng_impl="threefry2x32",
-    model_name="base",
-    profile_dir=None,
-    optimizer=None,
+def pretraining_config(
+    model: str,
+    batch_size: int,
+    seq_length: int,
+    predictions: int,
+    *,
+    dtype: str,
+    grad_accum_steps: int = 1,
+    attention_impl: str = "auto",
+    attention_dropout_prob: float = 0.1,
+    prng_impl: str = "threefry2x32",
+    optimizer: str | None = None,
+    embedding_gradient: str = "scatter",
 ):
-    """{measure: {seconds, compile_seconds, peak_bytes}} for bert_jax.
+    """The trainer's recipe (`configs/pretraining.py`) for bert_`model` at the benchmark's shape: one phase, one
+    device, and the paper's optimizer (clipping at 1.0, AdamW with its decay mask) past a short warmup."""
+    config = pretraining.get_config(model)
+    config.model.update(
+        attention_impl=attention_impl,
+        attention_dropout_prob=attention_dropout_prob,
+        embedding_gradient=embedding_gradient,
+    )
+    config.data.update(
+        seq_length=seq_length, max_predictions_per_seq=predictions, phase2_fraction=0.0
+    )
+    config.update(
+        dtype=dtype,
+        global_batch_size=batch_size,
+        grad_accum_steps=grad_accum_steps,
+        prng_impl=prng_impl,
+        mesh_shape=(1, 1, 1),
+        warmup_steps=10,
+        num_train_steps=1000,
+    )
+    if optimizer:
+        config.optimizer = optimizer
+    return config
+
+
+def build_program(config) -> program_lib.Program:
+    """`pretrain.run`'s program for `config` (`bert_jax.program.build`) on the first device."""
+    mesh = train_lib.make_mesh(
+        config.mesh_shape,
+        {"global_batch_size": config.global_batch_size},
+        config.grad_accum_steps,
+        devices=jax.devices()[:1],
+    )
+    return program_lib.build(
+        config,
+        mesh,
+        config.model.vocab_size,
+        objective=pretrain.objective,
+        train_step=pretrain.train_step,
+        eval_step=pretrain.eval_step,
+    )
+
+
+def bert_jax_timings(program: program_lib.Program, batch, steps: int, which: str, profile_dir=None):
+    """{measure: {seconds, compile_seconds, peak_bytes}} for bert_jax's `program` (`build_program`).
 
     With `profile_dir`, `PROFILE_STEPS` more train steps run under `jax.profiler.trace` after the timing.
     """
-    model = model_lib.BertForPreTraining(cfg)
-    # The key is an argument: a constant key lets XLA constant-fold the whole random init on the host
-    # (minutes on a GPU host for bert_base).
-    params = jax.jit(lambda key: nn.unbox(model_lib.init_params(model, key)))(jax.random.key(0))
-    batch = jax.tree.map(jnp.asarray, batch)
-    rng = jax.random.key(1, impl=prng_impl)
+    # Born on the program's shardings, as the trainer's (the key is an argument of the jitted init).
+    state = train_lib.create_state(program.model, program.tx, program.abstract, jax.random.key(0))
+    batch = sharding.host_to_global(batch, program.mesh)
+    rng = jax.device_put(train_lib.dropout_key(program.config), program.abstract_rng().sharding)
     out = {}
 
     def measure(jitted, args, step, state, profile=False):
@@ -183,32 +229,16 @@ def bert_jax_timings(
         }
 
     if which in ("both", "fwdbwd"):
-        objective = functools.partial(pretrain.objective, model=model)
-        grad = jax.jit(jax.grad(lambda p, b, r: objective(p, b, r)[0]))
+        grad = jax.jit(jax.grad(lambda p, b, r: program.objective(p, b, r)[0]))
+        params = state.params
         # The state threads (params, last gradients) so that timing blocks on the gradients.
         out["fwd+bwd"] = measure(
             grad, (params, batch, rng), lambda g, s: (s[0], g(s[0], batch, rng)), (params, None)
         )
     if which in ("both", "train"):
-        # The paper's optimizer as the recipes set it: clipping at 1.0, AdamW with its decay mask.
-        config = pretraining.get_config(model_name)
-        config.update(warmup_steps=10, num_train_steps=1000)
-        if optimizer:
-            config.optimizer = optimizer
-        tx, schedule = optim.make_optimizer(config), optim.make_schedule(config)
-        state = jax.jit(lambda p: optim.TrainState.create(p, tx))(params)
-        step = jax.jit(
-            functools.partial(
-                pretrain.train_step,
-                model=model,
-                tx=tx,
-                schedule=schedule,
-                grad_accum_steps=grad_accum_steps,
-            ),
-            donate_argnums=0,
-        )
+        # The trainer's jitted step: its shardings, its donated state.
         out["train"] = measure(
-            step,
+            program.train_step,
             (state, batch, rng),
             lambda c, s: c(s, batch, rng)[0],
             state,
@@ -321,13 +351,21 @@ def run(
     unknown = sorted(set(references) - set(REFERENCES))
     if unknown:
         raise app.UsageError(f"--reference {unknown} not among {REFERENCES}")
-    cfg = model_lib.BertConfig(
-        **model_lib.PRESETS[model],
+    config = pretraining_config(
+        model,
+        batch_size,
+        seq_length,
+        predictions,
         dtype=dtype,
+        grad_accum_steps=grad_accum_steps,
         attention_impl=attention_impl,
         attention_dropout_prob=attention_dropout_prob,
+        prng_impl=prng_impl,
+        optimizer=optimizer,
         embedding_gradient=embedding_gradient,
     )
+    # The program's model config, before any JAX device is touched (the references run first).
+    cfg = program_lib.model_config(config, config.model.vocab_size)
     if data == "corpus":
         batch = corpus_batch(model, batch_size, seq_length, predictions)
         if int(batch["input_ids"].max()) >= cfg.vocab_size:
@@ -352,17 +390,7 @@ def run(
         )
         if torch.cuda.is_available():
             torch.cuda.empty_cache()  # hand the memory back before JAX's allocator takes its share
-    ours = bert_jax_timings(
-        cfg,
-        batch,
-        steps,
-        which,
-        grad_accum_steps,
-        prng_impl,
-        model,
-        profile_dir=profile_dir,
-        optimizer=optimizer,
-    )
+    ours = bert_jax_timings(build_program(config), batch, steps, which, profile_dir=profile_dir)
     results = {"bert_jax": ours} | results
     step_flops = flops.model_flops_per_sequence(cfg, seq_length, predictions) * batch_size
     peak, peak_source = flops.peak_flops()
@@ -425,24 +453,28 @@ def format_rows(rows) -> str:
 
 def main(argv):
     del argv
-    result = run(
-        _MODEL.value,
-        _BATCH.value,
-        _LENGTH.value,
-        _PREDICTIONS.value,
-        dtype=_DTYPE.value,
-        references=tuple(_REFERENCE.value),
-        steps=_STEPS.value,
-        which=_ONLY.value,
-        grad_accum_steps=_ACCUM.value,
-        attention_impl=_ATTENTION.value,
-        attention_dropout_prob=_ATTENTION_DROPOUT.value,
-        prng_impl=_PRNG.value,
-        profile_dir=_PROFILE.value,
-        optimizer=_OPTIMIZER.value,
-        data=_DATA.value,
-        embedding_gradient=_EMBEDDING_GRADIENT.value,
-    )
+    try:
+        # A shape the model cannot take (longer than its positions, a batch accumulation cannot split).
+        result = run(
+            _MODEL.value,
+            _BATCH.value,
+            _LENGTH.value,
+            _PREDICTIONS.value,
+            dtype=_DTYPE.value,
+            references=tuple(_REFERENCE.value),
+            steps=_STEPS.value,
+            which=_ONLY.value,
+            grad_accum_steps=_ACCUM.value,
+            attention_impl=_ATTENTION.value,
+            attention_dropout_prob=_ATTENTION_DROPOUT.value,
+            prng_impl=_PRNG.value,
+            profile_dir=_PROFILE.value,
+            optimizer=_OPTIMIZER.value,
+            data=_DATA.value,
+            embedding_gradient=_EMBEDDING_GRADIENT.value,
+        )
+    except train_lib.SetupError as error:
+        sys.exit(f"error: {error}")
     s = result["setup"]
     print(
         f"backend {s['backend']} ({s['device']}), {s['device_count']} device(s), {s['cpu_cores']} CPU cores, "

@@ -3,9 +3,9 @@
     python -m bert_jax.compile --config=configs/bert_large.py --topology=v5e-16 [--json] [--num_slices=2] \
         [--config.mesh_shape='(1,16,1)'] [--config.model.remat_policy=dots] [--config.dtype=bfloat16]
 
-libtpu (the `[tpu]` extra) describes the topology's chips (`jax.experimental.topologies`); the real pretraining
-train step at the phase-1 and phase-2 lengths and the eval step are lowered and compiled for them, and for each
-the per-chip memory (parameters + optimizer state, temporaries, total against the chip's HBM), the compiled
+libtpu (the `[tpu]` extra) describes the topology's chips (`jax.experimental.topologies`); the program
+`pretrain.run` trains with (`bert_jax.program.build`), its train step at the phase-1 and phase-2 shapes and its
+eval step, is lowered and compiled for them, and for each the per-chip memory (parameters + optimizer state, temporaries, total against the chip's HBM), the compiled
 against the counted model FLOPs and the collectives in the compiled HLO are printed. Exit status 1 if a step
 does not fit.
 """
@@ -13,7 +13,7 @@ does not fit.
 from __future__ import annotations
 
 import dataclasses
-import functools
+import hashlib
 import importlib.util
 import json
 import math
@@ -24,10 +24,9 @@ import time
 
 import jax
 from absl import app, flags, logging
-from jax.sharding import NamedSharding, PartitionSpec
 
-from bert_jax import flops, main, optim, pretrain, sharding, train_lib
-from bert_jax.models.bert import build_model
+from bert_jax import main, pretrain, train_lib
+from bert_jax import program as program_lib
 
 GiB = 2**30
 # HBM per chip (bytes) and the topology_name prefix libtpu accepts, by generation. v4 and v5p chips hold two
@@ -130,19 +129,6 @@ def topology_devices(topology: Topology, num_slices: int = 1) -> list:
 # ----------------------------------------------------------------------------------------------------------
 # Compiling the steps.
 # ----------------------------------------------------------------------------------------------------------
-def _abstract_batch(batch_size: int, length: int, predictions: int, data_sharding):
-    spec = lambda shape, dtype="int32": jax.ShapeDtypeStruct(shape, dtype, sharding=data_sharding)
-    return {
-        "input_ids": spec((batch_size, length)),
-        "token_type_ids": spec((batch_size, length)),
-        "attention_mask": spec((batch_size, length)),
-        "masked_lm_positions": spec((batch_size, predictions)),
-        "masked_lm_ids": spec((batch_size, predictions)),
-        "masked_lm_weights": spec((batch_size, predictions), "float32"),
-        "next_sentence_labels": spec((batch_size,)),
-    }
-
-
 def _bytes_per_device(tree) -> int:
     """Bytes one device holds of a tree of sharded `jax.ShapeDtypeStruct`s."""
     return sum(
@@ -160,82 +146,63 @@ def count_collectives(hlo_text: str) -> dict[str, int]:
 
 
 STEPS = ("phase1", "phase2", "eval")
+# The vocabulary is the tokenizer's when model.vocab_size is -1; BERT's uncased WordPiece size stands in here.
+STAND_IN_VOCAB_SIZE = 30522
 
 
-def compile_steps(config, devices, hbm_bytes: int, steps=STEPS) -> list[dict]:
-    """Compiles pretraining's train step (phase-1 and phase-2 lengths) and eval step for `devices`.
+def compile_steps(
+    config, devices, hbm_bytes: int, steps=STEPS, vocab_size: int = STAND_IN_VOCAB_SIZE
+) -> list[dict]:
+    """Compiles pretraining's train step (phase-1 and phase-2 shapes) and eval step for `devices`.
 
-    `steps`: which of STEPS to compile ("eval" runs at the longest length the schedule trains at).
+    The program is `bert_jax.program.build`'s, the one `pretrain.run` trains with; the phases are
+    `data/phases.py`'s ("phase2" is skipped when the run has none; "eval" is at the eval batches' shape).
 
-    Returns one report per step: per-device bytes, FLOPs, collectives and whether it fits `hbm_bytes`.
-    A step the compiler itself rejects for memory comes back with `fits` False and the compiler's line.
+    Returns one report per step: per-device bytes, FLOPs, collectives, a fingerprint of the lowered program and
+    whether it fits `hbm_bytes`. A step the compiler itself rejects for memory comes back with `fits` False and
+    the compiler's line.
     """
-    # The vocabulary is the tokenizer's when vocab_size is -1; BERT's uncased WordPiece size stands in here.
-    with train_lib.setup_error("model"):
-        model_config = train_lib.model_config(
-            config.model.to_dict(),
-            vocab_size=30522,
-            dtype=config.dtype,
-            param_dtype=config.param_dtype,
-        )
-    k = config.grad_accum_steps
     mesh = train_lib.make_mesh(
         config.mesh_shape,
         {"global_batch_size": config.global_batch_size},
-        k,
+        config.grad_accum_steps,
         dcn_mesh_shape=config.get("dcn_mesh_shape"),
         devices=devices,
     )
-    chips = mesh.devices.size
-    tx, schedule = optim.make_optimizer(config), optim.make_schedule(config)
-    model = build_model(model_config, head="pretraining")
-    # Exactly what pretrain.run jits: the same abstract state, shardings, mesh context and donation.
-    state = train_lib.abstract_state(model, tx, mesh)
-    step_fn = functools.partial(
-        pretrain.train_step, model=model, tx=tx, schedule=schedule, grad_accum_steps=k
+    program = program_lib.build(
+        config,
+        mesh,
+        vocab_size,
+        objective=pretrain.objective,
+        train_step=pretrain.train_step,
+        eval_step=pretrain.eval_step,
     )
-    train = train_lib.jit_step(step_fn, state, mesh)
-    evaluate = train_lib.jit_eval(functools.partial(pretrain.eval_step, model=model), state, mesh)
-    rng = jax.eval_shape(lambda: train_lib.dropout_key(config))
-    rng = jax.ShapeDtypeStruct(rng.shape, rng.dtype, sharding=NamedSharding(mesh, PartitionSpec()))
-    data_sharding = sharding.batch_sharding(mesh)
-    data = config.data
-    lengths = {
-        "phase1": (data.seq_length, data.max_predictions_per_seq),
-        "phase2": (data.phase2_seq_length, data.phase2_max_predictions_per_seq),
-    }
-    if data.phase2_fraction <= 0:  # no phase 2: eval at the phase-1 length
-        lengths["phase2"] = lengths["phase1"]
-        steps = [s for s in steps if s != "phase2"]
+    chips = mesh.devices.size
     names = {"phase1": "train phase 1", "phase2": "train phase 2", "eval": "eval"}
-    todo = [(names[s], *lengths.get(s, lengths["phase2"])) for s in steps]
-    state_bytes = _bytes_per_device(state)
+    present = {p.name for p in program.phases} | {"eval"}
+    state_bytes = _bytes_per_device(program.abstract)
     reports = []
-    for name, length, predictions in todo:
-        logging.info("compiling %s (length %d) for %d chips", name, length, chips)
-        batch = _abstract_batch(config.global_batch_size, length, predictions, data_sharding)
-        step, args = (
-            (train, (state, batch, rng)) if name != "eval" else (evaluate, (state.params, batch))
-        )
-        model_flops = config.global_batch_size * flops.model_flops_per_sequence(
-            model_config, length, predictions
-        )
+    for step in [s for s in steps if s in present]:
+        name, phase = names[step], program.phase(step)
+        logging.info("compiling %s (length %d) for %d chips", name, phase.seq_length, chips)
+        model_flops = program.model_flops(phase)
         report = {
             "step": name,
-            "seq_length": length,
-            "sequences_per_chip": config.global_batch_size / chips,
+            "seq_length": phase.seq_length,
+            "sequences_per_chip": phase.global_batch_size / chips,
             "params_and_optimizer_bytes": state_bytes
-            if name != "eval"
-            else _bytes_per_device(state.params),
-            "model_flops": (model_flops if name != "eval" else model_flops / 3) / chips,
+            if step != "eval"
+            else _bytes_per_device(program.abstract.params),
+            "model_flops": (model_flops if step != "eval" else model_flops / 3) / chips,
             "hbm_bytes": hbm_bytes,
             # XLA's cost analysis counts a loop body once: with scan_layers, compiled FLOPs cover one layer.
-            "scan_layers": model_config.scan_layers,
+            "scan_layers": program.model_config.scan_layers,
         }
         # Wall time, and CPU time (this process), which does not depend on how busy the machine is.
         start, start_cpu = time.perf_counter(), time.process_time()
         try:
-            compiled = step.lower(*args).compile()
+            lowered = program.lower(step)
+            compiled = lowered.compile()
         except Exception as error:  # noqa: BLE001 (the TPU compiler reports running out of HBM this way)
             text = str(error)
             if "RESOURCE_EXHAUSTED" not in text and "exceeds" not in text.lower():
@@ -246,7 +213,11 @@ def compile_steps(config, devices, hbm_bytes: int, steps=STEPS) -> list[dict]:
             continue
         report["compile_seconds"] = time.perf_counter() - start
         report["compile_cpu_seconds"] = time.process_time() - start_cpu
-        memory, cost = compiled.memory_analysis(), compiled.cost_analysis()
+        memory, cost, text = (
+            compiled.memory_analysis(),
+            compiled.cost_analysis(),
+            compiled.as_text(),
+        )
         cost = cost[0] if isinstance(cost, list | tuple) else cost
         total = (
             memory.argument_size_in_bytes
@@ -263,10 +234,17 @@ def compile_steps(config, devices, hbm_bytes: int, steps=STEPS) -> list[dict]:
             total_bytes=total,
             fits=total <= hbm_bytes,
             compiled_flops=float(cost.get("flops", math.nan)),
-            collectives=count_collectives(compiled.as_text()),
+            collectives=count_collectives(text),
+            hlo_fingerprint=hlo_fingerprint(lowered.as_text()),
         )
         reports.append(report)
     return reports
+
+
+def hlo_fingerprint(hlo_text: str) -> str:
+    """A short hash of a lowered program's text (StableHLO, without source locations, which would tell two
+    call sites of one builder apart): equal exactly when the programs handed to the compiler are."""
+    return hashlib.sha256(hlo_text.encode()).hexdigest()[:16]
 
 
 def _memory_error_line(text: str) -> str:

@@ -21,16 +21,15 @@ from bert_jax import (
     checkpoint,
     flops,
     losses,
-    optim,
     reporting,
     sharding,
     startup,
     train_lib,
     warm_start,
 )
+from bert_jax import program as program_lib
 from bert_jax.data.loader import make_eval_batches, make_pretraining_loader
 from bert_jax.data.tfrecord import CorruptRecordError
-from bert_jax.models.bert import build_model
 from bert_jax.reporting import divide
 from bert_jax.train_lib import setup_error
 from bert_jax.workdir import save_tokenizer
@@ -192,45 +191,22 @@ def _run(config, workdir: str, setup: startup.SetupAgreement):
             )
 
     # ------------------------------------------------------------------------------------------------------
-    # Model and train state, born sharded: shapes -> logical axes -> shardings -> jit(init, out_shardings).
+    # The program: model, optimizer, abstract state (shapes -> logical axes -> shardings) and the steps jitted
+    # with explicit shardings and a donated state; the compile check and the benchmark build the same one.
     # ------------------------------------------------------------------------------------------------------
-    with setup_error("model"):
-        # The loader's tokenizer decides the ids.
-        model_config = train_lib.model_config(
-            config.model.to_dict(),
-            vocab_size=loader.tokenizer.vocab_size,
-            dtype=config.dtype,
-            param_dtype=config.param_dtype,
-        )
-        for length in {loader.seq_length(0), loader.seq_length(config.num_train_steps - 1)}:
-            if length > model_config.max_position_embeddings:
-                raise ValueError(
-                    f"seq_length {length} > max_position_embeddings {model_config.max_position_embeddings}"
-                )
-    with setup_error("optimizer"):
-        # Accumulation happens inside train_step (one loop step = one update).
-        tx = optim.make_optimizer(config)
-        schedule = optim.make_schedule(config)
-    model = build_model(model_config, head="pretraining")
-    abstract = train_lib.abstract_state(model, tx, mesh)
+    # The loader's tokenizer decides the ids.
+    program = program_lib.build(
+        config,
+        mesh,
+        loader.tokenizer.vocab_size,
+        objective=objective,
+        train_step=train_step,
+        eval_step=eval_step,
+    )
+    model_config, abstract = program.model_config, program.abstract
+    p_train_step, p_eval_step = program.train_step, program.eval_step
     num_params = sum(x.size for x in jax.tree.leaves(abstract.params))
     logging.info("model %s: %s parameters", config.size, f"{num_params:,}")
-
-    # ------------------------------------------------------------------------------------------------------
-    # Steps, jitted with explicit shardings; the state is donated (updated in place).
-    # ------------------------------------------------------------------------------------------------------
-    p_train_step = train_lib.jit_step(
-        functools.partial(
-            train_step,
-            model=model,
-            tx=tx,
-            schedule=schedule,
-            grad_accum_steps=config.grad_accum_steps,
-        ),
-        abstract,
-        mesh,
-    )
-    p_eval_step = train_lib.jit_eval(functools.partial(eval_step, model=model), abstract, mesh)
     dropout_rng = train_lib.dropout_key(config)
 
     # ------------------------------------------------------------------------------------------------------
@@ -266,7 +242,9 @@ def _run(config, workdir: str, setup: startup.SetupAgreement):
     else:
         with setup_error("init_checkpoint"):
             params = warm_start.pretraining_params(config, abstract)
-        state = train_lib.create_state(model, tx, abstract, jax.random.key(config.seed), params)
+        state = train_lib.create_state(
+            program.model, program.tx, abstract, jax.random.key(config.seed), params
+        )
     setup.state_ready()
     start_step = int(state.step)
     if start_step >= config.num_train_steps:

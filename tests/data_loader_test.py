@@ -8,6 +8,7 @@ import pytest
 from bert_jax.configs.pretraining import data_config
 from bert_jax.data import corpus as corpus_lib
 from bert_jax.data import loader as loader_lib
+from bert_jax.data.phases import Phase, eval_phase, pretraining_phases
 
 NUM_DOCS = 120
 FILLER = [f"w{i}" for i in range(40)]
@@ -172,6 +173,36 @@ def test_phases_switch_length_at_the_configured_step(tagged):
     no_phase2 = _config(f"{d}/part-*.txt", vocab, phase2_fraction=0.0)
     loader = loader_lib.make_pretraining_loader(no_phase2, global_batch_size=4, num_train_steps=50)
     assert loader.seq_length(49) == 48
+
+
+def test_the_phase_rule_is_the_paper_split_and_the_loaders(tagged):
+    cfg = _config("unused", "unused")
+    assert pretraining_phases(cfg, num_train_steps=50, global_batch_size=8) == (
+        Phase("phase1", 0, 48, 8, 8), Phase("phase2", 45, 96, 16, 8),
+    )  # fmt: skip
+    # The switch is round(steps * (1 - fraction)): 0.9 of 1,000,000 steps at 128 tokens, as the recipe.
+    paper = _config("unused", "unused", seq_length=128, max_predictions_per_seq=20,
+                    phase2_seq_length=512, phase2_max_predictions_per_seq=80)  # fmt: skip
+    assert pretraining_phases(paper, num_train_steps=10**6, global_batch_size=256)[1] == Phase(
+        "phase2", 900_000, 512, 80, 256
+    )
+    # A fraction that rounds to no steps leaves no phase 2 (the compile check used to compile one anyway).
+    for fraction in (0.0, 0.005):
+        short = _config("unused", "unused", phase2_fraction=fraction)
+        assert pretraining_phases(short, num_train_steps=50, global_batch_size=8) == (
+            Phase("phase1", 0, 48, 8, 8),
+        )
+    # The held-out batches are phase 1's shape, in both phases.
+    assert eval_phase(cfg, global_batch_size=8) == Phase("eval", 0, 48, 8, 8)
+    d, vocab = tagged
+    cfg = _config(f"{d}/part-*.txt", vocab, phase2_fraction=0.3, eval_holdout_modulus=10)
+    loader = loader_lib.make_pretraining_loader(cfg, global_batch_size=4, num_train_steps=10)
+    assert loader.get_state(0)["phases"] == [
+        [p.start_step, p.seq_length, p.max_predictions]
+        for p in pretraining_phases(cfg, num_train_steps=10, global_batch_size=4)
+    ] == [[0, 48, 8], [7, 96, 16]]  # fmt: skip
+    (batch,) = loader_lib.make_eval_batches(cfg, global_batch_size=4, num_batches=1)
+    assert batch["input_ids"].shape == (4, 48) and batch["masked_lm_ids"].shape == (4, 8)
 
 
 def test_eval_batches_are_fixed_and_held_out(tagged, tmp_path):

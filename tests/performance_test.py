@@ -14,6 +14,7 @@ import pytest
 
 from bert_jax import benchmark, gpu_matrix, pretrain, sharding, train_lib
 from bert_jax.configs import bert_tiny
+from bert_jax.data.phases import Phase
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -71,6 +72,26 @@ def test_benchmark_rows_on_a_tiny_model():
         assert r["peak_bytes"] is None  # a CPU has no device allocator statistics
     text = benchmark.format_rows(result["rows"])
     assert text.splitlines()[1].split()[:2] == ["bert_jax", "fwd+bwd"]
+
+
+def test_the_benchmark_times_the_trainers_program(monkeypatch):
+    built, build = [], benchmark.program_lib.build
+    monkeypatch.setattr(
+        benchmark.program_lib, "build", lambda *a, **k: built.append(build(*a, **k)) or built[-1]
+    )
+    result = benchmark.run(
+        "tiny", 4, 16, 3, dtype="float32", references=(), steps=1, which="train", grad_accum_steps=2
+    )
+    assert [(r["implementation"], r["measure"]) for r in result["rows"]] == [("bert_jax", "train")]
+    (program,) = built
+    # The trainer's program at the benchmark's shape, on one device: one phase, the flags' model.
+    assert program.phases == (Phase("phase1", 0, 16, 3, 4),)
+    assert dict(program.mesh.shape) == {"data": 1, "fsdp": 1, "tensor": 1}
+    assert (program.config.grad_accum_steps, program.config.optimizer) == (2, "bert_adam")
+    assert program.model_config == benchmark.model_lib.BertConfig(
+        **benchmark.model_lib.PRESETS["tiny"], dtype="float32", attention_impl="auto",
+        attention_dropout_prob=0.1, embedding_gradient="scatter",
+    )  # fmt: skip
 
 
 def test_corpus_batch_is_the_trainers_data():

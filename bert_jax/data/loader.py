@@ -26,6 +26,7 @@ from absl import logging
 
 from bert_jax.data import corpus as corpus_lib
 from bert_jax.data import instances, masking, packing, records
+from bert_jax.data.phases import eval_phase, pretraining_phases
 from bert_jax.data.streams import (
     CorpusStream,
     RecordStream,
@@ -360,16 +361,16 @@ def make_pretraining_loader(
     seed: int = 0,
     row_multiple: int = 1,
 ) -> PretrainingLoader:
-    """The training loader: length `seq_length` until phase 2, then `phase2_seq_length`.
+    """The training loader: length `seq_length` until phase 2, then `phase2_seq_length` (`phases.py`).
 
     With `data.packing`, batches are packed into a step-dependent number of rows, always a
     multiple of `row_multiple` (pass the host's local device count so rows split evenly).
     """
     cfg = data_config
-    phase2_start = round(num_train_steps * (1 - cfg.phase2_fraction))
-    phases = [(0, cfg.seq_length, cfg.max_predictions_per_seq)]
-    if phase2_start < num_train_steps:
-        phases.append((phase2_start, cfg.phase2_seq_length, cfg.phase2_max_predictions_per_seq))
+    rule = pretraining_phases(
+        cfg, num_train_steps=num_train_steps, global_batch_size=global_batch_size
+    )
+    phases = [(p.start_step, p.seq_length, p.max_predictions) for p in rule]
     logging.info("data phases (start_step, seq_length, max_predictions): %s", phases)
     loader = _build(
         cfg,
@@ -405,8 +406,9 @@ def make_eval_batches(
     instance files the last 1/`eval_holdout_modulus` of their records.
     """
     cfg = data_config
-    length = seq_length or cfg.seq_length
-    max_pred = max_predictions or cfg.max_predictions_per_seq
+    shape = eval_phase(cfg, global_batch_size=global_batch_size)
+    length = seq_length or shape.seq_length
+    max_pred = max_predictions or shape.max_predictions
     loader = _build(
         cfg,
         batch_size=_per_host(global_batch_size, process_count),

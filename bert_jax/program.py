@@ -1,0 +1,165 @@
+"""The pretraining program, built in one place for the loop, the compile check and the benchmark.
+
+`build(config, mesh, vocab_size, ...)` makes everything pretraining's steps are compiled from: the model config
+and module, the objective bound to the model, the optimizer and its schedule, the train state's shapes and
+shardings (nothing allocated), the phases (`data/phases.py`) with each one's abstract batch, and the train and
+eval steps jitted with explicit shardings and a donated state. `pretrain.run` trains with it, `bert_jax.compile`
+lowers and compiles the same jitted functions at the same abstract arguments for a TPU topology, and
+`bert_jax.benchmark` times its train step: MaxText's habit, where the ahead-of-time check compiles what
+training runs because both call one builder.
+
+The objective's pure functions come from the caller (today `pretrain.objective`, `pretrain.train_step` and
+`pretrain.eval_step`): this is a library module, and a library may not import a loop.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Callable
+
+import jax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from bert_jax import flops, optim, sharding, train_lib
+from bert_jax.data.phases import Phase, eval_phase, pretraining_phases
+from bert_jax.models.bert import BertConfig, build_model
+
+
+@dataclasses.dataclass(frozen=True)
+class Program:
+    """A pretraining run's model, optimizer, abstract state, phases and jitted steps on one mesh."""
+
+    config: object
+    mesh: Mesh
+    model_config: BertConfig
+    model: object
+    # (params, batch, rng) -> (loss, aux): the objective bound to the model.
+    objective: Callable
+    tx: object
+    schedule: Callable
+    # The train state's shapes, dtypes and shardings (`jax.ShapeDtypeStruct`s).
+    abstract: optim.TrainState
+    # The training phases in step order, and the held-out batches' shape.
+    phases: tuple[Phase, ...]
+    eval_phase: Phase
+    # (state, batch, rng) -> (state, metrics), jitted; donates the state.
+    train_step: Callable
+    # (params, batch) -> metric sums, jitted.
+    eval_step: Callable
+
+    def phase(self, name: str) -> Phase:
+        """The phase called `name`: "phase1", "phase2" (only when the run has one) or "eval"."""
+        found = {p.name: p for p in (*self.phases, self.eval_phase)}
+        if name not in found:
+            raise KeyError(f"{name!r}: this run's phases are {sorted(found)}")
+        return found[name]
+
+    def abstract_batch(self, phase: Phase) -> dict[str, jax.ShapeDtypeStruct]:
+        """A global batch of `phase`'s shape as the loader makes it, split over the data-parallel axes."""
+        data = sharding.batch_sharding(self.mesh)
+        spec = lambda shape, dtype="int32": jax.ShapeDtypeStruct(shape, dtype, sharding=data)
+        rows, length, predictions = phase.global_batch_size, phase.seq_length, phase.max_predictions
+        return {
+            "input_ids": spec((rows, length)),
+            "token_type_ids": spec((rows, length)),
+            "attention_mask": spec((rows, length)),
+            "masked_lm_positions": spec((rows, predictions)),
+            "masked_lm_ids": spec((rows, predictions)),
+            "masked_lm_weights": spec((rows, predictions), "float32"),
+            "next_sentence_labels": spec((rows,)),
+        }
+
+    def abstract_rng(self) -> jax.ShapeDtypeStruct:
+        """The dropout key's root (`train_lib.dropout_key`), replicated."""
+        key = jax.eval_shape(lambda: train_lib.dropout_key(self.config))
+        replicated = NamedSharding(self.mesh, PartitionSpec())
+        return jax.ShapeDtypeStruct(key.shape, key.dtype, sharding=replicated)
+
+    def lower(self, name: str) -> jax.stages.Lowered:
+        """The train step at phase `name`'s shape, or the eval step for "eval", lowered at abstract arguments."""
+        batch = self.abstract_batch(self.phase(name))
+        if name == "eval":
+            return self.eval_step.lower(self.abstract.params, batch)
+        return self.train_step.lower(self.abstract, batch, self.abstract_rng())
+
+    def model_flops(self, phase: Phase) -> float:
+        """Model FLOPs of one training step at `phase`'s shape, all devices together (forward + backward)."""
+        per_sequence = flops.model_flops_per_sequence(
+            self.model_config, phase.seq_length, phase.max_predictions
+        )
+        return phase.global_batch_size * per_sequence
+
+
+def phases_of(config) -> tuple[tuple[Phase, ...], Phase]:
+    """(the training phases, the eval batches' phase) of a pretraining config (`data/phases.py`'s rule)."""
+    size = config.global_batch_size
+    train = pretraining_phases(
+        config.data, num_train_steps=config.num_train_steps, global_batch_size=size
+    )
+    return train, eval_phase(config.data, global_batch_size=size)
+
+
+def model_config(config, vocab_size: int) -> BertConfig:
+    """The model's BertConfig (`vocab_size`: the tokenizer's, taken when `model.vocab_size` is -1), checked to
+    have a position for every token of every phase. Raises SetupError naming `model`."""
+    train, evaluate = phases_of(config)
+    with train_lib.setup_error("model"):
+        model = train_lib.model_config(
+            config.model.to_dict(),
+            vocab_size=vocab_size,
+            dtype=config.dtype,
+            param_dtype=config.param_dtype,
+        )
+        for length in sorted({p.seq_length for p in (*train, evaluate)}):
+            if length > model.max_position_embeddings:
+                raise ValueError(
+                    f"seq_length {length} > max_position_embeddings {model.max_position_embeddings}"
+                )
+    return model
+
+
+def build(
+    config,
+    mesh: Mesh,
+    vocab_size: int,
+    *,
+    objective: Callable,
+    train_step: Callable,
+    eval_step: Callable,
+) -> Program:
+    """The pretraining program of `config` on `mesh`. Raises SetupError naming `model` or `optimizer`.
+
+    `objective(params, batch, rng, *, model)`, `train_step(state, batch, rng, *, model, tx, schedule,
+    grad_accum_steps)` and `eval_step(params, batch, *, model)` are the objective's pure functions; they are
+    bound here with `functools.partial` and the steps jitted by `train_lib.jit_step` / `jit_eval`.
+    """
+    phases, evaluate = phases_of(config)
+    bert_config = model_config(config, vocab_size)
+    with train_lib.setup_error("optimizer"):
+        # Accumulation happens inside train_step (one loop step = one update).
+        tx = optim.make_optimizer(config)
+        schedule = optim.make_schedule(config)
+    model = build_model(bert_config, head="pretraining")
+    abstract = train_lib.abstract_state(model, tx, mesh)
+    bound = functools.partial(
+        train_step,
+        model=model,
+        tx=tx,
+        schedule=schedule,
+        grad_accum_steps=config.grad_accum_steps,
+    )
+    return Program(
+        config=config,
+        mesh=mesh,
+        model_config=bert_config,
+        model=model,
+        objective=functools.partial(objective, model=model),
+        tx=tx,
+        schedule=schedule,
+        abstract=abstract,
+        phases=phases,
+        eval_phase=evaluate,
+        train_step=train_lib.jit_step(bound, abstract, mesh),
+        eval_step=train_lib.jit_eval(functools.partial(eval_step, model=model), abstract, mesh),
+    )
