@@ -39,9 +39,10 @@ from absl import app, flags
 from bert_jax import flops, kernel_times, optim, pretrain
 from bert_jax.configs import pretraining
 from bert_jax.models import bert as model_lib
+from bert_jax.models import registry
 
 REFERENCES = ("torch", "torch_compile", "none")
-_MODEL = flags.DEFINE_enum("model", "base", sorted(model_lib.PRESETS), "Model size preset.")
+_MODEL = flags.DEFINE_enum("model", "base", sorted(registry.presets()), "Model size preset.")
 _BATCH = flags.DEFINE_integer("batch_size", 8, "Sequences per step.")
 _LENGTH = flags.DEFINE_integer("seq_length", 128, "Tokens per sequence.")
 _PREDICTIONS = flags.DEFINE_integer("max_predictions", 20, "Masked positions per sequence.")
@@ -93,7 +94,7 @@ _PROFILE = flags.DEFINE_string(
 PROFILE_STEPS = 3
 
 
-def make_batch(cfg: model_lib.BertConfig, batch: int, length: int, predictions: int, seed: int = 0):
+def make_batch(cfg: registry.Config, batch: int, length: int, predictions: int, seed: int = 0):
     """A random pretraining batch (NumPy) shaped like the data pipeline's."""
     rng = np.random.default_rng(seed)
     positions = np.sort(
@@ -160,10 +161,10 @@ def bert_jax_timings(
 
     With `profile_dir`, `PROFILE_STEPS` more train steps run under `jax.profiler.trace` after the timing.
     """
-    model = model_lib.BertForPreTraining(cfg)
+    model = registry.build(cfg, "pretraining")
     # The key is an argument: a constant key lets XLA constant-fold the whole random init on the host
     # (minutes on a GPU host for bert_base).
-    params = jax.jit(lambda key: nn.unbox(model_lib.init_params(model, key)))(jax.random.key(0))
+    params = jax.jit(lambda key: nn.unbox(registry.init_params(model, key)))(jax.random.key(0))
     batch = jax.tree.map(jnp.asarray, batch)
     rng = jax.random.key(1, impl=prng_impl)
     out = {}
@@ -183,8 +184,8 @@ def bert_jax_timings(
         }
 
     if which in ("both", "fwdbwd"):
-        objective = functools.partial(pretrain.objective, model=model)
-        grad = jax.jit(jax.grad(lambda p, b, r: objective(p, b, r)[0]))
+        objective = registry.objective("mlm_nsp", model)
+        grad = jax.jit(jax.grad(lambda p, b, r: objective.loss(p, b, r)[0]))
         # The state threads (params, last gradients) so that timing blocks on the gradients.
         out["fwd+bwd"] = measure(
             grad, (params, batch, rng), lambda g, s: (s[0], g(s[0], batch, rng)), (params, None)
@@ -200,7 +201,7 @@ def bert_jax_timings(
         step = jax.jit(
             functools.partial(
                 pretrain.train_step,
-                model=model,
+                objective=registry.objective("mlm_nsp", model),
                 tx=tx,
                 schedule=schedule,
                 grad_accum_steps=grad_accum_steps,
@@ -321,12 +322,14 @@ def run(
     unknown = sorted(set(references) - set(REFERENCES))
     if unknown:
         raise app.UsageError(f"--reference {unknown} not among {REFERENCES}")
-    cfg = model_lib.BertConfig(
-        **model_lib.PRESETS[model],
-        dtype=dtype,
-        attention_impl=attention_impl,
-        attention_dropout_prob=attention_dropout_prob,
-        embedding_gradient=embedding_gradient,
+    cfg = registry.config_from_fields(
+        dict(
+            **registry.presets()[model],
+            dtype=dtype,
+            attention_impl=attention_impl,
+            attention_dropout_prob=attention_dropout_prob,
+            embedding_gradient=embedding_gradient,
+        )
     )
     if data == "corpus":
         batch = corpus_batch(model, batch_size, seq_length, predictions)

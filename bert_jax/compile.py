@@ -27,7 +27,7 @@ from absl import app, flags, logging
 from jax.sharding import NamedSharding, PartitionSpec
 
 from bert_jax import flops, main, optim, pretrain, sharding, train_lib
-from bert_jax.models.bert import build_model
+from bert_jax.models import registry
 
 GiB = 2**30
 # HBM per chip (bytes) and the topology_name prefix libtpu accepts, by generation. v4 and v5p chips hold two
@@ -188,14 +188,17 @@ def compile_steps(config, devices, hbm_bytes: int, steps=STEPS) -> list[dict]:
     )
     chips = mesh.devices.size
     tx, schedule = optim.make_optimizer(config), optim.make_schedule(config)
-    model = build_model(model_config, head="pretraining")
+    model = registry.build(model_config, head="pretraining")
+    objective = registry.objective(config.objective, model)
     # Exactly what pretrain.run jits: the same abstract state, shardings, mesh context and donation.
     state = train_lib.abstract_state(model, tx, mesh)
     step_fn = functools.partial(
-        pretrain.train_step, model=model, tx=tx, schedule=schedule, grad_accum_steps=k
+        pretrain.train_step, objective=objective, tx=tx, schedule=schedule, grad_accum_steps=k
     )
     train = train_lib.jit_step(step_fn, state, mesh)
-    evaluate = train_lib.jit_eval(functools.partial(pretrain.eval_step, model=model), state, mesh)
+    evaluate = train_lib.jit_eval(
+        functools.partial(pretrain.eval_step, objective=objective), state, mesh
+    )
     rng = jax.eval_shape(lambda: train_lib.dropout_key(config))
     rng = jax.ShapeDtypeStruct(rng.shape, rng.dtype, sharding=NamedSharding(mesh, PartitionSpec()))
     data_sharding = sharding.batch_sharding(mesh)

@@ -1,9 +1,9 @@
 """Loading and saving BERT models in every layout bert_jax meets, and the conversion command.
 
 `load_pretrained(path, head=...)` reads, by what `path` holds:
-  * a transformers-layout directory (`config.json` + weights + tokenizer; see `hf_layout`);
+  * a transformers-layout directory (`config.json` + weights + tokenizer; see `models/bert_hf.py`);
   * Google's original TF1 checkpoint: a directory with `bert_config.json`, `vocab.txt` and
-    `bert_model.ckpt.*`, or a checkpoint prefix (see `tf1_layout`; no TensorFlow needed);
+    `bert_model.ckpt.*`, or a checkpoint prefix (see `models/bert_tf1.py`; no TensorFlow needed);
   * a bert_jax workdir (pretraining or fine-tuning: `WORKDIR/checkpoints/<step>/`), or the `bert_jax`
     checkpoint that the conversion command writes (the same layout, without optimizer state).
 
@@ -25,8 +25,10 @@ from absl import logging
 from etils import epath
 from flax import traverse_util
 
-from bert_jax import tf1_layout, tf_checkpoint
-from bert_jax.hf_layout import (  # noqa: F401 -- re-exported: the transformers mapping lived here
+from bert_jax import tf_checkpoint
+from bert_jax.models import bert_tf1 as tf1_layout
+from bert_jax.models import registry
+from bert_jax.models.bert_hf import (  # noqa: F401 -- re-exported: the transformers mapping lived here
     CONFIG_FIELDS,
     config_from_hf,
     flat_params_to_hf,
@@ -34,7 +36,6 @@ from bert_jax.hf_layout import (  # noqa: F401 -- re-exported: the transformers 
     name_map,
     read_state_dict,
 )
-from bert_jax.models import bert as model_lib
 
 # Parameters a checkpoint may carry that a given head does not use, or lack and get initialised.
 _OPTIONAL_ROOTS = ("mlm/", "nsp/", "classifier/", "qa_outputs/", "bert/pooler/")
@@ -80,7 +81,7 @@ class Checkpoint:
     """What a checkpoint holds, read in any layout: its model config, flat 'bert/...' parameters (bert_jax
     layout) and tokenizer, plus what exporting it again needs."""
 
-    config: model_lib.BertConfig
+    config: registry.Config
     flat: dict[str, np.ndarray]
     tokenizer: object
     do_lower_case: bool | None  # None: as the tokenizer files say
@@ -181,7 +182,7 @@ def build(ckpt: Checkpoint, head: str, num_labels: int | None = None, *, seed: i
             num_labels = ckpt.flat["classifier/kernel"].shape[-1]
         else:
             num_labels = len(ckpt.labels) if ckpt.labels else 2
-    model = model_lib.build_model(ckpt.config, head, num_labels)
+    model = registry.build(ckpt.config, head, num_labels)
     params = load_flat_params(model, ckpt.config, ckpt.flat, ckpt.source, seed=seed, head=head)
     return model, params
 
@@ -218,7 +219,7 @@ def load_flat_params(
     head parameters (with a warning); a missing encoder parameter is an error naming it."""
     dtype = config.storage_dtype
     # Filled per layer, as checkpoints store them; a scan_layers model gets them stacked at the end.
-    init = lambda rng: model_lib.unstack_layers(nn.unbox(model_lib.init_params(model, rng)))
+    init = lambda rng: registry.unstack_layers(nn.unbox(registry.init_params(model, rng)))
     expected = traverse_util.flatten_dict(jax.eval_shape(init, jax.random.key(seed)), sep="/")
     if head == "none":  # the bare encoder's tree has no "bert/" level
         loaded = {k.removeprefix("bert/"): v for k, v in loaded.items()}
@@ -258,13 +259,13 @@ def load_flat_params(
             stacklevel=3,
         )
     tree = traverse_util.unflatten_dict(out, sep="/")
-    return model_lib.stack_layers(tree, config.num_layers) if config.scan_layers else tree
+    return registry.stack_layers(tree, config.num_layers) if config.scan_layers else tree
 
 
 def flat_params(params, head: str) -> dict[str, np.ndarray]:
     """bert_jax parameters (nested, any head) -> {'bert/...' path: NumPy array}."""
     # A scan_layers model's stacked `layers` are written per layer, as every layout stores them.
-    flat = traverse_util.flatten_dict(model_lib.unstack_layers(nn.unbox(params)), sep="/")
+    flat = traverse_util.flatten_dict(registry.unstack_layers(nn.unbox(params)), sep="/")
     prefix = "bert/" if head == "none" else ""
     return {prefix + k: np.asarray(v) for k, v in flat.items()}
 
@@ -320,7 +321,7 @@ def write_tokenizer(directory, tokenizer, config, do_lower_case: bool | None = N
 def save_pretrained(
     directory,
     params,
-    config: model_lib.BertConfig,
+    config: registry.Config,
     head: str = "none",
     num_labels: int | None = None,
     *,
@@ -349,7 +350,7 @@ def save_pretrained(
         pad_token_id=0,
     )
     (directory / "config.json").write_text(json.dumps(hf_config, indent=2))
-    state = flat_params_to_hf(model_lib.unstack_layers(nn.unbox(params)), config, head)
+    state = flat_params_to_hf(registry.unstack_layers(nn.unbox(params)), config, head)
     save_file(
         {k: np.ascontiguousarray(v) for k, v in state.items()}, str(directory / "model.safetensors")
     )
@@ -363,7 +364,7 @@ def save_pretrained(
         )
 
 
-def save_tf1(directory, params, config: model_lib.BertConfig, head: str, tokenizer) -> str:
+def save_tf1(directory, params, config: registry.Config, head: str, tokenizer) -> str:
     """Writes Google's layout: bert_config.json, vocab.txt and bert_model.ckpt.{index,data-00000-of-00001},
     which the original run_classifier.py / run_pretraining.py take as --init_checkpoint. Returns the prefix."""
     directory = epath.Path(directory)

@@ -25,7 +25,7 @@ import numpy as np
 from etils import epath
 
 from bert_jax import checkpoint, convert
-from bert_jax.models import bert as model_lib
+from bert_jax.models import registry
 
 FORMATS = ("transformers", "bert_jax", "tf1")
 # The outputs compared after a conversion, per head.
@@ -63,13 +63,11 @@ def read_workdir(path, step, overrides, do_lower_case) -> convert.Checkpoint:
     if do_lower_case is None:
         do_lower_case = spec.get("do_lower_case")
     tokenizer = load_tokenizer(spec["path"], do_lower_case=do_lower_case)
-    fields = {
-        k: v for k, v in stored["model"].items() if k in model_lib.BertConfig.__dataclass_fields__
-    }
+    fields = {k: v for k, v in stored["model"].items() if k in registry.config_fields()}
     if fields.get("vocab_size", -1) == -1:
         fields["vocab_size"] = tokenizer.vocab_size
     try:
-        config = model_lib.BertConfig(**{**fields, **overrides})
+        config = registry.config_from_fields({**fields, **overrides})
     except (TypeError, ValueError) as e:
         raise ValueError(f"{source}: stored model config: {e}") from e
     labels = stored.get("id2label")
@@ -114,7 +112,7 @@ def write_bert_jax(out, params, ckpt: convert.Checkpoint, head: str) -> None:
 # ----------------------------------------------------------------------------------------------------------
 # The check: both models on one fixed batch.
 # ----------------------------------------------------------------------------------------------------------
-def fixed_batch(config: model_lib.BertConfig, tokenizer) -> dict[str, np.ndarray]:
+def fixed_batch(config: registry.Config, tokenizer) -> dict[str, np.ndarray]:
     """Three sequences of random ids (one unpadded, two padded) with both segments: the same every run."""
     rng = np.random.default_rng(0)
     length = min(24, config.max_position_embeddings)
@@ -231,7 +229,7 @@ def run(argv=None) -> None:
     )
     parser.add_argument("--to", dest="out", required=True, help="output directory")
     parser.add_argument("--format", required=True, choices=FORMATS)
-    parser.add_argument("--head", default="auto", choices=("auto", *model_lib.HEADS))
+    parser.add_argument("--head", default="auto", choices=("auto", *registry.HEADS))
     parser.add_argument("--do_lower_case", default="auto", choices=("auto", "true", "false"))
     parser.add_argument(
         "--step", type=int, default=None, help="workdir checkpoint step (default latest)"

@@ -30,7 +30,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 from bert_jax import checkpoint, finetune, metrics, sharding, train_lib
 from bert_jax.data import glue
 from bert_jax.data.tokenizer import load_tokenizer
-from bert_jax.models.bert import BertConfig, build_model
+from bert_jax.models import registry
 
 FORMATS = (".tsv", ".jsonl")
 
@@ -90,7 +90,9 @@ def load_classifier(workdir) -> Classifier:
     task = glue.get_task(stored["task"])
     spec = stored["tokenizer"]
     tokenizer = load_tokenizer(spec["path"], do_lower_case=spec["do_lower_case"])
-    model = build_model(BertConfig.from_dict(stored["model"]), "classification", task.num_labels)
+    model = registry.build(
+        registry.config_from_fields(stored["model"]), "classification", task.num_labels
+    )
     return Classifier(
         task, model, params, tokenizer,
         max_seq_length=stored["max_seq_length"],

@@ -15,14 +15,14 @@ from etils import epath
 from bert_jax import checkpoint, convert, sharding, train_lib
 from bert_jax.data.corpus import SAMPLE_VOCAB
 from bert_jax.data.tokenizer import load_tokenizer
-from bert_jax.models.bert import BertConfig, build_model
+from bert_jax.models import registry
 
 
 @dataclasses.dataclass
 class InitialWeights:
     """What a fine-tuning run starts from."""
 
-    model_config: BertConfig
+    model_config: registry.Config
     tokenizer: object
     # {"path", "do_lower_case"}: how to load the tokenizer again.
     tokenizer_spec: dict
@@ -130,7 +130,7 @@ def initial_params(weights: InitialWeights, head: str, num_labels: int, mesh, rn
     A module the checkpoint lacks, or one of another shape (a classifier with another label count), is
     initialised afresh, with a log line; checkpoint modules the head has no place for are ignored.
     """
-    model = build_model(weights.model_config, head, num_labels)
+    model = registry.build(weights.model_config, head, num_labels)
     boxed = jax.eval_shape(train_lib.boxed_init(model), rng)
     shardings = sharding.logical_shardings(boxed, mesh)
     if weights.params is None:
