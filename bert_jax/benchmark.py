@@ -36,13 +36,15 @@ import jax
 import numpy as np
 from absl import app, flags
 
-from bert_jax import flops, kernel_times, optim, pretrain, sharding, train_lib
+from bert_jax import flops, kernel_times, optim, sharding, train_lib
 from bert_jax import program as program_lib
 from bert_jax.configs import pretraining
-from bert_jax.models import bert as model_lib
+from bert_jax.models import registry
+from bert_jax.models.attention import ATTENTION_IMPLS
+from bert_jax.models.bert import EMBEDDING_GRADIENTS
 
 REFERENCES = ("torch", "torch_compile", "none")
-_MODEL = flags.DEFINE_enum("model", "base", sorted(model_lib.PRESETS), "Model size preset.")
+_MODEL = flags.DEFINE_enum("model", "base", sorted(registry.presets()), "Model size preset.")
 _BATCH = flags.DEFINE_integer("batch_size", 8, "Sequences per step.")
 _LENGTH = flags.DEFINE_integer("seq_length", 128, "Tokens per sequence.")
 _PREDICTIONS = flags.DEFINE_integer("max_predictions", 20, "Masked positions per sequence.")
@@ -52,7 +54,7 @@ _ACCUM = flags.DEFINE_integer(
     "grad_accum_steps", 1, "Micro-batches per train step (both implementations)."
 )
 _ATTENTION = flags.DEFINE_enum(
-    "attention_impl", "auto", model_lib.ATTENTION_IMPLS, "bert_jax's attention_impl."
+    "attention_impl", "auto", ATTENTION_IMPLS, "bert_jax's attention_impl."
 )
 _ATTENTION_DROPOUT = flags.DEFINE_float(
     "attention_dropout_prob",
@@ -74,7 +76,7 @@ _OPTIMIZER = flags.DEFINE_enum(
 _EMBEDDING_GRADIENT = flags.DEFINE_enum(
     "embedding_gradient",
     "scatter",
-    model_lib.EMBEDDING_GRADIENTS,
+    EMBEDDING_GRADIENTS,
     "bert_jax's word-embedding gradient (bert_jax/models/lookup.py).",
 )
 _DATA = flags.DEFINE_enum(
@@ -94,7 +96,7 @@ _PROFILE = flags.DEFINE_string(
 PROFILE_STEPS = 3
 
 
-def make_batch(cfg: model_lib.BertConfig, batch: int, length: int, predictions: int, seed: int = 0):
+def make_batch(cfg: registry.Config, batch: int, length: int, predictions: int, seed: int = 0):
     """A random pretraining batch (NumPy) shaped like the data pipeline's."""
     rng = np.random.default_rng(seed)
     positions = np.sort(
@@ -197,9 +199,6 @@ def build_program(config) -> program_lib.Program:
         config,
         mesh,
         config.model.vocab_size,
-        objective=pretrain.objective,
-        train_step=pretrain.train_step,
-        eval_step=pretrain.eval_step,
     )
 
 
@@ -229,7 +228,7 @@ def bert_jax_timings(program: program_lib.Program, batch, steps: int, which: str
         }
 
     if which in ("both", "fwdbwd"):
-        grad = jax.jit(jax.grad(lambda p, b, r: program.objective(p, b, r)[0]))
+        grad = jax.jit(jax.grad(lambda p, b, r: program.objective.loss(p, b, r)[0]))
         params = state.params
         # The state threads (params, last gradients) so that timing blocks on the gradients.
         out["fwd+bwd"] = measure(

@@ -25,7 +25,7 @@ import time
 import jax
 from absl import app, flags, logging
 
-from bert_jax import main, pretrain, train_lib
+from bert_jax import main, train_lib
 from bert_jax import program as program_lib
 
 GiB = 2**30
@@ -173,9 +173,6 @@ def compile_steps(
         config,
         mesh,
         vocab_size,
-        objective=pretrain.objective,
-        train_step=pretrain.train_step,
-        eval_step=pretrain.eval_step,
     )
     chips = mesh.devices.size
     names = {"phase1": "train phase 1", "phase2": "train phase 2", "eval": "eval"}

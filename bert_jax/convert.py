@@ -20,7 +20,7 @@ import argparse
 import sys
 
 from bert_jax import export
-from bert_jax.models import bert as model_lib
+from bert_jax.models import registry
 
 
 def run(argv=None) -> None:
@@ -32,7 +32,7 @@ def run(argv=None) -> None:
     )
     parser.add_argument("--to", dest="out", required=True, help="output directory")
     parser.add_argument("--format", required=True, choices=export.FORMATS)
-    parser.add_argument("--head", default="auto", choices=("auto", *model_lib.HEADS))
+    parser.add_argument("--head", default="auto", choices=("auto", *registry.HEADS))
     parser.add_argument("--do_lower_case", default="auto", choices=("auto", "true", "false"))
     parser.add_argument(
         "--step", type=int, default=None, help="workdir checkpoint step (default latest)"

@@ -8,7 +8,7 @@ import dataclasses
 import numpy as np
 
 from bert_jax import checkpoint, layouts, workdir
-from bert_jax.models import bert as model_lib
+from bert_jax.models import registry
 
 FORMATS = ("transformers", "bert_jax", "tf1")
 # The outputs compared after a conversion, per head.
@@ -58,7 +58,7 @@ def write_bert_jax(out, params, ckpt: layouts.Checkpoint, head: str) -> None:
 # ----------------------------------------------------------------------------------------------------------
 # The check: both models on one fixed batch.
 # ----------------------------------------------------------------------------------------------------------
-def fixed_batch(config: model_lib.BertConfig, tokenizer) -> dict[str, np.ndarray]:
+def fixed_batch(config: registry.Config, tokenizer) -> dict[str, np.ndarray]:
     """Three sequences of random ids (one unpadded, two padded) with both segments: the same every run."""
     rng = np.random.default_rng(0)
     length = min(24, config.max_position_embeddings)

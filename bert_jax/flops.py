@@ -1,4 +1,5 @@
-"""Model FLOPs per sequence, the devices' peak FLOP/s, and so MFU (model FLOPs utilisation)."""
+"""The devices' peak FLOP/s and the model FLOPs per sequence (the family's own count, from the model registry):
+MFU (model FLOPs utilisation) is one over the other."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 
-from bert_jax.models.bert import BertConfig
+from bert_jax.models import registry
 
 # Dense bfloat16 peak FLOP/s of one JAX device, by a substring of `device.device_kind` (first match wins).
 # TPU v2/v3 expose each TensorCore as a device (half a chip); v4 and later one device per chip.
@@ -33,16 +34,10 @@ PEAK_FLOPS = (
 )
 
 
-def model_flops_per_sequence(cfg: BertConfig, length: int, predictions: int) -> float:
-    """Training FLOPs of one sequence (forward + backward = 3 x forward, 2 FLOPs per multiply-add).
-
-    Counts the matmuls of the paper's model: Q/K/V/output projections, attention scores and values, the
-    feed-forward block, the pooler and NSP head, and the MLM head at the `predictions` masked positions only.
-    """
-    h, i = cfg.hidden_size, cfg.intermediate_size
-    per_layer = length * (4 * h * h + 2 * h * i) + 2 * length * length * h
-    heads = predictions * (h * h + h * cfg.vocab_size) + h * h + 2 * h
-    return 6.0 * (cfg.num_layers * per_layer + heads)
+def model_flops_per_sequence(config, length: int, predictions: int) -> float:
+    """Training FLOPs of one sequence (forward + backward) as the config's model family counts them
+    (`registry.flops_per_sequence`; for BERT: the matmuls, the MLM head at the `predictions` positions only)."""
+    return registry.flops_per_sequence(config, length, predictions)
 
 
 def measure_matmul_peak(sizes=(1024, 2048), repeats: int = 10) -> float:

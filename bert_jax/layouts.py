@@ -1,9 +1,9 @@
 """Loading and saving BERT models in every layout bert_jax meets (a library: the command is `bert_jax.convert`).
 
 `load_pretrained(path, head=...)` reads, by what `path` holds:
-  * a transformers-layout directory (`config.json` + weights + tokenizer; see `hf_layout`);
+  * a transformers-layout directory (`config.json` + weights + tokenizer; see `models/bert_hf.py`);
   * Google's original TF1 checkpoint: a directory with `bert_config.json`, `vocab.txt` and
-    `bert_model.ckpt.*`, or a checkpoint prefix (see `tf1_layout`; no TensorFlow needed);
+    `bert_model.ckpt.*`, or a checkpoint prefix (see `models/bert_tf1.py`; no TensorFlow needed);
   * a bert_jax workdir (pretraining or fine-tuning: `WORKDIR/checkpoints/<step>/`), or the `bert_jax`
     checkpoint that the conversion command writes (the same layout, without optimizer state); read by
     `bert_jax.workdir`, the one reader of a workdir.
@@ -26,8 +26,10 @@ from absl import logging
 from etils import epath
 from flax import traverse_util
 
-from bert_jax import tf1_layout, tf_checkpoint, workdir
-from bert_jax.hf_layout import (  # noqa: F401 -- re-exported: the transformers mapping lived here
+from bert_jax import tf_checkpoint, workdir
+from bert_jax.models import bert_tf1 as tf1_layout
+from bert_jax.models import registry
+from bert_jax.models.bert_hf import (  # noqa: F401 -- re-exported: the transformers mapping lived here
     CONFIG_FIELDS,
     config_from_hf,
     flat_params_to_hf,
@@ -35,7 +37,6 @@ from bert_jax.hf_layout import (  # noqa: F401 -- re-exported: the transformers 
     name_map,
     read_state_dict,
 )
-from bert_jax.models import bert as model_lib
 
 # Parameters a checkpoint may carry that a given head does not use, or lack and get initialised.
 _OPTIONAL_ROOTS = ("mlm/", "nsp/", "classifier/", "qa_outputs/", "bert/pooler/")
@@ -81,7 +82,7 @@ class Checkpoint:
     """What a checkpoint holds, read in any layout: its model config, flat 'bert/...' parameters (bert_jax
     layout) and tokenizer, plus what exporting it again needs."""
 
-    config: model_lib.BertConfig
+    config: registry.Config
     flat: dict[str, np.ndarray]
     tokenizer: object
     do_lower_case: bool | None  # None: as the tokenizer files say
@@ -137,13 +138,11 @@ def read_checkpoint(
 def _read_workdir(path, step, overrides, do_lower_case) -> Checkpoint:
     """A bert_jax workdir's parameters (all heads), read by `bert_jax.workdir`, as a Checkpoint."""
     run = workdir.read(path, step, do_lower_case=do_lower_case)
-    fields = {
-        k: v for k, v in run.model_fields.items() if k in model_lib.BertConfig.__dataclass_fields__
-    }
+    fields = {k: v for k, v in run.model_fields.items() if k in registry.config_fields()}
     if fields.get("vocab_size", -1) == -1:
         fields["vocab_size"] = run.tokenizer.vocab_size
     try:
-        config = model_lib.BertConfig(**{**fields, **overrides})
+        config = registry.config_from_fields({**fields, **overrides})
     except (TypeError, ValueError) as e:
         raise ValueError(f"{run.source}: stored model config: {e}") from e
     flat = flat_params(run.params, "pretraining")
@@ -205,7 +204,7 @@ def build(ckpt: Checkpoint, head: str, num_labels: int | None = None, *, seed: i
             num_labels = ckpt.flat["classifier/kernel"].shape[-1]
         else:
             num_labels = len(ckpt.labels) if ckpt.labels else 2
-    model = model_lib.build_model(ckpt.config, head, num_labels)
+    model = registry.build(ckpt.config, head, num_labels)
     params = load_flat_params(model, ckpt.config, ckpt.flat, ckpt.source, seed=seed, head=head)
     return model, params
 
@@ -253,7 +252,7 @@ def load_flat_params(
     head parameters (with a warning); a missing encoder parameter is an error naming it."""
     dtype = config.storage_dtype
     # Filled per layer, as checkpoints store them; a scan_layers model gets them stacked at the end.
-    init = lambda rng: model_lib.unstack_layers(nn.unbox(model_lib.init_params(model, rng)))
+    init = lambda rng: registry.unstack_layers(nn.unbox(registry.init_params(model, rng)))
     expected = traverse_util.flatten_dict(jax.eval_shape(init, jax.random.key(seed)), sep="/")
     if head == "none":  # the bare encoder's tree has no "bert/" level
         loaded = {k.removeprefix("bert/"): v for k, v in loaded.items()}
@@ -293,13 +292,13 @@ def load_flat_params(
             stacklevel=3,
         )
     tree = traverse_util.unflatten_dict(out, sep="/")
-    return model_lib.stack_layers(tree, config.num_layers) if config.scan_layers else tree
+    return registry.stack_layers(tree, config.num_layers) if config.scan_layers else tree
 
 
 def flat_params(params, head: str) -> dict[str, np.ndarray]:
     """bert_jax parameters (nested, any head) -> {'bert/...' path: NumPy array}."""
     # A scan_layers model's stacked `layers` are written per layer, as every layout stores them.
-    flat = traverse_util.flatten_dict(model_lib.unstack_layers(nn.unbox(params)), sep="/")
+    flat = traverse_util.flatten_dict(registry.unstack_layers(nn.unbox(params)), sep="/")
     prefix = "bert/" if head == "none" else ""
     return {prefix + k: np.asarray(v) for k, v in flat.items()}
 
@@ -355,7 +354,7 @@ def write_tokenizer(directory, tokenizer, config, do_lower_case: bool | None = N
 def save_pretrained(
     directory,
     params,
-    config: model_lib.BertConfig,
+    config: registry.Config,
     head: str = "none",
     num_labels: int | None = None,
     *,
@@ -384,7 +383,7 @@ def save_pretrained(
         pad_token_id=0,
     )
     (directory / "config.json").write_text(json.dumps(hf_config, indent=2))
-    state = flat_params_to_hf(model_lib.unstack_layers(nn.unbox(params)), config, head)
+    state = flat_params_to_hf(registry.unstack_layers(nn.unbox(params)), config, head)
     save_file(
         {k: np.ascontiguousarray(v) for k, v in state.items()}, str(directory / "model.safetensors")
     )
@@ -398,7 +397,7 @@ def save_pretrained(
         )
 
 
-def save_tf1(directory, params, config: model_lib.BertConfig, head: str, tokenizer) -> str:
+def save_tf1(directory, params, config: registry.Config, head: str, tokenizer) -> str:
     """Writes Google's layout: bert_config.json, vocab.txt and bert_model.ckpt.{index,data-00000-of-00001},
     which the original run_classifier.py / run_pretraining.py take as --init_checkpoint. Returns the prefix."""
     directory = epath.Path(directory)

@@ -13,6 +13,7 @@ at the end of the warmup; "lamb" (You et al. 2019) is the large-batch option.
 from __future__ import annotations
 
 import functools
+from collections.abc import Mapping
 from typing import Any, NamedTuple
 
 import flax.linen as nn
@@ -75,19 +76,31 @@ def scale_by_bert_adam(b1: float, b2: float, eps: float) -> optax.GradientTransf
 
 
 def weight_decay_mask(params) -> Any:
-    """True for parameters that get weight decay: everything but LayerNorm scale/bias and biases.
+    """True for the parameters that get weight decay: each layer's weight matrix, by rank, never its vectors.
 
-    Works on boxed (`nn.LogicallyPartitioned`) or plain parameter trees; returns a tree of Python bools of
-    the unboxed structure.
+    A parameter decays when it has at least 2 dimensions and more than every other parameter of its module: a
+    dense layer's kernel (its bias has one dimension fewer, also for the per-head [heads, head_dim] attention
+    biases), an embedding table (alone in its module). LayerNorm's scale and bias tie (both vectors, or both
+    [layers, hidden] when the layers are scanned) and so do not decay; nor does a lone vector (the MLM bias).
+    That is BERT's rule, "not on LayerNorm or biases", read from shapes rather than names.
+
+    Works on boxed (`nn.LogicallyPartitioned`) or plain parameter trees, arrays or shapes; returns a tree of
+    Python bools of the unboxed structure.
     """
 
-    def decays(path, _):
-        names = [str(getattr(k, "key", getattr(k, "name", k))) for k in path]
-        leaf, modules = names[-1], [n.lower() for n in names[:-1]]
-        in_layer_norm = any("layer_norm" in m or "layernorm" in m for m in modules)
-        return not (leaf == "bias" or in_layer_norm)
+    def mask(tree):
+        leaves = {k: v for k, v in tree.items() if not isinstance(v, Mapping)}
+        ranks = {k: len(getattr(v, "shape", ())) for k, v in leaves.items()}
+        out = {}
+        for key, value in tree.items():
+            if key not in leaves:
+                out[key] = mask(value)
+                continue
+            others = [r for k, r in ranks.items() if k != key]
+            out[key] = ranks[key] >= 2 and all(ranks[key] > r for r in others)
+        return type(tree)(out) if not isinstance(tree, dict) else out
 
-    return jax.tree_util.tree_map_with_path(decays, nn.unbox(params))
+    return mask(nn.unbox(params))
 
 
 def make_optimizer(config) -> optax.GradientTransformation:

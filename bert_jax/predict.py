@@ -30,7 +30,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 from bert_jax import metrics, sharding, tasks, train_lib
 from bert_jax import workdir as workdir_lib
 from bert_jax.data import glue
-from bert_jax.models.bert import BertConfig, build_model
+from bert_jax.models import registry
 
 FORMATS = (".tsv", ".jsonl")
 
@@ -88,7 +88,9 @@ def load_classifier(workdir) -> Classifier:
         raise PredictError(f"--workdir={workdir}: {str(error).splitlines()[0]}") from None
     step, params, stored = run.step, run.params, run.stored
     task = glue.get_task(stored["task"])
-    model = build_model(BertConfig.from_dict(stored["model"]), "classification", task.num_labels)
+    model = registry.build(
+        registry.config_from_fields(stored["model"]), "classification", task.num_labels
+    )
     return Classifier(
         task, model, params, run.tokenizer,
         max_seq_length=stored["max_seq_length"],

@@ -10,17 +10,14 @@ before the first step.
 
 from __future__ import annotations
 
-import functools
 import time
 
 import jax
-import jax.numpy as jnp
 from absl import logging
 
 from bert_jax import (
     checkpoint,
     flops,
-    losses,
     reporting,
     sharding,
     startup,
@@ -30,87 +27,8 @@ from bert_jax import (
 from bert_jax import program as program_lib
 from bert_jax.data.loader import make_eval_batches, make_pretraining_loader
 from bert_jax.data.tfrecord import CorruptRecordError
-from bert_jax.reporting import divide
 from bert_jax.train_lib import setup_error
 from bert_jax.workdir import save_tokenizer
-
-
-# ----------------------------------------------------------------------------------------------------------
-# The steps: pure functions of (state, batch, rng), bound to model and optimizer with functools.partial.
-# ----------------------------------------------------------------------------------------------------------
-def _forward(model, params, batch, rng, deterministic):
-    outputs = model.apply(
-        {"params": params},
-        batch["input_ids"],
-        batch["token_type_ids"],
-        batch["attention_mask"],
-        batch["masked_lm_positions"],
-        deterministic=deterministic,
-        rngs=None if deterministic else {"dropout": rng},
-    )
-    mlm = losses.mlm_loss(
-        outputs["prediction_logits"], batch["masked_lm_ids"], batch["masked_lm_weights"]
-    )
-    nsp = losses.nsp_loss(outputs["seq_relationship_logits"], batch["next_sentence_labels"])
-    return mlm, nsp
-
-
-def objective(params, batch, rng, *, model):
-    """The paper's loss: mean MLM cross entropy over masked positions + mean NSP cross entropy."""
-    mlm, nsp = _forward(model, params, batch, rng, deterministic=False)
-    loss = mlm["loss_sum"] / jnp.maximum(mlm["weight_sum"], 1e-5) + nsp["loss_sum"] / nsp["count"]
-    return loss, (mlm, nsp)
-
-
-def train_step(state, batch, rng, *, model, tx, schedule, grad_accum_steps: int = 1):
-    """One optimizer update on a global batch; returns (state, metrics as sums and per-step scalars).
-
-    With `grad_accum_steps` k the batch is split into k interleaved micro-batches whose gradients are
-    averaged (a scan, so activations of one micro-batch live at a time). A non-finite loss or gradient
-    skips the update and sets `nonfinite` to 1: params and optimizer state stay as they were, so the
-    optimizer's own count (which drives the learning rate and Adam's bias correction) pauses while the
-    step, the data and the logged `learning_rate` (the schedule at the step) move on.
-    """
-    rng = jax.random.fold_in(rng, state.step)
-    grad_fn = jax.value_and_grad(functools.partial(objective, model=model), has_aux=True)
-    if grad_accum_steps == 1:
-        (loss, (mlm, nsp)), grads = grad_fn(state.params, batch, rng)
-    else:
-        # Rows i, i+k, i+2k, ... form micro-batch i: every device keeps its own rows (no resharding).
-        micro = jax.tree.map(
-            lambda x: x.reshape(-1, grad_accum_steps, *x.shape[1:]).swapaxes(0, 1), batch
-        )
-
-        def accumulate(carry, xs):
-            index, micro_batch = xs
-            out = grad_fn(state.params, micro_batch, jax.random.fold_in(rng, index))
-            return jax.tree.map(jnp.add, carry, out), None
-
-        zeros = jax.eval_shape(grad_fn, state.params, jax.tree.map(lambda x: x[0], micro), rng)
-        zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), zeros)
-        total, _ = jax.lax.scan(accumulate, zeros, (jnp.arange(grad_accum_steps), micro))
-        (loss, (mlm, nsp)), grads = total
-        loss, grads = loss / grad_accum_steps, jax.tree.map(lambda g: g / grad_accum_steps, grads)
-
-    mlm_nsp = {**{f"mlm_{k}": v for k, v in mlm.items()}, **{f"nsp_{k}": v for k, v in nsp.items()}}
-    return train_lib.guarded_update(state, grads, loss, tx, schedule, mlm_nsp)
-
-
-def eval_step(params, batch, *, model):
-    """Held-out MLM and NSP sums (dropout off)."""
-    mlm, nsp = _forward(model, params, batch, None, deterministic=True)
-    return {**{f"mlm_{k}": v for k, v in mlm.items()}, **{f"nsp_{k}": v for k, v in nsp.items()}}
-
-
-def summarize(sums: dict[str, float]) -> dict[str, float]:
-    """Means and accuracies from summed MLM/NSP metrics (the host divides once)."""
-    return {
-        "mlm_loss": divide(sums["mlm_loss_sum"], sums["mlm_weight_sum"]),
-        "mlm_accuracy": divide(sums["mlm_correct_sum"], sums["mlm_weight_sum"]),
-        "nsp_loss": divide(sums["nsp_loss_sum"], sums["nsp_count"]),
-        "nsp_accuracy": divide(sums["nsp_correct_sum"], sums["nsp_count"]),
-    }
-
 
 # Config fields a resumed run may change: they leave the data order, the model and the optimizer as they were.
 RESUME_SAFE = (
@@ -199,9 +117,6 @@ def _run(config, workdir: str, setup: startup.SetupAgreement):
         config,
         mesh,
         loader.tokenizer.vocab_size,
-        objective=objective,
-        train_step=train_step,
-        eval_step=eval_step,
     )
     model_config, abstract = program.model_config, program.abstract
     p_train_step, p_eval_step = program.train_step, program.eval_step
@@ -296,7 +211,9 @@ def _run(config, workdir: str, setup: startup.SetupAgreement):
 
             if done % config.log_every_steps == 0 or done == config.num_train_steps:
                 sums, scalars = window.flush()
-                scalars.update({f"train/{k}": v for k, v in summarize(sums).items()})
+                scalars.update(
+                    {f"train/{k}": v for k, v in program.objective.summarize(sums).items()}
+                )
                 writer.write_scalars(done, scalars)
                 progress.update(done, scalars)
 
@@ -308,7 +225,7 @@ def _run(config, workdir: str, setup: startup.SetupAgreement):
                     for b in eval_batches
                 ]
                 sums = jax.tree.map(lambda *xs: float(sum(xs)), *jax.device_get(sums))
-                evaluated = {f"eval/{k}": v for k, v in summarize(sums).items()}
+                evaluated = {f"eval/{k}": v for k, v in program.objective.summarize(sums).items()}
                 writer.write_scalars(done, evaluated)
                 progress.print(
                     f"eval at step {done:,}: mlm_acc {evaluated['eval/mlm_accuracy']:.3f} · "

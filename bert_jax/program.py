@@ -8,8 +8,8 @@ lowers and compiles the same jitted functions at the same abstract arguments for
 `bert_jax.benchmark` times its train step: MaxText's habit, where the ahead-of-time check compiles what
 training runs because both call one builder.
 
-The objective's pure functions come from the caller (today `pretrain.objective`, `pretrain.train_step` and
-`pretrain.eval_step`): this is a library module, and a library may not import a loop.
+The steps are generic: the objective (`bert_jax.models.objectives`, chosen by the recipe's `objective` among
+the model family's) owns the model and its loss inputs, so nothing here names an architecture or a loss.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from bert_jax import flops, optim, sharding, train_lib
 from bert_jax.data.phases import Phase, eval_phase, pretraining_phases
-from bert_jax.models.bert import BertConfig, build_model
+from bert_jax.models import registry
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,10 +32,10 @@ class Program:
 
     config: object
     mesh: Mesh
-    model_config: BertConfig
+    model_config: registry.Config
     model: object
-    # (params, batch, rng) -> (loss, aux): the objective bound to the model.
-    objective: Callable
+    # The pretraining objective around the model: loss, loss_sums, eval_sums, summarize.
+    objective: object
     tx: object
     schedule: Callable
     # The train state's shapes, dtypes and shardings (`jax.ShapeDtypeStruct`s).
@@ -100,8 +100,8 @@ def phases_of(config) -> tuple[tuple[Phase, ...], Phase]:
     return train, eval_phase(config.data, global_batch_size=size)
 
 
-def model_config(config, vocab_size: int) -> BertConfig:
-    """The model's BertConfig (`vocab_size`: the tokenizer's, taken when `model.vocab_size` is -1), checked to
+def model_config(config, vocab_size: int) -> registry.Config:
+    """The model's config (`vocab_size`: the tokenizer's, taken when `model.vocab_size` is -1), checked to
     have a position for every token of every phase. Raises SetupError naming `model`."""
     train, evaluate = phases_of(config)
     with train_lib.setup_error("model"):
@@ -119,32 +119,47 @@ def model_config(config, vocab_size: int) -> BertConfig:
     return model
 
 
-def build(
-    config,
-    mesh: Mesh,
-    vocab_size: int,
-    *,
-    objective: Callable,
-    train_step: Callable,
-    eval_step: Callable,
-) -> Program:
-    """The pretraining program of `config` on `mesh`. Raises SetupError naming `model` or `optimizer`.
+# ----------------------------------------------------------------------------------------------------------
+# The steps: pure functions of (state, batch, rng), bound to the objective and optimizer with functools.partial.
+# ----------------------------------------------------------------------------------------------------------
+def train_step(state, batch, rng, *, objective, tx, schedule, grad_accum_steps: int = 1):
+    """One optimizer update on a global batch; returns (state, metrics as sums and per-step scalars).
 
-    `objective(params, batch, rng, *, model)`, `train_step(state, batch, rng, *, model, tx, schedule,
-    grad_accum_steps)` and `eval_step(params, batch, *, model)` are the objective's pure functions; they are
-    bound here with `functools.partial` and the steps jitted by `train_lib.jit_step` / `jit_eval`.
+    With `grad_accum_steps` k the batch is split into k interleaved micro-batches whose gradients are
+    averaged (`train_lib.accumulate_gradients`). A non-finite loss or gradient skips the update and sets
+    `nonfinite` to 1: params and optimizer state stay as they were, so the optimizer's own count (which drives
+    the learning rate and Adam's bias correction) pauses while the step, the data and the logged
+    `learning_rate` (the schedule at the step) move on.
     """
+    rng = jax.random.fold_in(rng, state.step)
+    (loss, sums), grads = train_lib.accumulate_gradients(
+        objective.loss, state.params, batch, rng, grad_accum_steps
+    )
+    return train_lib.guarded_update(state, grads, loss, tx, schedule, sums)
+
+
+def eval_step(params, batch, *, objective):
+    """The objective's held-out sums (dropout off)."""
+    return objective.eval_sums(params, batch)
+
+
+def build(config, mesh: Mesh, vocab_size: int) -> Program:
+    """The pretraining program of `config` on `mesh`. Raises SetupError naming `model`, `objective` or
+    `optimizer`. The steps above are bound with `functools.partial` and jitted by `train_lib.jit_step` /
+    `jit_eval`."""
     phases, evaluate = phases_of(config)
-    bert_config = model_config(config, vocab_size)
+    model_cfg = model_config(config, vocab_size)
     with train_lib.setup_error("optimizer"):
         # Accumulation happens inside train_step (one loop step = one update).
         tx = optim.make_optimizer(config)
         schedule = optim.make_schedule(config)
-    model = build_model(bert_config, head="pretraining")
+    model = registry.build(model_cfg, head="pretraining")
+    with train_lib.setup_error("objective"):
+        objective = registry.objective(config.objective, model)
     abstract = train_lib.abstract_state(model, tx, mesh)
     bound = functools.partial(
         train_step,
-        model=model,
+        objective=objective,
         tx=tx,
         schedule=schedule,
         grad_accum_steps=config.grad_accum_steps,
@@ -152,14 +167,16 @@ def build(
     return Program(
         config=config,
         mesh=mesh,
-        model_config=bert_config,
+        model_config=model_cfg,
         model=model,
-        objective=functools.partial(objective, model=model),
+        objective=objective,
         tx=tx,
         schedule=schedule,
         abstract=abstract,
         phases=phases,
         eval_phase=evaluate,
         train_step=train_lib.jit_step(bound, abstract, mesh),
-        eval_step=train_lib.jit_eval(functools.partial(eval_step, model=model), abstract, mesh),
+        eval_step=train_lib.jit_eval(
+            functools.partial(eval_step, objective=objective), abstract, mesh
+        ),
     )

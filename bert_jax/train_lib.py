@@ -25,7 +25,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec
 
 from bert_jax import optim, sharding
-from bert_jax.models.bert import BertConfig, init_params
+from bert_jax.models import registry
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -275,14 +275,14 @@ def make_mesh(
 
 
 def model_config(fields: Mapping, *, vocab_size: int, dtype: str, param_dtype: str, **overrides):
-    """A BertConfig from stored/recipe fields: `vocab_size` -1 takes the tokenizer's, the two dtypes come from
+    """The model family's config (`registry.config_from_fields`) from stored/recipe fields: `vocab_size` -1 takes the tokenizer's, the two dtypes come from
     the run's config (they are top-level recipe fields), `overrides` (e.g. dropout) win."""
     fields = {**fields, "dtype": dtype, "param_dtype": param_dtype, **overrides}
     if fields.get("vocab_size", -1) == -1:
         fields["vocab_size"] = vocab_size
     elif fields["vocab_size"] < vocab_size:
         raise ValueError(f"model.vocab_size {fields['vocab_size']} < the tokenizer's {vocab_size}")
-    return BertConfig.from_dict(fields)
+    return registry.config_from_fields(fields)
 
 
 def dropout_key(config) -> jax.Array:
@@ -296,7 +296,7 @@ def dropout_key(config) -> jax.Array:
 # ----------------------------------------------------------------------------------------------------------
 def boxed_init(model) -> Callable:
     """rng -> the model's boxed (logically annotated) parameters."""
-    return lambda rng: init_params(model, rng)
+    return lambda rng: registry.init_params(model, rng)
 
 
 def abstract_state(model, tx, mesh):
@@ -358,6 +358,31 @@ def jit_eval(eval_fn, abstract, mesh):
         in_shardings=(shardings_of(abstract).params, sharding.batch_sharding(mesh)),
         out_shardings=NamedSharding(mesh, PartitionSpec()),
     )
+
+
+def accumulate_gradients(loss_fn, params, batch, rng, steps: int):
+    """`jax.value_and_grad(loss_fn, has_aux=True)(params, batch, rng)` over `steps` micro-batches.
+
+    `loss_fn(params, batch, rng) -> (loss, aux)` where `aux` holds sums. Rows i, i+k, i+2k, ... of every batch
+    array form micro-batch i (so every device keeps its own rows: no resharding); micro-batch i draws from
+    `fold_in(rng, i)`. Returns ((mean loss, summed aux), mean gradient). A scan, so the activations of one
+    micro-batch live at a time. `steps` 1 is the plain call.
+    """
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+    if steps == 1:
+        return grad_fn(params, batch, rng)
+    micro = jax.tree.map(lambda x: x.reshape(-1, steps, *x.shape[1:]).swapaxes(0, 1), batch)
+
+    def accumulate(carry, xs):
+        index, micro_batch = xs
+        out = grad_fn(params, micro_batch, jax.random.fold_in(rng, index))
+        return jax.tree.map(jnp.add, carry, out), None
+
+    zeros = jax.eval_shape(grad_fn, params, jax.tree.map(lambda x: x[0], micro), rng)
+    zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), zeros)
+    total, _ = jax.lax.scan(accumulate, zeros, (jnp.arange(steps), micro))
+    (loss, aux), grads = total
+    return (loss / steps, aux), jax.tree.map(lambda g: g / steps, grads)
 
 
 def guarded_update(state, grads, loss, tx, schedule, metrics: Mapping):

@@ -23,8 +23,8 @@ from flax import traverse_util
 
 from bert_jax import layouts, sharding, train_lib, workdir
 from bert_jax.data.corpus import SAMPLE_VOCAB
-from bert_jax.hf_layout import CONFIG_FIELDS
-from bert_jax.models.bert import BertConfig, build_model, stack_layers
+from bert_jax.models import registry
+from bert_jax.models.bert_hf import CONFIG_FIELDS
 
 # The BertConfig fields every checkpoint layout stores: what the weights are, not how a run computes with them.
 ARCHITECTURE = tuple(CONFIG_FIELDS.values())
@@ -36,7 +36,7 @@ EXECUTION = ("attention_impl", "remat_policy", "scan_layers", "embedding_gradien
 class InitialWeights:
     """What a fine-tuning run starts from."""
 
-    model_config: BertConfig
+    model_config: registry.Config
     tokenizer: object
     # {"path", "do_lower_case"}: how to load the tokenizer again (an absolute path).
     tokenizer_spec: dict
@@ -70,7 +70,7 @@ def from_path(
     tree = traverse_util.unflatten_dict(ckpt.flat, sep="/")
     # Every layout stores the layers one by one; a scanning model takes them stacked.
     if model_config.scan_layers:
-        tree["bert"] = stack_layers(tree["bert"], model_config.num_layers)
+        tree["bert"] = registry.stack_layers(tree["bert"], model_config.num_layers)
     kept = {k: v for k, v in tree.items() if k in heads}
     lacking = sorted(set(heads) - set(kept))
     if lacking:
@@ -154,7 +154,7 @@ def initial_params(weights: InitialWeights, head: str, num_labels: int, mesh, rn
     another label count), is initialised afresh, with a log line; checkpoint modules the head has no place for
     are ignored.
     """
-    model = build_model(weights.model_config, head, num_labels)
+    model = registry.build(weights.model_config, head, num_labels)
     boxed = jax.eval_shape(train_lib.boxed_init(model), rng)
     shardings = sharding.logical_shardings(boxed, mesh)
     params = train_lib.create_params(model, shardings, rng)

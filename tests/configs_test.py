@@ -1,14 +1,17 @@
 """The config recipes: the paper's schedule as the bert_base/bert_large defaults, every size, the schedule's
 learning rate at the documented steps, the 128 -> 512 switch at step 900k, and every field documented."""
 
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from bert_jax import optim
 from bert_jax.data.loader import make_pretraining_loader
-from bert_jax.models.bert import BertConfig
+from bert_jax.models import registry
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -80,7 +83,7 @@ def test_sizes(module):
     assert (m.hidden_act, m.hidden_dropout_prob, m.attention_dropout_prob) == ("gelu", 0.1, 0.1)
     assert m.initializer_range == 0.02
     fields = {**m.to_dict(), "dtype": c.dtype, "vocab_size": 30522}
-    assert BertConfig.from_dict(fields).head_dim == 64  # every size keeps 64-wide heads
+    assert registry.config_from_fields(fields).head_dim == 64  # every size keeps 64-wide heads
     doc = module.__doc__
     name = module.__name__.split(".")[-1]
     assert f"python -m bert_jax.main --config=configs/{name}.py" in doc
@@ -121,3 +124,32 @@ def test_configs_are_locked_by_the_entry_point():
     c.lock()
     with pytest.raises(AttributeError):
         c.learning_rat = 1.0
+
+
+def test_recipes_import_no_jax():
+    """Recipes are data: importing every bert_jax.configs module (and the sizes table) loads no JAX, Flax,
+    Optax or Orbax, so a data tool or a config check never starts an accelerator runtime."""
+    modules = sorted(p.stem for p in (REPO / "bert_jax" / "configs").glob("*.py"))
+    assert {"pretraining", "sizes", "bert_base", "glue"} <= set(modules)
+    code = (
+        "import importlib, sys\n"
+        f"for name in {modules!r}:\n"
+        "    importlib.import_module(f'bert_jax.configs.{name}').__name__\n"
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'jax', 'flax', 'optax', 'orbax'}))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )  # fmt: skip
+    assert out.stdout.strip() == "[]", out.stderr
+
+
+def test_recipe_sizes_are_the_models_presets():
+    """The one sizes table: the recipes' SIZES and the registry's BERT presets are the same data."""
+    from bert_jax.configs import pretraining, sizes
+
+    assert registry.presets("bert") is sizes.BERT
+    assert pretraining.SIZES == ("tiny", "mini", "small", "medium", "base", "large")
+    assert sizes.BERT["base"] == dict(
+        num_layers=12, hidden_size=768, num_heads=12, intermediate_size=3072
+    )

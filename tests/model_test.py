@@ -288,3 +288,70 @@ def test_heads_reject_unknown_keyword_arguments():
                     jax.random.key(0), **model_lib.dummy_inputs(), output_attention=True
                 )
             )
+
+
+# The parameter paths of every head, as checkpoints, the converters and the golden files know them.
+_ENCODER_PATHS = {
+    "bert/embeddings/word_embeddings/embedding", "bert/embeddings/position_embeddings/embedding",
+    "bert/embeddings/token_type_embeddings/embedding", "bert/embeddings/layer_norm/scale",
+    "bert/embeddings/layer_norm/bias",
+    *(f"bert/layer_0/{m}/{p}" for m in ("attention/query", "attention/key", "attention/value",
+      "attention/output", "intermediate", "output") for p in ("kernel", "bias")),
+    *(f"bert/layer_0/{n}/{p}" for n in ("attention_layer_norm", "output_layer_norm") for p in ("scale", "bias")),
+}  # fmt: skip
+_POOLER = {"bert/pooler/kernel", "bert/pooler/bias"}
+_HEAD_PATHS = {
+    "pretraining": _POOLER | {"mlm/transform/kernel", "mlm/transform/bias", "mlm/transform_layer_norm/scale",
+                              "mlm/transform_layer_norm/bias", "mlm/bias", "nsp/kernel", "nsp/bias"},
+    "classification": _POOLER | {"classifier/kernel", "classifier/bias"},
+    "span": {"qa_outputs/kernel", "qa_outputs/bias"},
+    "token": {"classifier/kernel", "classifier/bias"},
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("head", sorted(_HEAD_PATHS))
+def test_registry_heads_keep_the_parameter_paths(head):
+    """registry.build: the one task head (and the pretraining heads) name every parameter as the four
+    per-head classes did, with the shapes the head implies."""
+    from bert_jax.models import registry
+
+    config = registry.config_from_fields(
+        dict(vocab_size=50, hidden_size=8, num_layers=1, num_heads=2, intermediate_size=16)
+    )
+    model = registry.build(config, head, num_labels=3)
+    params = jax.eval_shape(lambda: nn.unbox(registry.init_params(model, jax.random.key(0))))
+    flat = {"/".join(k.key for k in path): x.shape for path, x in
+            jax.tree_util.tree_flatten_with_path(params)[0]}  # fmt: skip
+    assert set(flat) == _ENCODER_PATHS | _HEAD_PATHS[head]
+    if head in ("classification", "token"):
+        assert flat["classifier/kernel"] == (8, 3)
+    if head == "span":
+        assert flat["qa_outputs/kernel"] == (8, 2)
+
+
+def test_registry_errors_are_one_line():
+    from bert_jax.models import registry
+
+    with pytest.raises(ValueError, match=r"unknown model config keys \['hidden'\]"):
+        registry.config_from_fields({"hidden": 8})
+    with pytest.raises(ValueError, match="model family 'gpt' is not one of \\['bert'\\]"):
+        registry.config_from_fields({}, family="gpt")
+    with pytest.raises(ValueError, match="unknown head 'pooler'"):
+        registry.build(registry.config_from_fields({}), "pooler")
+    model = registry.build(registry.config_from_fields({}), "pretraining")
+    with pytest.raises(ValueError, match=r"objective 'rtd' is not one of \['mlm_nsp'\]"):
+        registry.objective("rtd", model)
+
+
+def test_registry_flops_are_the_familys_count():
+    """bert_base at 128 tokens / 20 predictions: the paper-model count, through the registry."""
+    from bert_jax import flops
+    from bert_jax.models import registry
+
+    config = registry.config_from_fields(dict(registry.presets()["base"]))
+    h, i, v, n = 768, 3072, 30522, 128
+    expected = 6.0 * (
+        12 * (n * (4 * h * h + 2 * h * i) + 2 * n * n * h) + 20 * (h * h + h * v) + h * h + 2 * h
+    )
+    assert registry.flops_per_sequence(config, 128, 20) == expected
+    assert flops.model_flops_per_sequence(config, 128, 20) == expected

@@ -95,6 +95,59 @@ def test_decay_mask_excludes_exactly_layer_norms_and_biases():
     assert all(isinstance(v, bool) for v in names.values())
 
 
+def _decays_by_name(params):
+    """The rule before decay went by rank: everything but biases and parameters under a LayerNorm module."""
+
+    def decays(path, _):
+        names = [str(getattr(k, "key", getattr(k, "name", k))) for k in path]
+        leaf, modules = names[-1], [n.lower() for n in names[:-1]]
+        in_layer_norm = any("layer_norm" in m or "layernorm" in m for m in modules)
+        return not (leaf == "bias" or in_layer_norm)
+
+    return jax.tree_util.tree_map_with_path(decays, nn.unbox(params))
+
+
+def _paths(mask, value):
+    flat = jax.tree_util.tree_flatten_with_path(mask)[0]
+    return sorted("/".join(k.key for k in path) for path, v in flat if v is value)
+
+
+@pytest.mark.parametrize("scan_layers", [False, True], ids=["layers", "scanned"])
+@pytest.mark.parametrize("head", model_lib.HEADS)
+def test_decay_by_rank_decays_what_the_name_rule_did(head, scan_layers):
+    """Every head, per-layer and scanned (stacked [layers, ...] params): the rank rule decays exactly the
+    parameters the name rule decayed (kernels and embedding tables), and none of the others."""
+    config = model_lib.BertConfig(
+        vocab_size=100, hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64,
+        scan_layers=scan_layers,
+    )  # fmt: skip
+    model = model_lib.build_model(config, head, num_labels=3)
+    params = jax.eval_shape(lambda: model_lib.init_params(model, jax.random.key(0)))
+    by_rank, by_name = optim.weight_decay_mask(params), _decays_by_name(params)
+    assert _paths(by_rank, True) == _paths(by_name, True)
+    assert _paths(by_rank, False) == _paths(by_name, False)
+    # The count: 3 embedding tables, then per layer (or once, stacked) q/k/v/out/ffn-in/ffn-out kernels,
+    # then the heads' kernels (pooler, MLM transform, NSP, classifier or qa_outputs).
+    layer_kernels = 6 * (1 if scan_layers else 2)
+    head_kernels = {"none": 1, "pretraining": 3, "classification": 2, "span": 1, "token": 1}[head]
+    assert len(_paths(by_rank, True)) == 3 + layer_kernels + head_kernels
+
+
+def test_decay_by_rank_on_plain_arrays():
+    """The optimizer calls the mask on unboxed arrays: a [3, 4] kernel decays, its [4] bias and a
+    LayerNorm's [4] scale and bias do not; a lone [5, 4] table decays."""
+    tree = {
+        "dense": {"kernel": np.zeros((3, 4)), "bias": np.zeros(4)},
+        "norm": {"scale": np.ones(4), "bias": np.zeros(4)},
+        "table": {"embedding": np.zeros((5, 4))},
+    }
+    assert optim.weight_decay_mask(tree) == {
+        "dense": {"kernel": True, "bias": False},
+        "norm": {"scale": False, "bias": False},
+        "table": {"embedding": True},
+    }
+
+
 def _tree(rng, scale=1.0):
     """A small float32 parameter-shaped tree: one dense layer and one LayerNorm."""
     tree = {

@@ -15,6 +15,7 @@ import pytest
 from bert_jax import benchmark, gpu_matrix, pretrain, sharding, train_lib
 from bert_jax.configs import bert_tiny
 from bert_jax.data.phases import Phase
+from bert_jax.models import registry
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -62,7 +63,7 @@ def test_benchmark_rows_on_a_tiny_model():
     assert sorted(rows) == [("bert_jax", "fwd+bwd"), ("bert_jax", "train")]
     setup = result["setup"]
     expected_flops = 4 * benchmark.flops.model_flops_per_sequence(
-        benchmark.model_lib.BertConfig(**benchmark.model_lib.PRESETS["tiny"]), 16, 3
+        registry.config_from_fields(registry.presets()["tiny"]), 16, 3
     )
     assert setup["model_flops_per_step"] == expected_flops
     for r in rows.values():
@@ -88,9 +89,9 @@ def test_the_benchmark_times_the_trainers_program(monkeypatch):
     assert program.phases == (Phase("phase1", 0, 16, 3, 4),)
     assert dict(program.mesh.shape) == {"data": 1, "fsdp": 1, "tensor": 1}
     assert (program.config.grad_accum_steps, program.config.optimizer) == (2, "bert_adam")
-    assert program.model_config == benchmark.model_lib.BertConfig(
-        **benchmark.model_lib.PRESETS["tiny"], dtype="float32", attention_impl="auto",
-        attention_dropout_prob=0.1, embedding_gradient="scatter",
+    assert program.model_config == registry.config_from_fields(
+        dict(**registry.presets()["tiny"], dtype="float32", attention_impl="auto",
+             attention_dropout_prob=0.1, embedding_gradient="scatter"),
     )  # fmt: skip
 
 

@@ -93,9 +93,6 @@ def test_a_run_without_phase_2_compiles_phase_1_and_eval():
         config,
         mesh,
         1000,
-        objective=pretrain.objective,
-        train_step=pretrain.train_step,
-        eval_step=pretrain.eval_step,
     )
     with pytest.raises(KeyError, match=r"'phase2': this run's phases are \['eval', 'phase1'\]"):
         program.phase("phase2")

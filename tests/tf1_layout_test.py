@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 import bert_jax
-from bert_jax import export, layouts, tf1_layout, tf_checkpoint
+from bert_jax import export, layouts, tf_checkpoint
+from bert_jax.models import bert_tf1 as tf1_layout
 
 FIXTURE = Path(__file__).parent / "testdata" / "tf1_uncased_L-2_H-36_A-3"
 ORIGINAL = np.load(FIXTURE / "outputs.npz")

@@ -15,16 +15,16 @@ misspelt key is an error. docs/configs.md describes every field.
 import ml_collections
 from ml_collections import config_dict
 
-from bert_jax.models.bert import PRESETS
+from bert_jax.configs.sizes import BERT as PRESETS
 
 # Where compiled steps are kept between launches (pretraining and fine-tuning share it).
 COMPILATION_CACHE_DIR = "~/.cache/bert_jax/xla"
-# The model sizes: BERT-Tiny ... BERT-Large (the one table lives in bert_jax.models.bert.PRESETS).
+# The model sizes: BERT-Tiny ... BERT-Large (the one table lives in bert_jax.configs.sizes, plain data).
 SIZES = tuple(PRESETS)
 
 
 def model_config(size: str) -> ml_collections.ConfigDict:
-    """BertConfig fields for one of SIZES (the two dtypes are top-level fields: `dtype`, `param_dtype`)."""
+    """The BERT family's model fields for one of SIZES (the two dtypes are top-level fields: `dtype`, `param_dtype`)."""
     m = ml_collections.ConfigDict()
     # The uncased English WordPiece vocab; -1 = take the tokenizer's size.
     m.vocab_size = 30522
@@ -137,6 +137,9 @@ def get_config(size: str = "base") -> ml_collections.ConfigDict:
     # Informational: the name of the model size, for logs and checkpoints.
     c.size = size
     c.model = model_config(size)
+    # The pretraining objective (bert_jax.models.objectives): "mlm_nsp" = masked LM + next sentence prediction,
+    # the paper's; the field lets a family bring its own (MLM alone, replaced-token detection) without a new loop.
+    c.objective = "mlm_nsp"
     c.data = data_config()
     # Compute dtype: "bfloat16" on TPU/GPU. Softmax, LayerNorm statistics and losses stay float32.
     c.dtype = "float32"

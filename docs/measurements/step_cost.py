@@ -52,9 +52,19 @@ def main(name=None):
     params = jax.jit(lambda k: nn.unbox(model_lib.init_params(model, k)))(jax.random.key(0))
     config = optimizer_config(name)
     tx, schedule = optim.make_optimizer(config), optim.make_schedule(config)
+    try:  # the objective owns the model (bert_jax/models/objectives.py); older checkouts bind the model
+        from bert_jax.models import registry
+
+        bound = {"objective": registry.objective("mlm_nsp", model)}
+    except ImportError:
+        bound = {"model": model}
+    try:  # the generic steps live in bert_jax/program.py; older checkouts have them in the loop
+        from bert_jax.program import train_step
+    except ImportError:
+        train_step = pretrain.train_step
     state = jax.jit(lambda p: optim.TrainState.create(p, tx))(params)
     step = jax.jit(
-        functools.partial(pretrain.train_step, model=model, tx=tx, schedule=schedule),
+        functools.partial(train_step, **bound, tx=tx, schedule=schedule),
         donate_argnums=0,
     )
     rng = jax.random.key(1)

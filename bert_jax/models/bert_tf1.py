@@ -16,7 +16,7 @@ import re
 import numpy as np
 
 from bert_jax import tf_checkpoint
-from bert_jax.models import bert as model_lib
+from bert_jax.models.bert import BertConfig
 
 # One layer: (TF1 name under bert/encoder/layer_{i}/, bert_jax path under bert/layer_{i}/, layout).
 _LAYER_NAMES = [
@@ -87,7 +87,7 @@ def name_map(num_layers: int) -> dict[str, tuple[str, str]]:
     return names
 
 
-def to_jax(kind: str, w: np.ndarray, config: model_lib.BertConfig) -> np.ndarray:
+def to_jax(kind: str, w: np.ndarray, config: BertConfig) -> np.ndarray:
     """A TF1 tensor in bert_jax's layout (TF1 kernels are already [in, out])."""
     if kind == "copy":
         return w
@@ -143,7 +143,7 @@ def check_is_bert(prefix: str) -> tf_checkpoint.Bundle:
     return bundle
 
 
-def read_config(path: str, **overrides) -> model_lib.BertConfig:
+def read_config(path: str, **overrides) -> BertConfig:
     """BertConfig from the original `bert_config.json`; one-line errors naming the file and field."""
     try:
         with open(path) as f:
@@ -158,14 +158,12 @@ def read_config(path: str, **overrides) -> model_lib.BertConfig:
     if missing:
         raise ValueError(f"{path}: missing BERT config fields {missing}")
     try:
-        return model_lib.BertConfig(
-            **{CONFIG_FIELDS[k]: values[k] for k in CONFIG_FIELDS}, **overrides
-        )
+        return BertConfig(**{CONFIG_FIELDS[k]: values[k] for k in CONFIG_FIELDS}, **overrides)
     except (TypeError, ValueError) as e:
         raise ValueError(f"{path}: {e}") from e
 
 
-def config_dict(config: model_lib.BertConfig) -> dict:
+def config_dict(config: BertConfig) -> dict:
     """The original bert_config.json fields of `config`."""
     return {theirs: getattr(config, ours) for theirs, ours in CONFIG_FIELDS.items()}
 
@@ -223,7 +221,7 @@ def infer_do_lower_case(prefix: str, vocab_path: str | None) -> tuple[bool, str]
     return True, "the default"
 
 
-def read_params(prefix: str, config: model_lib.BertConfig, config_path: str):
+def read_params(prefix: str, config: BertConfig, config_path: str):
     """Reads a TF1 BERT checkpoint: ({'bert/...' path: array in bert_jax layout}, skipped variable names).
 
     Raises ValueError naming the file and variable for a TF2 / ALBERT / ELECTRA checkpoint, a variable that
@@ -254,7 +252,7 @@ def read_params(prefix: str, config: model_lib.BertConfig, config_path: str):
     return flat, skipped
 
 
-def expected_shape(name: str, config: model_lib.BertConfig) -> tuple[int | None, ...]:
+def expected_shape(name: str, config: BertConfig) -> tuple[int | None, ...]:
     """The shape `config` implies for TF1 variable `name` (None: the classifier's free label count)."""
     h, v = config.hidden_size, config.vocab_size
     whole = {
@@ -280,7 +278,7 @@ def expected_shape(name: str, config: model_lib.BertConfig) -> tuple[int | None,
     return (h, h) if name.endswith("/kernel") else (h,)
 
 
-def write_params(prefix: str, flat: dict[str, np.ndarray], config: model_lib.BertConfig) -> None:
+def write_params(prefix: str, flat: dict[str, np.ndarray], config: BertConfig) -> None:
     """Writes flat 'bert/...' parameters (bert_jax layout) as a TF1 checkpoint with the original names."""
     by_path = {ours: (tf, kind) for tf, (ours, kind) in name_map(config.num_layers).items()}
     missing = sorted(set(flat) - set(by_path))

@@ -18,7 +18,7 @@ import numpy as np
 from etils import epath
 from flax import traverse_util
 
-from bert_jax.models import bert as model_lib
+from bert_jax.models.bert import BertConfig
 
 # transformers' BertConfig field -> bert_jax BertConfig field.
 CONFIG_FIELDS = {
@@ -100,7 +100,7 @@ def name_map(num_layers: int) -> dict[str, tuple[str, str]]:
     return names
 
 
-def _to_jax(kind: str, w: np.ndarray, config: model_lib.BertConfig) -> np.ndarray:
+def _to_jax(kind: str, w: np.ndarray, config: BertConfig) -> np.ndarray:
     heads, head_dim = config.num_heads, config.head_dim
     if kind == "copy":
         return w
@@ -130,7 +130,7 @@ def _to_torch_layout(kind: str, w: np.ndarray) -> np.ndarray:
 
 
 def hf_to_flat_params(
-    state: Mapping[str, np.ndarray], config: model_lib.BertConfig, source: str = "checkpoint"
+    state: Mapping[str, np.ndarray], config: BertConfig, source: str = "checkpoint"
 ) -> tuple[dict[str, np.ndarray], list[str]]:
     """Renames and re-lays-out transformers tensors; returns ({'bert/...': array}, ignored names).
 
@@ -159,7 +159,7 @@ def hf_to_flat_params(
     return flat, ignored
 
 
-def flat_params_to_hf(params, config: model_lib.BertConfig, head: str) -> dict[str, np.ndarray]:
+def flat_params_to_hf(params, config: BertConfig, head: str) -> dict[str, np.ndarray]:
     """bert_jax parameters (nested dict) -> a transformers state dict for the matching Bert* class."""
     flat = traverse_util.flatten_dict(nn.unbox(params), sep="/")
     if (
@@ -176,9 +176,7 @@ def flat_params_to_hf(params, config: model_lib.BertConfig, head: str) -> dict[s
     return out
 
 
-def config_from_hf(
-    hf_config: Mapping, path: str = "config.json", **overrides
-) -> model_lib.BertConfig:
+def config_from_hf(hf_config: Mapping, path: str = "config.json", **overrides) -> BertConfig:
     """A BertConfig from a transformers config.json dict; one-line errors for non-BERT configs."""
     model_type = hf_config.get("model_type")
     if model_type != "bert":
@@ -195,7 +193,7 @@ def config_from_hf(
         ours: hf_config[theirs] for theirs, ours in CONFIG_FIELDS.items() if theirs in hf_config
     }
     values.update(overrides)
-    return model_lib.BertConfig(**values)
+    return BertConfig(**values)
 
 
 def read_state_dict(directory: epath.Path) -> dict[str, np.ndarray]:

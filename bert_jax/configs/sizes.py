@@ -1,0 +1,14 @@
+"""The model sizes, as data: one table per model family, read by the recipes and by `bert_jax.models`.
+
+Pure Python (no JAX, no NumPy), so that loading a recipe or a `data/` tool never imports an accelerator library.
+"""
+
+# The sizes of the released BERT models (Devlin et al. 2018; Turc et al. 2019 for the compact ones).
+BERT = {
+    "tiny": dict(num_layers=2, hidden_size=128, num_heads=2, intermediate_size=512),
+    "mini": dict(num_layers=4, hidden_size=256, num_heads=4, intermediate_size=1024),
+    "small": dict(num_layers=4, hidden_size=512, num_heads=8, intermediate_size=2048),
+    "medium": dict(num_layers=8, hidden_size=512, num_heads=8, intermediate_size=2048),
+    "base": dict(num_layers=12, hidden_size=768, num_heads=12, intermediate_size=3072),
+    "large": dict(num_layers=24, hidden_size=1024, num_heads=16, intermediate_size=4096),
+}

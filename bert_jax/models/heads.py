@@ -1,0 +1,171 @@
+"""The heads on an encoder: pretraining (masked LM tied to the word embeddings + next sentence prediction) and
+one fine-tuning head for sequence classification/regression, span prediction and token classification.
+
+A head is built around a family's encoder class (`encoder`), which it names `encoder_name` ("bert" for BERT, so
+the parameter paths are the ones checkpoints, converters and golden files know). The encoder takes
+`(config, add_pooling_layer=..., name=...)`, returns a dict with `last_hidden_state` (and `pooler_output`
+when pooled), and holds an `embeddings` submodule with `attend(x)` (the tied MLM decoder).
+Logits fed to losses are float32.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from bert_jax.models.layers import ACTIVATIONS, Dropout, dense, layer_norm, zeros
+
+# Head names: "none" is the bare encoder; TASKS are the fine-tuning heads `TaskHead` builds.
+TASKS = ("classification", "span", "token")
+HEADS = ("none", "pretraining", *TASKS)
+
+
+def _encode(
+    module, pooler: bool, input_ids, token_type_ids, attention_mask, deterministic, outputs
+):
+    """The encoder call every head shares; run inside a head's compact method, it names the submodule
+    `encoder_name`. `outputs`: (output_hidden_states, output_attentions). Returns (encoder, its outputs)."""
+    encoder = module.encoder(module.config, add_pooling_layer=pooler, name=module.encoder_name)
+    hidden, attentions = outputs
+    return encoder, encoder(
+        input_ids,
+        token_type_ids,
+        attention_mask,
+        deterministic=deterministic,
+        output_hidden_states=hidden,
+        output_attentions=attentions,
+    )
+
+
+class MaskedLMHead(nn.Module):
+    """MLM head: dense + activation + LayerNorm, then the decoder tied to the word embeddings + a bias."""
+
+    config: Any
+
+    @nn.compact
+    def __call__(self, x, embeddings: nn.Module):
+        cfg = self.config
+        x = dense(cfg, cfg.hidden_size, ("embed", "embed_out"), "transform")(x)
+        x = ACTIVATIONS[cfg.hidden_act](x)
+        x = layer_norm(cfg, "transform_layer_norm")(x)
+        bias = self.param("bias", zeros(("vocab",)), (cfg.vocab_size,), cfg.storage_dtype)
+        logits = embeddings.attend(x.astype(cfg.compute_dtype))
+        return logits.astype(jnp.float32) + bias.astype(jnp.float32)
+
+
+class PreTrainingHeads(nn.Module):
+    """The encoder with the MLM and next-sentence-prediction heads.
+
+    With `masked_lm_positions` [batch, predictions], MLM logits are computed only at those positions (so the
+    head costs what the paper's FLOP count says); otherwise at every position.
+    """
+
+    config: Any
+    encoder: Any
+    encoder_name: str = "bert"
+
+    @nn.compact
+    def __call__(
+        self,
+        input_ids,
+        token_type_ids=None,
+        attention_mask=None,
+        masked_lm_positions=None,
+        *,
+        deterministic: bool = True,
+        output_hidden_states: bool = False,
+        output_attentions: bool = False,
+    ):
+        encoder, outputs = _encode(
+            self,
+            True,
+            input_ids,
+            token_type_ids,
+            attention_mask,
+            deterministic,
+            (output_hidden_states, output_attentions),
+        )
+        sequence = outputs["last_hidden_state"]
+        if masked_lm_positions is not None:
+            sequence = jnp.take_along_axis(sequence, masked_lm_positions[..., None], axis=1)
+        # The decoder is tied to the word embeddings: the head calls back into the encoder's embeddings.
+        outputs["prediction_logits"] = MaskedLMHead(self.config, name="mlm")(
+            sequence, encoder.embeddings
+        )
+        nsp = dense(self.config, 2, ("embed", "classes"), "nsp")
+        outputs["seq_relationship_logits"] = nsp(outputs["pooler_output"]).astype(jnp.float32)
+        return outputs
+
+
+class TaskHead(nn.Module):
+    """The fine-tuning head, one of TASKS, on the encoder:
+
+    "classification": pooled [CLS] -> dropout -> linear "classifier" -> `logits` (`num_labels == 1` is
+      regression, e.g. STS-B);
+    "span": every position -> linear "qa_outputs" -> `start_logits`, `end_logits` (SQuAD);
+    "token": every position -> dropout -> linear "classifier" -> `logits` (NER).
+    Only "classification" builds the pooler.
+    """
+
+    config: Any
+    encoder: Any
+    task: str = "classification"
+    num_labels: int = 2
+    encoder_name: str = "bert"
+
+    @nn.compact
+    def __call__(
+        self,
+        input_ids,
+        token_type_ids=None,
+        attention_mask=None,
+        *,
+        deterministic=True,
+        output_hidden_states=False,
+        output_attentions=False,
+    ):
+        pooled = self.task == "classification"
+        _, outputs = _encode(
+            self,
+            pooled,
+            input_ids,
+            token_type_ids,
+            attention_mask,
+            deterministic,
+            (output_hidden_states, output_attentions),
+        )
+        x = outputs["pooler_output" if pooled else "last_hidden_state"]
+        if self.task == "span":
+            logits = dense(self.config, 2, ("embed", "classes"), "qa_outputs")(x)
+            logits = logits.astype(jnp.float32)
+            outputs["start_logits"], outputs["end_logits"] = logits[..., 0], logits[..., 1]
+            return outputs
+        x = Dropout(self.config.hidden_dropout_prob)(x, deterministic)
+        logits = dense(self.config, self.num_labels, ("embed", "classes"), "classifier")(x)
+        outputs["logits"] = logits.astype(jnp.float32)
+        return outputs
+
+
+def build(config, encoder, head: str = "none", num_labels: int = 2) -> nn.Module:
+    """The module for a head name (one of HEADS) around the family's `encoder` class."""
+    if head == "none":
+        return encoder(config)
+    if head == "pretraining":
+        return PreTrainingHeads(config, encoder)
+    if head in TASKS:
+        return TaskHead(config, encoder, task=head, num_labels=2 if head == "span" else num_labels)
+    raise ValueError(f"unknown head {head!r}; expected one of {HEADS}")
+
+
+def dummy_inputs(batch: int = 1, length: int = 8) -> dict[str, jax.Array]:
+    """Shape-only inputs for `model.init` / `jax.eval_shape`."""
+    ids = jnp.zeros((batch, length), jnp.int32)
+    return {"input_ids": ids, "token_type_ids": ids, "attention_mask": jnp.ones_like(ids)}
+
+
+def init_params(model: nn.Module, rng: jax.Array, batch: int = 1, length: int = 8):
+    """Initialises parameters (boxed with their logical axes; `nn.unbox` strips the boxes)."""
+    return model.init(rng, **dummy_inputs(batch, length))["params"]

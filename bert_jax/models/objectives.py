@@ -1,0 +1,88 @@
+"""Pretraining objectives: what a family's pretraining model computes from a batch, as loss sums.
+
+An objective owns the model's loss inputs (t5x's `BaseModel` habit), so the pretraining step sees only
+`loss(params, batch, rng) -> (loss, sums)`, `eval_sums(params, batch)` and `summarize(sums)`; a family with
+another objective (MLM alone, replaced-token detection) adds a class here and a name in OBJECTIVES. Sums come
+with their denominators so the host adds them over steps and devices and divides once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, ClassVar
+
+import jax.numpy as jnp
+
+from bert_jax import losses
+
+
+def divide(a: float, b: float) -> float:
+    """a / b, or NaN when there is no weight (a window of skipped steps); as `reporting.divide`, which imports
+    the trainer library and so cannot be imported from a model module."""
+    return a / b if b > 0 else math.nan
+
+
+@dataclasses.dataclass(frozen=True)
+class MlmNsp:
+    """The paper's objective: mean MLM cross entropy over the masked positions + mean NSP cross entropy.
+
+    `model`: the family's "pretraining" head module (outputs `prediction_logits` at `masked_lm_positions` and
+    `seq_relationship_logits`). Batch: `input_ids`, `token_type_ids`, `attention_mask`, `masked_lm_positions`,
+    `masked_lm_ids`, `masked_lm_weights`, `next_sentence_labels`.
+    """
+
+    model: Any
+    # The head the model is built with (registry.build(config, head)).
+    head: ClassVar[str] = "pretraining"
+    # The compact progress line and the eval line: (label, summary key, format).
+    progress: ClassVar[tuple] = (
+        ("mlm_acc", "mlm_accuracy", ".3f"),
+        ("nsp_acc", "nsp_accuracy", ".3f"),
+    )
+
+    def loss_sums(self, params, batch, rng, deterministic: bool):
+        """(the training loss, the MLM and NSP sums keyed `mlm_*`, `nsp_*`); dropout on unless `deterministic`."""
+        outputs = self.model.apply(
+            {"params": params},
+            batch["input_ids"],
+            batch["token_type_ids"],
+            batch["attention_mask"],
+            batch["masked_lm_positions"],
+            deterministic=deterministic,
+            rngs=None if deterministic else {"dropout": rng},
+        )
+        mlm = losses.mlm_loss(
+            outputs["prediction_logits"], batch["masked_lm_ids"], batch["masked_lm_weights"]
+        )
+        nsp = losses.nsp_loss(outputs["seq_relationship_logits"], batch["next_sentence_labels"])
+        loss = (
+            mlm["loss_sum"] / jnp.maximum(mlm["weight_sum"], 1e-5) + nsp["loss_sum"] / nsp["count"]
+        )
+        sums = {
+            **{f"mlm_{k}": v for k, v in mlm.items()},
+            **{f"nsp_{k}": v for k, v in nsp.items()},
+        }
+        return loss, sums
+
+    def loss(self, params, batch, rng):
+        """The training loss and its sums, with dropout (the function to differentiate)."""
+        return self.loss_sums(params, batch, rng, deterministic=False)
+
+    def eval_sums(self, params, batch):
+        """Held-out sums, dropout off."""
+        return self.loss_sums(params, batch, None, deterministic=True)[1]
+
+    @staticmethod
+    def summarize(sums: dict[str, float]) -> dict[str, float]:
+        """Means and accuracies from summed MLM/NSP metrics (the host divides once)."""
+        return {
+            "mlm_loss": divide(sums["mlm_loss_sum"], sums["mlm_weight_sum"]),
+            "mlm_accuracy": divide(sums["mlm_correct_sum"], sums["mlm_weight_sum"]),
+            "nsp_loss": divide(sums["nsp_loss_sum"], sums["nsp_count"]),
+            "nsp_accuracy": divide(sums["nsp_correct_sum"], sums["nsp_count"]),
+        }
+
+
+# The objectives by the name a recipe's `objective` field gives.
+OBJECTIVES = {"mlm_nsp": MlmNsp}
