@@ -7,7 +7,12 @@ libtpu (the `[tpu]` extra) describes the topology's chips (`jax.experimental.top
 train step at the phase-1 and phase-2 lengths and the eval step are lowered and compiled for them, and for each
 the per-chip memory (parameters + optimizer state, temporaries, total against the chip's HBM), the compiled
 against the counted model FLOPs and the collectives in the compiled HLO are printed. Exit status 1 if a step
-does not fit.
+does not fit or does not compile.
+
+Each program is compiled in a child process (this module again, `--programs=ONE --json --noisolate`), its
+stderr kept in LOG_DIR/PROGRAM.log: a compiler that crashes (a segmentation fault inside libtpu) or is killed
+for memory costs one line, `train phase 2 (length 512): the TPU compiler crashed (signal 11); see LOG`, and
+the other programs are still reported. `--noisolate` compiles in this process (what each child does).
 """
 
 from __future__ import annotations
@@ -19,7 +24,10 @@ import json
 import math
 import os
 import re
+import signal
+import subprocess
 import sys
+import tempfile
 import time
 
 import jax
@@ -293,6 +301,83 @@ def suggestion(config) -> str:
 
 
 # ----------------------------------------------------------------------------------------------------------
+# One program per child process: a compiler crash ends the child, not the check.
+# ----------------------------------------------------------------------------------------------------------
+PROGRAM_NAMES = {"phase1": "train phase 1", "phase2": "train phase 2", "eval": "eval"}
+# Test seam: "PROGRAM:SIGNAL[,PROGRAM:SIGNAL...]" makes the child that compiles PROGRAM send itself SIGNAL just
+# before compiling, as a crashing compiler (11, SIGSEGV) or the kernel's out-of-memory killer (9) ends it;
+# tests/compile_test.py checks the parent's report this way without needing a compiler bug.
+SIGNAL_ENV = "BERT_JAX_COMPILE_TEST_SIGNAL"
+
+
+def program_length(config, program: str) -> int:
+    """The sequence length `program` (one of STEPS) compiles at; eval runs at the longest trained length."""
+    data = config.data
+    if program == "phase1" or data.phase2_fraction <= 0:
+        return data.seq_length
+    return data.phase2_seq_length
+
+
+def _signal_self_for_tests(programs) -> None:
+    for entry in filter(None, os.environ.get(SIGNAL_ENV, "").split(",")):
+        program, _, number = entry.partition(":")
+        if program in programs:
+            os.kill(os.getpid(), int(number))
+
+
+def compile_in_child(args: list[str], program: str, config, log_dir: str) -> list[dict]:
+    """Compiles one of STEPS by running this module with the command line's `args` in a child process.
+
+    Returns the child's reports (none for phase 2 of a schedule without one), each with "status" "compiled" or
+    "out_of_memory" (the compiler rejected it) and the child's "log". A child that dies of a signal gives one
+    report with "status" "crashed" and "signal"; one that fails otherwise "status" "failed" and its last
+    stderr line as "error"; both with "fits" None. The child's one-line setup error raises SetupError.
+    """
+    log = os.path.join(log_dir, f"{program}.log")
+    command = [sys.executable, "-m", "bert_jax.compile", *args]
+    command += [f"--programs={program}", "--json", "--noisolate"]
+    logging.info("compiling %s in a child process; its log: %s", program, log)
+    with open(log, "w") as stderr:
+        child = subprocess.run(
+            command, stdout=subprocess.PIPE, stderr=stderr, text=True, check=False
+        )
+    with open(log, errors="replace") as f:
+        last = ([line.strip() for line in f if line.strip()] or [""])[-1]
+    out = [line for line in child.stdout.splitlines() if line.startswith("{")]
+    if child.returncode in (0, 1) and out:
+        reports = json.loads(out[-1])["steps"]
+        for r in reports:
+            r.update(status="out_of_memory" if "error" in r else "compiled", log=log)
+        return reports
+    if child.returncode > 0 and last.startswith("error: "):
+        raise train_lib.SetupError(last.removeprefix("error: "))
+    report = dict(
+        step=PROGRAM_NAMES[program], seq_length=program_length(config, program), fits=None
+    )
+    if child.returncode < 0:
+        report.update(status="crashed", signal=-child.returncode)
+    else:
+        report.update(status="failed", exit_status=child.returncode, error=last[:300])
+    report["log"] = log
+    return [report]
+
+
+def failure_line(report: dict, compiler: str = "the TPU compiler") -> str:
+    """A crashed or failed program's report as the table's one line."""
+    head = f"{report['step']} (length {report['seq_length']})"
+    if report["status"] == "failed":
+        return f"{head}: did not compile: {report['error']}; see {report['log']}"
+    number = report["signal"]
+    try:
+        name = signal.Signals(number).name
+    except ValueError:
+        name = "unknown signal"
+    if number == signal.SIGKILL:  # what the kernel's out-of-memory killer sends
+        return f"{head}: {compiler} was killed (signal {number}, {name}: out of memory?); see {report['log']}"
+    return f"{head}: {compiler} crashed (signal {number}, {name}); see {report['log']}"
+
+
+# ----------------------------------------------------------------------------------------------------------
 # Command line.
 # ----------------------------------------------------------------------------------------------------------
 def _gib(n: float) -> str:
@@ -310,7 +395,11 @@ def format_report(topology: Topology, num_slices: int, config, reports: list[dic
         + f", batch {config.global_batch_size}, grad_accum_steps {config.grad_accum_steps}, "
         f"dtype {config.dtype}, remat {config.model.remat_policy}"
     ]
+    compiler = "the XLA compiler" if topology.generation == "cpu" else "the TPU compiler"
     for r in reports:
+        if r.get("status") in ("crashed", "failed"):
+            lines.append("  " + failure_line(r, compiler))
+            continue
         head = f"{r['step']} (length {r['seq_length']}, {r['sequences_per_chip']:g} sequences/chip)"
         if "error" in r:
             lines.append(f"  {head}: DOES NOT FIT: {r['error']}")
@@ -330,9 +419,12 @@ def format_report(topology: Topology, num_slices: int, config, reports: list[dic
             ),
             f"    collectives: {collectives}",
         ]
-    if not all(r["fits"] for r in reports):
-        failed = ", ".join(r["step"] for r in reports if not r["fits"])
+    if any(r["fits"] is False for r in reports):
+        failed = ", ".join(r["step"] for r in reports if r["fits"] is False)
         lines.append(f"does not fit ({failed}): {suggestion(config)}")
+    if any(r["fits"] is None for r in reports):
+        failed = ", ".join(r["step"] for r in reports if r["fits"] is None)
+        lines.append(f"did not compile ({failed}): docs/tpu.md, 'When the compiler crashes'")
     return "\n".join(lines)
 
 
@@ -345,6 +437,15 @@ _NUM_SLICES = flags.DEFINE_integer(
 )
 _STEPS = flags.DEFINE_list("programs", list(STEPS), f"Which of {STEPS} to compile.")
 _JSON = flags.DEFINE_bool("json", False, "Print one JSON object instead of the table.")
+_ISOLATE = flags.DEFINE_bool(
+    "isolate", True, "Compile each program in a child process (a compiler crash is then one line)."
+)
+# Not --log_dir: absl.logging defines that one.
+_LOG_DIR = flags.DEFINE_string(
+    "child_logs",
+    "",
+    "Where each child's stderr goes (PROGRAM.log); default: a new temporary directory.",
+)
 
 
 def main(argv) -> int:
@@ -361,10 +462,19 @@ def main(argv) -> int:
             )
         with train_lib.setup_error("topology"):
             topology = parse_topology(_TOPOLOGY.value)
-            devices = topology_devices(topology, _NUM_SLICES.value)
         if set(_STEPS.value) - set(STEPS):
             raise train_lib.SetupError(f"--programs {_STEPS.value}: each must be one of {STEPS}")
-        reports = compile_steps(config, devices, topology.hbm_bytes, _STEPS.value)
+        if _ISOLATE.value:
+            log_dir = _LOG_DIR.value or tempfile.mkdtemp(prefix="bert_jax_compile_")
+            os.makedirs(log_dir, exist_ok=True)
+            reports = []
+            for program in dict.fromkeys(_STEPS.value):
+                reports += compile_in_child(sys.argv[1:], program, config, log_dir)
+        else:
+            with train_lib.setup_error("topology"):
+                devices = topology_devices(topology, _NUM_SLICES.value)
+            _signal_self_for_tests(_STEPS.value)
+            reports = compile_steps(config, devices, topology.hbm_bytes, _STEPS.value)
     except train_lib.SetupError as error:
         sys.exit(f"error: {error}")
     if _JSON.value:

@@ -3,6 +3,8 @@ for TPU topologies through libtpu on this CPU machine (slow ones marked)."""
 
 import importlib
 import importlib.util
+import json
+import os
 import re
 import subprocess
 import sys
@@ -275,3 +277,57 @@ def test_the_train_step_compiles_for_two_slices():
     assert report["fits"] and report["sequences_per_chip"] == 4
     # The gradient mean across the two slices (and the fsdp weight gathers inside each).
     assert report["collectives"]["all-reduce"] >= 1 and report["collectives"]["all-gather"] >= 1
+
+
+# bert_tiny at short lengths on this machine's CPU: each child's compile takes seconds.
+_TINY = [
+    "--config=configs/bert_tiny.py", "--topology=cpu", "--config.global_batch_size=8",
+    "--config.data.seq_length=16", "--config.data.max_predictions_per_seq=2",
+    "--config.data.phase2_seq_length=32", "--config.data.phase2_max_predictions_per_seq=4",
+]  # fmt: skip
+
+
+def test_a_crashed_or_killed_compiler_is_one_report_and_the_other_programs_are_still_compiled(
+    tmp_path,
+):
+    # The seam makes phase 2's child segfault and eval's die of SIGKILL (as the out-of-memory killer does).
+    env = dict(os.environ, **{compile_lib.SIGNAL_ENV: "phase2:11,eval:9"})
+    result = subprocess.run(
+        [sys.executable, "-m", "bert_jax.compile", *_TINY, "--json", f"--child_logs={tmp_path}"],
+        cwd=REPO, capture_output=True, text=True, check=False, env=env,
+    )  # fmt: skip
+    assert result.returncode == 1, result.stderr[-2000:]
+    phase1, phase2, evaluate = json.loads(result.stdout)["steps"]
+    assert (phase1["step"], phase1["seq_length"], phase1["status"], phase1["fits"]) == (
+        "train phase 1", 16, "compiled", True,
+    )  # fmt: skip
+    assert phase1["total_bytes"] > 0 and phase1["log"] == str(tmp_path / "phase1.log")
+    assert phase2 == {
+        "step": "train phase 2", "seq_length": 32, "fits": None, "status": "crashed", "signal": 11,
+        "log": str(tmp_path / "phase2.log"),
+    }  # fmt: skip
+    assert evaluate == {
+        "step": "eval", "seq_length": 32, "fits": None, "status": "crashed", "signal": 9,
+        "log": str(tmp_path / "eval.log"),
+    }  # fmt: skip
+    # Each child's stderr is in its log: phase 1's names the step it compiled.
+    assert "compiling train phase 1 (length 16)" in (tmp_path / "phase1.log").read_text()
+
+
+def test_the_table_gives_a_crash_one_line_with_its_signal_and_log():
+    config = _recipe("bert_large")
+    topology = compile_lib.parse_topology("v6e-8")
+    crashed = dict(step="train phase 2", seq_length=512, fits=None, status="crashed", signal=11,
+                   log="/tmp/logs/phase2.log")  # fmt: skip
+    killed = dict(crashed, step="eval", signal=9, log="/tmp/logs/eval.log")
+    failed = dict(crashed, step="train phase 1", seq_length=128, status="failed", exit_status=1,
+                  error="jax.errors.JaxRuntimeError: INTERNAL: boom", log="/tmp/logs/phase1.log")  # fmt: skip
+    lines = compile_lib.format_report(topology, 1, config, [failed, crashed, killed]).splitlines()
+    assert lines[1:] == [
+        "  train phase 1 (length 128): did not compile: jax.errors.JaxRuntimeError: INTERNAL: boom; "
+        "see /tmp/logs/phase1.log",
+        "  train phase 2 (length 512): the TPU compiler crashed (signal 11, SIGSEGV); see /tmp/logs/phase2.log",
+        "  eval (length 512): the TPU compiler was killed (signal 9, SIGKILL: out of memory?); "
+        "see /tmp/logs/eval.log",
+        "did not compile (train phase 1, train phase 2, eval): docs/tpu.md, 'When the compiler crashes'",
+    ]
