@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import importlib.metadata
 import importlib.util
 import json
 import math
@@ -362,11 +363,44 @@ def compile_in_child(args: list[str], program: str, config, log_dir: str) -> lis
     return [report]
 
 
-def failure_line(report: dict, compiler: str = "the TPU compiler") -> str:
-    """A crashed or failed program's report as the table's one line."""
+# The first libtpu (and the jax[tpu] that brings it) seen to compile bert_large's phase-2 step for v6e: libtpu
+# 0.0.42.1 (jax 0.10.2) segfaults on it when the attention probabilities have dropout (docs/tpu.md, "When the
+# compiler crashes"; the bisection is in docs/measurements/v6e-2026-12-06/).
+V6E_ATTENTION_DROPOUT_LIBTPU = ("0.0.50.1", "0.12.0.1")
+
+
+def _version(text: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in re.findall(r"\d+", text))
+
+
+def libtpu_version() -> str | None:
+    """The installed libtpu's version, or None without one."""
+    try:
+        return importlib.metadata.version("libtpu")
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def known_crash(generation: str, config, libtpu: str | None) -> str:
+    """What to do about a compiler crash this project has bisected for this generation and config, or ""."""
+    fixed, fixed_jax = V6E_ATTENTION_DROPOUT_LIBTPU
+    if generation != "v6e" or config.model.attention_dropout_prob <= 0 or libtpu is None:
+        return ""
+    if _version(libtpu) >= _version(fixed):
+        return ""
+    return (
+        f"libtpu {libtpu} crashes on v6e with attention dropout; libtpu >= {fixed} compiles it "
+        f"(pip install 'jax[tpu]>={fixed_jax}', Python >= 3.11)"
+    )
+
+
+def failure_line(report: dict, compiler: str = "the TPU compiler", hint: str = "") -> str:
+    """A crashed or failed program's report as the table's one line (`hint`: a known cause and its fix)."""
     head = f"{report['step']} (length {report['seq_length']})"
     if report["status"] == "failed":
         return f"{head}: did not compile: {report['error']}; see {report['log']}"
+    if hint:
+        return failure_line(report, compiler) + f" ({hint})"
     number = report["signal"]
     try:
         name = signal.Signals(number).name
@@ -396,9 +430,11 @@ def format_report(topology: Topology, num_slices: int, config, reports: list[dic
         f"dtype {config.dtype}, remat {config.model.remat_policy}"
     ]
     compiler = "the XLA compiler" if topology.generation == "cpu" else "the TPU compiler"
+    hint = known_crash(topology.generation, config, libtpu_version())
     for r in reports:
         if r.get("status") in ("crashed", "failed"):
-            lines.append("  " + failure_line(r, compiler))
+            segfault = r.get("signal") == signal.SIGSEGV
+            lines.append("  " + failure_line(r, compiler, hint if segfault else ""))
             continue
         head = f"{r['step']} (length {r['seq_length']}, {r['sequences_per_chip']:g} sequences/chip)"
         if "error" in r:

@@ -314,8 +314,9 @@ def test_a_crashed_or_killed_compiler_is_one_report_and_the_other_programs_are_s
     assert "compiling train phase 1 (length 16)" in (tmp_path / "phase1.log").read_text()
 
 
-def test_the_table_gives_a_crash_one_line_with_its_signal_and_log():
+def test_the_table_gives_a_crash_one_line_with_its_signal_and_log(monkeypatch):
     config = _recipe("bert_large")
+    monkeypatch.setattr(compile_lib, "libtpu_version", lambda: "0.0.50.1")  # no known crash to name
     topology = compile_lib.parse_topology("v6e-8")
     crashed = dict(step="train phase 2", seq_length=512, fits=None, status="crashed", signal=11,
                    log="/tmp/logs/phase2.log")  # fmt: skip
@@ -331,3 +332,31 @@ def test_the_table_gives_a_crash_one_line_with_its_signal_and_log():
         "see /tmp/logs/eval.log",
         "did not compile (train phase 1, train phase 2, eval): docs/tpu.md, 'When the compiler crashes'",
     ]
+
+
+def test_a_segfault_on_v6e_with_attention_dropout_names_the_libtpu_that_compiles_it(monkeypatch):
+    config = _recipe("bert_large")
+    assert compile_lib.known_crash("v6e", config, "0.0.42.1") == (
+        "libtpu 0.0.42.1 crashes on v6e with attention dropout; libtpu >= 0.0.50.1 compiles it "
+        "(pip install 'jax[tpu]>=0.12.0.1', Python >= 3.11)"
+    )
+    # Fixed libtpu, another generation, no attention dropout, no libtpu: nothing known.
+    assert compile_lib.known_crash("v6e", config, "0.0.52") == ""
+    assert compile_lib.known_crash("v5e", config, "0.0.42.1") == ""
+    no_dropout = _recipe("bert_large", **{"model.attention_dropout_prob": 0.0})
+    assert compile_lib.known_crash("v6e", no_dropout, "0.0.42.1") == ""
+    assert compile_lib.known_crash("v6e", config, None) == ""
+    monkeypatch.setattr(compile_lib, "libtpu_version", lambda: "0.0.42.1")
+    crashed = dict(step="train phase 2", seq_length=512, fits=None, status="crashed", signal=11,
+                   log="/tmp/logs/phase2.log")  # fmt: skip
+    killed = dict(crashed, step="eval", signal=9, log="/tmp/logs/eval.log")
+    lines = compile_lib.format_report(
+        compile_lib.parse_topology("v6e-8"), 1, config, [crashed, killed]
+    ).splitlines()
+    assert lines[1] == (
+        "  train phase 2 (length 512): the TPU compiler crashed (signal 11, SIGSEGV); see /tmp/logs/phase2.log "
+        "(libtpu 0.0.42.1 crashes on v6e with attention dropout; libtpu >= 0.0.50.1 compiles it "
+        "(pip install 'jax[tpu]>=0.12.0.1', Python >= 3.11))"
+    )
+    # An out-of-memory kill is not that crash.
+    assert lines[2].endswith("(signal 9, SIGKILL: out of memory?); see /tmp/logs/eval.log")
