@@ -17,7 +17,7 @@ import pytest
 from jax.sharding import NamedSharding, PartitionSpec
 
 from bert_jax import compile as compile_lib
-from bert_jax import flops, sharding, train_lib
+from bert_jax import compile_child, flops, sharding, train_lib
 from bert_jax.models import bert as model_lib
 
 REPO = Path(__file__).resolve().parents[1]
@@ -291,7 +291,7 @@ def test_a_crashed_or_killed_compiler_is_one_report_and_the_other_programs_are_s
     tmp_path,
 ):
     # The seam makes phase 2's child segfault and eval's die of SIGKILL (as the out-of-memory killer does).
-    env = dict(os.environ, **{compile_lib.SIGNAL_ENV: "phase2:11,eval:9"})
+    env = dict(os.environ, **{compile_child.SIGNAL_ENV: "phase2:11,eval:9"})
     result = subprocess.run(
         [sys.executable, "-m", "bert_jax.compile", *_TINY, "--json", f"--child_logs={tmp_path}"],
         cwd=REPO, capture_output=True, text=True, check=False, env=env,
@@ -316,7 +316,9 @@ def test_a_crashed_or_killed_compiler_is_one_report_and_the_other_programs_are_s
 
 def test_the_table_gives_a_crash_one_line_with_its_signal_and_log(monkeypatch):
     config = _recipe("bert_large")
-    monkeypatch.setattr(compile_lib, "libtpu_version", lambda: "0.0.50.1")  # no known crash to name
+    monkeypatch.setattr(
+        compile_child, "libtpu_version", lambda: "0.0.50.1"
+    )  # no known crash to name
     topology = compile_lib.parse_topology("v6e-8")
     crashed = dict(step="train phase 2", seq_length=512, fits=None, status="crashed", signal=11,
                    log="/tmp/logs/phase2.log")  # fmt: skip
@@ -336,17 +338,17 @@ def test_the_table_gives_a_crash_one_line_with_its_signal_and_log(monkeypatch):
 
 def test_a_segfault_on_v6e_with_attention_dropout_names_the_libtpu_that_compiles_it(monkeypatch):
     config = _recipe("bert_large")
-    assert compile_lib.known_crash("v6e", config, "0.0.42.1") == (
+    assert compile_child.known_crash("v6e", config, "0.0.42.1") == (
         "libtpu 0.0.42.1 crashes on v6e with attention dropout; libtpu >= 0.0.50.1 compiles it "
         "(pip install 'jax[tpu]>=0.12.0.1', Python >= 3.11)"
     )
     # Fixed libtpu, another generation, no attention dropout, no libtpu: nothing known.
-    assert compile_lib.known_crash("v6e", config, "0.0.52") == ""
-    assert compile_lib.known_crash("v5e", config, "0.0.42.1") == ""
+    assert compile_child.known_crash("v6e", config, "0.0.52") == ""
+    assert compile_child.known_crash("v5e", config, "0.0.42.1") == ""
     no_dropout = _recipe("bert_large", **{"model.attention_dropout_prob": 0.0})
-    assert compile_lib.known_crash("v6e", no_dropout, "0.0.42.1") == ""
-    assert compile_lib.known_crash("v6e", config, None) == ""
-    monkeypatch.setattr(compile_lib, "libtpu_version", lambda: "0.0.42.1")
+    assert compile_child.known_crash("v6e", no_dropout, "0.0.42.1") == ""
+    assert compile_child.known_crash("v6e", config, None) == ""
+    monkeypatch.setattr(compile_child, "libtpu_version", lambda: "0.0.42.1")
     crashed = dict(step="train phase 2", seq_length=512, fits=None, status="crashed", signal=11,
                    log="/tmp/logs/phase2.log")  # fmt: skip
     killed = dict(crashed, step="eval", signal=9, log="/tmp/logs/eval.log")
