@@ -1,7 +1,7 @@
 """Standalone reproduction of the TPU v6e compiler crash (no bert_jax): BERT's attention with its hashed dropout.
 
     python repro.py [--topology=v6e:2x2] [--batch=1] [--length=512] [--heads=16] [--head_dim=64]
-                    [--dropout=0.1] [--forward_only] [--dtype=bfloat16]
+                    [--dropout=0.1] [--forward_only] [--dtype=bfloat16] [--remat=none|dots|full]
 
 Needs jax and libtpu (`pip install 'jax[tpu]'`), no TPU: the step is compiled ahead of time for the named
 topology through `jax.experimental.topologies`. Prints one line: the compile's result, or the process dies
@@ -30,8 +30,9 @@ def mix32(x):
     return x ^ (x >> 16)
 
 
-def dropout(x, rate, seeds):
-    """Inverted dropout whose mask is a hash of each element's global index under two uint32 seeds."""
+def dropout(x, rate, key):
+    """Inverted dropout whose mask is a hash of each element's global index under two seeds drawn from `key`."""
+    seeds = jax.random.bits(key, (2,), jnp.uint32)
     index = jnp.zeros(x.shape, jnp.uint32)
     for axis, size in enumerate(x.shape):
         index = index * jnp.uint32(size) + jax.lax.broadcasted_iota(jnp.uint32, x.shape, axis)
@@ -40,14 +41,16 @@ def dropout(x, rate, seeds):
     return jnp.where(keep, x / jnp.asarray(1.0 - rate, x.dtype), jnp.zeros_like(x))
 
 
-def attention(q, k, v, seeds, rate):
+def attention(q, k, v, mask, key, rate):
     logits = (
         jnp.einsum("btnd,bsnd->bnts", q, k, preferred_element_type=jnp.float32)
         * q.shape[-1] ** -0.5
     )
+    # The padding mask: [batch, keys] 0/1 -> [batch, 1, 1, keys].
+    logits = jnp.where(mask[:, None, None, :] > 0, logits, jnp.finfo(jnp.float32).min)
     probs = jax.nn.softmax(logits, axis=-1)
     if rate > 0:
-        probs = dropout(probs, rate, seeds)
+        probs = dropout(probs, rate, key)
     return jnp.einsum("bnts,bsnd->btnd", probs.astype(v.dtype), v)
 
 
@@ -61,19 +64,35 @@ def main():
     parser.add_argument("--dropout", type=float, default=0.1)
     parser.add_argument("--dtype", default="bfloat16")
     parser.add_argument("--forward_only", action="store_true")
+    # As bert_jax's nn.remat per layer: "dots" keeps matmul outputs without batch dimensions, "full" nothing.
+    parser.add_argument("--remat", default="none", choices=("none", "dots", "full"))
     args = parser.parse_args()
     devices = topologies.get_topology_desc(platform="tpu", topology_name=args.topology).devices
     mesh = Mesh(np.array(devices), ("data",))
     shape = (args.batch * len(devices), args.length, args.heads, args.head_dim)
     x = jax.ShapeDtypeStruct(shape, args.dtype, sharding=NamedSharding(mesh, PartitionSpec("data")))
-    seeds = jax.ShapeDtypeStruct((2,), jnp.uint32, sharding=NamedSharding(mesh, PartitionSpec()))
+    mask = jax.ShapeDtypeStruct(
+        shape[:2], jnp.int32, sharding=NamedSharding(mesh, PartitionSpec("data"))
+    )
+    key = jax.ShapeDtypeStruct((2,), jnp.uint32, sharding=NamedSharding(mesh, PartitionSpec()))
 
-    def loss(q, k, v, seeds):
-        return attention(q, k, v, seeds, args.dropout).astype(jnp.float32).sum()
+    def block(q, k, v, mask, key):
+        return attention(q, k, v, mask, key, args.dropout)
+
+    if args.remat != "none":
+        policy = (
+            jax.checkpoint_policies.dots_with_no_batch_dims_saveable
+            if args.remat == "dots"
+            else None
+        )
+        block = jax.checkpoint(block, policy=policy)
+
+    def loss(q, k, v, mask, key):
+        return block(q, k, v, mask, key).astype(jnp.float32).sum()
 
     step = jax.jit(loss if args.forward_only else jax.grad(loss, argnums=(0, 1, 2)))
     start = time.perf_counter()
-    compiled = step.lower(x, x, x, seeds).compile()
+    compiled = step.lower(x, x, x, mask, key).compile()
     seconds = time.perf_counter() - start
     temp = compiled.memory_analysis().temp_size_in_bytes / 2**20
     versions = f"jax {jax.__version__}, libtpu {importlib.metadata.version('libtpu')}"
