@@ -80,8 +80,8 @@ def compile_in_child(args: list[str], program: str, config, log_dir: str) -> lis
 
 
 # The first libtpu (and the jax[tpu] that brings it) seen to compile bert_large's phase-2 step for v6e: libtpu
-# 0.0.42.1 (jax 0.10.2) segfaults on it when the attention probabilities have dropout (docs/tpu.md, "When the
-# compiler crashes"; the bisection is in docs/measurements/v6e-2026-12-06/).
+# 0.0.42.1 (jax 0.10.2) segfaults on it when the attention probabilities have dropout inside a rematerialised
+# layer (docs/tpu.md, "When the compiler crashes"; the bisection is in docs/measurements/v6e-2026-12-06/).
 V6E_ATTENTION_DROPOUT_LIBTPU = ("0.0.50.1", "0.12.0.1")
 
 
@@ -100,13 +100,16 @@ def libtpu_version() -> str | None:
 def known_crash(generation: str, config, libtpu: str | None) -> str:
     """What to do about a compiler crash this project has bisected for this generation and config, or ""."""
     fixed, fixed_jax = V6E_ATTENTION_DROPOUT_LIBTPU
-    if generation != "v6e" or config.model.attention_dropout_prob <= 0 or libtpu is None:
+    model = config.model
+    if generation != "v6e" or model.attention_dropout_prob <= 0 or model.remat_policy == "none":
+        return ""
+    if libtpu is None:
         return ""
     if _version(libtpu) >= _version(fixed):
         return ""
     return (
-        f"libtpu {libtpu} crashes on v6e with attention dropout; libtpu >= {fixed} compiles it "
-        f"(pip install 'jax[tpu]>={fixed_jax}', Python >= 3.11)"
+        f"libtpu {libtpu} crashes on v6e with attention dropout under remat; libtpu >= {fixed} compiles it "
+        f"(pip install 'jax[tpu]>={fixed_jax}', Python >= 3.11), or --config.model.remat_policy=none"
     )
 
 

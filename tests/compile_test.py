@@ -339,14 +339,16 @@ def test_the_table_gives_a_crash_one_line_with_its_signal_and_log(monkeypatch):
 def test_a_segfault_on_v6e_with_attention_dropout_names_the_libtpu_that_compiles_it(monkeypatch):
     config = _recipe("bert_large")
     assert compile_child.known_crash("v6e", config, "0.0.42.1") == (
-        "libtpu 0.0.42.1 crashes on v6e with attention dropout; libtpu >= 0.0.50.1 compiles it "
-        "(pip install 'jax[tpu]>=0.12.0.1', Python >= 3.11)"
+        "libtpu 0.0.42.1 crashes on v6e with attention dropout under remat; libtpu >= 0.0.50.1 compiles it "
+        "(pip install 'jax[tpu]>=0.12.0.1', Python >= 3.11), or --config.model.remat_policy=none"
     )
     # Fixed libtpu, another generation, no attention dropout, no libtpu: nothing known.
     assert compile_child.known_crash("v6e", config, "0.0.52") == ""
     assert compile_child.known_crash("v5e", config, "0.0.42.1") == ""
     no_dropout = _recipe("bert_large", **{"model.attention_dropout_prob": 0.0})
     assert compile_child.known_crash("v6e", no_dropout, "0.0.42.1") == ""
+    no_remat = _recipe("bert_large", **{"model.remat_policy": "none"})
+    assert compile_child.known_crash("v6e", no_remat, "0.0.42.1") == ""
     assert compile_child.known_crash("v6e", config, None) == ""
     monkeypatch.setattr(compile_child, "libtpu_version", lambda: "0.0.42.1")
     crashed = dict(step="train phase 2", seq_length=512, fits=None, status="crashed", signal=11,
@@ -357,8 +359,8 @@ def test_a_segfault_on_v6e_with_attention_dropout_names_the_libtpu_that_compiles
     ).splitlines()
     assert lines[1] == (
         "  train phase 2 (length 512): the TPU compiler crashed (signal 11, SIGSEGV); see /tmp/logs/phase2.log "
-        "(libtpu 0.0.42.1 crashes on v6e with attention dropout; libtpu >= 0.0.50.1 compiles it "
-        "(pip install 'jax[tpu]>=0.12.0.1', Python >= 3.11))"
+        "(libtpu 0.0.42.1 crashes on v6e with attention dropout under remat; libtpu >= 0.0.50.1 compiles it "
+        "(pip install 'jax[tpu]>=0.12.0.1', Python >= 3.11), or --config.model.remat_policy=none)"
     )
     # An out-of-memory kill is not that crash.
     assert lines[2].endswith("(signal 9, SIGKILL: out of memory?); see /tmp/logs/eval.log")
