@@ -7,25 +7,33 @@ libtpu (the `[tpu]` extra) describes the topology's chips (`jax.experimental.top
 `pretrain.run` trains with (`bert_jax.program.build`), its train step at the phase-1 and phase-2 shapes and its
 eval step, is lowered and compiled for them, and for each the per-chip memory (parameters + optimizer state, temporaries, total against the chip's HBM), the compiled
 against the counted model FLOPs and the collectives in the compiled HLO are printed. Exit status 1 if a step
-does not fit.
+does not fit or does not compile.
+
+Each program is compiled in a child process (this module again, `--programs=ONE --json --noisolate`), its
+stderr kept in LOG_DIR/PROGRAM.log: a compiler that crashes (a segmentation fault inside libtpu) or is killed
+for memory costs one line, `train phase 2 (length 512): the TPU compiler crashed (signal 11); see LOG`, and
+the other programs are still reported. `--noisolate` compiles in this process (what each child does).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
+import importlib.metadata
 import importlib.util
 import json
 import math
 import os
 import re
+import signal
 import sys
+import tempfile
 import time
 
 import jax
 from absl import app, flags, logging
 
-from bert_jax import main, train_lib
+from bert_jax import compile_child, main, train_lib
 from bert_jax import program as program_lib
 
 GiB = 2**30
@@ -285,7 +293,13 @@ def format_report(topology: Topology, num_slices: int, config, reports: list[dic
         + f", batch {config.global_batch_size}, grad_accum_steps {config.grad_accum_steps}, "
         f"dtype {config.dtype}, remat {config.model.remat_policy}"
     ]
+    compiler = "the XLA compiler" if topology.generation == "cpu" else "the TPU compiler"
+    hint = compile_child.known_crash(topology.generation, config, compile_child.libtpu_version())
     for r in reports:
+        if r.get("status") in ("crashed", "failed"):
+            segfault = r.get("signal") == signal.SIGSEGV
+            lines.append("  " + compile_child.failure_line(r, compiler, hint if segfault else ""))
+            continue
         head = f"{r['step']} (length {r['seq_length']}, {r['sequences_per_chip']:g} sequences/chip)"
         if "error" in r:
             lines.append(f"  {head}: DOES NOT FIT: {r['error']}")
@@ -305,9 +319,12 @@ def format_report(topology: Topology, num_slices: int, config, reports: list[dic
             ),
             f"    collectives: {collectives}",
         ]
-    if not all(r["fits"] for r in reports):
-        failed = ", ".join(r["step"] for r in reports if not r["fits"])
+    if any(r["fits"] is False for r in reports):
+        failed = ", ".join(r["step"] for r in reports if r["fits"] is False)
         lines.append(f"does not fit ({failed}): {suggestion(config)}")
+    if any(r["fits"] is None for r in reports):
+        failed = ", ".join(r["step"] for r in reports if r["fits"] is None)
+        lines.append(f"did not compile ({failed}): docs/tpu.md, 'When the compiler crashes'")
     return "\n".join(lines)
 
 
@@ -320,6 +337,15 @@ _NUM_SLICES = flags.DEFINE_integer(
 )
 _STEPS = flags.DEFINE_list("programs", list(STEPS), f"Which of {STEPS} to compile.")
 _JSON = flags.DEFINE_bool("json", False, "Print one JSON object instead of the table.")
+_ISOLATE = flags.DEFINE_bool(
+    "isolate", True, "Compile each program in a child process (a compiler crash is then one line)."
+)
+# Not --log_dir: absl.logging defines that one.
+_LOG_DIR = flags.DEFINE_string(
+    "child_logs",
+    "",
+    "Where each child's stderr goes (PROGRAM.log); default: a new temporary directory.",
+)
 
 
 def main(argv) -> int:
@@ -336,10 +362,19 @@ def main(argv) -> int:
             )
         with train_lib.setup_error("topology"):
             topology = parse_topology(_TOPOLOGY.value)
-            devices = topology_devices(topology, _NUM_SLICES.value)
         if set(_STEPS.value) - set(STEPS):
             raise train_lib.SetupError(f"--programs {_STEPS.value}: each must be one of {STEPS}")
-        reports = compile_steps(config, devices, topology.hbm_bytes, _STEPS.value)
+        if _ISOLATE.value:
+            log_dir = _LOG_DIR.value or tempfile.mkdtemp(prefix="bert_jax_compile_")
+            os.makedirs(log_dir, exist_ok=True)
+            reports = []
+            for program in dict.fromkeys(_STEPS.value):
+                reports += compile_child.compile_in_child(sys.argv[1:], program, config, log_dir)
+        else:
+            with train_lib.setup_error("topology"):
+                devices = topology_devices(topology, _NUM_SLICES.value)
+            compile_child.signal_self_for_tests(_STEPS.value)
+            reports = compile_steps(config, devices, topology.hbm_bytes, _STEPS.value)
     except train_lib.SetupError as error:
         sys.exit(f"error: {error}")
     if _JSON.value:

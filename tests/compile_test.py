@@ -3,6 +3,8 @@ for TPU topologies through libtpu on this CPU machine (slow ones marked)."""
 
 import importlib
 import importlib.util
+import json
+import os
 import re
 import subprocess
 import sys
@@ -15,7 +17,7 @@ import pytest
 from jax.sharding import NamedSharding, PartitionSpec
 
 from bert_jax import compile as compile_lib
-from bert_jax import flops, sharding, train_lib
+from bert_jax import compile_child, flops, sharding, train_lib
 from bert_jax.models import bert as model_lib
 
 REPO = Path(__file__).resolve().parents[1]
@@ -275,3 +277,90 @@ def test_the_train_step_compiles_for_two_slices():
     assert report["fits"] and report["sequences_per_chip"] == 4
     # The gradient mean across the two slices (and the fsdp weight gathers inside each).
     assert report["collectives"]["all-reduce"] >= 1 and report["collectives"]["all-gather"] >= 1
+
+
+# bert_tiny at short lengths on this machine's CPU: each child's compile takes seconds.
+_TINY = [
+    "--config=configs/bert_tiny.py", "--topology=cpu", "--config.global_batch_size=8",
+    "--config.data.seq_length=16", "--config.data.max_predictions_per_seq=2",
+    "--config.data.phase2_seq_length=32", "--config.data.phase2_max_predictions_per_seq=4",
+]  # fmt: skip
+
+
+def test_a_crashed_or_killed_compiler_is_one_report_and_the_other_programs_are_still_compiled(
+    tmp_path,
+):
+    # The seam makes phase 2's child segfault and eval's die of SIGKILL (as the out-of-memory killer does).
+    env = dict(os.environ, **{compile_child.SIGNAL_ENV: "phase2:11,eval:9"})
+    result = subprocess.run(
+        [sys.executable, "-m", "bert_jax.compile", *_TINY, "--json", f"--child_logs={tmp_path}"],
+        cwd=REPO, capture_output=True, text=True, check=False, env=env,
+    )  # fmt: skip
+    assert result.returncode == 1, result.stderr[-2000:]
+    phase1, phase2, evaluate = json.loads(result.stdout)["steps"]
+    assert (phase1["step"], phase1["seq_length"], phase1["status"], phase1["fits"]) == (
+        "train phase 1", 16, "compiled", True,
+    )  # fmt: skip
+    assert phase1["total_bytes"] > 0 and phase1["log"] == str(tmp_path / "phase1.log")
+    assert phase2 == {
+        "step": "train phase 2", "seq_length": 32, "fits": None, "status": "crashed", "signal": 11,
+        "log": str(tmp_path / "phase2.log"),
+    }  # fmt: skip
+    assert evaluate == {
+        "step": "eval", "seq_length": 32, "fits": None, "status": "crashed", "signal": 9,
+        "log": str(tmp_path / "eval.log"),
+    }  # fmt: skip
+    # Each child's stderr is in its log: phase 1's names the step it compiled.
+    assert "compiling train phase 1 (length 16)" in (tmp_path / "phase1.log").read_text()
+
+
+def test_the_table_gives_a_crash_one_line_with_its_signal_and_log(monkeypatch):
+    config = _recipe("bert_large")
+    monkeypatch.setattr(
+        compile_child, "libtpu_version", lambda: "0.0.50.1"
+    )  # no known crash to name
+    topology = compile_lib.parse_topology("v6e-8")
+    crashed = dict(step="train phase 2", seq_length=512, fits=None, status="crashed", signal=11,
+                   log="/tmp/logs/phase2.log")  # fmt: skip
+    killed = dict(crashed, step="eval", signal=9, log="/tmp/logs/eval.log")
+    failed = dict(crashed, step="train phase 1", seq_length=128, status="failed", exit_status=1,
+                  error="jax.errors.JaxRuntimeError: INTERNAL: boom", log="/tmp/logs/phase1.log")  # fmt: skip
+    lines = compile_lib.format_report(topology, 1, config, [failed, crashed, killed]).splitlines()
+    assert lines[1:] == [
+        "  train phase 1 (length 128): did not compile: jax.errors.JaxRuntimeError: INTERNAL: boom; "
+        "see /tmp/logs/phase1.log",
+        "  train phase 2 (length 512): the TPU compiler crashed (signal 11, SIGSEGV); see /tmp/logs/phase2.log",
+        "  eval (length 512): the TPU compiler was killed (signal 9, SIGKILL: out of memory?); "
+        "see /tmp/logs/eval.log",
+        "did not compile (train phase 1, train phase 2, eval): docs/tpu.md, 'When the compiler crashes'",
+    ]
+
+
+def test_a_segfault_on_v6e_with_attention_dropout_names_the_libtpu_that_compiles_it(monkeypatch):
+    config = _recipe("bert_large")
+    assert compile_child.known_crash("v6e", config, "0.0.42.1") == (
+        "libtpu 0.0.42.1 crashes on v6e with attention dropout under remat; libtpu >= 0.0.50.1 compiles it "
+        "(pip install 'jax[tpu]>=0.12.0.1', Python >= 3.11), or --config.model.remat_policy=none"
+    )
+    # Fixed libtpu, another generation, no attention dropout, no libtpu: nothing known.
+    assert compile_child.known_crash("v6e", config, "0.0.52") == ""
+    assert compile_child.known_crash("v5e", config, "0.0.42.1") == ""
+    no_dropout = _recipe("bert_large", **{"model.attention_dropout_prob": 0.0})
+    assert compile_child.known_crash("v6e", no_dropout, "0.0.42.1") == ""
+    no_remat = _recipe("bert_large", **{"model.remat_policy": "none"})
+    assert compile_child.known_crash("v6e", no_remat, "0.0.42.1") == ""
+    assert compile_child.known_crash("v6e", config, None) == ""
+    monkeypatch.setattr(compile_child, "libtpu_version", lambda: "0.0.42.1")
+    crashed = dict(step="train phase 2", seq_length=512, fits=None, status="crashed", signal=11,
+                   log="/tmp/logs/phase2.log")  # fmt: skip
+    killed = dict(crashed, step="eval", signal=9, log="/tmp/logs/eval.log")
+    lines = compile_lib.format_report(
+        compile_lib.parse_topology("v6e-8"), 1, config, [crashed, killed]
+    ).splitlines()
+    assert lines[1] == (
+        "  train phase 2 (length 512): the TPU compiler crashed (signal 11, SIGSEGV); see /tmp/logs/phase2.log "
+        "(libtpu 0.0.42.1 crashes on v6e with attention dropout under remat; libtpu >= 0.0.50.1 compiles it "
+        "(pip install 'jax[tpu]>=0.12.0.1', Python >= 3.11), or --config.model.remat_policy=none)"
+    )
+    # An out-of-memory kill is not that crash.
+    assert lines[2].endswith("(signal 9, SIGKILL: out of memory?); see /tmp/logs/eval.log")
