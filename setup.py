@@ -55,8 +55,14 @@ EXTRAS_REQUIRE = {
     "notebook": NOTEBOOK,
     # The viewer for the event files every run writes: tensorboard --logdir WORKDIR.
     "tensorboard": ["tensorboard>=2.16"],
-    # gcsfs: gs:// workdirs (etils epath reads them through it).
-    "tpu": ["jax[tpu]>=0.10.2", "gcsfs>=2024.2"],
+    # gcsfs: gs:// workdirs (etils epath reads them through it). On Python 3.12 (TPU VMs, Colab) the TPU
+    # compiler must be libtpu 0.0.50.1 or newer (jax 0.12.0.1): older ones crash on bert_large's phase 2 on
+    # v6e (docs/tpu.md, "When the compiler crashes"). Python 3.11 gets the newest JAX it has.
+    "tpu": [
+        "jax[tpu]>=0.10.2; python_version < '3.12'",
+        "jax[tpu]>=0.12.0.1; python_version >= '3.12'",
+        "gcsfs>=2024.2",
+    ],
     # CUDA 13 wheels, as on the H100 the GPU numbers were measured on (docs/performance.md); use jax[cuda12]
     # for an older driver.
     "cuda": ["jax[cuda13]>=0.10.2"],
