@@ -30,6 +30,8 @@ from bert_jax.models.bert_hf import CONFIG_FIELDS
 ARCHITECTURE = tuple(CONFIG_FIELDS.values())
 # The fields a run chooses for itself (its recipe's `model`), whatever the checkpoint was trained with.
 EXECUTION = ("attention_impl", "remat_policy", "scan_layers", "embedding_gradient")
+# Dropout is stored with the architecture (BertConfig has it) but is the fine-tuning recipe's to choose.
+DROPOUT = ("hidden_dropout_prob", "attention_dropout_prob")
 
 
 @dataclasses.dataclass
@@ -90,9 +92,9 @@ def from_path(
 
 def load(config, *, head: str = "classification", heads=("bert", "classifier")) -> InitialWeights:
     """Resolves a fine-tuning config's `init_checkpoint` (see `from_path`), or "" for a random init of
-    `config.model` with `config.vocab_file`. Dropout is the fine-tuning recipe's (`config.dropout`), and so are
-    the EXECUTION fields of `config.model`."""
-    dropout = {"hidden_dropout_prob": config.dropout, "attention_dropout_prob": config.dropout}
+    `config.model` with `config.vocab_file`. Dropout is the fine-tuning recipe's (`model.hidden_dropout_prob`,
+    `model.attention_dropout_prob`), and so are the other EXECUTION fields of `config.model`."""
+    dropout = {k: config.model[k] for k in DROPOUT}
     if config.init_checkpoint:
         execution = {k: config.model[k] for k in EXECUTION if k in config.model}
         return from_path(
