@@ -267,3 +267,20 @@ def test_fine_tuning_for_a_number_of_steps(tmp_path):
     assert [(e["epoch"], e["step"]) for e in summary["epochs"]] == [(1, 2), (2, 3)]
     assert (summary["config"]["num_train_steps"], summary["config"]["warmup_steps"]) == (3, 0)
     assert summary["epoch"] is None
+
+
+def test_fine_tuning_from_a_checkpoint_takes_the_recipes_dropout():
+    """Dropout is an EXECUTION field: the recipe's model.*_dropout_prob, not the checkpoint's 0.1; the
+    architecture is the checkpoint's."""
+    from bert_jax import warm_start
+
+    config = glue.get_config("tiny")
+    config.init_checkpoint = str(
+        REPO / "tests" / "testdata" / "tf1_uncased_L-2_H-36_A-3" / "bert_model.ckpt"
+    )
+    config.model.update(hidden_dropout_prob=0.3, attention_dropout_prob=0.2)
+    model = warm_start.load(config).model_config
+    assert (model.hidden_dropout_prob, model.attention_dropout_prob) == (0.3, 0.2)
+    assert (model.hidden_size, model.num_layers, model.vocab_size) == (36, 2, 99)
+    assert {"hidden_dropout_prob", "attention_dropout_prob"} <= set(warm_start.EXECUTION)
+    assert not set(warm_start.EXECUTION) & set(warm_start.ARCHITECTURE)
