@@ -2,9 +2,9 @@
 
 `run(config, workdir)` fine-tunes the task of `config.mode` ("finetune" and "glue_suite" are GLUE's runs of
 `config.task`; "squad", "swag", "conll") from `config.init_checkpoint` (warm_start.py) for `config.num_epochs`
-epochs (or `config.num_train_steps` steps: `train_lib.run_length`), evaluating on dev after each (or, without `eval_every_epoch`, after the last). As the original scripts,
-the run's score is the final model's dev score; the best epoch is recorded beside it under its own name, never
-in its place. The newest model is kept with Orbax in WORKDIR/checkpoints (each epoch's end, and the step a
+epochs (or `config.num_train_steps` steps: `train_lib.run_length`), evaluating on dev after each (or, without
+`eval_every_epoch`, after the last). As the original scripts, the run's score is the final model's dev score;
+the best epoch is recorded beside it under its own name, never in its place. The newest model is kept with Orbax in WORKDIR/checkpoints (each epoch's end, and the step a
 SIGTERM/SIGINT stopped at: rerunning the command resumes there, to the same result); the final model writes
 the task's files (SQuAD/SWAG/CoNLL dev predictions, GLUE's leaderboard files), and WORKDIR/results.json holds
 the scores, the per-epoch history and the config. A used workdir of another run is refused unless

@@ -2,8 +2,8 @@
 
 The paper does not list its NER hyperparameters; these are the GLUE-like values of its grid: learning rate 5e-5,
 batch 32, 3 epochs, 128 tokens (longer sentences are split at word boundaries). The rest is the shared fine-tuning
-recipe's (configs/finetuning.py). Note: the paper's 96.4 dev F1 uses document context ("maximal document context"); this
-recipe feeds one sentence per sequence, as most reproductions do.
+recipe's (configs/finetuning.py). Note: the paper's 96.4 dev F1 uses document context ("maximal document
+context"); this recipe feeds one sentence per sequence, as most reproductions do.
 
     python -m bert_jax.main --config=configs/conll.py \
         --config.init_checkpoint=PATH --config.data_dir=DIR --workdir=OUT

@@ -1,5 +1,5 @@
-"""What every fine-tuning recipe shares (GLUE, SQuAD, SWAG, CoNLL-2003): the paper's fine-tuning setup (Devlin et al.
-2018, section 4 and appendix A.3), each field and its reason given once here. Not a recipe itself:
+"""What every fine-tuning recipe shares (GLUE, SQuAD, SWAG, CoNLL-2003): the paper's fine-tuning setup (Devlin et
+al. 2018, section 4 and appendix A.3), each field and its reason given once here. Not a recipe itself:
 configs/glue.py, squad.py, swag.py and conll.py call `get_config` and add their task's own fields.
 
 AdamW (beta1 0.9, beta2 0.999, epsilon 1e-6, weight decay 0.01 off LayerNorm and biases), linear warmup over the
