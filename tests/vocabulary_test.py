@@ -284,3 +284,17 @@ def test_fine_tuning_from_a_checkpoint_takes_the_recipes_dropout():
     assert (model.hidden_size, model.num_layers, model.vocab_size) == (36, 2, 99)
     assert {"hidden_dropout_prob", "attention_dropout_prob"} <= set(warm_start.EXECUTION)
     assert not set(warm_start.EXECUTION) & set(warm_start.ARCHITECTURE)
+
+
+def test_a_recipe_of_the_previous_release_with_data_vocab_file_is_one_line():
+    """A user's own recipe that still sets data.vocab_file would be silently ignored: the loader names the new
+    field instead."""
+    from bert_jax.configs.pretraining import data_config
+    from bert_jax.data import loader
+
+    for old in ("vocab_file", "do_lower_case"):
+        cfg = data_config()
+        cfg[old] = "" if old == "vocab_file" else True
+        with pytest.raises(ValueError) as error:
+            loader.make_pretraining_loader(cfg, global_batch_size=8, num_train_steps=10)
+        assert str(error.value) == f"data.{old} is now the recipe's top-level {old}"
