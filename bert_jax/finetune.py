@@ -2,9 +2,9 @@
 
 `run(config, workdir)` fine-tunes the task of `config.mode` ("finetune" and "glue_suite" are GLUE's runs of
 `config.task`; "squad", "swag", "conll") from `config.init_checkpoint` (warm_start.py) for `config.num_epochs`
-epochs, evaluating on dev after each (or, without `eval_every_epoch`, after the last). As the original scripts,
-the run's score is the final model's dev score; the best epoch is recorded beside it under its own name, never
-in its place. The newest model is kept with Orbax in WORKDIR/checkpoints (each epoch's end, and the step a
+epochs (or `config.num_train_steps` steps: `train_lib.run_length`), evaluating on dev after each (or, without
+`eval_every_epoch`, after the last). As the original scripts, the run's score is the final model's dev score;
+the best epoch is recorded beside it under its own name, never in its place. The newest model is kept with Orbax in WORKDIR/checkpoints (each epoch's end, and the step a
 SIGTERM/SIGINT stopped at: rerunning the command resumes there, to the same result); the final model writes
 the task's files (SQuAD/SWAG/CoNLL dev predictions, GLUE's leaderboard files), and WORKDIR/results.json holds
 the scores, the per-epoch history and the config. A used workdir of another run is refused unless
@@ -102,7 +102,7 @@ def _run(config, workdir, setup: startup.SetupAgreement) -> dict:
     # ------------------------------------------------------------------------------------------------------
     mesh = train_lib.make_mesh(
         config.mesh_shape,
-        {"batch_size": config.batch_size, "eval_batch_size": config.eval_batch_size},
+        {"global_batch_size": config.global_batch_size, "eval_batch_size": config.eval_batch_size},
     )
     # Data files next, so a missing or malformed file fails before any weights are loaded.
     with setup_error("data"):
@@ -123,12 +123,13 @@ def _run(config, workdir, setup: startup.SetupAgreement) -> dict:
             config, raw, weights.tokenizer, _checkpoint_labels(config.init_checkpoint)
         )
         num_rows = len(prepared.train["input_ids"])
-        per_host_batch = config.batch_size // process_count
+        per_host_batch = config.global_batch_size // process_count
         steps_per_epoch = batching.steps_per_epoch(num_rows, per_host_batch, process_count)
         if steps_per_epoch == 0:
-            raise ValueError(f"{num_rows} training rows < one batch of {config.batch_size}")
-    num_train_steps = steps_per_epoch * config.num_epochs
-    warmup_steps = round(config.warmup_fraction * num_train_steps)
+            raise ValueError(f"{num_rows} training rows < one batch of {config.global_batch_size}")
+    num_train_steps, warmup_steps = train_lib.run_length(config, steps_per_epoch)
+    # The epochs the run touches: num_epochs, or as many as num_train_steps reaches (the last one cut short).
+    num_epochs = -(-num_train_steps // steps_per_epoch)
 
     # ------------------------------------------------------------------------------------------------------
     # State: model and train state, born sharded; checkpoint weights replace the fresh ones.
@@ -211,7 +212,8 @@ def _run(config, workdir, setup: startup.SetupAgreement) -> dict:
     # The final model's files are written by process 0 only.
     directory = workdir if jax.process_index() == 0 else None
     try:
-        for epoch in range(start_epoch, config.num_epochs + 1):
+        for epoch in range(start_epoch, num_epochs + 1):
+            epoch_steps = min(steps_per_epoch, num_train_steps - (epoch - 1) * steps_per_epoch)
             batches = batching.train_batches(
                 prepared.train,
                 per_host_batch,
@@ -222,14 +224,16 @@ def _run(config, workdir, setup: startup.SetupAgreement) -> dict:
             )
             # The epoch's order is a function of (seed, epoch): a resumed epoch skips what it did.
             # The next two batches are already on their way to the devices while a step runs.
-            batches = sharding.prefetch_to_device(itertools.islice(batches, skip, None), mesh)
+            batches = sharding.prefetch_to_device(
+                itertools.islice(batches, skip, epoch_steps), mesh
+            )
             for done_in_epoch, (_, device_batch) in enumerate(batches, skip + 1):
                 state, step_metrics = p_train_step(state, device_batch, dropout_rng)
                 step += 1
                 window.add(
                     step_metrics,
-                    sequences=config.batch_size * sequences_per_row,
-                    tokens=config.batch_size * tokens_per_row,
+                    sequences=config.global_batch_size * sequences_per_row,
+                    tokens=config.global_batch_size * tokens_per_row,
                 )
                 guard.check(step_metrics, step)
                 if step % config.log_every_steps == 0 or step == num_train_steps:
@@ -240,7 +244,7 @@ def _run(config, workdir, setup: startup.SetupAgreement) -> dict:
                         )
                     writer.write_scalars(step, scalars)
                     progress.update(step, scalars)
-                if done_in_epoch < steps_per_epoch and preemption.agreed(step):
+                if done_in_epoch < epoch_steps and preemption.agreed(step):
                     position = {
                         "epoch": epoch, "batches_done": done_in_epoch, "history": history,
                         "files": files,
@@ -249,7 +253,7 @@ def _run(config, workdir, setup: startup.SetupAgreement) -> dict:
                     raise train_lib.Preempted(f"saved step {step} (epoch {epoch}) in {workdir}")
             skip = 0
 
-            last = epoch == config.num_epochs
+            last = epoch == num_epochs
             if last or config.eval_every_epoch:
                 start = time.perf_counter()
                 out = predict(state.params, prepared.dev)
@@ -270,7 +274,7 @@ def _run(config, workdir, setup: startup.SetupAgreement) -> dict:
                 )
             position = {"epoch": epoch + 1, "batches_done": 0, "history": history, "files": files}
             ckpt.save(step, state, data_state=position, config=stored, force=True)
-            if epoch < config.num_epochs and preemption.agreed(step):
+            if epoch < num_epochs and preemption.agreed(step):
                 raise train_lib.Preempted(f"saved step {step} (end of epoch {epoch}) in {workdir}")
             window.restart()
         ckpt.wait_until_finished()

@@ -61,6 +61,29 @@ def _resolve_config_argv(argv: list[str]) -> list[str]:
             out[i] = "--config=" + resolve_config(arg[len("--config=") :])
         elif arg == "--config" and i + 1 < len(out):
             out[i + 1] = resolve_config(out[i + 1])
+    return rename_overrides(out)
+
+
+def rename_overrides(argv: list[str]) -> list[str]:
+    """`argv` with each `--config.OLD=V` (or `--config.OLD V`) of configs.RENAMED as the new field(s), and one
+    deprecation line on stderr per old name: the previous release's names work for this one release."""
+    out, i = [], 0
+    while i < len(argv):
+        arg, i = argv[i], i + 1
+        name, equals, value = arg.partition("=")
+        old = name[len("--config.") :] if name.startswith("--config.") else None
+        if old not in configs.RENAMED:
+            out.append(arg)
+            continue
+        new = configs.RENAMED[old]
+        sys.stderr.write(
+            f"warning: --config.{old} is deprecated and will be removed in the next release; use "
+            f"{' and '.join(f'--config.{n}' for n in new)}\n"
+        )
+        if not equals and i < len(argv) and not argv[i].startswith("-"):
+            # `--config.OLD VALUE`; a lone `--config.OLD` (a boolean) stays valueless.
+            equals, value, i = "=", argv[i], i + 1
+        out += [f"--config.{n}{equals}{value}" for n in new]
     return out
 
 
@@ -185,6 +208,17 @@ def check_init_checkpoint(config, workdir: str) -> None:
         )
 
 
+def unset_other_of_pair(config, argv: list[str]) -> None:
+    """For each pair of configs.ONE_OF with exactly one field overridden in `argv`, unsets the recipe's other
+    field: `--config.num_train_steps=200` on a fine-tuning recipe (3 epochs) runs 200 steps, and
+    `--config.warmup_fraction=0.05` on a pretraining one replaces its 10,000 warmup steps."""
+    given = {a.partition("=")[0][len("--config.") :] for a in argv if a.startswith("--config.")}
+    for pair in configs.ONE_OF:
+        named = [name for name in pair if name in given]
+        if len(named) == 1 and all(name in config for name in pair):
+            setattr(config, next(n for n in pair if n != named[0]), None)
+
+
 def _use_compilation_cache(directory: str) -> None:
     """Keeps compiled executables in `directory` (local or gs://) across launches; "" does nothing."""
     if not directory:
@@ -206,6 +240,7 @@ def main(argv) -> int:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments {argv[1:]}")
     config = _CONFIG.value
+    unset_other_of_pair(config, sys.argv)
     workdir = _WORKDIR.value or str(
         Path("workdir") / Path(config_flags.get_config_filename(flags.FLAGS["config"])).stem
     )

@@ -25,14 +25,19 @@ from flax import struct
 OPTIMIZERS = ("bert_adam", "adamw", "lamb")
 
 
-def make_schedule(config) -> optax.Schedule:
-    """The learning rate at an optimizer-update count (reads `learning_rate`, `warmup_steps`,
-    `num_train_steps`, `optimizer`).
+def make_schedule(
+    config, num_train_steps: int | None = None, warmup_steps: int | None = None
+) -> optax.Schedule:
+    """The learning rate at an optimizer-update count (reads `learning_rate` and `optimizer`).
 
+    `num_train_steps` and `warmup_steps`: the run's length and warmup in updates (`train_lib.run_length`
+    derives them from a recipe's epochs or fractions); not given, the config's fields of those names.
     "bert_adam": the original's formula: `lr * (1 - step / num_train_steps)`, replaced during the warmup by
     `lr * step / warmup_steps`. Otherwise: linear warmup 0 -> `lr`, then linear decay from `lr` to 0.
     """
-    lr, warmup, total = config.learning_rate, config.warmup_steps, config.num_train_steps
+    lr = config.learning_rate
+    total = config.num_train_steps if num_train_steps is None else num_train_steps
+    warmup = config.warmup_steps if warmup_steps is None else warmup_steps
     if not 0 <= warmup <= total:
         raise ValueError(f"warmup_steps {warmup} must be between 0 and num_train_steps {total}")
     if config.optimizer == "bert_adam":
@@ -103,18 +108,21 @@ def weight_decay_mask(params) -> Any:
     return mask(nn.unbox(params))
 
 
-def make_optimizer(config) -> optax.GradientTransformation:
+def make_optimizer(
+    config, num_train_steps: int | None = None, warmup_steps: int | None = None
+) -> optax.GradientTransformation:
     """Clip by global norm, then the original BERT Adam (or AdamW, or LAMB) with the decay mask.
 
     Config fields (the recipes in bert_jax/configs hold their defaults; a missing one is an error):
       learning_rate, warmup_steps, num_train_steps: the schedule (`make_schedule`), counted in optimizer
-        updates (gradient accumulation happens inside the train step: one loop step is one update).
+        updates (gradient accumulation happens inside the train step: one loop step is one update); the two
+        step counts may be passed as arguments instead (`train_lib.run_length`'s, e.g. from epochs).
       adam_b1, adam_b2, adam_epsilon: Adam moments and epsilon (also LAMB's).
       weight_decay: decoupled decay, scaled by the learning rate, masked by `weight_decay_mask`.
       max_grad_norm: global-norm clip applied to the (accumulated) gradient; 0 disables clipping.
       optimizer: "bert_adam" (the original's update and schedule), "adamw" or "lamb".
     """
-    schedule = make_schedule(config)
+    schedule = make_schedule(config, num_train_steps, warmup_steps)
     b1, b2, eps = config.adam_b1, config.adam_b2, config.adam_epsilon
     kwargs = dict(b1=b1, b2=b2, eps=eps, weight_decay=config.weight_decay, mask=weight_decay_mask)
     if config.optimizer == "bert_adam":

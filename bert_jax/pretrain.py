@@ -91,6 +91,8 @@ def _run(config, workdir: str, setup: startup.SetupAgreement):
     with setup_error("data"):
         loader = make_pretraining_loader(
             config.data,
+            vocab_file=config.vocab_file,
+            do_lower_case=config.do_lower_case,
             global_batch_size=config.global_batch_size,
             num_train_steps=config.num_train_steps,
             process_index=process_index,
@@ -101,6 +103,8 @@ def _run(config, workdir: str, setup: startup.SetupAgreement):
         if config.eval_every_steps > 0 and config.eval_batches > 0:
             eval_batches = make_eval_batches(
                 config.data,
+                vocab_file=config.vocab_file,
+                do_lower_case=config.do_lower_case,
                 global_batch_size=config.global_batch_size,
                 num_batches=config.eval_batches,
                 process_index=process_index,

@@ -151,8 +151,9 @@ def build(config, mesh: Mesh, vocab_size: int) -> Program:
     model_cfg = model_config(config, vocab_size)
     with train_lib.setup_error("optimizer"):
         # Accumulation happens inside train_step (one loop step = one update).
-        tx = optim.make_optimizer(config)
-        schedule = optim.make_schedule(config)
+        steps, warmup = train_lib.run_length(config)
+        tx = optim.make_optimizer(config, steps, warmup)
+        schedule = optim.make_schedule(config, steps, warmup)
     model = registry.build(model_cfg, head="pretraining")
     with train_lib.setup_error("objective"):
         objective = registry.objective(config.objective, model)

@@ -103,7 +103,9 @@ def run_fingerprint(config) -> dict[str, object]:
     if "data" in config:
         fields = ("input_pattern", "phase2_input_pattern", "eval_input_pattern")
         try:
-            out.update(data_fingerprint(config.data, fields))
+            out.update(
+                data_fingerprint(config.data, fields, vocab_file=config.get("vocab_file", ""))
+            )
         except Exception as error:  # noqa: BLE001 -- compared as a value, reported by the loader
             out["data files"] = f"unreadable ({type(error).__name__})"
     out["code version"] = code_version()

@@ -58,8 +58,8 @@ def run(config, workdir) -> dict:
         for seed in config.sweep_seeds:
             run_config = config.copy_and_resolve_references()
             run_config.update(
-                batch_size=batch_size, learning_rate=learning_rate, num_epochs=num_epochs,
-                seed=seed, sweep=False,
+                global_batch_size=batch_size, learning_rate=learning_rate, num_epochs=num_epochs,
+                num_train_steps=None, seed=seed, sweep=False,
             )  # fmt: skip
             run_dir = (
                 workdir / "runs" / f"bs{batch_size}_lr{learning_rate:g}_ep{num_epochs}_seed{seed}"

@@ -16,7 +16,6 @@ from collections.abc import Callable, Iterable, Mapping
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import optax
 from absl import logging
@@ -24,7 +23,7 @@ from etils import epath
 from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec
 
-from bert_jax import optim, sharding
+from bert_jax import configs, optim, sharding
 from bert_jax.models import registry
 
 
@@ -84,7 +83,7 @@ _RULES = (
     (lambda k: k.endswith("batch_size"), lambda v: v > 0, "> 0"),
     (lambda k: k == "warmup_steps", lambda v: v >= 0, ">= 0"),
     (lambda k: k.endswith(("_prob", "_fraction")), lambda v: 0 <= v <= 1, "in [0, 1]"),
-    (lambda k: k.endswith("dropout"), lambda v: 0 <= v < 1, "in [0, 1)"),
+    (lambda k: k.endswith(("dropout", "dropout_prob")), lambda v: 0 <= v < 1, "in [0, 1)"),
     (lambda k: k in ("adam_b1", "adam_b2"), lambda v: 0 <= v < 1, "in [0, 1)"),
     (lambda k: k == "adam_epsilon", lambda v: v > 0, "> 0"),
     (
@@ -108,9 +107,43 @@ def check_config(config) -> None:
         for applies, ok, must in _RULES:
             if applies(name) and not ok(value):
                 raise SetupError(f"{key}: {value!r} must be {must}")
+    for pair in configs.ONE_OF:
+        if all(name in flat for name in pair):
+            _one_of(flat, *pair)
+    if flat.get("mode") == "pretrain" and flat.get("num_epochs") is not None:
+        raise SetupError(_NO_EPOCHS)
     steps, warmup = flat.get("num_train_steps"), flat.get("warmup_steps")
     if steps is not None and warmup is not None and warmup > steps:
         raise SetupError(f"warmup_steps: {warmup} must be <= num_train_steps {steps}")
+
+
+_NO_EPOCHS = "num_epochs: pretraining streams have no epochs; set num_train_steps instead"
+
+
+def _one_of(fields: Mapping, first: str, second: str):
+    """(name, value) of the one field of the pair that is set; a SetupError naming both when not exactly one."""
+    given = [(name, fields.get(name)) for name in (first, second) if fields.get(name) is not None]
+    if len(given) != 1:
+        state = "both are" if given else "neither is"
+        raise SetupError(f"{first}, {second}: set exactly one of them ({state} set)")
+    return given[0]
+
+
+def run_length(config, steps_per_epoch: int | None = None) -> tuple[int, int]:
+    """(num_train_steps, warmup_steps) of a run: `num_train_steps` as set, or `num_epochs` x `steps_per_epoch`
+    (a fine-tuning loop's full batches per epoch; pretraining streams have none); `warmup_steps` as set, or
+    `warmup_fraction` of the steps, rounded. Exactly one field of each pair (configs.ONE_OF) is set; else,
+    or a warmup longer than the run, a SetupError naming the fields."""
+    fields = {name: config.get(name) for pair in configs.ONE_OF for name in pair}
+    name, value = _one_of(fields, "num_train_steps", "num_epochs")
+    if name == "num_epochs" and steps_per_epoch is None:
+        raise SetupError(_NO_EPOCHS)
+    steps = value if name == "num_train_steps" else value * steps_per_epoch
+    name, value = _one_of(fields, "warmup_steps", "warmup_fraction")
+    warmup = value if name == "warmup_steps" else round(value * steps)
+    if not 0 <= warmup <= steps:
+        raise SetupError(f"warmup_steps: {warmup} must be between 0 and num_train_steps {steps}")
+    return steps, warmup
 
 
 def flat_config(config, prefix="") -> dict:
@@ -137,7 +170,9 @@ def config_changes(stored, current, safe: Iterable[str]) -> tuple[list[str], lis
     A change is safe when its field is in `safe` (or starts with one of them followed by "."): logging, cadence,
     more steps; every other difference breaks continuation (vocab, lower-casing, model shape, data, optimizer).
     """
-    old, new = flat_config(stored), flat_config(current)
+    # An old run's config names some fields as the previous release did (configs.RENAMED).
+    stored = stored.to_dict() if hasattr(stored, "to_dict") else stored
+    old, new = flat_config(configs.translate(stored)), flat_config(current)
     safe = (*safe, *ALWAYS_SAFE)
     breaking, allowed = [], []
     for key in sorted(set(old) | set(new)):
@@ -150,12 +185,12 @@ def config_changes(stored, current, safe: Iterable[str]) -> tuple[list[str], lis
 
 
 def fine_tuning_optimizer(config, num_train_steps: int, warmup_steps: int):
-    """(the run's fields: the recipe plus its step counts, the optimizer, its schedule) of a fine-tuning run.
-    A bad optimizer field is a SetupError naming it."""
+    """(the run's fields: the recipe plus its step counts from `run_length`, the optimizer, its schedule) of a
+    fine-tuning run. A bad optimizer field is a SetupError naming it."""
     fields = {**config.to_dict(), "num_train_steps": num_train_steps, "warmup_steps": warmup_steps}
     with setup_error("optimizer"):
-        recipe = ml_collections.ConfigDict(fields)
-        return fields, optim.make_optimizer(recipe), optim.make_schedule(recipe)
+        tx = optim.make_optimizer(config, num_train_steps, warmup_steps)
+        return fields, tx, optim.make_schedule(config, num_train_steps, warmup_steps)
 
 
 def open_fine_tuning_run(

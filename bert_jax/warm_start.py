@@ -26,10 +26,15 @@ from bert_jax.data.corpus import SAMPLE_VOCAB
 from bert_jax.models import registry
 from bert_jax.models.bert_hf import CONFIG_FIELDS
 
-# The BertConfig fields every checkpoint layout stores: what the weights are, not how a run computes with them.
-ARCHITECTURE = tuple(CONFIG_FIELDS.values())
-# The fields a run chooses for itself (its recipe's `model`), whatever the checkpoint was trained with.
-EXECUTION = ("attention_impl", "remat_policy", "scan_layers", "embedding_gradient")
+# The fields a run chooses for itself (its recipe's `model`), whatever the checkpoint was trained with: dropout
+# (stored in every layout's config, but the fine-tuning recipe's: the paper's 0.1), the attention kernel, remat,
+# scan and the embedding gradient.
+EXECUTION = (
+    "hidden_dropout_prob", "attention_dropout_prob", "attention_impl", "remat_policy", "scan_layers",
+    "embedding_gradient",
+)  # fmt: skip
+# The BertConfig fields every checkpoint layout stores that say what the weights are, not how a run uses them.
+ARCHITECTURE = tuple(f for f in CONFIG_FIELDS.values() if f not in EXECUTION)
 
 
 @dataclasses.dataclass
@@ -90,14 +95,13 @@ def from_path(
 
 def load(config, *, head: str = "classification", heads=("bert", "classifier")) -> InitialWeights:
     """Resolves a fine-tuning config's `init_checkpoint` (see `from_path`), or "" for a random init of
-    `config.model` with `config.vocab_file`. Dropout is the fine-tuning recipe's (`config.dropout`), and so are
-    the EXECUTION fields of `config.model`."""
-    dropout = {"hidden_dropout_prob": config.dropout, "attention_dropout_prob": config.dropout}
+    `config.model` with `config.vocab_file`. The EXECUTION fields of `config.model` are the recipe's, dropout
+    (`model.hidden_dropout_prob`, `model.attention_dropout_prob`) among them."""
     if config.init_checkpoint:
         execution = {k: config.model[k] for k in EXECUTION if k in config.model}
         return from_path(
             config.init_checkpoint, head=head, heads=heads, dtype=config.dtype,
-            param_dtype=config.param_dtype, **dropout, **execution,
+            param_dtype=config.param_dtype, **execution,
         )  # fmt: skip
     logging.warning("no init_checkpoint: random initialisation (good for smoke tests only)")
     path = str(workdir.absolute(config.vocab_file)) if config.vocab_file else str(SAMPLE_VOCAB)
@@ -107,7 +111,7 @@ def load(config, *, head: str = "classification", heads=("bert", "classifier")) 
         tokenizer = workdir.open_tokenizer(path, config.do_lower_case)
     model_config = train_lib.model_config(
         config.model.to_dict(), vocab_size=tokenizer.vocab_size, dtype=config.dtype,
-        param_dtype=config.param_dtype, **dropout,
+        param_dtype=config.param_dtype,
     )  # fmt: skip
     return InitialWeights(model_config, tokenizer, spec, None, "random")
 

@@ -17,7 +17,7 @@ import os
 import jax
 from etils import epath
 
-from bert_jax import checkpoint
+from bert_jax import checkpoint, configs
 from bert_jax.data import glue
 from bert_jax.data.corpus import SAMPLE_VOCAB
 from bert_jax.data.tokenizer import load_tokenizer
@@ -74,7 +74,9 @@ def read_stored(path) -> tuple[int, dict]:
         str(absolute(path) / "checkpoints"), keep=1, save_interval_steps=1, async_save=False
     )
     try:
-        return reader.read_config()
+        step, stored = reader.read_config()
+        # An old run's fields under their new names (configs.RENAMED).
+        return step, configs.translate(stored)
     finally:
         reader.close()
 
@@ -89,6 +91,7 @@ def read(path, step: int | None = None, *, do_lower_case: bool | None = None) ->
     if not is_workdir(path):
         raise FileNotFoundError(f"{path}: no checkpoints/ (not a bert_jax workdir)")
     step, params, stored = checkpoint.restore_params(str(path / "checkpoints"), step)
+    stored = configs.translate(stored)
     source = str(path / "checkpoints" / str(step))
     spec = tokenizer_spec(stored)
     spec["path"] = _find_tokenizer(path, spec["path"], source)
@@ -113,14 +116,14 @@ def read(path, step: int | None = None, *, do_lower_case: bool | None = None) ->
 
 def tokenizer_spec(stored) -> dict:
     """{"path", "do_lower_case"} of the tokenizer a stored config (or a run's config) names, as typed:
-    fine-tuning runs and exports store it under "tokenizer", pretraining runs name their data's vocabulary."""
-    stored = stored.to_dict() if hasattr(stored, "to_dict") else dict(stored)
+    fine-tuning runs and exports store it under "tokenizer", pretraining runs name their recipe's `vocab_file`
+    and `do_lower_case` (an old run's `data.vocab_file`, read through configs.RENAMED)."""
+    stored = configs.translate(stored.to_dict() if hasattr(stored, "to_dict") else dict(stored))
     if "tokenizer" in stored:
         return dict(stored["tokenizer"])
-    data = stored.get("data", {})
     return {
-        "path": data.get("vocab_file") or str(SAMPLE_VOCAB),
-        "do_lower_case": data.get("do_lower_case", True),
+        "path": stored.get("vocab_file") or str(SAMPLE_VOCAB),
+        "do_lower_case": stored.get("do_lower_case", True),
     }
 
 

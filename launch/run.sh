@@ -4,7 +4,7 @@
 # Arguments after the topology go to `python -m bert_jax.main`; its --config flags also go to the check.
 #
 #   launch/run.sh [--dry-run] NAME ZONE TOPOLOGY --config=configs/bert_base.py --workdir=gs://BUCKET/bert_base \
-#       --config.data.input_pattern='gs://BUCKET/wiki/*.txt' --config.data.vocab_file=gs://BUCKET/vocab.txt \
+#       --config.data.input_pattern='gs://BUCKET/wiki/*.txt' --config.vocab_file=gs://BUCKET/vocab.txt \
 #       --config.dtype=bfloat16
 #   launch/run.sh NAME ZONE --tail            # follow worker 0's log
 #

@@ -14,12 +14,11 @@ NUM_DOCS = 120
 FILLER = [f"w{i}" for i in range(40)]
 
 
-def _config(pattern, vocab, **overrides):
+def _config(pattern, **overrides):
     cfg = data_config()
     cfg.update(
         dict(
             input_pattern=pattern,
-            vocab_file=vocab,
             seq_length=48,
             max_predictions_per_seq=8,
             phase2_seq_length=96,
@@ -69,9 +68,9 @@ def _assert_equal_batches(a, b):
 
 def test_resume_across_epoch_boundary_matches_uninterrupted(tagged):
     d, vocab = tagged
-    cfg = _config(f"{d}/part-*.txt", vocab)
+    cfg = _config(f"{d}/part-*.txt")
     make = lambda: loader_lib.make_pretraining_loader(
-        cfg, global_batch_size=16, num_train_steps=1000, seed=3
+        cfg, vocab_file=vocab, global_batch_size=16, num_train_steps=1000, seed=3
     )
     first = make()
     ref = [b for _, b in zip(range(60), first.iterate(0), strict=False)]
@@ -87,7 +86,7 @@ def test_resume_across_epoch_boundary_matches_uninterrupted(tagged):
             break
     _assert_equal_batches(make().batch(55), ref[55][1])  # fresh, no state: same pure function
     other = loader_lib.make_pretraining_loader(
-        cfg, global_batch_size=16, num_train_steps=1000, seed=4
+        cfg, vocab_file=vocab, global_batch_size=16, num_train_steps=1000, seed=4
     )
     assert not np.array_equal(other.batch(0)["input_ids"], ref[0][1]["input_ids"])
     assert ref[0][0] == 0 and ref[59][0] == 59
@@ -101,10 +100,11 @@ def test_resume_across_epoch_boundary_matches_uninterrupted(tagged):
 def test_multi_host_split_is_disjoint_and_complete(tagged, files, process_count):
     d, vocab = tagged
     pattern = ",".join(f"{d}/{f}" for f in files.split(","))
-    cfg = _config(pattern, vocab)
+    cfg = _config(pattern)
     hosts = [
         loader_lib.make_pretraining_loader(
             cfg,
+            vocab_file=vocab,
             global_batch_size=8,
             num_train_steps=1000,
             process_index=p,
@@ -139,8 +139,10 @@ def _doc_tags(pattern, held_out, modulus=50):
 
 def test_nsp_labels_match_document_tags(tagged):
     d, vocab = tagged
-    cfg = _config(f"{d}/part-*.txt", vocab, short_seq_prob=0.0)
-    loader = loader_lib.make_pretraining_loader(cfg, global_batch_size=32, num_train_steps=100)
+    cfg = _config(f"{d}/part-*.txt", short_seq_prob=0.0)
+    loader = loader_lib.make_pretraining_loader(
+        cfg, vocab_file=vocab, global_batch_size=32, num_train_steps=100
+    )
     n_next = n_rows = 0
     for step in range(30):
         b = loader.batch(step)
@@ -159,8 +161,10 @@ def test_nsp_labels_match_document_tags(tagged):
 
 def test_phases_switch_length_at_the_configured_step(tagged):
     d, vocab = tagged
-    cfg = _config(f"{d}/part-*.txt", vocab)
-    loader = loader_lib.make_pretraining_loader(cfg, global_batch_size=4, num_train_steps=50)
+    cfg = _config(f"{d}/part-*.txt")
+    loader = loader_lib.make_pretraining_loader(
+        cfg, vocab_file=vocab, global_batch_size=4, num_train_steps=50
+    )
     assert [loader.seq_length(s) for s in (0, 44, 45, 49)] == [48, 48, 96, 96]
     assert [loader.max_predictions(s) for s in (44, 45)] == [8, 16]
     b = loader.batch(45)
@@ -170,69 +174,83 @@ def test_phases_switch_length_at_the_configured_step(tagged):
         [loader.batch(s)["attention_mask"].sum(1) for s in steps]
     )
     assert lengths(range(45, 50)).max() > 48  # phase-2 instances may exceed phase 1's length
-    no_phase2 = _config(f"{d}/part-*.txt", vocab, phase2_fraction=0.0)
-    loader = loader_lib.make_pretraining_loader(no_phase2, global_batch_size=4, num_train_steps=50)
+    no_phase2 = _config(f"{d}/part-*.txt", phase2_fraction=0.0)
+    loader = loader_lib.make_pretraining_loader(
+        no_phase2, vocab_file=vocab, global_batch_size=4, num_train_steps=50
+    )
     assert loader.seq_length(49) == 48
 
 
 def test_the_phase_rule_is_the_paper_split_and_the_loaders(tagged):
-    cfg = _config("unused", "unused")
+    cfg = _config("unused")
     assert pretraining_phases(cfg, num_train_steps=50, global_batch_size=8) == (
         Phase("phase1", 0, 48, 8, 8), Phase("phase2", 45, 96, 16, 8),
     )  # fmt: skip
     # The switch is round(steps * (1 - fraction)): 0.9 of 1,000,000 steps at 128 tokens, as the recipe.
-    paper = _config("unused", "unused", seq_length=128, max_predictions_per_seq=20,
+    paper = _config("unused", seq_length=128, max_predictions_per_seq=20,
                     phase2_seq_length=512, phase2_max_predictions_per_seq=80)  # fmt: skip
     assert pretraining_phases(paper, num_train_steps=10**6, global_batch_size=256)[1] == Phase(
         "phase2", 900_000, 512, 80, 256
     )
     # A fraction that rounds to no steps leaves no phase 2 (the compile check used to compile one anyway).
     for fraction in (0.0, 0.005):
-        short = _config("unused", "unused", phase2_fraction=fraction)
+        short = _config("unused", phase2_fraction=fraction)
         assert pretraining_phases(short, num_train_steps=50, global_batch_size=8) == (
             Phase("phase1", 0, 48, 8, 8),
         )
     # The held-out batches are phase 1's shape, in both phases.
     assert eval_phase(cfg, global_batch_size=8) == Phase("eval", 0, 48, 8, 8)
     d, vocab = tagged
-    cfg = _config(f"{d}/part-*.txt", vocab, phase2_fraction=0.3, eval_holdout_modulus=10)
-    loader = loader_lib.make_pretraining_loader(cfg, global_batch_size=4, num_train_steps=10)
+    cfg = _config(f"{d}/part-*.txt", phase2_fraction=0.3, eval_holdout_modulus=10)
+    loader = loader_lib.make_pretraining_loader(
+        cfg, vocab_file=vocab, global_batch_size=4, num_train_steps=10
+    )
     assert loader.get_state(0)["phases"] == [
         [p.start_step, p.seq_length, p.max_predictions]
         for p in pretraining_phases(cfg, num_train_steps=10, global_batch_size=4)
     ] == [[0, 48, 8], [7, 96, 16]]  # fmt: skip
-    (batch,) = loader_lib.make_eval_batches(cfg, global_batch_size=4, num_batches=1)
+    (batch,) = loader_lib.make_eval_batches(
+        cfg, vocab_file=vocab, global_batch_size=4, num_batches=1
+    )
     assert batch["input_ids"].shape == (4, 48) and batch["masked_lm_ids"].shape == (4, 8)
 
 
 def test_eval_batches_are_fixed_and_held_out(tagged, tmp_path):
     d, vocab = tagged
-    cfg = _config(f"{d}/part-*.txt", vocab, eval_holdout_modulus=10)
+    cfg = _config(f"{d}/part-*.txt", eval_holdout_modulus=10)
     held = _doc_tags(f"{d}/part-*.txt", held_out=True, modulus=10)
     assert 5 < len(held) < 25
-    a = loader_lib.make_eval_batches(cfg, global_batch_size=8, num_batches=3)
-    b = loader_lib.make_eval_batches(cfg, global_batch_size=8, num_batches=3)
+    a = loader_lib.make_eval_batches(cfg, vocab_file=vocab, global_batch_size=8, num_batches=3)
+    b = loader_lib.make_eval_batches(cfg, vocab_file=vocab, global_batch_size=8, num_batches=3)
     for x, y in zip(a, b, strict=True):
         _assert_equal_batches(x, y)
     eval_tags = set().union(*[t for batch in a for t in _tags(batch)])
     assert eval_tags <= held
-    train = loader_lib.make_pretraining_loader(cfg, global_batch_size=32, num_train_steps=100)
+    train = loader_lib.make_pretraining_loader(
+        cfg, vocab_file=vocab, global_batch_size=32, num_train_steps=100
+    )
     train_tags = set().union(*[t for s in range(20) for t in _tags(train.batch(s))])
     assert not train_tags & held
     with pytest.raises(ValueError, match="not divisible"):
-        loader_lib.make_eval_batches(cfg, global_batch_size=9, num_batches=1, process_count=2)
+        loader_lib.make_eval_batches(
+            cfg, vocab_file=vocab, global_batch_size=9, num_batches=1, process_count=2
+        )
 
 
 def test_bundled_defaults_and_prefetch_equals_direct():
-    cfg = _config("", "", seq_length=128, max_predictions_per_seq=20)
-    loader = loader_lib.make_pretraining_loader(cfg, global_batch_size=8, num_train_steps=10)
+    cfg, vocab = _config("", seq_length=128, max_predictions_per_seq=20), ""
+    loader = loader_lib.make_pretraining_loader(
+        cfg, vocab_file=vocab, global_batch_size=8, num_train_steps=10
+    )
     it = loader.iterate(3)
     got = [next(it) for _ in range(3)]
     it.close()
     assert [s for s, _ in got] == [3, 4, 5]
     _assert_equal_batches(got[2][1], loader.batch(5))
     assert loader.batch(0)["input_ids"].max() < 2200  # ids within the bundled ~2k vocab
-    eval_batches = loader_lib.make_eval_batches(cfg, global_batch_size=8, num_batches=2)
+    eval_batches = loader_lib.make_eval_batches(
+        cfg, vocab_file=vocab, global_batch_size=8, num_batches=2
+    )
     assert eval_batches[0]["input_ids"].shape == (8, 128)
 
 
@@ -249,14 +267,16 @@ def test_tfds_source_with_mock_data():
         for k in range(40)
     ]
     fn = lambda builder, split, *a, **kw: articles
-    cfg = _config(
+    cfg, vocab = (
+        _config(
+            "",
+            source="tfds",
+            tfds_name="wikipedia/20230601.en",
+            tfds_split="train",
+            seq_length=32,
+            max_predictions_per_seq=5,
+        ),
         "",
-        "",
-        source="tfds",
-        tfds_name="wikipedia/20230601.en",
-        tfds_split="train",
-        seq_length=32,
-        max_predictions_per_seq=5,
     )
     stats = corpus_lib.CorpusStats()
     with tfds.testing.mock_data(as_data_source_fn=fn, policy=tfds.testing.MockPolicy.USE_CODE):
@@ -271,7 +291,9 @@ def test_tfds_source_with_mock_data():
             "Do they farm?",
             "Yes.",
         ]
-        loader = loader_lib.make_pretraining_loader(cfg, global_batch_size=4, num_train_steps=10)
+        loader = loader_lib.make_pretraining_loader(
+            cfg, vocab_file=vocab, global_batch_size=4, num_train_steps=10
+        )
         b = loader.batch(0)
     assert stats.documents == 20 and stats.sentences == 120
     assert b["input_ids"].shape == (4, 32) and (b["masked_lm_weights"].sum(1) >= 1).all()

@@ -36,16 +36,15 @@ def test_sentencepiece_training_and_loader_with_whole_word_masking(tmp_path):
         dict(
             source="text",
             input_pattern=str(corpus_lib.SAMPLE_EVAL_CORPUS),
-            vocab_file=path,
             seq_length=64,
             max_predictions_per_seq=10,
             phase2_fraction=0.0,
             whole_word_mask=True,
         )
     )
-    batch = loader_lib.make_pretraining_loader(cfg, global_batch_size=64, num_train_steps=10).batch(
-        0
-    )
+    batch = loader_lib.make_pretraining_loader(
+        cfg, vocab_file=path, global_batch_size=64, num_train_steps=10
+    ).batch(0)
     ids, pos = batch["input_ids"], batch["masked_lm_positions"]
     valid = batch["masked_lm_weights"] > 0
     chosen = np.zeros(ids.shape, bool)

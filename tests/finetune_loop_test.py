@@ -21,7 +21,7 @@ def _conll_config(tmp_path, **overrides):
     with config.unlocked():
         config.update(
             data_dir=str(tmp_path), vocab_file=task_fixtures.write_vocab(tmp_path),
-            max_seq_length=16, num_epochs=2, batch_size=16, eval_batch_size=16,
+            max_seq_length=16, num_epochs=2, global_batch_size=16, eval_batch_size=16,
         )  # fmt: skip
         config.update(overrides)
     return config

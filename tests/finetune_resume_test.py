@@ -24,7 +24,7 @@ def sst2(tmp_path_factory):
 def config_for(root, **overrides):
     fields = dict(
         task="sst2", data_dir=str(root / "glue"), vocab_file=str(root / "vocab.txt"),
-        max_seq_length=16, batch_size=32, learning_rate=3e-3, num_epochs=2, log_every_steps=5,
+        max_seq_length=16, global_batch_size=32, learning_rate=3e-3, num_epochs=2, log_every_steps=5,
     )  # fmt: skip
     return tiny_config(**{**fields, **overrides})
 

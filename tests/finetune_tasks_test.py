@@ -253,7 +253,7 @@ def test_preempted_task_run_resumes_to_the_same_result(tmp_path, monkeypatch):
     task_fixtures.write_conll(tmp_path, n_train=320, n_dev=48)
     config = lambda: _config(
         conll_config, "tiny", data_dir=str(tmp_path), vocab_file=task_fixtures.write_vocab(tmp_path),
-        max_seq_length=16, num_epochs=2, batch_size=32,
+        max_seq_length=16, num_epochs=2, global_batch_size=32,
     )  # fmt: skip
     whole = finetune.run(config(), tmp_path / "whole")
 

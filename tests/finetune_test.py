@@ -44,7 +44,7 @@ TINY_MODEL = dict(
 def tiny_config(**overrides):
     config = glue_config.get_config("tiny")
     config.model.update(TINY_MODEL)
-    config.update(max_seq_length=32, batch_size=8, eval_batch_size=8, num_epochs=1)
+    config.update(max_seq_length=32, global_batch_size=8, eval_batch_size=8, num_epochs=1)
     config.update(overrides)
     return config
 
@@ -322,7 +322,7 @@ def test_bad_input_fails_before_training_with_one_line(tmp_path):
             config = tiny_config(task="rte", init_checkpoint=str(tmp_path / "empty"))
             sweep.run(config, tmp_path / "c")
     with pytest.raises(SetupError, match="not divisible by the 8 batch shards"):
-        sweep.run(tiny_config(batch_size=12), tmp_path / "d")
+        sweep.run(tiny_config(global_batch_size=12), tmp_path / "d")
     assert not (tmp_path / "a").exists() and not (tmp_path / "c").exists()
 
 

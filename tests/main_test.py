@@ -184,9 +184,9 @@ def test_default_run_learns(tmp_path):
         (["--config.warmup_steps=900"], "error: warmup_steps: 900 must be <= num_train_steps 800"),
         (["--config.data.masked_lm_prob=1.5"], "error: data.masked_lm_prob: 1.5 must be in [0, 1]"),
         (["--workdir=/sys/bert_jax_run"], "error: workdir: "),
-        ([f"--config.data.vocab_file={REPO / 'README.md'}"], f"error: data: {REPO / 'README.md'}: not a WordPiece vocab.txt"),
+        ([f"--config.vocab_file={REPO / 'README.md'}"], f"error: data: {REPO / 'README.md'}: not a WordPiece vocab.txt"),
         (["--config=glue", "--config.task=sst2", "--config.init_checkpoint="], "error: data: no data_dir given and TFDS glue/sst2 (train) is not prepared"),
-        (["--config=tasks"], "error: --config=tasks: configs/tasks.py is what the squad, swag and conll recipes share; run one of those"),
+        (["--config=finetuning"], "error: --config=finetuning: configs/finetuning.py is what the glue, squad, swag and conll recipes share; run one of those"),
         (["--config=configs/pretraining.py"], "error: --config=configs/pretraining.py: configs/pretraining.py is the pretraining recipe the sizes share; run a size: bert_tiny, "),
         (["--config.init_checkpoint=/nonexistent/bert-base-uncased"], "error: init_checkpoint: /nonexistent/bert-base-uncased does not exist; give a bert_jax workdir"),
     ],
@@ -211,9 +211,7 @@ def test_a_missing_init_checkpoint_leaves_no_workdir_and_a_binary_vocab_is_named
     assert result.returncode == 1 and not (tmp_path / "run").exists()
     binary = tmp_path / "vocab.bin"
     binary.write_bytes(bytes(range(128, 256)) * 4)
-    result = main(
-        f"--workdir={tmp_path / 'run'}", f"--config.data.vocab_file={binary}", timeout=120
-    )
+    result = main(f"--workdir={tmp_path / 'run'}", f"--config.vocab_file={binary}", timeout=120)
     assert result.stderr.strip().splitlines()[-1] == (
         f"error: data: {binary}: not a WordPiece vocab.txt (byte 0 is not UTF-8 text); give a vocab.txt (one "
         "token per line), a tokenizer directory or a SentencePiece .model"

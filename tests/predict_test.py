@@ -25,7 +25,7 @@ def run(tmp_path_factory):
     sentences = write_sst2_rule(root / "glue", root / "vocab.txt", np.random.default_rng(0))
     config = tiny_config(
         task="sst2", data_dir=str(root / "glue"), vocab_file=str(root / "vocab.txt"),
-        max_seq_length=16, batch_size=32, learning_rate=3e-3, num_epochs=4, log_every_steps=5,
+        max_seq_length=16, global_batch_size=32, learning_rate=3e-3, num_epochs=4, log_every_steps=5,
     )  # fmt: skip
     finetune.run(config, root / "run")
     return root, sentences["test"]

@@ -93,9 +93,15 @@ def test_a_lock_whose_pid_was_reused_or_whose_host_rebooted_is_taken_over(tmp_pa
 def _text_loader(pattern, vocab):
     config = data_config()
     config.update(seq_length=32, max_predictions_per_seq=5, phase2_fraction=0.0)
-    config.update(input_pattern=pattern, vocab_file=str(vocab), eval_input_pattern="")
+    config.update(input_pattern=pattern, eval_input_pattern="")
     return loader_lib.make_pretraining_loader(
-        config, global_batch_size=8, num_train_steps=40, seed=1, process_index=0, process_count=1
+        config,
+        vocab_file=str(vocab),
+        global_batch_size=8,
+        num_train_steps=40,
+        seed=1,
+        process_index=0,
+        process_count=1,
     )
 
 

@@ -337,8 +337,8 @@ def test_resume_refuses_breaking_config_changes(caplog):
 
     stored = json.loads(json.dumps(tiny_config().to_dict()))
     for override, words in [
-        ({"data.vocab_file": "/other/vocab.txt"}, "data.vocab_file: '' -> '/other/vocab.txt'"),
-        ({"data.do_lower_case": False}, "data.do_lower_case: True -> False"),
+        ({"vocab_file": "/other/vocab.txt"}, "vocab_file: '' -> '/other/vocab.txt'"),
+        ({"do_lower_case": False}, "do_lower_case: True -> False"),
         ({"data.phase2_fraction": 0.5}, "data.phase2_fraction: 0.05 -> 0.5"),
         ({"model.hidden_size": 64}, "model.hidden_size: 32 -> 64"),
         ({"global_batch_size": 32}, "global_batch_size: 16 -> 32"),

@@ -138,7 +138,7 @@ def test_a_moved_fine_tuning_workdir_with_a_relative_vocab_predicts_converts_and
     rows = write_sst2_rule(source / "glue", source / "vocab.txt", np.random.default_rng(0))
     monkeypatch.chdir(source)
     config = tiny_config(
-        task="sst2", data_dir="glue", vocab_file="vocab.txt", max_seq_length=16, batch_size=32,
+        task="sst2", data_dir="glue", vocab_file="vocab.txt", max_seq_length=16, global_batch_size=32,
         num_epochs=1,
     )  # fmt: skip
     finetune.run(config, "run")

@@ -6,7 +6,7 @@ with pure data parallelism (docs/tpu.md has the compile check's numbers):
 
     python -m bert_jax.compile --config=configs/bert_base.py --topology=v5e-16
     python -m bert_jax.main --config=configs/bert_base.py --workdir=gs://BUCKET/bert_base \
-        --config.data.input_pattern='gs://BUCKET/corpus/*.txt' --config.data.vocab_file=gs://BUCKET/vocab.txt
+        --config.data.input_pattern='gs://BUCKET/corpus/*.txt' --config.vocab_file=gs://BUCKET/vocab.txt
 """
 
 from bert_jax.configs import pretraining

@@ -6,7 +6,7 @@ fit a v5e-16, a v4-32 and a v5p-16 with pure data parallelism (docs/tpu.md has t
 
     python -m bert_jax.compile --config=configs/bert_large.py --topology=v5e-16
     python -m bert_jax.main --config=configs/bert_large.py --workdir=gs://BUCKET/bert_large \
-        --config.data.input_pattern='gs://BUCKET/corpus/*.txt' --config.data.vocab_file=gs://BUCKET/vocab.txt
+        --config.data.input_pattern='gs://BUCKET/corpus/*.txt' --config.vocab_file=gs://BUCKET/vocab.txt
 
 With more HBM per sequence (e.g. v5p), `--config.model.remat_policy=none` saves the recomputation.
 """

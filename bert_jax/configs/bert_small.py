@@ -3,7 +3,7 @@
 1M steps x 256 sequences, length 128 then 512 for the last 10%, AdamW lr 1e-4 (see configs/pretraining.py).
 
     python -m bert_jax.main --config=configs/bert_small.py --workdir=gs://BUCKET/bert_small \
-        --config.data.input_pattern='gs://BUCKET/corpus/*.txt' --config.data.vocab_file=gs://BUCKET/vocab.txt \
+        --config.data.input_pattern='gs://BUCKET/corpus/*.txt' --config.vocab_file=gs://BUCKET/vocab.txt \
         --config.dtype=bfloat16
 """
 

@@ -7,7 +7,7 @@ a few minutes on a laptop CPU and visibly learn (the MLM loss falls from ~ln(voc
     python -m bert_jax.main --config=configs/bert_tiny.py --workdir=/tmp/tiny --config.num_train_steps=200
 
 `model.vocab_size = -1` takes the size of the tokenizer's vocab (the bundled sample vocab unless
-`data.vocab_file` is set), so the embedding matrix has no unused rows.
+`vocab_file` is set), so the embedding matrix has no unused rows.
 """
 
 from bert_jax.configs import pretraining

@@ -6,7 +6,7 @@ beta1 0.9, beta2 0.999, epsilon 1e-6 and weight decay 0.01 (not on LayerNorm or 
 10,000 warmup steps and linear decay to 0; gradient clipping at global norm 1.0; dropout 0.1.
 
     python -m bert_jax.main --config=configs/bert_base.py --workdir=DIR \
-        --config.data.input_pattern='corpus/*.txt' --config.data.vocab_file=vocab.txt
+        --config.data.input_pattern='corpus/*.txt' --config.vocab_file=vocab.txt
 
 Every field can be overridden on the command line (`--config.learning_rate=2e-4`); the config is locked, so a
 misspelt key is an error. docs/configs.md describes every field.
@@ -99,10 +99,6 @@ def data_config() -> ml_collections.ConfigDict:
     d.tfds_text_key = "text"
     # TFDS data directory; unset = TFDS's default (~/tensorflow_datasets or $TFDS_DATA_DIR).
     d.tfds_data_dir = config_dict.placeholder(str)
-    # WordPiece vocab.txt or SentencePiece .model; "" = the bundled sample vocab.
-    d.vocab_file = ""
-    # Uncased model, as bert-base-uncased.
-    d.do_lower_case = True
     # Phase-1 sequence length (the paper's first 90% of steps).
     d.seq_length = 128
     # Phase-1 masked positions per sequence (15% of 128, rounded up).
@@ -141,6 +137,11 @@ def get_config(size: str = "base") -> ml_collections.ConfigDict:
     # the paper's; the field lets a family bring its own (MLM alone, replaced-token detection) without a new loop.
     c.objective = "mlm_nsp"
     c.data = data_config()
+    # The tokenizer: WordPiece vocab.txt or SentencePiece .model; "" = the bundled sample vocab. The loader
+    # tokenizes with it and the workdir keeps it (fine-tuning recipes name theirs with the same two fields).
+    c.vocab_file = ""
+    # Uncased model, as bert-base-uncased.
+    c.do_lower_case = True
     # Compute dtype: "bfloat16" on TPU/GPU. Softmax, LayerNorm statistics and losses stay float32.
     c.dtype = "float32"
     # Storage dtype of the parameters, and so of the optimizer state: float32 even with bfloat16 compute.
@@ -159,6 +160,8 @@ def get_config(size: str = "base") -> ml_collections.ConfigDict:
     # Schedule.
     # The paper: 1M steps of 256 sequences (~40 epochs of 3.3B words).
     c.num_train_steps = 1_000_000
+    # Fine-tuning's other way to give the run length; unset here (a pretraining stream has no epochs).
+    c.num_epochs = config_dict.placeholder(int)
     # Sequences per step over all hosts and devices.
     c.global_batch_size = 256
     # Micro-batches per update: the same global batch on fewer devices / less memory.
@@ -167,6 +170,8 @@ def get_config(size: str = "base") -> ml_collections.ConfigDict:
     c.learning_rate = 1e-4
     # Linear warmup from 0, then linear decay to 0 at num_train_steps.
     c.warmup_steps = 10_000
+    # Instead of warmup_steps: a warmup over this fraction of num_train_steps (fine-tuning's habit).
+    c.warmup_fraction = config_dict.placeholder(float)
 
     # Optimizer.
     # The original code's Adam (no bias correction, its warmup/decay formula); "adamw" = optax's

@@ -2,7 +2,7 @@
 
 Defaults are the paper's: v1.1 3 epochs, learning rate 5e-5, batch 32; v2.0 2 epochs, 5e-5, batch 48; 384-token
 windows every 128 tokens, questions cut to 64 tokens, 20-best spans of at most 30 tokens, warmup over 10% of
-the steps. The rest (AdamW, dropout, clipping) is the GLUE recipe's (configs/glue.py).
+the steps. The rest (AdamW, dropout, clipping) is the shared fine-tuning recipe's (configs/finetuning.py).
 
     python -m bert_jax.main --config=configs/squad.py --config.version=1.1 \
         --config.init_checkpoint=PATH --config.data_dir=DIR --workdir=OUT
@@ -18,7 +18,7 @@ null_odds.json and results.json. `:tiny` (or `:tiny,2.0`) is the smoke-test reci
 import ml_collections
 from ml_collections import config_dict
 
-from bert_jax.configs import tasks
+from bert_jax.configs import finetuning
 
 # The paper's fine-tuning settings per version: (epochs, learning rate, batch).
 PAPER = {"1.1": (3, 5e-5, 32), "2.0": (2, 5e-5, 48)}
@@ -29,7 +29,7 @@ def get_config(arg: str = "1.1") -> ml_collections.ConfigDict:
     parts = arg.split(",")
     size = "tiny" if "tiny" in parts else "base"
     version = "2.0" if "2.0" in parts else "1.1"
-    c = tasks.base_config("squad", size)
+    c = finetuning.get_config("squad", size)
     # SQuAD version: "1.1" or "2.0" (2.0 adds unanswerable questions and the null answer).
     c.version = version
     num_epochs, learning_rate, batch_size = PAPER[version]
@@ -38,7 +38,7 @@ def get_config(arg: str = "1.1") -> ml_collections.ConfigDict:
     # The paper's peak learning rate.
     c.learning_rate = learning_rate
     # The paper's global batch for this version.
-    c.batch_size = batch_size
+    c.global_batch_size = batch_size
     # Tokens per window, [CLS] and [SEP]s included, as run_squad.py.
     c.max_seq_length = 384
     # Tokens between the starts of consecutive windows over a long context, as run_squad.py.
@@ -59,7 +59,7 @@ def get_config(arg: str = "1.1") -> ml_collections.ConfigDict:
         c.max_seq_length = 64
         c.doc_stride = 16
         c.max_query_length = 16
-        c.batch_size = 16
+        c.global_batch_size = 16
         c.eval_batch_size = 16
         c.learning_rate = 1e-3
     c.lock()

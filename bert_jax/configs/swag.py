@@ -2,7 +2,7 @@
 per [CLS], softmax over the four.
 
 Defaults are the paper's: 3 epochs, learning rate 2e-5, batch 16 (examples, each of four sequences). The rest
-is the GLUE recipe's (configs/glue.py).
+is the shared fine-tuning recipe's (configs/finetuning.py).
 
     python -m bert_jax.main --config=configs/swag.py \
         --config.init_checkpoint=PATH --config.data_dir=DIR --workdir=OUT
@@ -13,24 +13,24 @@ and results.json. `:tiny` is the smoke-test recipe: a random BERT-Tiny.
 
 import ml_collections
 
-from bert_jax.configs import tasks
+from bert_jax.configs import finetuning
 
 
 def get_config(size: str = "base") -> ml_collections.ConfigDict:
-    c = tasks.base_config("swag", size)
+    c = finetuning.get_config("swag", size)
     # The paper's.
     c.num_epochs = 3
     # The paper's.
     c.learning_rate = 2e-5
     # The paper's: examples per batch (each runs 4 sequences).
-    c.batch_size = 16
+    c.global_batch_size = 16
     # Context + ending tokens, [CLS] and [SEP]s included; SWAG's are short (the paper does not say).
     c.max_seq_length = 128
     # Examples per dev batch (the last batch is padded so evaluation compiles once).
     c.eval_batch_size = 64
     if size == "tiny":
         c.max_seq_length = 32
-        c.batch_size = 8
+        c.global_batch_size = 8
         c.eval_batch_size = 8
         c.learning_rate = 1e-3
     c.lock()

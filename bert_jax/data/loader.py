@@ -11,8 +11,9 @@ state is the same on every host (a restored host recounts the epochs before its 
 Instance files (`source="instances"`: bert_jax's ArrayRecord or the original tool's TFRecords)
 train with the masks stored in them (`masking="static"`, the paper's dupe_factor=10 setup) or
 re-masked per step (`"dynamic"`, RoBERTa's). Phase 2 reads its own 512-token files
-(`phase2_input_pattern`), checked at startup. Every config field is read as `cfg.field`; the
-defaults live in the recipe (`bert_jax/configs/pretraining.py`).
+(`phase2_input_pattern`), checked at startup. Every data config field is read as `cfg.field`; the
+defaults live in the recipe (`bert_jax/configs/pretraining.py`). The tokenizer is the recipe's top-level
+`vocab_file` and `do_lower_case` (fine-tuning's names too), passed as arguments.
 """
 
 from __future__ import annotations
@@ -233,6 +234,10 @@ def _documents(cfg, pattern, process_index, process_count, stats, holdout):
 
 
 def _check_config(cfg) -> None:
+    for moved in ("vocab_file", "do_lower_case"):
+        # A recipe of the previous release: its tokenizer fields would be silently ignored here.
+        if moved in cfg:
+            raise ValueError(f"data.{moved} is now the recipe's top-level {moved}")
     if cfg.source not in ("text", "tfds", "instances"):
         raise ValueError(f"data.source={cfg.source!r}: expected 'text', 'tfds' or 'instances'")
     if cfg.masking not in MASKINGS:
@@ -292,10 +297,11 @@ def _record_streams(cfg, phases, seed, hosts, eval_mode):
 
 
 def _build(
-    cfg, *, batch_size, phases, process_index, process_count, seed, eval_mode, row_multiple=1
-):
+    cfg, *, vocab_file, do_lower_case, batch_size, phases, process_index, process_count, seed,
+    eval_mode, row_multiple=1,
+):  # fmt: skip
     _check_config(cfg)
-    tok = load_tokenizer(cfg.vocab_file or str(corpus_lib.SAMPLE_VOCAB), cfg.do_lower_case)
+    tok = load_tokenizer(vocab_file or str(corpus_lib.SAMPLE_VOCAB), do_lower_case)
     hosts = (process_index, process_count)
     if cfg.source == "instances":
         streams = _record_streams(cfg, phases, seed, hosts, eval_mode)
@@ -313,7 +319,7 @@ def _build(
         max_sequences_per_row=cfg.max_sequences_per_row if cfg.packing else None,
         row_multiple=row_multiple,
     )
-    loader.fingerprint = None if eval_mode else data_fingerprint(cfg)
+    loader.fingerprint = None if eval_mode else data_fingerprint(cfg, vocab_file=vocab_file)
     return loader
 
 
@@ -356,6 +362,8 @@ def make_pretraining_loader(
     *,
     global_batch_size: int,
     num_train_steps: int,
+    vocab_file: str = "",
+    do_lower_case: bool = True,
     process_index: int = 0,
     process_count: int = 1,
     seed: int = 0,
@@ -374,6 +382,8 @@ def make_pretraining_loader(
     logging.info("data phases (start_step, seq_length, max_predictions): %s", phases)
     loader = _build(
         cfg,
+        vocab_file=vocab_file,
+        do_lower_case=do_lower_case,
         batch_size=_per_host(global_batch_size, process_count),
         phases=phases,
         process_index=process_index,
@@ -393,6 +403,8 @@ def make_eval_batches(
     *,
     global_batch_size: int,
     num_batches: int,
+    vocab_file: str = "",
+    do_lower_case: bool = True,
     seq_length: int | None = None,
     max_predictions: int | None = None,
     process_index: int = 0,
@@ -411,6 +423,8 @@ def make_eval_batches(
     max_pred = max_predictions or shape.max_predictions
     loader = _build(
         cfg,
+        vocab_file=vocab_file,
+        do_lower_case=do_lower_case,
         batch_size=_per_host(global_batch_size, process_count),
         phases=[(0, length, max_pred)],
         process_index=process_index,

@@ -30,10 +30,13 @@ def _file_name(path) -> str:
     return str(path)
 
 
-def data_fingerprint(cfg, fields=("input_pattern", "phase2_input_pattern")) -> dict[str, object]:
+def data_fingerprint(
+    cfg, fields=("input_pattern", "phase2_input_pattern"), *, vocab_file: str = ""
+) -> dict[str, object]:
     """{"file <name>": size in bytes, "vocab <name>": sha256 prefix} of what `cfg` (a data config) trains on:
-    every file its `fields` match, and its vocab (hashed: a vocab edited in place may keep its size). A pattern
-    that matches nothing is recorded as such (the loader reports it as its own error)."""
+    every file its `fields` match, and the recipe's `vocab_file` ("" = the bundled one; hashed: a vocab edited
+    in place may keep its size). A pattern that matches nothing is recorded as such (the loader reports it as
+    its own error)."""
     out: dict[str, object] = {}
     if cfg.get("source", "text") == "tfds":
         fields = ()  # TFDS data is named by the config (tfds_name, split), not by files
@@ -51,7 +54,7 @@ def data_fingerprint(cfg, fields=("input_pattern", "phase2_input_pattern")) -> d
                 out[f"file {_file_name(path)}"] = epath.Path(path).stat().length
             except OSError:
                 out[f"file {_file_name(path)}"] = "unreadable"
-    vocab = epath.Path(cfg.get("vocab_file") or corpus_lib.SAMPLE_VOCAB)
+    vocab = epath.Path(vocab_file or corpus_lib.SAMPLE_VOCAB)
     try:
         out[f"vocab {_file_name(vocab)}"] = hashlib.sha256(vocab.read_bytes()).hexdigest()[:16]
     except OSError:

@@ -116,8 +116,8 @@ def predict(
 
 def named_metric_fields(metric: str, config, files: dict) -> dict:
     """The results.json fields of a task scored by one metric (SQuAD, SWAG, CoNLL): the metric, the final
-    epoch and the files written."""
-    return {"metric": metric, "epoch": config.num_epochs, "files": files}
+    epoch (None for a run of `num_train_steps`: its history has each evaluation's epoch) and the files written."""
+    return {"metric": metric, "epoch": config.get("num_epochs"), "files": files}
 
 
 # The task modules import the names above: the table comes last.
