@@ -138,11 +138,8 @@ def open_tokenizer(path, do_lower_case: bool | None, *, field: str | None = None
         )
     try:
         return load_tokenizer(str(path), do_lower_case=do_lower_case)
-    except UnicodeDecodeError:
-        raise ValueError(
-            f"{where}: a binary file, not a vocabulary; give a vocab.txt (one WordPiece token per line), a "
-            "SentencePiece .model or a transformers tokenizer directory"
-        ) from None
+    except ValueError as error:  # the tokenizer's own line names the file and what to give (a binary file...)
+        raise ValueError(f"{field}: {error}" if field else str(error)) from None
 
 
 def _find_tokenizer(path: epath.Path, named: str, source: str) -> str:
