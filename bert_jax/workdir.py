@@ -138,7 +138,8 @@ def open_tokenizer(path, do_lower_case: bool | None, *, field: str | None = None
         )
     try:
         return load_tokenizer(str(path), do_lower_case=do_lower_case)
-    except ValueError as error:  # the tokenizer's own line names the file and what to give (a binary file...)
+    except ValueError as error:
+        # The tokenizer's own line names the file and what to give instead (a binary file, an empty vocab).
         raise ValueError(f"{field}: {error}" if field else str(error)) from None
 
 
