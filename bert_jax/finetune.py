@@ -207,7 +207,10 @@ def _run(config, workdir, setup: startup.SetupAgreement) -> dict:
     step = int(state.step)
     # A SWAG row is four sequences: throughput counts sequences, as for the other tasks.
     sequences_per_row = math.prod(prepared.train["input_ids"].shape[1:-1])
-    tokens_per_row = math.prod(prepared.train["input_ids"].shape[1:])
+    # Training batches cut to their longest example's rung (`trim_batches`; eval keeps full rows).
+    trim_boundaries = None
+    if config.get("trim_batches", False):
+        trim_boundaries = batching.length_ladder(config.max_seq_length)
     # The final model's files are written by process 0 only.
     directory = workdir if jax.process_index() == 0 else None
     try:
@@ -219,17 +222,19 @@ def _run(config, workdir, setup: startup.SetupAgreement) -> dict:
                 epoch=epoch,
                 process_index=jax.process_index(),
                 process_count=process_count,
+                trim_boundaries=trim_boundaries,
             )
             # The epoch's order is a function of (seed, epoch): a resumed epoch skips what it did.
             # The next two batches are already on their way to the devices while a step runs.
             batches = sharding.prefetch_to_device(itertools.islice(batches, skip, None), mesh)
-            for done_in_epoch, (_, device_batch) in enumerate(batches, skip + 1):
+            for done_in_epoch, (host_batch, device_batch) in enumerate(batches, skip + 1):
                 state, step_metrics = p_train_step(state, device_batch, dropout_rng)
                 step += 1
                 window.add(
                     step_metrics,
                     sequences=config.batch_size * sequences_per_row,
-                    tokens=config.batch_size * tokens_per_row,
+                    tokens=config.batch_size * math.prod(host_batch["input_ids"].shape[1:]),
+                    real_tokens=int(host_batch["attention_mask"].sum()) * process_count,
                 )
                 guard.check(step_metrics, step)
                 if step % config.log_every_steps == 0 or step == num_train_steps:
