@@ -124,7 +124,10 @@ def _run(config, workdir, setup: startup.SetupAgreement) -> dict:
         )
         num_rows = len(prepared.train["input_ids"])
         per_host_batch = config.batch_size // process_count
-        steps_per_epoch = batching.steps_per_epoch(num_rows, per_host_batch, process_count)
+        batch_lengths = config.get("batch_lengths", "full")
+        steps_per_epoch = batching.epoch_steps(
+            prepared.train, per_host_batch, process_count, batch_lengths
+        )
         if steps_per_epoch == 0:
             raise ValueError(f"{num_rows} training rows < one batch of {config.batch_size}")
     num_train_steps = steps_per_epoch * config.num_epochs
@@ -207,10 +210,6 @@ def _run(config, workdir, setup: startup.SetupAgreement) -> dict:
     step = int(state.step)
     # A SWAG row is four sequences: throughput counts sequences, as for the other tasks.
     sequences_per_row = math.prod(prepared.train["input_ids"].shape[1:-1])
-    # Training batches cut to their longest example's rung (`trim_batches`; eval keeps full rows).
-    trim_boundaries = None
-    if config.get("trim_batches", False):
-        trim_boundaries = batching.length_ladder(config.max_seq_length)
     # The final model's files are written by process 0 only.
     directory = workdir if jax.process_index() == 0 else None
     try:
@@ -222,7 +221,8 @@ def _run(config, workdir, setup: startup.SetupAgreement) -> dict:
                 epoch=epoch,
                 process_index=jax.process_index(),
                 process_count=process_count,
-                trim_boundaries=trim_boundaries,
+                # "trim"/"bucket" cut padding from training batches (eval keeps full rows).
+                batch_lengths=batch_lengths,
             )
             # The epoch's order is a function of (seed, epoch): a resumed epoch skips what it did.
             # The next two batches are already on their way to the devices while a step runs.

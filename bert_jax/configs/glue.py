@@ -61,9 +61,9 @@ def get_config(size: str = "base") -> ml_collections.ConfigDict:
     # The paper's recipe.
     # Tokens per example, [CLS] and [SEP]s included; longer pairs are truncated.
     c.max_seq_length = 128
-    # Cut each training batch to the power-of-two length that holds its longest example (bert_jax.data.batching;
-    # docs/performance.md "Fine-tuning batches"): the same examples and steps, less padding, a few compiles.
-    c.trim_batches = False
+    # Training batches' widths (bert_jax.data.batching.BATCH_LENGTHS; docs/performance.md "Fine-tuning batches"):
+    # "full" rows, "trim" each batch to its longest example's rung, "bucket" by length (fastest, another order).
+    c.batch_lengths = "full"
     # Global batch, from the paper's {16, 32}.
     c.batch_size = 32
     # Peak, from the paper's {5e-5, 3e-5, 2e-5}.

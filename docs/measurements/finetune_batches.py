@@ -7,9 +7,9 @@ max_seq_length 128, batch 32, on 2,048 synthetic examples whose lengths (with [C
 median 12 tokens, sigma 0.6, clipped to [4, 66] (about SST-2's training phrases in WordPieces). Three ways:
 
 * "full":    `batching.train_batches`, every batch 128 wide (today's default);
-* "trimmed": the same batches cut to the ladder rung of their longest example (`trim_batches=True`);
-* "buckets": `packing.bucket_by_length` over the same ladder (examples of similar length batched together,
-             cut to their bucket's bound; shuffled within and across buckets), a different order.
+* "trimmed": the same batches cut to the ladder rung of their longest example (`batch_lengths="trim"`);
+* "buckets": `batch_lengths="bucket"`, `packing.bucket_by_length` over the same ladder (examples of similar
+             length batched together, cut to their bucket's bound; shuffled within and across buckets).
 
 Every shape is compiled before timing; `steps` batches of each are timed.
 """
@@ -22,7 +22,7 @@ import numpy as np
 import optax
 
 from bert_jax.configs.sizes import BERT
-from bert_jax.data import batching, packing
+from bert_jax.data import batching
 from bert_jax.models import bert
 
 LENGTH, BATCH, EXAMPLES = 128, 32, 2048
@@ -61,18 +61,14 @@ def main(size="tiny", steps=40):
         updates, opt = tx.update(grads, opt, params)
         return optax.apply_updates(params, updates), opt
 
-    ladder = batching.length_ladder(LENGTH)
     ways = {
         "full": list(batching.train_batches(feats, BATCH, seed=0, epoch=0)),
         "trimmed": list(
-            batching.train_batches(feats, BATCH, seed=0, epoch=0, trim_boundaries=ladder)
+            batching.train_batches(feats, BATCH, seed=0, epoch=0, batch_lengths="trim")
         ),
-        "buckets": [
-            packing.trim_batch(feats, idx, bound)
-            for idx, bound in packing.bucket_by_length(
-                feats["attention_mask"].sum(1), BATCH, ladder, seed=0, drop_remainder=True
-            )
-        ],
+        "buckets": list(
+            batching.train_batches(feats, BATCH, seed=0, epoch=0, batch_lengths="bucket")
+        ),
     }
     opt, rng = tx.init(params), jax.random.key(1)
     print(
