@@ -88,14 +88,16 @@ def real_flops(model_config, batch) -> float:
     return encoder + predictions * head
 
 
-def agreed_rows(items, process_count: int):
-    """(step, batch) pairs with every host's packed batch padded to the same row count (the largest),
-    since the global array is the hosts' rows concatenated; one tiny all-gather per packed step. Unpacked
-    batches, and one host, pass through."""
+def agreed_rows(items, process_count: int, multiple: int = 1):
+    """(step, batch) pairs with every host's packed batch padded with empty rows to the same count (the
+    largest, rounded up to `multiple`), since the global array is the hosts' rows concatenated; one tiny
+    all-gather per packed batch on several hosts. Unpacked batches pass through."""
     for step, batch in items:
-        if process_count > 1 and "segment_ids" in batch:
-            rows = multihost_utils.process_allgather(np.int32(len(batch["input_ids"])))
-            batch = packing.pad_rows(batch, int(np.max(rows)))
+        if "segment_ids" in batch:
+            rows = len(batch["input_ids"])
+            if process_count > 1:
+                rows = int(np.max(multihost_utils.process_allgather(np.int32(rows))))
+            batch = packing.pad_rows(batch, -(-rows // multiple) * multiple)
         yield step, batch
 
 
@@ -145,6 +147,11 @@ def _run(config, workdir: str, setup: startup.SetupAgreement):
                 process_count=process_count,
                 seed=config.seed,
             )
+            # Packed held-out batches: rows split evenly over the devices and agreed by the hosts.
+            multiple = jax.local_device_count()
+            eval_batches = [
+                b for _, b in agreed_rows(enumerate(eval_batches), process_count, multiple)
+            ]
 
     # ------------------------------------------------------------------------------------------------------
     # The program: model, optimizer, abstract state (shapes -> logical axes -> shardings) and the steps jitted

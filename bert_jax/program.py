@@ -59,7 +59,7 @@ class Program:
 
     @property
     def packed(self) -> bool:
-        """Whether training batches are packed (`data.packing`; held-out batches never are)."""
+        """Whether batches are packed (`data.packing`: training and held-out ones)."""
         return bool(self.config.data.get("packing", False))
 
     def packed_rows(self, phase: Phase) -> tuple[int, ...]:
@@ -75,12 +75,12 @@ class Program:
     ) -> dict[str, jax.ShapeDtypeStruct]:
         """A global batch of `phase`'s shape as the loader makes it, split over the data-parallel axes.
 
-        A packed run's training phases (`data.packing`) get the packed fields at `rows` rows (default: the
-        largest of `packed_rows`, every sequence alone in a row, which bounds a step's memory)."""
+        A packed run (`data.packing`, held-out batches too) gets the packed fields at `rows` rows (default:
+        the global batch size, every sequence alone in a row, the most a step can have: it bounds memory)."""
         data = sharding.batch_sharding(self.mesh)
         spec = lambda shape, dtype="int32": jax.ShapeDtypeStruct(shape, dtype, sharding=data)
         length, predictions = phase.seq_length, phase.max_predictions
-        if not self.packed or phase.name == "eval":
+        if not self.packed:
             rows = phase.global_batch_size
             return {
                 "input_ids": spec((rows, length)),
@@ -91,7 +91,7 @@ class Program:
                 "masked_lm_weights": spec((rows, predictions), "float32"),
                 "next_sentence_labels": spec((rows,)),
             }
-        rows = rows or self.packed_rows(phase)[-1]
+        rows = rows or phase.global_batch_size
         k = self.config.data.max_sequences_per_row
         budget = packing.prediction_budget(length, k, predictions, self.config.data.masked_lm_prob)
         return {

@@ -27,14 +27,18 @@ def _config(packed: bool):
     config.data.update(packing=packed, max_sequences_per_row=4)
     config.update(
         num_train_steps=STEPS, warmup_steps=1, global_batch_size=32, log_every_steps=1,
-        eval_every_steps=0, checkpoint_every_steps=100, async_checkpoints=False,
+        eval_every_steps=STEPS, eval_batches=1, checkpoint_every_steps=100, async_checkpoints=False,
     )  # fmt: skip
     return config
 
 
 def _metrics(workdir):
-    lines = (workdir / "metrics.jsonl").read_text().splitlines()
-    return {r["step"]: r for r in map(json.loads, lines) if "train/loss" in r}
+    """{step: the train record, with the eval record's keys merged in where one was written}."""
+    out = {}
+    for record in map(json.loads, (workdir / "metrics.jsonl").read_text().splitlines()):
+        if "train/loss" in record or "eval/mlm_loss" in record:
+            out.setdefault(record["step"], {}).update(record)
+    return out
 
 
 @pytest.fixture(scope="module")
@@ -69,6 +73,9 @@ def test_packed_losses_equal_unpacked_step_for_step(runs):
         # The same sequences and predictions went into each step.
         assert packed[step]["train/nsp_accuracy"] == unpacked[step]["train/nsp_accuracy"]
         assert packed[step]["train/mlm_accuracy"] == unpacked[step]["train/mlm_accuracy"]
+    # The held-out batch (packed too, its rows padded to the 8 devices) at the end.
+    for key in ("eval/mlm_loss", "eval/nsp_loss", "eval/mlm_accuracy", "eval/nsp_accuracy"):
+        assert packed[STEPS][key] == pytest.approx(unpacked[STEPS][key], rel=1e-5), key
 
 
 def test_packing_lowers_the_padding_and_keeps_the_real_tokens(runs):

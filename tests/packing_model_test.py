@@ -9,6 +9,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from bert_jax import program as program_lib
+from bert_jax import train_lib
+from bert_jax.configs import bert_tiny
 from bert_jax.data import packing
 from bert_jax.models import attention, bert
 
@@ -197,3 +200,29 @@ def test_cudnn_refuses_packed_rows_in_one_line():
         attention.check_packing("cudnn")
     for impl in attention.PACKED_IMPLS:
         attention.check_packing(impl)
+
+
+def test_the_program_lowers_packed_steps_at_their_row_counts():
+    """What the compile check compiles for a packed run: the packed abstract batch at a row count."""
+    config = bert_tiny.get_config()
+    config.model.update(hidden_size=32, num_heads=2, intermediate_size=64, vocab_size=64)
+    config.data.update(seq_length=32, max_predictions_per_seq=5, phase2_seq_length=64)
+    config.data.update(phase2_max_predictions_per_seq=10, phase2_fraction=0.5)
+    config.data.update(packing=True, max_sequences_per_row=4)
+    config.update(num_train_steps=4, warmup_steps=1, global_batch_size=32)
+    mesh = train_lib.make_mesh(config.mesh_shape, {"global_batch_size": 32}, 1)
+    program = program_lib.build(config, mesh, 64)
+    phase2 = program.phase("phase2")
+    assert program.packed_rows(phase2) == (8, 16, 24, 32)
+    batch = program.abstract_batch(phase2, rows=16)
+    budget = packing.prediction_budget(64, 4, 10, config.data.masked_lm_prob)
+    assert {k: v.shape for k, v in batch.items()} == {
+        "input_ids": (16, 64), "token_type_ids": (16, 64), "attention_mask": (16, 64),
+        "segment_ids": (16, 64), "position_ids": (16, 64), "cls_positions": (16, 4),
+        "cls_weights": (16, 4), "next_sentence_labels": (16, 4),
+        "masked_lm_positions": (16, budget), "masked_lm_ids": (16, budget),
+        "masked_lm_weights": (16, budget),
+    }  # fmt: skip
+    text = program.lower("phase2").as_text()
+    assert "tensor<32x64xi32" in text  # the default: every sequence alone in a row
+    assert program.abstract_batch(program.phase("eval"))["segment_ids"].shape == (32, 32)
