@@ -127,6 +127,7 @@ def _run(config, workdir: str, setup: startup.SetupAgreement):
     # ------------------------------------------------------------------------------------------------------
     # Data.
     # ------------------------------------------------------------------------------------------------------
+    packed = bool(config.data.get("packing", False))
     with setup_error("data"):
         loader = make_pretraining_loader(
             config.data,
@@ -135,7 +136,8 @@ def _run(config, workdir: str, setup: startup.SetupAgreement):
             process_index=process_index,
             process_count=process_count,
             seed=config.seed,
-            row_multiple=program_lib.packing_multiple(config),
+            # Packed rows split evenly over this host's devices and micro-batches.
+            **({"row_multiple": program_lib.packing_multiple(config)} if packed else {}),
         )
         eval_batches = []
         if config.eval_every_steps > 0 and config.eval_batches > 0:
