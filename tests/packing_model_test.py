@@ -9,8 +9,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from bert_jax import pretrain, train_lib
 from bert_jax import program as program_lib
-from bert_jax import train_lib
 from bert_jax.configs import bert_tiny
 from bert_jax.data import packing
 from bert_jax.models import attention, bert
@@ -226,3 +226,15 @@ def test_the_program_lowers_packed_steps_at_their_row_counts():
     text = program.lower("phase2").as_text()
     assert "tensor<32x64xi32" in text  # the default: every sequence alone in a row
     assert program.abstract_batch(program.phase("eval"))["segment_ids"].shape == (32, 32)
+
+
+def test_real_flops_and_row_agreement_are_the_same_packed_or_not():
+    feats = _unpacked()
+    packed, _ = _pack(feats)
+    cfg = bert.BertConfig(**CFG)
+    assert pretrain.real_flops(cfg, packed) == pretrain.real_flops(cfg, feats) > 0
+    # One host: packed rows rounded up to the devices with empty rows; unpacked batches untouched.
+    [(_, padded), (_, plain)] = pretrain.agreed_rows([(0, packed), (1, feats)], 1, multiple=8)
+    assert len(padded["input_ids"]) == 8 and plain is feats
+    assert int(padded["attention_mask"].sum()) == int(feats["attention_mask"].sum())
+    assert float(padded["cls_weights"].sum()) == 6.0
