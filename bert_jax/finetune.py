@@ -124,7 +124,9 @@ def _run(config, workdir, setup: startup.SetupAgreement) -> dict:
         )
         num_rows = len(prepared.train["input_ids"])
         per_host_batch = config.global_batch_size // process_count
-        steps_per_epoch = batching.steps_per_epoch(num_rows, per_host_batch, process_count)
+        steps_per_epoch = batching.epoch_steps(
+            prepared.train, per_host_batch, process_count, config.batch_lengths
+        )
         if steps_per_epoch == 0:
             raise ValueError(f"{num_rows} training rows < one batch of {config.global_batch_size}")
     num_train_steps, warmup_steps = train_lib.run_length(config, steps_per_epoch)
@@ -208,7 +210,6 @@ def _run(config, workdir, setup: startup.SetupAgreement) -> dict:
     step = int(state.step)
     # A SWAG row is four sequences: throughput counts sequences, as for the other tasks.
     sequences_per_row = math.prod(prepared.train["input_ids"].shape[1:-1])
-    tokens_per_row = math.prod(prepared.train["input_ids"].shape[1:])
     # The final model's files are written by process 0 only.
     directory = workdir if jax.process_index() == 0 else None
     try:
@@ -221,19 +222,22 @@ def _run(config, workdir, setup: startup.SetupAgreement) -> dict:
                 epoch=epoch,
                 process_index=jax.process_index(),
                 process_count=process_count,
+                # "trim"/"bucket" cut padding from training batches (eval keeps full rows).
+                batch_lengths=config.batch_lengths,
             )
             # The epoch's order is a function of (seed, epoch): a resumed epoch skips what it did.
             # The next two batches are already on their way to the devices while a step runs.
             batches = sharding.prefetch_to_device(
                 itertools.islice(batches, skip, epoch_steps), mesh
             )
-            for done_in_epoch, (_, device_batch) in enumerate(batches, skip + 1):
+            for done_in_epoch, (host_batch, device_batch) in enumerate(batches, skip + 1):
                 state, step_metrics = p_train_step(state, device_batch, dropout_rng)
                 step += 1
                 window.add(
                     step_metrics,
                     sequences=config.global_batch_size * sequences_per_row,
-                    tokens=config.global_batch_size * tokens_per_row,
+                    tokens=config.global_batch_size * math.prod(host_batch["input_ids"].shape[1:]),
+                    real_tokens=int(host_batch["attention_mask"].sum()) * process_count,
                 )
                 guard.check(step_metrics, step)
                 if step % config.log_every_steps == 0 or step == num_train_steps:

@@ -13,7 +13,9 @@ from __future__ import annotations
 import time
 
 import jax
+import numpy as np
 from absl import logging
+from jax.experimental import multihost_utils
 
 from bert_jax import (
     checkpoint,
@@ -25,6 +27,7 @@ from bert_jax import (
     warm_start,
 )
 from bert_jax import program as program_lib
+from bert_jax.data import packing
 from bert_jax.data.loader import make_eval_batches, make_pretraining_loader
 from bert_jax.data.tfrecord import CorruptRecordError
 from bert_jax.train_lib import setup_error
@@ -62,6 +65,42 @@ PROGRESS_FIELDS = (
 )
 
 
+def real_flops(model_config, batch) -> float:
+    """Training FLOPs of a host batch's real tokens: each sequence at its own length with its own
+    predictions (padding and empty rows count nothing), so MFU means the same packed or not."""
+    if "segment_ids" in batch:
+        seg, k = batch["segment_ids"], batch["cls_weights"].shape[1]
+        # Tokens per (row, segment): segment ids offset per row, counted at once; segment 0 is padding.
+        ids = seg + (np.arange(len(seg)) * (k + 1))[:, None]
+        lengths = np.bincount(ids.ravel(), minlength=len(seg) * (k + 1)).reshape(len(seg), k + 1)
+        lengths = lengths[:, 1:][batch["cls_weights"] > 0]
+    else:
+        lengths = batch["attention_mask"].sum(1)
+    predictions = int((batch["masked_lm_weights"] > 0).sum())
+    # FLOPs are affine in the predictions: count them once, over the batch, beside the sequences.
+    head = flops.model_flops_per_sequence(model_config, 0, 1)
+    head -= flops.model_flops_per_sequence(model_config, 0, 0)
+    sizes, counts = np.unique(lengths, return_counts=True)
+    encoder = sum(
+        int(n) * flops.model_flops_per_sequence(model_config, int(length), 0)
+        for length, n in zip(sizes, counts, strict=True)
+    )
+    return encoder + predictions * head
+
+
+def agreed_rows(items, process_count: int, multiple: int = 1):
+    """(step, batch) pairs with every host's packed batch padded with empty rows to the same count (the
+    largest, rounded up to `multiple`), since the global array is the hosts' rows concatenated; one tiny
+    all-gather per packed batch on several hosts. Unpacked batches pass through."""
+    for step, batch in items:
+        if "segment_ids" in batch:
+            rows = len(batch["input_ids"])
+            if process_count > 1:
+                rows = int(np.max(multihost_utils.process_allgather(np.int32(rows))))
+            batch = packing.pad_rows(batch, -(-rows // multiple) * multiple)
+        yield step, batch
+
+
 def run(config, workdir: str):
     """Pretrains per `config` in `workdir` (resuming from its latest checkpoint); returns the final state.
 
@@ -88,6 +127,7 @@ def _run(config, workdir: str, setup: startup.SetupAgreement):
     # ------------------------------------------------------------------------------------------------------
     # Data.
     # ------------------------------------------------------------------------------------------------------
+    packed = bool(config.data.get("packing", False))
     with setup_error("data"):
         loader = make_pretraining_loader(
             config.data,
@@ -98,6 +138,8 @@ def _run(config, workdir: str, setup: startup.SetupAgreement):
             process_index=process_index,
             process_count=process_count,
             seed=config.seed,
+            # Packed rows split evenly over this host's devices and micro-batches.
+            **({"row_multiple": program_lib.packing_multiple(config)} if packed else {}),
         )
         eval_batches = []
         if config.eval_every_steps > 0 and config.eval_batches > 0:
@@ -111,6 +153,11 @@ def _run(config, workdir: str, setup: startup.SetupAgreement):
                 process_count=process_count,
                 seed=config.seed,
             )
+            # Packed held-out batches: rows split evenly over the devices and agreed by the hosts.
+            multiple = jax.local_device_count()
+            eval_batches = [
+                b for _, b in agreed_rows(enumerate(eval_batches), process_count, multiple)
+            ]
 
     # ------------------------------------------------------------------------------------------------------
     # The program: model, optimizer, abstract state (shapes -> logical axes -> shardings) and the steps jitted
@@ -192,11 +239,13 @@ def _run(config, workdir: str, setup: startup.SetupAgreement):
     try:
         preemption.stop_before_first_step()
         # The next two batches are already on their way to the devices while a step runs.
-        prefetched = sharding.prefetch_to_device(batches, mesh, batch=lambda item: item[1])
+        prefetched = sharding.prefetch_to_device(
+            agreed_rows(batches, process_count), mesh, batch=lambda item: item[1]
+        )
         for (step, batch), device_batch in prefetched:
             if step >= config.num_train_steps:
                 break
-            length, predictions = batch["input_ids"].shape[1], batch["masked_lm_ids"].shape[1]
+            length = batch["input_ids"].shape[1]
             state, metrics = p_train_step(state, device_batch, dropout_rng)
             done = step + 1
             if done == start_step + 1:
@@ -207,9 +256,10 @@ def _run(config, workdir: str, setup: startup.SetupAgreement):
             window.add(
                 metrics,
                 sequences=config.global_batch_size,
-                tokens=config.global_batch_size * length,
-                flops=config.global_batch_size
-                * flops.model_flops_per_sequence(model_config, length, predictions),
+                tokens=len(batch["input_ids"]) * process_count * length,
+                # This host's real tokens and their FLOPs, times the hosts (exact on one host).
+                real_tokens=int(batch["attention_mask"].sum()) * process_count,
+                flops=real_flops(model_config, batch) * process_count,
             )
             guard.check(metrics, done)
 

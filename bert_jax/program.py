@@ -22,8 +22,10 @@ import jax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from bert_jax import flops, optim, sharding, train_lib
+from bert_jax.data import packing
 from bert_jax.data.phases import Phase, eval_phase, pretraining_phases
 from bert_jax.models import registry
+from bert_jax.models.attention import check_packing as check_packed_attention
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,19 +57,55 @@ class Program:
             raise KeyError(f"{name!r}: this run's phases are {sorted(found)}")
         return found[name]
 
-    def abstract_batch(self, phase: Phase) -> dict[str, jax.ShapeDtypeStruct]:
-        """A global batch of `phase`'s shape as the loader makes it, split over the data-parallel axes."""
+    @property
+    def packed(self) -> bool:
+        """Whether batches are packed (`data.packing`: training and held-out ones)."""
+        return bool(self.config.data.get("packing", False))
+
+    def packed_rows(self, phase: Phase) -> tuple[int, ...]:
+        """The global row counts a packed training step of `phase` can have (`packing.row_buckets` per
+        host, times the hosts): each one the train step compiles at once, when a step first meets it."""
+        hosts = jax.process_count()
+        k, multiple = self.config.data.max_sequences_per_row, packing_multiple(self.config)
+        per_host = packing.row_buckets(phase.global_batch_size // hosts, k, multiple)
+        return tuple(rows * hosts for rows in per_host)
+
+    def abstract_batch(
+        self, phase: Phase, rows: int | None = None
+    ) -> dict[str, jax.ShapeDtypeStruct]:
+        """A global batch of `phase`'s shape as the loader makes it, split over the data-parallel axes.
+
+        A packed run (`data.packing`, held-out batches too) gets the packed fields at `rows` rows (default:
+        the global batch size, every sequence alone in a row, the most a step can have: it bounds memory)."""
         data = sharding.batch_sharding(self.mesh)
         spec = lambda shape, dtype="int32": jax.ShapeDtypeStruct(shape, dtype, sharding=data)
-        rows, length, predictions = phase.global_batch_size, phase.seq_length, phase.max_predictions
+        length, predictions = phase.seq_length, phase.max_predictions
+        if not self.packed:
+            rows = phase.global_batch_size
+            return {
+                "input_ids": spec((rows, length)),
+                "token_type_ids": spec((rows, length)),
+                "attention_mask": spec((rows, length)),
+                "masked_lm_positions": spec((rows, predictions)),
+                "masked_lm_ids": spec((rows, predictions)),
+                "masked_lm_weights": spec((rows, predictions), "float32"),
+                "next_sentence_labels": spec((rows,)),
+            }
+        rows = rows or phase.global_batch_size
+        k = self.config.data.max_sequences_per_row
+        budget = packing.prediction_budget(length, k, predictions, self.config.data.masked_lm_prob)
         return {
             "input_ids": spec((rows, length)),
             "token_type_ids": spec((rows, length)),
             "attention_mask": spec((rows, length)),
-            "masked_lm_positions": spec((rows, predictions)),
-            "masked_lm_ids": spec((rows, predictions)),
-            "masked_lm_weights": spec((rows, predictions), "float32"),
-            "next_sentence_labels": spec((rows,)),
+            "segment_ids": spec((rows, length)),
+            "position_ids": spec((rows, length)),
+            "cls_positions": spec((rows, k)),
+            "cls_weights": spec((rows, k), "float32"),
+            "next_sentence_labels": spec((rows, k)),
+            "masked_lm_positions": spec((rows, budget)),
+            "masked_lm_ids": spec((rows, budget)),
+            "masked_lm_weights": spec((rows, budget), "float32"),
         }
 
     def abstract_rng(self) -> jax.ShapeDtypeStruct:
@@ -89,6 +127,21 @@ class Program:
             self.model_config, phase.seq_length, phase.max_predictions
         )
         return phase.global_batch_size * per_sequence
+
+
+def packing_multiple(config) -> int:
+    """What a host's packed row count must be a multiple of: its devices (rows split evenly over them) times
+    `grad_accum_steps` (micro-batches take every k-th row)."""
+    return jax.local_device_count() * config.grad_accum_steps
+
+
+def check_packing(config) -> None:
+    """Raises ValueError (one line naming the field) if `config` packs in a way that cannot run."""
+    data = config.data
+    if not data.get("packing", False):
+        return
+    packing.check_settings(data.seq_length, data.max_sequences_per_row)
+    check_packed_attention(config.model.get("attention_impl", "auto"))
 
 
 def phases_of(config) -> tuple[tuple[Phase, ...], Phase]:
@@ -148,6 +201,8 @@ def build(config, mesh: Mesh, vocab_size: int) -> Program:
     `optimizer`. The steps above are bound with `functools.partial` and jitted by `train_lib.jit_step` /
     `jit_eval`."""
     phases, evaluate = phases_of(config)
+    with train_lib.setup_error("data"):
+        check_packing(config)
     model_cfg = model_config(config, vocab_size)
     with train_lib.setup_error("optimizer"):
         # Accumulation happens inside train_step (one loop step = one update).

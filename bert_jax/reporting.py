@@ -37,10 +37,22 @@ class MetricWindow:
         metrics stay: `train/loss` is the mean over every step since the last log line, whatever the eval and
         checkpoint frequencies."""
         self.timed_steps, self.sequences, self.tokens, self.flops = 0, 0, 0, 0.0
+        self.real_tokens = 0
         self.start = time.perf_counter()
 
-    def add(self, metrics, *, sequences: int, tokens: int, flops: float = 0.0) -> None:
+    def add(
+        self,
+        metrics,
+        *,
+        sequences: int,
+        tokens: int,
+        flops: float = 0.0,
+        real_tokens: int | None = None,
+    ) -> None:
+        """One step: its `sequences`, `tokens` (every slot of the batch, padding included), `real_tokens`
+        (the non-padding ones; default all) and `flops` (of the real tokens only, so MFU is useful work)."""
         self.steps.append(metrics)
+        self.real_tokens += tokens if real_tokens is None else real_tokens
         self.timed_steps += 1
         self.sequences, self.tokens, self.flops = (
             self.sequences + sequences,
@@ -63,6 +75,8 @@ class MetricWindow:
             "perf/step_time": divide(elapsed, self.timed_steps),
             "perf/sequences_per_sec": divide(self.sequences, elapsed),
             "perf/tokens_per_sec": divide(self.tokens, elapsed),
+            "perf/real_tokens_per_sec": divide(self.real_tokens, elapsed),
+            "perf/padding_fraction": 1.0 - divide(self.real_tokens, self.tokens),
         }
         if self.flops:
             scalars["perf/mfu"] = self.flops / elapsed / self.peak_flops

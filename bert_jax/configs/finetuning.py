@@ -52,6 +52,10 @@ def get_config(mode: str, size: str = "base") -> ml_collections.ConfigDict:
     # The paper's recipe; the task recipes set their own length, batch and learning rate.
     # Tokens per example, [CLS] and [SEP]s included; longer inputs are truncated or split.
     c.max_seq_length = 128
+    # Training batches' widths (bert_jax.data.batching.BATCH_LENGTHS; docs/performance.md "Fine-tuning batches"):
+    # "full" rows as the paper, "trim" each batch to its longest example's rung, "bucket" by length (fastest,
+    # another order). Eval and predict always use full rows, so dev scores do not depend on it.
+    c.batch_lengths = "full"
     # Examples per step over all hosts and devices, from the paper's {16, 32}.
     c.global_batch_size = 32
     # Peak, from the paper's {5e-5, 3e-5, 2e-5}.

@@ -117,7 +117,9 @@ def data_config() -> ml_collections.ConfigDict:
     d.whole_word_mask = False
     # Pack several sequences into each row (bert_jax.data.packing): the bundled corpus's batches are 48%
     # padding at 128 and 87% at 512, Wikipedia's ~50% at 512 (Krell et al. 2021). A step keeps its
-    # global_batch_size sequences, only their layout changes. Off until packed training is shown equal.
+    # global_batch_size sequences, only their layout changes; per-step losses equal unpacked ones
+    # (tests/packing_equality_test.py). The choice for real runs (docs/data.md); off here so that the CPU
+    # quick start and the tests keep one compiled shape per phase.
     d.packing = False
     # With packing, at most this many sequences share a row: 16 so the bundled corpus's 512-token phase
     # (~7.5 sequences' worth of tokens per row) packs to under 5% padding; Krell et al. used 3 for Wikipedia.

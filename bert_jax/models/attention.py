@@ -12,9 +12,17 @@ cuDNN gets the padding as per-example key lengths (`key_value_seq_lengths`), nev
 [batch, 1, 1, keys] mask, which its bias path rejects (jax-ml/jax#28974). BERT pads on the right, so a
 padding mask is `arange(keys) < length`; `key_lengths` checks that on the device, and a batch whose mask is
 not right padding takes the masked XLA path instead (a `lax.cond`: the answer is the same either way).
+
+Packed rows (several sequences per row, `bert_jax.data.packing`) come as a `PackedMask`: the block-diagonal
+[batch, 1, q, k] mask (a token attends only to tokens of its own sequence, Krell et al. 2021) and the segment
+ids it was built from. "pallas" takes the segment ids; every other implementation takes the dense mask on the
+masked XLA path ("auto" on a GPU included: cuDNN's key-length layout cannot express it), and "cudnn" chosen
+explicitly is refused (`check_packing`).
 """
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -22,8 +30,34 @@ import jax.numpy as jnp
 Array = jax.Array
 
 ATTENTION_IMPLS = ("auto", "xla", "jax", "cudnn", "pallas")
+# The implementations that can take packed rows: the Pallas kernel takes segment ids, the others the dense
+# block-diagonal mask on XLA ("auto" resolves to the masked path for packed rows).
+PACKED_IMPLS = ("auto", "xla", "jax", "pallas")
 # Input dtypes cuDNN's fused attention takes (as `jax.nn.dot_product_attention(implementation="cudnn")`).
 CUDNN_DTYPES = ("bfloat16", "float16")
+
+
+class PackedMask(NamedTuple):
+    """The attention mask of packed rows: `mask` [batch, 1, q, k] True where query and key share a nonzero
+    segment, and `segment_ids` [batch, length] (1..K per sequence, 0 padding) for kernels that take them."""
+
+    mask: Array
+    segment_ids: Array
+
+
+def packed_mask(segment_ids: Array) -> PackedMask:
+    """The block-diagonal mask of `segment_ids` [batch, length]: no token sees another sequence or padding."""
+    keys = segment_ids[:, None, None, :]
+    return PackedMask((segment_ids[:, None, :, None] == keys) & (keys != 0), segment_ids)
+
+
+def check_packing(impl: str) -> None:
+    """Raises a one-line ValueError naming `model.attention_impl` if `impl` cannot take packed rows."""
+    if impl not in PACKED_IMPLS:
+        raise ValueError(
+            f"model.attention_impl={impl!r} cannot take packed rows (data.packing=True): cuDNN's fused "
+            f"path takes key lengths, not segments; use one of {PACKED_IMPLS}"
+        )
 
 
 def _mix32(x: Array) -> Array:
@@ -194,10 +228,30 @@ def dot_product_attention(
     """Multi-head attention on [batch, length, heads, head_dim] inputs.
 
     `mask` is boolean, broadcastable to [batch, heads, q_length, kv_length], True where attending is allowed
-    (the model passes [batch, 1, 1, kv_length]). `impl` is one of ATTENTION_IMPLS (see the module docstring).
-    Returns (output [batch, length, heads, head_dim] in the value dtype, weights [batch, heads, q, kv] or None).
+    (the model passes [batch, 1, 1, kv_length]), or a `PackedMask` for packed rows. `impl` is one of
+    ATTENTION_IMPLS (see the module docstring). Returns (output [batch, length, heads, head_dim] in the
+    value dtype, weights [batch, heads, q, kv] or None).
     """
     use_dropout = dropout_rate > 0.0 and dropout_rng is not None
+    segment_ids = None
+    if isinstance(mask, PackedMask):
+        mask, segment_ids = mask
+        if impl == "auto":
+            impl = "xla"  # cuDNN cannot take segments; the masked path is the fallback
+        elif impl == "pallas" and not return_weights:
+            from bert_jax.models import flash_attention
+
+            out = flash_attention.flash_attention(
+                query,
+                key,
+                value,
+                segment_ids=segment_ids,
+                dropout_rate=dropout_rate,
+                dropout_rng=dropout_rng,
+            )
+            return out, None
+        else:
+            check_packing(impl)
     impl = resolve_impl(
         impl,
         dtype=query.dtype,

@@ -25,6 +25,7 @@ from bert_jax.models.attention import (  # noqa: F401
     check_attention_impl,
     dot_product_attention,
     dropout,
+    packed_mask,
 )
 from bert_jax.models.heads import HEADS, dummy_inputs, init_params  # noqa: F401
 from bert_jax.models.layers import (  # noqa: F401
@@ -145,7 +146,7 @@ class Embeddings(nn.Module):
         self.layer_norm = layer_norm(cfg, "layer_norm")
         self.dropout = Dropout(cfg.hidden_dropout_prob)
 
-    def __call__(self, input_ids, token_type_ids, deterministic: bool):
+    def __call__(self, input_ids, token_type_ids, deterministic: bool, position_ids=None):
         length = input_ids.shape[1]
         if length > self.config.max_position_embeddings:
             raise ValueError(
@@ -163,7 +164,11 @@ class Embeddings(nn.Module):
         types = self.token_type_embeddings.embedding.astype(self.config.compute_dtype)
         x = x + select_rows(types, token_type_ids)
         positions = self.position_embeddings.embedding.astype(self.config.compute_dtype)
-        x = x + positions[None, :length]
+        if position_ids is None:
+            x = x + positions[None, :length]
+        else:
+            # Packed rows: positions restart at 0 for each sequence (a gather; the slice cannot say it).
+            x = x + jnp.take(positions, position_ids, axis=0)
         x = self.layer_norm(x)
         return self.dropout(x, deterministic)
 
@@ -196,18 +201,29 @@ class BertModel(nn.Module):
         token_type_ids=None,
         attention_mask=None,
         *,
+        segment_ids=None,
+        position_ids=None,
+        cls_positions=None,
         deterministic: bool = True,
         output_hidden_states: bool = False,
         output_attentions: bool = False,
     ) -> dict[str, Any]:
+        """Packed rows (`bert_jax.data.packing`) give `segment_ids` [batch, length] (1..K per sequence, 0
+        padding), `position_ids` (restarting at 0 per sequence) and `cls_positions` [batch, K] (each
+        sequence's [CLS] column; the pooler output is then [batch, K, hidden]). Without them: one sequence
+        per row, as before."""
         if token_type_ids is None:
             token_type_ids = jnp.zeros_like(input_ids)
         if attention_mask is None:
             attention_mask = jnp.ones_like(input_ids)
-        # [batch, 1 (heads), 1 (queries), keys]: padding keys are never attended to.
-        mask = (attention_mask > 0)[:, None, None, :]
+        if segment_ids is None:
+            # [batch, 1 (heads), 1 (queries), keys]: padding keys are never attended to.
+            mask = (attention_mask > 0)[:, None, None, :]
+        else:
+            # [batch, 1, queries, keys]: a token attends only to its own sequence (block-diagonal).
+            mask = packed_mask(segment_ids)
 
-        x = self.embeddings(input_ids, token_type_ids, deterministic)
+        x = self.embeddings(input_ids, token_type_ids, deterministic, position_ids)
         x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
         x, hidden_states, attentions = run_layers(
             self.layers,
@@ -220,7 +236,11 @@ class BertModel(nn.Module):
         )
         outputs: dict[str, Any] = {"last_hidden_state": x}
         if self.add_pooling_layer:
-            outputs["pooler_output"] = jnp.tanh(self.pooler(x[:, 0]))
+            if cls_positions is None:
+                first = x[:, 0]
+            else:
+                first = jnp.take_along_axis(x, cls_positions[..., None], axis=1)
+            outputs["pooler_output"] = jnp.tanh(self.pooler(first))
         if output_hidden_states:
             outputs["hidden_states"] = tuple(hidden_states)
         if output_attentions:

@@ -24,10 +24,12 @@ HEADS = ("none", "pretraining", *TASKS)
 
 
 def _encode(
-    module, pooler: bool, input_ids, token_type_ids, attention_mask, deterministic, outputs
+    module, pooler: bool, input_ids, token_type_ids, attention_mask, deterministic, outputs, packed
 ):
     """The encoder call every head shares; run inside a head's compact method, it names the submodule
-    `encoder_name`. `outputs`: (output_hidden_states, output_attentions). Returns (encoder, its outputs)."""
+    `encoder_name`. `outputs`: (output_hidden_states, output_attentions); `packed`: the packed-row inputs
+    (`segment_ids`, `position_ids`, `cls_positions`), passed only when given, so an encoder without packing
+    still serves unpacked batches. Returns (encoder, its outputs)."""
     encoder = module.encoder(module.config, add_pooling_layer=pooler, name=module.encoder_name)
     hidden, attentions = outputs
     return encoder, encoder(
@@ -37,6 +39,7 @@ def _encode(
         deterministic=deterministic,
         output_hidden_states=hidden,
         output_attentions=attentions,
+        **{k: v for k, v in packed.items() if v is not None},
     )
 
 
@@ -60,7 +63,8 @@ class PreTrainingHeads(nn.Module):
     """The encoder with the MLM and next-sentence-prediction heads.
 
     With `masked_lm_positions` [batch, predictions], MLM logits are computed only at those positions (so the
-    head costs what the paper's FLOP count says); otherwise at every position.
+    head costs what the paper's FLOP count says); otherwise at every position. Packed rows add `segment_ids`,
+    `position_ids` and `cls_positions` [batch, K]: NSP logits are then [batch, K, 2], one per sequence's [CLS].
     """
 
     config: Any
@@ -75,10 +79,18 @@ class PreTrainingHeads(nn.Module):
         attention_mask=None,
         masked_lm_positions=None,
         *,
+        segment_ids=None,
+        position_ids=None,
+        cls_positions=None,
         deterministic: bool = True,
         output_hidden_states: bool = False,
         output_attentions: bool = False,
     ):
+        packed = {
+            "segment_ids": segment_ids,
+            "position_ids": position_ids,
+            "cls_positions": cls_positions,
+        }
         encoder, outputs = _encode(
             self,
             True,
@@ -87,6 +99,7 @@ class PreTrainingHeads(nn.Module):
             attention_mask,
             deterministic,
             (output_hidden_states, output_attentions),
+            packed,
         )
         sequence = outputs["last_hidden_state"]
         if masked_lm_positions is not None:
@@ -107,7 +120,8 @@ class TaskHead(nn.Module):
       regression, e.g. STS-B);
     "span": every position -> linear "qa_outputs" -> `start_logits`, `end_logits` (SQuAD);
     "token": every position -> dropout -> linear "classifier" -> `logits` (NER).
-    Only "classification" builds the pooler.
+    Only "classification" builds the pooler. Packed rows add `segment_ids`, `position_ids` and (for
+    "classification") `cls_positions` [batch, K]: the logits are then [batch, K, num_labels].
     """
 
     config: Any
@@ -123,11 +137,17 @@ class TaskHead(nn.Module):
         token_type_ids=None,
         attention_mask=None,
         *,
+        segment_ids=None,
+        position_ids=None,
+        cls_positions=None,
         deterministic=True,
         output_hidden_states=False,
         output_attentions=False,
     ):
         pooled = self.task == "classification"
+        packed = {"segment_ids": segment_ids, "position_ids": position_ids}
+        if pooled:
+            packed["cls_positions"] = cls_positions
         _, outputs = _encode(
             self,
             pooled,
@@ -136,6 +156,7 @@ class TaskHead(nn.Module):
             attention_mask,
             deterministic,
             (output_hidden_states, output_attentions),
+            packed,
         )
         x = outputs["pooler_output" if pooled else "last_hidden_state"]
         if self.task == "span":

@@ -23,13 +23,20 @@ def divide(a: float, b: float) -> float:
     return a / b if b > 0 else math.nan
 
 
+# The model inputs a packed batch adds (`bert_jax.data.packing`); `cls_weights` weigh the NSP loss.
+PACKED_INPUTS = ("segment_ids", "position_ids", "cls_positions")
+
+
 @dataclasses.dataclass(frozen=True)
 class MlmNsp:
     """The paper's objective: mean MLM cross entropy over the masked positions + mean NSP cross entropy.
 
     `model`: the family's "pretraining" head module (outputs `prediction_logits` at `masked_lm_positions` and
     `seq_relationship_logits`). Batch: `input_ids`, `token_type_ids`, `attention_mask`, `masked_lm_positions`,
-    `masked_lm_ids`, `masked_lm_weights`, `next_sentence_labels`.
+    `masked_lm_ids`, `masked_lm_weights`, `next_sentence_labels`. A packed batch (`bert_jax.data.packing`)
+    adds `segment_ids`, `position_ids`, `cls_positions` and `cls_weights` [rows, K]: MLM is unchanged (its
+    positions are re-addressed into the row), NSP is read at each sequence's own [CLS] and weighted by
+    `cls_weights` (0 for an empty slot), so the loss is the same mean over the same sequences as unpacked.
     """
 
     model: Any
@@ -49,13 +56,18 @@ class MlmNsp:
             batch["token_type_ids"],
             batch["attention_mask"],
             batch["masked_lm_positions"],
+            **{k: batch[k] for k in PACKED_INPUTS if k in batch},
             deterministic=deterministic,
             rngs=None if deterministic else {"dropout": rng},
         )
         mlm = losses.mlm_loss(
             outputs["prediction_logits"], batch["masked_lm_ids"], batch["masked_lm_weights"]
         )
-        nsp = losses.nsp_loss(outputs["seq_relationship_logits"], batch["next_sentence_labels"])
+        nsp = losses.nsp_loss(
+            outputs["seq_relationship_logits"],
+            batch["next_sentence_labels"],
+            batch.get("cls_weights"),
+        )
         loss = (
             mlm["loss_sum"] / jnp.maximum(mlm["weight_sum"], 1e-5) + nsp["loss_sum"] / nsp["count"]
         )
