@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
 
-from bert_jax.models import attention
+from bert_jax.models import dropout as dropout_hash
 
 Array = jax.Array
 
@@ -67,13 +67,15 @@ def _keep(seeds_ref, b, n, t0, s0, block: tuple[int, int], dims: tuple[int, int,
     cols = s0 + jax.lax.broadcasted_iota(jnp.int32, block, 1)
     bn = b.astype(u32) * u32(heads) + n.astype(u32)
     index = (bn * u32(q_len) + rows.astype(u32)) * u32(kv_len) + cols.astype(u32)
-    bits = attention._mix32(attention._mix32(index * u32(0x9E3779B9) + seeds_ref[0]) ^ seeds_ref[1])
+    bits = dropout_hash.mix32(
+        dropout_hash.mix32(index * u32(0x9E3779B9) + seeds_ref[0]) ^ seeds_ref[1]
+    )
     return bits >= u32(threshold)
 
 
 def _threshold(rate: float) -> int:
     """The uint32 below which a hash drops its element (as `attention.dropout` computes it)."""
-    return min(round(rate * 2**32), 2**32 - 1)
+    return dropout_hash.threshold(rate)
 
 
 def _logits(q, k, q_seg, kv_seg, scale):
