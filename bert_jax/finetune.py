@@ -80,8 +80,9 @@ def run(config, workdir) -> dict:
     """Fine-tunes and evaluates the task of `config.mode`; writes WORKDIR/results.json and the task's files.
 
     One run per workdir (a lock, whose taking probes that the workdir is a writable directory before anything
-    else); every host agrees that setup worked before the first collective."""
-    with startup.agreed_setup() as setup, startup.WorkdirLock(workdir):
+    else); every host agrees that setup worked (and that they run the same config and code) before the first
+    collective, and again once the state is restored or created."""
+    with startup.agreed_setup(config) as setup, startup.WorkdirLock(workdir):
         return _run(config, workdir, setup)
 
 
@@ -108,8 +109,9 @@ def _run(config, workdir, setup: startup.SetupAgreement) -> dict:
     with setup_error("data"):
         raw = task.read(config)
 
-    # Hosts read their data apart; what follows reads checkpoints and syncs them.
-    setup.reach()
+    # Hosts read their data apart; what follows reads checkpoints and syncs them. A host that fails to load the
+    # weights or restore the state tells the others at `state_ready`.
+    setup.reach(then_state=True)
 
     # ------------------------------------------------------------------------------------------------------
     # Weights, then the features their tokenizer makes.
@@ -165,8 +167,9 @@ def _run(config, workdir, setup: startup.SetupAgreement) -> dict:
     )
 
     # ------------------------------------------------------------------------------------------------------
-    # Checkpoint: the newest is kept (each epoch's end, and a preempted step). A used workdir resumes the same
-    # run, and refuses another one unless told to start over.
+    # Checkpoint: the two newest are kept (each epoch's end, and a preempted step), so a damaged one falls back.
+    # A used workdir resumes the same run (one killed before its first save starts again), and refuses another
+    # one unless `overwrite`, which starts clean whatever the workdir holds.
     # ------------------------------------------------------------------------------------------------------
     stored = {
         **run_fields,
@@ -180,7 +183,12 @@ def _run(config, workdir, setup: startup.SetupAgreement) -> dict:
         workdir, stored, config.overwrite, abstract,
         safe_changes=SAFE_CHANGES, run_files=(*RUN_FILES, *task.FILES),
     )  # fmt: skip
+    setup.state_ready()
     if finished is not None:
+        reporting.say(
+            f"{name}: already complete in {workdir}; its results.json stands "
+            "(--config.overwrite=True retrains from the start)"
+        )
         return finished
     history, files, start_epoch, skip = [], {}, 1, 0
     if restored is not None:
@@ -197,7 +205,11 @@ def _run(config, workdir, setup: startup.SetupAgreement) -> dict:
     # ------------------------------------------------------------------------------------------------------
     # Loop: train an epoch, evaluate on dev; the final epoch's model is the run's result.
     # ------------------------------------------------------------------------------------------------------
-    writer = reporting.MetricWriter(workdir, process_index=jax.process_index())
+    # Lines past the restored step were logged by a run killed before it saved them: dropped, so each step
+    # appears once.
+    writer = reporting.MetricWriter(
+        workdir, process_index=jax.process_index(), resume_step=int(state.step)
+    )
     writer.write_config(stored)
     save_tokenizer(workdir, stored)  # the workdir carries its tokenizer: it works moved
     progress = reporting.Progress(num_train_steps, int(state.step), PROGRESS_FIELDS)
@@ -211,6 +223,8 @@ def _run(config, workdir, setup: startup.SetupAgreement) -> dict:
     # The final model's files are written by process 0 only.
     directory = workdir if jax.process_index() == 0 else None
     try:
+        # A signal that came while the state was restored or created: the newest checkpoint stands.
+        preemption.stop_before_first_step()
         for epoch in range(start_epoch, config.num_epochs + 1):
             batches = batching.train_batches(
                 prepared.train,
