@@ -4,8 +4,9 @@
 `config.task`; "squad", "swag", "conll") from `config.init_checkpoint` (warm_start.py) for `config.num_epochs`
 epochs, evaluating on dev after each (or, without `eval_every_epoch`, after the last). As the original scripts,
 the run's score is the final model's dev score; the best epoch is recorded beside it under its own name, never
-in its place. The newest model is kept with Orbax in WORKDIR/checkpoints (each epoch's end, and the step a
-SIGTERM/SIGINT stopped at: rerunning the command resumes there, to the same result); the final model writes
+in its place. The two newest models are kept with Orbax in WORKDIR/checkpoints (each epoch's end, and the step a
+SIGTERM/SIGINT stopped at: rerunning the command resumes there, to the same result, whenever the run was
+killed; a damaged newest one falls back), a finished run's final one alone; the final model writes
 the task's files (SQuAD/SWAG/CoNLL dev predictions, GLUE's leaderboard files), and WORKDIR/results.json holds
 the scores, the per-epoch history and the config. A used workdir of another run is refused unless
 `config.overwrite`. Bad input raises `train_lib.SetupError` (one line) before training. The grid over seeds
@@ -185,6 +186,7 @@ def _run(config, workdir, setup: startup.SetupAgreement) -> dict:
     )  # fmt: skip
     setup.state_ready()
     if finished is not None:
+        train_lib.keep_final_checkpoint(workdir)  # a run killed while it pruned them
         reporting.say(
             f"{name}: already complete in {workdir}; its results.json stands "
             "(--config.overwrite=True retrains from the start)"
@@ -314,6 +316,8 @@ def _run(config, workdir, setup: startup.SetupAgreement) -> dict:
         "config": stored,
     }
     reporting.write_json(workdir / "results.json", summary)
+    # Written after results.json: a run killed before it still has the older checkpoint to fall back to.
+    train_lib.keep_final_checkpoint(workdir)
     reporting.say(
         f"{name} dev (final model, epoch {final['epoch']}): results in {workdir}/results.json"
     )

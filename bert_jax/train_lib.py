@@ -178,7 +178,8 @@ def open_fine_tuning_run(
     newest usable checkpoint or None) for a fine-tuning run; `reuse_workdir` decides what a used workdir means.
 
     The checkpointer keeps FINE_TUNING_KEEP checkpoints (each epoch's end, and the step a preemption stopped at),
-    so a damaged newest one falls back to the one before with one warning line.
+    so a damaged newest one falls back to the one before with one warning line; a finished run keeps only its
+    final one (`keep_final_checkpoint`).
     """
     from bert_jax import checkpoint
 
@@ -200,6 +201,23 @@ def open_fine_tuning_run(
         ckpt.close()
         raise
     return None, ckpt, (state, position)
+
+
+def keep_final_checkpoint(workdir: epath.Path) -> None:
+    """Keeps only the newest checkpoint of a finished fine-tuning run: its final model is the run's result, and
+    a fallback to an older epoch's model (after damage) would quietly be another model. While the run trains
+    the older one is what a damaged newest one falls back to."""
+    from bert_jax import checkpoint
+
+    if not (workdir / "checkpoints").is_dir():
+        return  # moved away by hand: nothing to prune, and no empty folder to leave
+    ckpt = checkpoint.Checkpointer(
+        str(workdir / "checkpoints"), keep=FINE_TUNING_KEEP, save_interval_steps=1, async_save=False
+    )
+    try:
+        ckpt.keep_latest_only()
+    finally:
+        ckpt.close()
 
 
 def _stored_run_config(workdir: epath.Path) -> tuple[dict | None, dict | None]:
