@@ -82,7 +82,7 @@ def run(config, workdir) -> dict:
 
     One run per workdir (a lock, whose taking probes that the workdir is a writable directory before anything
     else); every host agrees that setup worked (and that they run the same config and code) before the first
-    collective, and again once the state is restored or created."""
+    collective, and again once each has loaded the weights and made the features (`state_ready`)."""
     with startup.agreed_setup(config) as setup, startup.WorkdirLock(workdir):
         return _run(config, workdir, setup)
 
@@ -111,7 +111,7 @@ def _run(config, workdir, setup: startup.SetupAgreement) -> dict:
         raw = task.read(config)
 
     # Hosts read their data apart; what follows reads checkpoints and syncs them. A host that fails to load the
-    # weights or restore the state tells the others at `state_ready`.
+    # weights or create the state tells the others at `state_ready`.
     setup.reach(then_state=True)
 
     # ------------------------------------------------------------------------------------------------------
@@ -131,6 +131,10 @@ def _run(config, workdir, setup: startup.SetupAgreement) -> dict:
         if steps_per_epoch == 0:
             raise ValueError(f"{num_rows} training rows < one batch of {config.batch_size}")
     num_train_steps = steps_per_epoch * config.num_epochs
+    # Weights and features are host-local work; what follows (placing the weights on the mesh, opening the
+    # checkpoint directory) syncs the hosts. Weights that failed to load on one host stop every host here,
+    # instead of leaving the others waiting in that sync.
+    setup.state_ready()
     warmup_steps = round(config.warmup_fraction * num_train_steps)
 
     # ------------------------------------------------------------------------------------------------------
@@ -184,7 +188,6 @@ def _run(config, workdir, setup: startup.SetupAgreement) -> dict:
         workdir, stored, config.overwrite, abstract,
         safe_changes=SAFE_CHANGES, run_files=(*RUN_FILES, *task.FILES),
     )  # fmt: skip
-    setup.state_ready()
     if finished is not None:
         train_lib.keep_final_checkpoint(workdir)  # a run killed while it pruned them
         reporting.say(
