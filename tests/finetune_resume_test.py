@@ -208,3 +208,16 @@ def test_a_missing_init_checkpoint_leaves_no_checkpoints_folder(sst2, tmp_path):
     with pytest.raises(SetupError, match=r"^init_checkpoint: "):
         finetune.run(config, tmp_path / "out")
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == []
+
+
+def test_a_sweep_reuses_complete_members_only(tmp_path):
+    from bert_jax import sweep
+
+    member = epath.Path(tmp_path)
+    assert sweep._finished(member) is None  # never started
+    (tmp_path / "results.json").write_text(
+        '{"score": 0.9, "results": {"sst2"'
+    )  # killed while writing
+    assert sweep._finished(member) is None
+    (tmp_path / "results.json").write_text(json.dumps({"score": 0.9, "results": {"a": 1}}))
+    assert sweep._finished(member) == {"score": 0.9, "results": {"a": 1}, "workdir": str(tmp_path)}
