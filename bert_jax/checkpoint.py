@@ -377,6 +377,11 @@ class Checkpointer:
         )
         return step, restored["config"]
 
+    def keep_latest_only(self) -> None:
+        """Deletes every finished step but the newest (see `train_lib.keep_final_checkpoint`)."""
+        for s in self.all_steps()[:-1]:
+            self._manager.delete(s)
+
     def wait_until_finished(self) -> None:
         """Blocks until the pending save is on disk; raises CheckpointSaveError if it failed."""
         with self._save_errors():

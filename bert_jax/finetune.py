@@ -4,8 +4,10 @@
 `config.task`; "squad", "swag", "conll") from `config.init_checkpoint` (warm_start.py) for `config.num_epochs`
 epochs (or `config.num_train_steps` steps: `train_lib.run_length`), evaluating on dev after each (or, without
 `eval_every_epoch`, after the last). As the original scripts, the run's score is the final model's dev score;
-the best epoch is recorded beside it under its own name, never in its place. The newest model is kept with Orbax in WORKDIR/checkpoints (each epoch's end, and the step a
-SIGTERM/SIGINT stopped at: rerunning the command resumes there, to the same result); the final model writes
+the best epoch is recorded beside it under its own name, never in its place. The two newest models are kept
+with Orbax in WORKDIR/checkpoints (each epoch's end, and the step a SIGTERM/SIGINT stopped at: rerunning the
+command resumes there, to the same result, whenever the run was killed; a damaged newest one falls back), a
+finished run's final one alone; the final model writes
 the task's files (SQuAD/SWAG/CoNLL dev predictions, GLUE's leaderboard files), and WORKDIR/results.json holds
 the scores, the per-epoch history and the config. A used workdir of another run is refused unless
 `config.overwrite`. Bad input raises `train_lib.SetupError` (one line) before training. The grid over seeds
@@ -80,8 +82,9 @@ def run(config, workdir) -> dict:
     """Fine-tunes and evaluates the task of `config.mode`; writes WORKDIR/results.json and the task's files.
 
     One run per workdir (a lock, whose taking probes that the workdir is a writable directory before anything
-    else); every host agrees that setup worked before the first collective."""
-    with startup.agreed_setup() as setup, startup.WorkdirLock(workdir):
+    else); every host agrees that setup worked (and that they run the same config and code) before the first
+    collective, and again once each has loaded the weights and made the features (`state_ready`)."""
+    with startup.agreed_setup(config) as setup, startup.WorkdirLock(workdir):
         return _run(config, workdir, setup)
 
 
@@ -108,8 +111,9 @@ def _run(config, workdir, setup: startup.SetupAgreement) -> dict:
     with setup_error("data"):
         raw = task.read(config)
 
-    # Hosts read their data apart; what follows reads checkpoints and syncs them.
-    setup.reach()
+    # Hosts read their data apart; what follows reads checkpoints and syncs them. A host that fails to load the
+    # weights or create the state tells the others at `state_ready`.
+    setup.reach(then_state=True)
 
     # ------------------------------------------------------------------------------------------------------
     # Weights, then the features their tokenizer makes.
@@ -132,6 +136,10 @@ def _run(config, workdir, setup: startup.SetupAgreement) -> dict:
     num_train_steps, warmup_steps = train_lib.run_length(config, steps_per_epoch)
     # The epochs the run touches: num_epochs, or as many as num_train_steps reaches (the last one cut short).
     num_epochs = -(-num_train_steps // steps_per_epoch)
+    # Weights and features are host-local work; what follows (placing the weights on the mesh, opening the
+    # checkpoint directory) syncs the hosts. Weights that failed to load on one host stop every host here,
+    # instead of leaving the others waiting in that sync.
+    setup.state_ready()
 
     # ------------------------------------------------------------------------------------------------------
     # State: model and train state, born sharded; checkpoint weights replace the fresh ones.
@@ -168,8 +176,9 @@ def _run(config, workdir, setup: startup.SetupAgreement) -> dict:
     )
 
     # ------------------------------------------------------------------------------------------------------
-    # Checkpoint: the newest is kept (each epoch's end, and a preempted step). A used workdir resumes the same
-    # run, and refuses another one unless told to start over.
+    # Checkpoint: the two newest are kept (each epoch's end, and a preempted step), so a damaged one falls back.
+    # A used workdir resumes the same run (one killed before its first save starts again), and refuses another
+    # one unless `overwrite`, which starts clean whatever the workdir holds.
     # ------------------------------------------------------------------------------------------------------
     stored = {
         **run_fields,
@@ -184,6 +193,11 @@ def _run(config, workdir, setup: startup.SetupAgreement) -> dict:
         safe_changes=SAFE_CHANGES, run_files=(*RUN_FILES, *task.FILES),
     )  # fmt: skip
     if finished is not None:
+        train_lib.keep_final_checkpoint(workdir)  # a run killed while it pruned them
+        reporting.say(
+            f"{name}: already complete in {workdir}; its results.json stands "
+            "(--config.overwrite=True retrains from the start)"
+        )
         return finished
     history, files, start_epoch, skip = [], {}, 1, 0
     if restored is not None:
@@ -200,7 +214,11 @@ def _run(config, workdir, setup: startup.SetupAgreement) -> dict:
     # ------------------------------------------------------------------------------------------------------
     # Loop: train an epoch, evaluate on dev; the final epoch's model is the run's result.
     # ------------------------------------------------------------------------------------------------------
-    writer = reporting.MetricWriter(workdir, process_index=jax.process_index())
+    # Lines past the restored step were logged by a run killed before it saved them: dropped, so each step
+    # appears once.
+    writer = reporting.MetricWriter(
+        workdir, process_index=jax.process_index(), resume_step=int(state.step)
+    )
     writer.write_config(stored)
     save_tokenizer(workdir, stored)  # the workdir carries its tokenizer: it works moved
     progress = reporting.Progress(num_train_steps, int(state.step), PROGRESS_FIELDS)
@@ -213,6 +231,8 @@ def _run(config, workdir, setup: startup.SetupAgreement) -> dict:
     # The final model's files are written by process 0 only.
     directory = workdir if jax.process_index() == 0 else None
     try:
+        # A signal that came while the state was restored or created: the newest checkpoint stands.
+        preemption.stop_before_first_step()
         for epoch in range(start_epoch, num_epochs + 1):
             epoch_steps = min(steps_per_epoch, num_train_steps - (epoch - 1) * steps_per_epoch)
             batches = batching.train_batches(
@@ -308,6 +328,8 @@ def _run(config, workdir, setup: startup.SetupAgreement) -> dict:
         "config": stored,
     }
     reporting.write_json(workdir / "results.json", summary)
+    # Written after results.json: a run killed before it still has the older checkpoint to fall back to.
+    train_lib.keep_final_checkpoint(workdir)
     reporting.say(
         f"{name} dev (final model, epoch {final['epoch']}): results in {workdir}/results.json"
     )

@@ -37,7 +37,7 @@ from bert_jax.train_lib import (
 # ----------------------------------------------------------------------------------------------------------
 class EarlySignals:
     """The SIGTERM/SIGINT handler main installs first thing: records the signal so start-up stops cleanly at
-    the setup agreement (no half-written file, exit 0); a second Ctrl-C interrupts at once.
+    the setup agreement (no half-written file, exit main.EXIT_STOPPED); a second Ctrl-C interrupts at once.
     `train_lib.Preemption` inherits `received` when it replaces this handler."""
 
     def __init__(self):

@@ -39,11 +39,28 @@ def _median_results(runs: list[dict]) -> dict:
     }
 
 
+def _finished(run_dir: epath.Path) -> dict | None:
+    """A grid member's summary (with "workdir") when its results.json is complete, else None: a member with none,
+    or one torn by a kill while it was written, goes through finetune.run (which resumes it)."""
+    path = run_dir / "results.json"
+    if not path.exists():
+        return None
+    try:
+        summary = json.loads(path.read_text())
+    except ValueError:
+        return None
+    if not isinstance(summary, dict) or not {"score", "results"} <= summary.keys():
+        return None
+    logging.info("%s: done before, reusing its results", run_dir)
+    return {**summary, "workdir": str(run_dir)}
+
+
 def run(config, workdir) -> dict:
     """One run, or with `config.sweep` the paper's grid x seeds; WORKDIR/results.json says the best.
 
     A sweep's runs go to WORKDIR/runs/<setting>_seed<k>/; a run that already has its results.json is
-    reused (a restarted sweep goes on where it stopped). The best single run's leaderboard files are copied
+    reused and one stopped part-way resumes (a restarted sweep goes on where it stopped); with `overwrite`
+    every member trains again from the start. The best single run's leaderboard files are copied
     to WORKDIR/leaderboard/. Returns the summary (with `workdir`: the run that holds the best checkpoint).
     """
     workdir = train_lib.absolute_workdir(workdir)
@@ -64,15 +81,11 @@ def run(config, workdir) -> dict:
             run_dir = (
                 workdir / "runs" / f"bs{batch_size}_lr{learning_rate:g}_ep{num_epochs}_seed{seed}"
             )
-            if (run_dir / "results.json").exists():
-                logging.info("%s: done before, reusing its results", run_dir)
-                summary = {
-                    **json.loads((run_dir / "results.json").read_text()),
-                    "workdir": str(run_dir),
-                }
-                summary["score"] = -math.inf if summary["score"] is None else summary["score"]
-            else:
+            summary = None if config.overwrite else _finished(run_dir)
+            if summary is None:
+                # A member killed part-way resumes from its checkpoints; `overwrite` retrains every member.
                 summary = finetune.run(run_config, run_dir)
+            summary["score"] = -math.inf if summary["score"] is None else summary["score"]
             runs.append({"seed": seed, **{k: summary[k] for k in ("score", "results", "workdir")}})
         scores = [r["score"] for r in runs]
         settings.append({

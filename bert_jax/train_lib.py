@@ -193,6 +193,13 @@ def fine_tuning_optimizer(config, num_train_steps: int, warmup_steps: int):
         return fields, tx, optim.make_schedule(config, num_train_steps, warmup_steps)
 
 
+# Fine-tuning checkpoints kept: the newest and the one before it, so a damaged newest one falls back (a rerun
+# retrains from there to the same result) instead of leaving nothing to resume from.
+FINE_TUNING_KEEP = 2
+# Fields whose change is a run of another length: the schedule decays to 0 over num_train_steps.
+_LENGTH_FIELDS = ("num_epochs", "num_train_steps", "warmup_steps")
+
+
 def open_fine_tuning_run(
     workdir: epath.Path,
     stored: dict,
@@ -203,9 +210,11 @@ def open_fine_tuning_run(
     run_files: Iterable[str],
 ):
     """(the finished run's summary or None, the run's checkpointer, (state, data position) restored from its
-    newest checkpoint or None) for a fine-tuning run; `reuse_workdir` decides what a used workdir means.
+    newest usable checkpoint or None) for a fine-tuning run; `reuse_workdir` decides what a used workdir means.
 
-    The checkpointer keeps the newest checkpoint: each epoch's end, and the step a preemption stopped at.
+    The checkpointer keeps FINE_TUNING_KEEP checkpoints (each epoch's end, and the step a preemption stopped at),
+    so a damaged newest one falls back to the one before with one warning line; a finished run keeps only its
+    final one (`keep_final_checkpoint`).
     """
     from bert_jax import checkpoint
 
@@ -215,12 +224,70 @@ def open_fine_tuning_run(
         )
     if finished is not None:
         return finished, None, None
-    ckpt = checkpoint.Checkpointer(str(workdir / "checkpoints"), keep=1, save_interval_steps=1)
+    ckpt = checkpoint.Checkpointer(
+        str(workdir / "checkpoints"), keep=FINE_TUNING_KEEP, save_interval_steps=1
+    )
     if ckpt.latest_step() is None:
         return None, ckpt, None
-    with setup_error("checkpoint"):
-        state, position, _ = ckpt.restore(None, abstract)
+    try:
+        with setup_error("checkpoint"):
+            state, position, _ = ckpt.restore(None, abstract)
+    except BaseException:
+        ckpt.close()
+        raise
     return None, ckpt, (state, position)
+
+
+def keep_final_checkpoint(workdir: epath.Path) -> None:
+    """Keeps only the newest checkpoint of a finished fine-tuning run: its final model is the run's result, and
+    a fallback to an older epoch's model (after damage) would quietly be another model. While the run trains
+    the older one is what a damaged newest one falls back to."""
+    from bert_jax import checkpoint
+
+    if not (workdir / "checkpoints").is_dir():
+        return  # moved away by hand: nothing to prune, and no empty folder to leave
+    ckpt = checkpoint.Checkpointer(
+        str(workdir / "checkpoints"), keep=FINE_TUNING_KEEP, save_interval_steps=1, async_save=False
+    )
+    try:
+        ckpt.keep_latest_only()
+    finally:
+        ckpt.close()
+
+
+def _stored_run_config(workdir: epath.Path) -> tuple[dict | None, dict | None]:
+    """(the config of the run in `workdir`, its finished summary) from results.json, else from the newest
+    checkpoint whose config reads; (None, None) when neither holds one (a fresh workdir, or a run killed before
+    its first save finished). A torn results.json (a kill while it was written) or an unreadable checkpoint
+    config is one warning line naming the file: the checkpoints write it again."""
+    from bert_jax import checkpoint  # the one user of Orbax here; most of this module needs none
+
+    results = workdir / "results.json"
+    if results.exists():
+        try:
+            summary = json.loads(results.read_text())
+            return summary["config"], summary
+        except (ValueError, KeyError, TypeError):
+            logging.warning("%s is torn or incomplete; the run's checkpoints decide", results)
+    directory = workdir / "checkpoints"
+    if not directory.is_dir():
+        return None, None
+    ckpt = checkpoint.Checkpointer(
+        str(directory), keep=FINE_TUNING_KEEP, save_interval_steps=1, async_save=False
+    )
+    try:
+        for step in reversed(ckpt.all_steps()):
+            try:
+                return ckpt.read_config(step)[1], None
+            except Exception as error:  # noqa: BLE001 -- an older step may read; restore decides
+                logging.warning(
+                    "the config of %s is unreadable (%s); trying the previous step",
+                    directory / str(step),
+                    type(error).__name__,
+                )
+    finally:
+        ckpt.close()
+    return None, None
 
 
 def reuse_workdir(
@@ -233,35 +300,17 @@ def reuse_workdir(
 ) -> dict | None:
     """What a used workdir means for a fine-tuning run: None to train, or the finished run's summary.
 
-    None for a fresh workdir, one with no checkpoint and no results (killed before its first save), or the same
-    run to resume from its checkpoints (a changed field in `safe_changes` is logged and allowed). The finished
-    run's results.json (plus "workdir") when the workdir holds this very run, complete. Another run's workdir
-    is an error naming the changes, unless `overwrite`, which deletes that run's `run_files` and event files
-    first.
+    `overwrite` deletes the `run_files` and event files whatever they hold (a finished run, another run, a
+    damaged or half-written checkpoint) and trains from the start. Otherwise: None for a fresh workdir, one
+    whose run was killed before its first checkpoint finished (it starts again), or the same run to resume from
+    its checkpoints (a changed field in `safe_changes` is logged and allowed); the finished run's results.json
+    (plus "workdir") when the workdir holds this very run, complete. Another run's workdir is an error naming the
+    changes (another length: why it cannot be extended in place, and what to do).
     """
-    from bert_jax import checkpoint  # the one user of Orbax here; most of this module needs none
-
     used = [name for name in run_files if (workdir / name).exists()]
-    checkpoints, results = workdir / "checkpoints", workdir / "results.json"
-    if not used or (not checkpoints.exists() and not results.exists()):
-        return None
-    if checkpoints.exists():
-        _, previous = checkpoint.Checkpointer(
-            str(checkpoints), keep=1, save_interval_steps=1, async_save=False
-        ).read_config()
-    else:
-        previous = json.loads(results.read_text())["config"]
-    breaking, safe = config_changes(previous, stored, safe_changes)
-    if safe and not breaking:
-        logging.warning("%s: continuing with changed settings: %s", workdir, "; ".join(safe))
-    if breaking and not overwrite:
-        raise ValueError(
-            f"{workdir} holds another run ({'; '.join(breaking[:3])}"
-            f"{'; ...' if len(breaking) > 3 else ''}): use another --workdir, or "
-            "--config.overwrite=True to delete it and start over"
-        )
-    if breaking:
-        logging.warning("overwrite: deleting the previous run in %s", workdir)
+    if overwrite:
+        if used:
+            logging.warning("overwrite: deleting the previous run in %s", workdir)
         if jax.process_index() == 0:
             for name in used:
                 path = workdir / name
@@ -269,9 +318,27 @@ def reuse_workdir(
             for events in workdir.glob("events.out.tfevents.*"):
                 events.unlink()
         return None
-    if results.exists():
-        logging.warning("%s: already complete; its results.json stands", workdir)
-        return {**json.loads(results.read_text()), "workdir": str(workdir)}
+    previous, summary = _stored_run_config(workdir) if used else (None, None)
+    if previous is None:
+        return None
+    breaking, safe = config_changes(previous, stored, safe_changes)
+    if breaking and all(line.split(":")[0] in _LENGTH_FIELDS for line in breaking):
+        raise ValueError(
+            f"{workdir} holds a run of another length ({'; '.join(breaking)}): the learning rate decays to 0 "
+            "over num_train_steps (warmup a fraction of it), so a fine-tuning run cannot be extended or "
+            f"shortened in place; to train on, use another --workdir with --config.init_checkpoint={workdir} "
+            "(its final weights, a fresh schedule), or --config.overwrite=True to retrain from the start"
+        )
+    if breaking:
+        raise ValueError(
+            f"{workdir} holds another run ({'; '.join(breaking[:3])}"
+            f"{'; ...' if len(breaking) > 3 else ''}): use another --workdir, or "
+            "--config.overwrite=True to delete it and start over"
+        )
+    if safe:
+        logging.warning("%s: continuing with changed settings: %s", workdir, "; ".join(safe))
+    if summary is not None:
+        return {**summary, "workdir": str(workdir)}
     return None
 
 

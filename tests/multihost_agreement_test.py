@@ -46,11 +46,48 @@ print("trained", flush=True)
 """
 
 
-def run_two(workdir, overrides, timeout=180):
+# The fine-tuning loop on the same terms (GLUE's tiny recipe on an SST-2-layout fixture written by the test).
+FINETUNE_WORKER = f"""
+import json, sys
+sys.path[:0] = [{str(TESTS)!r}, {str(REPO)!r}]
+process_id, port, workdir, overrides, root = (int(sys.argv[1]), sys.argv[2], sys.argv[3], json.loads(sys.argv[4]),
+                                             sys.argv[5])
+import jax
+jax.config.update("jax_num_cpu_devices", 4)
+jax.config.update("jax_cpu_collectives_implementation", "gloo")
+jax.distributed.initialize(f"localhost:{{port}}", 2, process_id, initialization_timeout=60,
+                           heartbeat_timeout_seconds=30)
+import finetune_test
+from bert_jax import finetune, train_lib
+if process_id == 1 and overrides.pop("break_warm_start", False):
+    def broken(*args, **kwargs):
+        raise ValueError("/ckpt/model.ckpt: no such file on this host")
+    finetune.warm_start.load = broken
+fields = {{"task": "sst2", "data_dir": root + "/glue", "vocab_file": root + "/vocab.txt", "max_seq_length": 16,
+          "global_batch_size": 32, "eval_batch_size": 32}}
+config = finetune_test.tiny_config(**{{**fields, **(overrides if process_id == 1 else {{}})}})
+try:
+    finetune.run(config, workdir)
+except train_lib.SetupError as error:
+    sys.exit(f"error: {{error}}")
+print("trained", flush=True)
+"""
+
+
+def run_two(workdir, overrides, timeout=180, *, worker=WORKER, extra=()):
     port = str(free_port())
     procs = [
         subprocess.Popen(
-            [sys.executable, "-c", WORKER, str(i), port, str(workdir), json.dumps(overrides)],
+            [
+                sys.executable,
+                "-c",
+                worker,
+                str(i),
+                port,
+                str(workdir),
+                json.dumps(overrides),
+                *extra,
+            ],
             env=ENV,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -127,3 +164,37 @@ def test_a_state_that_fails_on_one_host_stops_both(tmp_path):
         "error: process(es) [1] failed restoring or creating the state (see their log); stopping"
     ), err0[-2000:]
     assert "trained" not in out0 + out1
+
+
+@pytest.mark.slow
+def test_fine_tuning_hosts_that_disagree_or_fail_to_load_weights_all_stop(tmp_path):
+    """Issue 24 row 2 for the fine-tuning loop: another learning rate on process 1 stops both at the agreement
+    with the same line; weights that fail to load on process 1 only stop both at `state_ready`."""
+    import numpy as np
+    from finetune_test import write_sst2_rule
+
+    write_sst2_rule(tmp_path / "glue", tmp_path / "vocab.txt", np.random.default_rng(0))
+    start = time.time()
+    outs = run_two(
+        tmp_path / "lr", {"learning_rate": 2e-3}, worker=FINETUNE_WORKER, extra=[str(tmp_path)]
+    )
+    line = (
+        "error: the processes disagree: config learning_rate is 0.001 on process 0 but 0.002 on process 1 "
+        "(every process must run the same config, data files and code); stopping all"
+    )
+    for code, stdout, stderr in outs:
+        assert code == 1 and stderr.strip().splitlines()[-1] == line, stderr[-2000:]
+        assert "trained" not in stdout
+    assert not (tmp_path / "lr" / "checkpoints").exists()
+
+    (code0, out0, err0), (code1, out1, err1) = run_two(
+        tmp_path / "weights", {"break_warm_start": True}, worker=FINETUNE_WORKER,
+        extra=[str(tmp_path)],
+    )  # fmt: skip
+    assert code1 == 1 and err1.strip().splitlines()[-1] == (
+        "error: init_checkpoint: /ckpt/model.ckpt: no such file on this host"
+    ), err1[-2000:]
+    assert code0 == 1 and err0.strip().splitlines()[-1] == (
+        "error: process(es) [1] failed restoring or creating the state (see their log); stopping"
+    ), err0[-2000:]
+    assert "trained" not in out0 + out1 and time.time() - start < 180
