@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, ClassVar
 
 import flax.linen as nn
 import jax
@@ -145,7 +145,7 @@ class Embeddings(nn.Module):
         self.layer_norm = layer_norm(cfg, "layer_norm")
         self.dropout = Dropout(cfg.hidden_dropout_prob)
 
-    def __call__(self, input_ids, token_type_ids, deterministic: bool):
+    def __call__(self, input_ids, token_type_ids, deterministic: bool, position_ids=None):
         length = input_ids.shape[1]
         if length > self.config.max_position_embeddings:
             raise ValueError(
@@ -163,7 +163,10 @@ class Embeddings(nn.Module):
         types = self.token_type_embeddings.embedding.astype(self.config.compute_dtype)
         x = x + select_rows(types, token_type_ids)
         positions = self.position_embeddings.embedding.astype(self.config.compute_dtype)
-        x = x + positions[None, :length]
+        if position_ids is None:
+            x = x + positions[None, :length]
+        else:  # a family's own numbering (RoBERTa's starts past the padding id): a gather
+            x = x + jnp.take(positions, position_ids, axis=0)
         x = self.layer_norm(x)
         return self.dropout(x, deterministic)
 
@@ -177,10 +180,12 @@ class BertModel(nn.Module):
 
     config: BertConfig
     add_pooling_layer: bool = True
+    # A family's own embeddings (RoBERTa numbers positions past the padding id).
+    embeddings_class: ClassVar[type] = Embeddings
 
     def setup(self):
         cfg = self.config
-        self.embeddings = Embeddings(cfg)
+        self.embeddings = self.embeddings_class(cfg)
         layer_cls = layer_class(cfg)
         if cfg.scan_layers:
             # One module whose parameters carry a leading [num_layers] axis (logical name "layers").
