@@ -196,8 +196,8 @@ def test_unsupported_family_is_one_line(tmp_path):
     message = str(error.value)
     assert "\n" not in message
     assert message == (
-        f"{tmp_path / 'config.json'}: model_type 'electra' is not a model family bert_jax supports "
-        "(supported: bert, roberta)"
+        f"{tmp_path / 'config.json'}: model_type is 'electra', not 'bert' or 'roberta' "
+        "(the model families bert_jax supports)"
     )
 
 

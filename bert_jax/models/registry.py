@@ -89,11 +89,13 @@ def family_of(config: Config) -> Family:
 
 
 def family_of_model_type(model_type, path: str = "config.json") -> Family:
-    """The family of a transformers config.json's `model_type` (family names are transformers' model types)."""
+    """The family of a transformers config.json's `model_type` (family names are transformers' model types);
+    a one-line error naming the supported families for any other."""
     if model_type not in FAMILIES:
+        names = [repr(name) for name in sorted(FAMILIES)]
+        listing = " or ".join([", ".join(names[:-1]), names[-1]]) if len(names) > 1 else names[0]
         raise ValueError(
-            f"{path}: model_type {model_type!r} is not a model family bert_jax supports "
-            f"(supported: {', '.join(sorted(FAMILIES))})"
+            f"{path}: model_type is {model_type!r}, not {listing} (the model families bert_jax supports)"
         )
     return FAMILIES[model_type]
 
