@@ -215,3 +215,79 @@ def test_no_tf1_layout(tmp_path):
     config = roberta.RobertaConfig(**roberta.PRESETS["tiny"], vocab_size=97)
     with pytest.raises(ValueError, match="^roberta has no TF1 checkpoint layout"):
         layouts.save_tf1(tmp_path, {}, config, "none", None)
+
+
+def test_mlm_objective_is_the_mean_masked_cross_entropy():
+    import jax
+
+    config = roberta.RobertaConfig(
+        vocab_size=97, hidden_size=36, num_layers=2, num_heads=3, intermediate_size=37,
+        max_position_embeddings=40,
+    )  # fmt: skip
+    model = registry.build(config, "pretraining")
+    params = registry.init_params(model, jax.random.key(0))
+    ids, mask = ragged_batch(seed=2)
+    batch = {
+        "input_ids": jnp.asarray(ids, jnp.int32),
+        "attention_mask": jnp.asarray(mask, jnp.int32),
+        "masked_lm_positions": jnp.array([[1, 5, 9], [2, 3, 0], [1, 0, 0]]),
+        "masked_lm_ids": jnp.array([[7, 8, 9], [10, 11, 0], [12, 0, 0]]),
+        "masked_lm_weights": jnp.array([[1.0, 1, 1], [1, 1, 0], [1, 0, 0]]),
+    }
+    objective = registry.objective("mlm", model)
+    loss, sums = objective.loss_sums(params, batch, None, deterministic=True)
+    logits = model.apply({"params": params}, batch["input_ids"], None, batch["attention_mask"])[
+        "logits"
+    ]
+    logp = np.asarray(jax.nn.log_softmax(logits, axis=-1))
+    picked = [(0, 1, 7), (0, 5, 8), (0, 9, 9), (1, 2, 10), (1, 3, 11), (2, 1, 12)]
+    expected = -np.mean([logp[b, p, t] for b, p, t in picked])
+    np.testing.assert_allclose(float(loss), expected, rtol=1e-5)
+    assert float(sums["mlm_weight_sum"]) == 6.0
+    summary = objective.summarize({k: float(v) for k, v in sums.items()})
+    assert sorted(summary) == ["mlm_accuracy", "mlm_loss"]
+    np.testing.assert_allclose(summary["mlm_loss"], expected, rtol=1e-5)
+    with pytest.raises(ValueError, match=r"^objective 'mlm_nsp' is not one of \['mlm'\]"):
+        registry.objective("mlm_nsp", model)
+
+
+def test_recipes_are_the_papers_numbers():
+    from bert_jax.configs import roberta_base, roberta_tiny
+
+    c = roberta_base.get_config()
+    assert (c.family, c.objective, c.optimizer) == ("roberta", "mlm", "adamw")
+    assert (c.num_train_steps, c.global_batch_size, c.learning_rate, c.warmup_steps) == (
+        500_000, 8192, 6e-4, 24_000,
+    )  # fmt: skip
+    assert (c.adam_b1, c.adam_b2, c.adam_epsilon, c.weight_decay, c.max_grad_norm) == (
+        0.9, 0.98, 1e-6, 0.01, 0.0,
+    )  # fmt: skip
+    assert c.global_batch_size % c.grad_accum_steps == 0
+    assert (c.data.seq_length, c.data.max_predictions_per_seq, c.data.masking) == (
+        512,
+        77,
+        "dynamic",
+    )
+    large = roberta_base.get_config("large")
+    assert (large.learning_rate, large.warmup_steps, large.model.num_layers) == (4e-4, 30_000, 24)
+    # The model fields are RobertaConfig's, through the registry by the recipe's family.
+    config = registry.config_from_fields(dict(c.model), c.family)
+    assert type(config) is roberta.RobertaConfig and config.max_length == 512
+    # BERT's NSP field is no RoBERTa recipe field: setting it is the locked config's error.
+    tiny = roberta_tiny.get_config()
+    tiny.lock()
+    with pytest.raises(AttributeError, match="short_seq_prob"):
+        tiny.data.short_seq_prob = 0.1
+    # And a RoBERTa model field on BERT is the registry's one-line error.
+    with pytest.raises(ValueError, match=r"^unknown model config keys \['pad_token_id'\]"):
+        registry.config_from_fields({"pad_token_id": 1}, "bert")
+
+
+def test_entry_point_refuses_the_recipes_in_one_line():
+    from bert_jax import main
+
+    for name in ("roberta_base", "roberta_tiny"):
+        with pytest.raises(ValueError) as error:
+            main.resolve_config(name)
+        assert "\n" not in str(error.value)
+        assert str(error.value).startswith(f"--config={name}: configs/{name}.py is RoBERTa's")
