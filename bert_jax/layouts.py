@@ -335,7 +335,12 @@ def tokenizer_lowercases(tokenizer) -> bool:
 
 def write_tokenizer(directory, tokenizer, config, do_lower_case: bool | None = None) -> None:
     """vocab.txt, tokenizer_config.json and special_tokens_map.json, as transformers' BertTokenizer wants."""
+    from bert_jax.data.tokenizer import ByteLevelBPETokenizer
+
     directory = epath.Path(directory)
+    if isinstance(tokenizer, ByteLevelBPETokenizer):
+        _write_bpe_tokenizer(directory, tokenizer, config)
+        return
     if do_lower_case is None:
         do_lower_case = tokenizer_lowercases(tokenizer)
     source = epath.Path(getattr(tokenizer, "path", ""))
@@ -360,6 +365,29 @@ def write_tokenizer(directory, tokenizer, config, do_lower_case: bool | None = N
     }
     (directory / "tokenizer_config.json").write_text(json.dumps(tokenizer_config, indent=2))
     (directory / "special_tokens_map.json").write_text(json.dumps(SPECIAL_TOKENS, indent=2))
+
+
+def _write_bpe_tokenizer(directory, tokenizer, config) -> None:
+    """vocab.json + merges.txt (the files, byte for byte) and the configs transformers' RobertaTokenizer reads."""
+    (directory / "vocab.json").write_bytes(epath.Path(tokenizer.path).read_bytes())
+    (directory / "merges.txt").write_bytes(epath.Path(tokenizer.merges_path).read_bytes())
+    specials = {
+        "bos_token": "<s>",
+        "eos_token": "</s>",
+        "unk_token": "<unk>",
+        "sep_token": "</s>",
+        "pad_token": "<pad>",
+        "cls_token": "<s>",
+        "mask_token": "<mask>",
+    }
+    tokenizer_config = {
+        "tokenizer_class": "RobertaTokenizer",
+        "add_prefix_space": False,
+        "model_max_length": getattr(config, "max_length", config.max_position_embeddings),
+        **specials,
+    }
+    (directory / "tokenizer_config.json").write_text(json.dumps(tokenizer_config, indent=2))
+    (directory / "special_tokens_map.json").write_text(json.dumps(specials, indent=2))
 
 
 def save_pretrained(

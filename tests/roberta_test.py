@@ -291,3 +291,17 @@ def test_entry_point_refuses_the_recipes_in_one_line():
             main.resolve_config(name)
         assert "\n" not in str(error.value)
         assert str(error.value).startswith(f"--config={name}: configs/{name}.py is RoBERTa's")
+
+
+def test_saved_directory_carries_the_bpe_tokenizer(tmp_path):
+    torch_model(tmp_path / "hf", "RobertaModel")
+    model, params, tok = layouts.load_pretrained(tmp_path / "hf")
+    layouts.save_pretrained(tmp_path / "back", params, model.config, tokenizer=tok)
+    for name in ("vocab.json", "merges.txt"):
+        assert (tmp_path / "back" / name).read_bytes() == (tmp_path / "hf" / name).read_bytes()
+    _, _, again = layouts.load_pretrained(tmp_path / "back")
+    theirs = transformers.AutoTokenizer.from_pretrained(tmp_path / "back")
+    assert type(again) is tokenizer_lib.ByteLevelBPETokenizer and again.model_max_length == 38
+    text = " the hat"
+    assert again.encode(text) == tok.encode(text) == theirs.encode(text, add_special_tokens=False)
+    assert again(text)["input_ids"].tolist() == [theirs(text)["input_ids"]]

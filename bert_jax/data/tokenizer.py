@@ -323,7 +323,7 @@ class ByteLevelBPETokenizer(_Tokenizer):
                     raise ValueError(f"{merges_file}: line {line!r} is not one merge of two tokens")
                 merges.append(pair)
         self._tok = tokenizers.ByteLevelBPETokenizer(vocab, merges)
-        self.path = str(vocab_file)
+        self.path, self.merges_path = str(vocab_file), str(merges_file)
         self.vocab_size = self._tok.get_vocab_size()
         ids = {}
         for name, token in self.SPECIALS.items():
