@@ -305,3 +305,34 @@ def test_saved_directory_carries_the_bpe_tokenizer(tmp_path):
     text = " the hat"
     assert again.encode(text) == tok.encode(text) == theirs.encode(text, add_special_tokens=False)
     assert again(text)["input_ids"].tolist() == [theirs(text)["input_ids"]]
+
+
+def test_full_sentences_rows_cross_documents_with_a_separator():
+    from bert_jax.data import full_sentences
+    from bert_jax.data.instances import TokenizedCorpus
+
+    # Documents of sentences [3, 2], [4], [1, 6], [9] tokens; token values 10, 11, ... in order.
+    lengths, per_doc = [3, 2, 4, 1, 6, 9], [2, 1, 2, 1]
+    corpus = TokenizedCorpus(
+        tokens=np.arange(10, 10 + sum(lengths), dtype=np.int32),
+        sentence_starts=np.concatenate([[0], np.cumsum(lengths)]),
+        document_starts=np.concatenate([[0], np.cumsum(per_doc)]),
+    )
+    out = full_sentences.full_sentences(corpus, 8, cls_id=0, sep_id=2, pad_id=1)
+    np.testing.assert_array_equal(
+        out["input_ids"],
+        [
+            # doc 0 fills the row but for a separator, which the row's own </s> replaces
+            [0, 10, 11, 12, 13, 14, 2, 1],
+            # doc 1, the separator, doc 2's first sentence
+            [0, 15, 16, 17, 18, 2, 19, 2],
+            # doc 2's second sentence, whole
+            [0, 20, 21, 22, 23, 24, 25, 2],
+            # doc 3's one sentence, longer than a row: cut to fit
+            [0, 26, 27, 28, 29, 30, 31, 2],
+        ],
+    )
+    np.testing.assert_array_equal(out["attention_mask"].sum(1), [7, 8, 8, 8])
+    assert out["token_type_ids"].max() == 0 and out["input_ids"].dtype == np.int32
+    with pytest.raises(ValueError, match="^seq_length 2 leaves no room between <s> and </s>$"):
+        full_sentences.row_spans(corpus, 2)
