@@ -367,6 +367,15 @@ def write_tokenizer(directory, tokenizer, config, do_lower_case: bool | None = N
     (directory / "special_tokens_map.json").write_text(json.dumps(SPECIAL_TOKENS, indent=2))
 
 
+def architecture(config: registry.Config, head: str) -> str:
+    """transformers' class name for `head` of `config`'s family (e.g. RobertaForMaskedLM); one line if none."""
+    family = registry.family_of(config)
+    architectures = getattr(family.hf, "ARCHITECTURES", ARCHITECTURES)
+    if head not in architectures:
+        raise ValueError(f"head {head!r} has no transformers class for {family.name}")
+    return architectures[head]
+
+
 def _write_bpe_tokenizer(directory, tokenizer, config) -> None:
     """vocab.json + merges.txt (the files, byte for byte) and the configs transformers' RobertaTokenizer reads."""
     (directory / "vocab.json").write_bytes(epath.Path(tokenizer.path).read_bytes())
@@ -419,11 +428,8 @@ def save_pretrained(
         hf_config.update(model_type="bert", pad_token_id=0)
     else:
         hf_config = family.hf.config_to_hf(config)
-    architectures = getattr(family.hf, "ARCHITECTURES", ARCHITECTURES)
-    if head not in architectures:
-        raise ValueError(f"head {head!r} has no transformers class for {family.name}")
     hf_config.update(
-        architectures=[architectures[head]],
+        architectures=[architecture(config, head)],
         id2label={str(i): name for i, name in enumerate(labels)},
         label2id={name: i for i, name in enumerate(labels)},
     )

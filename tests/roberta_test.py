@@ -336,3 +336,15 @@ def test_full_sentences_rows_cross_documents_with_a_separator():
     assert out["token_type_ids"].max() == 0 and out["input_ids"].dtype == np.int32
     with pytest.raises(ValueError, match="^seq_length 2 leaves no room between <s> and </s>$"):
         full_sentences.row_spans(corpus, 2)
+
+
+def test_transformers_class_per_family_and_head():
+    bert_config = registry.config_from_fields({})
+    roberta_config = roberta.RobertaConfig()
+    assert layouts.architecture(bert_config, "pretraining") == "BertForPreTraining"
+    assert layouts.architecture(roberta_config, "pretraining") == "RobertaForMaskedLM"
+    assert layouts.architecture(roberta_config, "multiple_choice") == "RobertaForMultipleChoice"
+    with pytest.raises(
+        ValueError, match="^head 'multiple_choice' has no transformers class for bert$"
+    ):
+        layouts.architecture(bert_config, "multiple_choice")
