@@ -138,11 +138,12 @@ def read_checkpoint(
 def _read_workdir(path, step, overrides, do_lower_case) -> Checkpoint:
     """A bert_jax workdir's parameters (all heads), read by `bert_jax.workdir`, as a Checkpoint."""
     run = workdir.read(path, step, do_lower_case=do_lower_case)
-    fields = {k: v for k, v in run.model_fields.items() if k in registry.config_fields()}
+    family = _family_of_fields(run.stored, run.model_fields)
+    fields = {k: v for k, v in run.model_fields.items() if k in registry.config_fields(family)}
     if fields.get("vocab_size", -1) == -1:
         fields["vocab_size"] = run.tokenizer.vocab_size
     try:
-        config = registry.config_from_fields({**fields, **overrides})
+        config = registry.config_from_fields({**fields, **overrides}, family)
     except (TypeError, ValueError) as e:
         raise ValueError(f"{run.source}: stored model config: {e}") from e
     flat = flat_params(run.params, "pretraining")
@@ -151,6 +152,15 @@ def _read_workdir(path, step, overrides, do_lower_case) -> Checkpoint:
     return Checkpoint(
         config, flat, run.tokenizer, lower, run.source, head, run.labels, [], run.tokenizer_spec
     )
+
+
+def _family_of_fields(stored: dict, fields) -> str:
+    """A workdir's model family: the run's `family` field, else the family whose config has exactly the stored
+    model fields (a RoBERTa's include `pad_token_id`), else BERT (older runs stored fewer fields)."""
+    if stored.get("family"):
+        return stored["family"]
+    exact = [name for name in registry.FAMILIES if set(registry.config_fields(name)) == set(fields)]
+    return exact[0] if exact else "bert"
 
 
 def _head_of(flat) -> str:

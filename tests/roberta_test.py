@@ -46,6 +46,8 @@ def write_bpe_files(directory):
     assert len(tokens) == 97
     (directory / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(tokens)}))
     (directory / "merges.txt").write_text("#version: 0.2\n\u0120 t\nh e\n")
+    # As released directories say: the longest input the positions allow (40 - pad_token_id - 1).
+    (directory / "tokenizer_config.json").write_text(json.dumps({"model_max_length": 38}))
 
 
 def ragged_batch(seed=0, length=13):
@@ -348,3 +350,18 @@ def test_transformers_class_per_family_and_head():
         ValueError, match="^head 'multiple_choice' has no transformers class for bert$"
     ):
         layouts.architecture(bert_config, "multiple_choice")
+
+
+def test_convert_to_a_bert_jax_checkpoint_keeps_the_family(tmp_path):
+    from bert_jax import export
+
+    torch_model(tmp_path / "hf", "RobertaModel")
+    ids, mask = ragged_batch(seed=3)
+    model, params, _ = layouts.load_pretrained(tmp_path / "hf")
+    difference = export.convert_checkpoint(tmp_path / "hf", tmp_path / "ours", "bert_jax")
+    assert difference <= 1e-6
+    again, params_again, tok = layouts.load_pretrained(tmp_path / "ours")
+    assert type(again.config) is roberta.RobertaConfig
+    assert type(tok) is tokenizer_lib.ByteLevelBPETokenizer
+    ours = run_ours(model, params, ids, mask)
+    assert_close(run_ours(again, params_again, ids, mask), ours, ("last_hidden_state",), mask)
