@@ -138,11 +138,12 @@ def read_checkpoint(
 def _read_workdir(path, step, overrides, do_lower_case) -> Checkpoint:
     """A bert_jax workdir's parameters (all heads), read by `bert_jax.workdir`, as a Checkpoint."""
     run = workdir.read(path, step, do_lower_case=do_lower_case)
-    fields = {k: v for k, v in run.model_fields.items() if k in registry.config_fields()}
+    family = _family_of_fields(run.stored, run.model_fields)
+    fields = {k: v for k, v in run.model_fields.items() if k in registry.config_fields(family)}
     if fields.get("vocab_size", -1) == -1:
         fields["vocab_size"] = run.tokenizer.vocab_size
     try:
-        config = registry.config_from_fields({**fields, **overrides})
+        config = registry.config_from_fields({**fields, **overrides}, family)
     except (TypeError, ValueError) as e:
         raise ValueError(f"{run.source}: stored model config: {e}") from e
     flat = flat_params(run.params, "pretraining")
@@ -153,13 +154,30 @@ def _read_workdir(path, step, overrides, do_lower_case) -> Checkpoint:
     )
 
 
+def _family_of_fields(stored: dict, fields) -> str:
+    """A workdir's model family: the run's `family` field, else the family whose config has exactly the stored
+    model fields (a RoBERTa's include `pad_token_id`), else BERT (older runs stored fewer fields)."""
+    if stored.get("family"):
+        return stored["family"]
+    exact = [name for name in registry.FAMILIES if set(registry.config_fields(name)) == set(fields)]
+    return exact[0] if exact else "bert"
+
+
 def _head_of(flat) -> str:
     """The head a checkpoint's parameters are for (token classification reads as classification)."""
     if "mlm/bias" in flat or "nsp/kernel" in flat:
         return "pretraining"
     if "qa_outputs/kernel" in flat:
         return "span"
-    return "classification" if "classifier/kernel" in flat else "none"
+    return "classification" if _classifier_kernel(flat) is not None else "none"
+
+
+def _classifier_kernel(flat):
+    """The classifier's output kernel [hidden, labels] in flat parameters (RoBERTa's is `out_proj`), or None."""
+    for key in ("classifier/kernel", "classifier/out_proj/kernel"):
+        if key in flat:
+            return flat[key]
+    return None
 
 
 def load_pretrained(
@@ -200,8 +218,8 @@ def build(ckpt: Checkpoint, head: str, num_labels: int | None = None, *, seed: i
             f"vocab_size is {ckpt.config.vocab_size}"
         )
     if num_labels is None:
-        if "classifier/kernel" in ckpt.flat:
-            num_labels = ckpt.flat["classifier/kernel"].shape[-1]
+        if _classifier_kernel(ckpt.flat) is not None:
+            num_labels = _classifier_kernel(ckpt.flat).shape[-1]
         else:
             num_labels = len(ckpt.labels) if ckpt.labels else 2
     model = registry.build(ckpt.config, head, num_labels)
@@ -218,10 +236,12 @@ def _read_transformers(path, overrides, do_lower_case) -> Checkpoint:
         hf_config = json.loads(config_file.read_text())
     except json.JSONDecodeError as e:
         raise ValueError(f"{config_file}: not valid JSON ({e})") from e
-    config = config_from_hf(hf_config, str(config_file), **overrides)
+    # The family from config.json's model_type (bert, roberta, ...); its name table reads the rest.
+    hf = registry.family_of_model_type(hf_config.get("model_type"), str(config_file)).hf
+    config = hf.config_from_hf(hf_config, str(config_file), **overrides)
     tokenizer = load_tokenizer(str(directory), do_lower_case=do_lower_case)
     asked_lower_case = do_lower_case
-    flat, ignored = hf_to_flat_params(read_state_dict(directory), config, str(directory))
+    flat, ignored = hf.hf_to_flat_params(read_state_dict(directory), config, str(directory))
     if ignored:
         logging.info("%s: ignored non-parameter tensors %s", directory, ignored)
     if do_lower_case is None and (directory / "tokenizer_config.json").exists():
@@ -229,7 +249,8 @@ def _read_transformers(path, overrides, do_lower_case) -> Checkpoint:
         do_lower_case = saved.get("do_lower_case")
     id2label = hf_config.get("id2label") or {}
     labels = [id2label[k] for k in sorted(id2label, key=int)] if id2label else None
-    head = {v: k for k, v in ARCHITECTURES.items()}.get((hf_config.get("architectures") or [""])[0])
+    architectures = getattr(hf, "ARCHITECTURES", ARCHITECTURES)
+    head = {v: k for k, v in architectures.items()}.get((hf_config.get("architectures") or [""])[0])
     # The casing as asked: None lets the directory's own files decide again, as they did here.
     spec = {"path": str(workdir.absolute(directory)), "do_lower_case": asked_lower_case}
     return Checkpoint(
@@ -306,9 +327,9 @@ def flat_params(params, head: str) -> dict[str, np.ndarray]:
 def infer_num_labels(params, head: str, num_labels: int | None = None) -> int:
     """The classifier's width from the parameters (2 for heads without one); checks a given value."""
     params = nn.unbox(params)
-    if head not in ("classification", "token") or "classifier" not in params:
+    if head not in ("classification", "token", "multiple_choice") or "classifier" not in params:
         return 2 if num_labels is None else num_labels
-    width = int(params["classifier"]["kernel"].shape[-1])
+    width = int(_classifier_kernel(traverse_util.flatten_dict(params, sep="/")).shape[-1])
     if num_labels is not None and num_labels != width:
         raise ValueError(f"num_labels is {num_labels} but the classifier has {width} outputs")
     return width
@@ -324,7 +345,12 @@ def tokenizer_lowercases(tokenizer) -> bool:
 
 def write_tokenizer(directory, tokenizer, config, do_lower_case: bool | None = None) -> None:
     """vocab.txt, tokenizer_config.json and special_tokens_map.json, as transformers' BertTokenizer wants."""
+    from bert_jax.data.tokenizer import ByteLevelBPETokenizer
+
     directory = epath.Path(directory)
+    if isinstance(tokenizer, ByteLevelBPETokenizer):
+        _write_bpe_tokenizer(directory, tokenizer, config)
+        return
     if do_lower_case is None:
         do_lower_case = tokenizer_lowercases(tokenizer)
     source = epath.Path(getattr(tokenizer, "path", ""))
@@ -351,6 +377,38 @@ def write_tokenizer(directory, tokenizer, config, do_lower_case: bool | None = N
     (directory / "special_tokens_map.json").write_text(json.dumps(SPECIAL_TOKENS, indent=2))
 
 
+def architecture(config: registry.Config, head: str) -> str:
+    """transformers' class name for `head` of `config`'s family (e.g. RobertaForMaskedLM); one line if none."""
+    family = registry.family_of(config)
+    architectures = getattr(family.hf, "ARCHITECTURES", ARCHITECTURES)
+    if head not in architectures:
+        raise ValueError(f"head {head!r} has no transformers class for {family.name}")
+    return architectures[head]
+
+
+def _write_bpe_tokenizer(directory, tokenizer, config) -> None:
+    """vocab.json + merges.txt (the files, byte for byte) and the configs transformers' RobertaTokenizer reads."""
+    (directory / "vocab.json").write_bytes(epath.Path(tokenizer.path).read_bytes())
+    (directory / "merges.txt").write_bytes(epath.Path(tokenizer.merges_path).read_bytes())
+    specials = {
+        "bos_token": "<s>",
+        "eos_token": "</s>",
+        "unk_token": "<unk>",
+        "sep_token": "</s>",
+        "pad_token": "<pad>",
+        "cls_token": "<s>",
+        "mask_token": "<mask>",
+    }
+    tokenizer_config = {
+        "tokenizer_class": "RobertaTokenizer",
+        "add_prefix_space": False,
+        "model_max_length": getattr(config, "max_length", config.max_position_embeddings),
+        **specials,
+    }
+    (directory / "tokenizer_config.json").write_text(json.dumps(tokenizer_config, indent=2))
+    (directory / "special_tokens_map.json").write_text(json.dumps(specials, indent=2))
+
+
 def save_pretrained(
     directory,
     params,
@@ -374,16 +432,19 @@ def save_pretrained(
     labels = list(id2label) if id2label is not None else [f"LABEL_{i}" for i in range(num_labels)]
     if len(labels) != num_labels:
         raise ValueError(f"id2label has {len(labels)} names but the model has {num_labels} labels")
-    hf_config = {theirs: getattr(config, ours) for theirs, ours in CONFIG_FIELDS.items()}
+    family = registry.family_of(config)
+    if family.name == "bert":
+        hf_config = {theirs: getattr(config, ours) for theirs, ours in CONFIG_FIELDS.items()}
+        hf_config.update(model_type="bert", pad_token_id=0)
+    else:
+        hf_config = family.hf.config_to_hf(config)
     hf_config.update(
-        model_type="bert",
-        architectures=[ARCHITECTURES[head]],
+        architectures=[architecture(config, head)],
         id2label={str(i): name for i, name in enumerate(labels)},
         label2id={name: i for i, name in enumerate(labels)},
-        pad_token_id=0,
     )
     (directory / "config.json").write_text(json.dumps(hf_config, indent=2))
-    state = flat_params_to_hf(registry.unstack_layers(nn.unbox(params)), config, head)
+    state = family.hf.flat_params_to_hf(registry.unstack_layers(nn.unbox(params)), config, head)
     save_file(
         {k: np.ascontiguousarray(v) for k, v in state.items()}, str(directory / "model.safetensors")
     )
@@ -400,6 +461,11 @@ def save_pretrained(
 def save_tf1(directory, params, config: registry.Config, head: str, tokenizer) -> str:
     """Writes Google's layout: bert_config.json, vocab.txt and bert_model.ckpt.{index,data-00000-of-00001},
     which the original run_classifier.py / run_pretraining.py take as --init_checkpoint. Returns the prefix."""
+    family = registry.family_of(config)
+    if family.tf1 is None:
+        raise ValueError(
+            f"{family.name} has no TF1 checkpoint layout (only BERT was released as one)"
+        )
     directory = epath.Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "bert_config.json").write_text(

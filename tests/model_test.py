@@ -334,7 +334,9 @@ def test_registry_errors_are_one_line():
 
     with pytest.raises(ValueError, match=r"unknown model config keys \['hidden'\]"):
         registry.config_from_fields({"hidden": 8})
-    with pytest.raises(ValueError, match="model family 'gpt' is not one of \\['bert'\\]"):
+    with pytest.raises(
+        ValueError, match="model family 'gpt' is not one of \\['bert', 'roberta'\\]"
+    ):
         registry.config_from_fields({}, family="gpt")
     with pytest.raises(ValueError, match="unknown head 'pooler'"):
         registry.build(registry.config_from_fields({}), "pooler")

@@ -12,3 +12,11 @@ BERT = {
     "base": dict(num_layers=12, hidden_size=768, num_heads=12, intermediate_size=3072),
     "large": dict(num_layers=24, hidden_size=1024, num_heads=16, intermediate_size=4096),
 }
+
+# The sizes of the released RoBERTa models (Liu et al. 2019, table 9: BERT-Base's and BERT-Large's shapes) and a
+# tiny one for CPU runs.
+ROBERTA = {
+    "tiny": dict(num_layers=2, hidden_size=128, num_heads=2, intermediate_size=512),
+    "base": dict(num_layers=12, hidden_size=768, num_heads=12, intermediate_size=3072),
+    "large": dict(num_layers=24, hidden_size=1024, num_heads=16, intermediate_size=4096),
+}

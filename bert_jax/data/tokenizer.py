@@ -62,6 +62,10 @@ class _Tokenizer(abc.ABC):
     sep_id: int
     mask_id: int
     unk_id: int
+    # Separators between the two texts of a pair (RoBERTa's `<s> A </s></s> B </s>` has two) and the second
+    # text's token type (RoBERTa has one type).
+    pair_separators: int = 1
+    second_type: int = 1
 
     @abc.abstractmethod
     def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
@@ -100,7 +104,7 @@ class _Tokenizer(abc.ABC):
         seconds = self.encode_batch(list(pairs)) if pairs is not None else [None] * len(firsts)
         rows = []
         for a, b in zip(firsts, seconds, strict=True):
-            n_special = 2 if b is None else 3
+            n_special = 2 if b is None else 2 + self.pair_separators
             budget = max(max_length - n_special, 0)
             if truncation:
                 if b is None:
@@ -111,8 +115,8 @@ class _Tokenizer(abc.ABC):
             ids = [self.cls_id, *a, self.sep_id]
             types = [0] * len(ids)
             if b is not None:
-                ids += [*b, self.sep_id]
-                types += [1] * (len(b) + 1)
+                ids += [self.sep_id] * (self.pair_separators - 1) + [*b, self.sep_id]
+                types += [self.second_type] * (len(b) + self.pair_separators)
             rows.append((ids, types))
         length = (
             max_length if padding == "max_length" else max((len(r[0]) for r in rows), default=0)
@@ -292,6 +296,88 @@ class SentencePieceTokenizer(_Tokenizer):
         return self._continuation
 
 
+class ByteLevelBPETokenizer(_Tokenizer):
+    """GPT-2's byte-level BPE as RoBERTa uses it (`vocab.json` + `merges.txt`, on the Rust `tokenizers`
+    library): `<s>`, `</s>`, `<pad>`, `<unk>`, `<mask>` as cls/sep/pad/unk/mask, pairs as
+    `<s> A </s></s> B </s>` with one token type (transformers' RobertaTokenizer)."""
+
+    pair_separators = 2
+    second_type = 0
+    SPECIALS = {"pad": "<pad>", "unk": "<unk>", "cls": "<s>", "sep": "</s>", "mask": "<mask>"}
+
+    def __init__(self, vocab_file, merges_file, model_max_length: int | None = None):
+        import tokenizers
+
+        vocab_file, merges_file = epath.Path(vocab_file), epath.Path(merges_file)
+        for f in (vocab_file, merges_file):
+            if not f.is_file():
+                raise FileNotFoundError(
+                    f"{f}: missing (a byte-level BPE needs vocab.json and merges.txt)"
+                )
+        vocab = json.loads(vocab_file.read_text(encoding="utf-8"))
+        merges = []
+        for line in merges_file.read_text(encoding="utf-8").splitlines():
+            if line and not line.startswith("#version"):
+                pair = tuple(line.split(" "))
+                if len(pair) != 2:
+                    raise ValueError(f"{merges_file}: line {line!r} is not one merge of two tokens")
+                merges.append(pair)
+        self._tok = tokenizers.ByteLevelBPETokenizer(vocab, merges)
+        self.path, self.merges_path = str(vocab_file), str(merges_file)
+        self.vocab_size = self._tok.get_vocab_size()
+        ids = {}
+        for name, token in self.SPECIALS.items():
+            if token not in vocab:
+                raise ValueError(
+                    f"{vocab_file}: vocabulary has no {token} token (needed for RoBERTa)"
+                )
+            ids[name] = vocab[token]
+        self._set_specials(ids)
+        self._tok.add_special_tokens(list(self.SPECIALS.values()))
+        self.model_max_length = model_max_length or DEFAULT_MODEL_MAX_LENGTH
+        self._continuation = None
+
+    @classmethod
+    def train(
+        cls, files: Sequence[str], directory, vocab_size: int = 50265, min_frequency: int = 2
+    ):
+        """Trains a byte-level BPE on text files and writes `vocab.json` + `merges.txt` into `directory`,
+        with fairseq's specials first (<s>=0, <pad>=1, </s>=2, <unk>=3) and <mask>; returns the tokenizer."""
+        import tokenizers
+
+        bpe = tokenizers.ByteLevelBPETokenizer()
+        specials = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
+        bpe.train([str(f) for f in files], vocab_size, min_frequency, special_tokens=specials)
+        epath.Path(directory).mkdir(parents=True, exist_ok=True)
+        bpe.save_model(str(directory))
+        return cls(epath.Path(directory) / "vocab.json", epath.Path(directory) / "merges.txt")
+
+    def encode(self, text: str) -> list[int]:
+        return self._tok.encode(text, add_special_tokens=False).ids
+
+    def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
+        return [e.ids for e in self._tok.encode_batch(list(texts), add_special_tokens=False)]
+
+    def id_to_token(self, i: int) -> str | None:
+        return self._tok.id_to_token(int(i))
+
+    def token_to_id(self, token: str) -> int | None:
+        return self._tok.token_to_id(token)
+
+    def decode(self, ids: Sequence[int], skip_special_tokens: bool = True) -> str:
+        return self._tok.decode([int(i) for i in ids], skip_special_tokens=skip_special_tokens)
+
+    @property
+    def is_continuation(self) -> np.ndarray:
+        """Bool [vocab_size]: True for tokens without the space marker "Ġ" (inside a word)."""
+        if self._continuation is None:
+            tokens = [self._tok.id_to_token(i) or "" for i in range(self.vocab_size)]
+            flags = np.array([not t.startswith("\u0120") for t in tokens])
+            flags[list(self.special_ids)] = False
+            self._continuation = flags
+        return self._continuation
+
+
 def _normalizer_name(model_bytes: bytes) -> str:
     """The normalization rule stored in a SentencePiece model ("" if unreadable)."""
     from sentencepiece import sentencepiece_model_pb2
@@ -319,6 +405,8 @@ def load_tokenizer(
             config = json.loads((path / "tokenizer_config.json").read_text())
         max_len = config.get("model_max_length")
         max_len = max_len if isinstance(max_len, int) and max_len < 10**6 else None
+        if (path / "vocab.json").exists() or (path / "merges.txt").exists():
+            return ByteLevelBPETokenizer(path / "vocab.json", path / "merges.txt", max_len)
         if (path / "tokenizer.json").exists() and do_lower_case is None:
             return WordPieceTokenizer.from_tokenizer_json(path / "tokenizer.json", max_len)
         if (path / "vocab.txt").exists():

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, ClassVar
 
 import flax.linen as nn
 import jax
@@ -167,7 +167,8 @@ class Embeddings(nn.Module):
         if position_ids is None:
             x = x + positions[None, :length]
         else:
-            # Packed rows: positions restart at 0 for each sequence (a gather; the slice cannot say it).
+            # Packed rows (positions restart at 0 for each sequence) or a family's own numbering (RoBERTa's
+            # starts past the padding id): a gather, which the slice cannot say.
             x = x + jnp.take(positions, position_ids, axis=0)
         x = self.layer_norm(x)
         return self.dropout(x, deterministic)
@@ -182,10 +183,12 @@ class BertModel(nn.Module):
 
     config: BertConfig
     add_pooling_layer: bool = True
+    # A family's own embeddings (RoBERTa numbers positions past the padding id).
+    embeddings_class: ClassVar[type] = Embeddings
 
     def setup(self):
         cfg = self.config
-        self.embeddings = Embeddings(cfg)
+        self.embeddings = self.embeddings_class(cfg)
         layer_cls = layer_class(cfg)
         if cfg.scan_layers:
             # One module whose parameters carry a leading [num_layers] axis (logical name "layers").

@@ -27,8 +27,20 @@ def divide(a: float, b: float) -> float:
 PACKED_INPUTS = ("segment_ids", "position_ids", "cls_positions")
 
 
+class _Objective:
+    """What every objective derives from its `loss_sums(params, batch, rng, deterministic)`."""
+
+    def loss(self, params, batch, rng):
+        """The training loss and its sums, with dropout (the function to differentiate)."""
+        return self.loss_sums(params, batch, rng, deterministic=False)
+
+    def eval_sums(self, params, batch):
+        """Held-out sums, dropout off."""
+        return self.loss_sums(params, batch, None, deterministic=True)[1]
+
+
 @dataclasses.dataclass(frozen=True)
-class MlmNsp:
+class MlmNsp(_Objective):
     """The paper's objective: mean MLM cross entropy over the masked positions + mean NSP cross entropy.
 
     `model`: the family's "pretraining" head module (outputs `prediction_logits` at `masked_lm_positions` and
@@ -77,14 +89,6 @@ class MlmNsp:
         }
         return loss, sums
 
-    def loss(self, params, batch, rng):
-        """The training loss and its sums, with dropout (the function to differentiate)."""
-        return self.loss_sums(params, batch, rng, deterministic=False)
-
-    def eval_sums(self, params, batch):
-        """Held-out sums, dropout off."""
-        return self.loss_sums(params, batch, None, deterministic=True)[1]
-
     @staticmethod
     def summarize(sums: dict[str, float]) -> dict[str, float]:
         """Means and accuracies from summed MLM/NSP metrics (the host divides once)."""
@@ -96,5 +100,42 @@ class MlmNsp:
         }
 
 
+@dataclasses.dataclass(frozen=True)
+class Mlm(_Objective):
+    """Masked LM alone (RoBERTa, Liu et al. 2019: no NSP): mean cross entropy over the masked positions.
+
+    `model`: the family's "pretraining" head module, outputting `logits` at `masked_lm_positions`
+    (transformers' name for a *ForMaskedLM). Batch: `input_ids`, `attention_mask`, `masked_lm_positions`,
+    `masked_lm_ids`, `masked_lm_weights`, and `token_type_ids` when the data has them (else all zero).
+    """
+
+    model: Any
+    head: ClassVar[str] = "pretraining"
+    progress: ClassVar[tuple] = (("mlm_acc", "mlm_accuracy", ".3f"),)
+
+    def loss_sums(self, params, batch, rng, deterministic: bool):
+        """(the training loss, the MLM sums keyed `mlm_*`); dropout on unless `deterministic`."""
+        outputs = self.model.apply(
+            {"params": params},
+            batch["input_ids"],
+            batch.get("token_type_ids"),
+            batch["attention_mask"],
+            batch["masked_lm_positions"],
+            deterministic=deterministic,
+            rngs=None if deterministic else {"dropout": rng},
+        )
+        mlm = losses.mlm_loss(outputs["logits"], batch["masked_lm_ids"], batch["masked_lm_weights"])
+        loss = mlm["loss_sum"] / jnp.maximum(mlm["weight_sum"], 1e-5)
+        return loss, {f"mlm_{k}": v for k, v in mlm.items()}
+
+    @staticmethod
+    def summarize(sums: dict[str, float]) -> dict[str, float]:
+        """Mean loss and accuracy from summed MLM metrics."""
+        return {
+            "mlm_loss": divide(sums["mlm_loss_sum"], sums["mlm_weight_sum"]),
+            "mlm_accuracy": divide(sums["mlm_correct_sum"], sums["mlm_weight_sum"]),
+        }
+
+
 # The objectives by the name a recipe's `objective` field gives.
-OBJECTIVES = {"mlm_nsp": MlmNsp}
+OBJECTIVES = {"mlm_nsp": MlmNsp, "mlm": Mlm}

@@ -18,7 +18,7 @@ from typing import Any
 
 import flax.linen as nn
 
-from bert_jax.models import bert, bert_hf, bert_tf1, objectives
+from bert_jax.models import bert, bert_hf, bert_tf1, objectives, roberta, roberta_hf
 from bert_jax.models.heads import HEADS, TASKS, dummy_inputs, init_params  # noqa: F401
 from bert_jax.models.layers import stack_layers, unstack_layers  # noqa: F401
 
@@ -43,8 +43,9 @@ class Family:
     objectives: tuple[str, ...]
     # transformers names and layouts (config_from_hf, hf_to_flat_params, flat_params_to_hf, name_map).
     hf: ModuleType
-    # Google's original TF1 names (read_config, read_params, write_params, config_dict, name_map).
-    tf1: ModuleType
+    # Google's original TF1 names (read_config, read_params, write_params, config_dict, name_map); None for a
+    # family that was never released as a TF1 checkpoint.
+    tf1: ModuleType | None
 
 
 FAMILIES = {
@@ -58,6 +59,17 @@ FAMILIES = {
         hf=bert_hf,
         tf1=bert_tf1,
     ),
+    # Liu et al. 2019: BERT's encoder, positions past the padding id, MLM alone (fairseq; no TF1 release).
+    "roberta": Family(
+        name="roberta",
+        config_class=roberta.RobertaConfig,
+        presets=roberta.PRESETS,
+        build=roberta.build_model,
+        flops_per_sequence=roberta.flops_per_sequence,
+        objectives=("mlm",),
+        hf=roberta_hf,
+        tf1=None,
+    ),
 }
 
 
@@ -69,10 +81,23 @@ def family_named(name: str = "bert") -> Family:
 
 def family_of(config: Config) -> Family:
     """The family whose config class `config` is."""
+    # The exact class: RobertaConfig is a BertConfig subclass, yet another family.
     for candidate in FAMILIES.values():
-        if isinstance(config, candidate.config_class):
+        if type(config) is candidate.config_class:
             return candidate
     raise ValueError(f"{type(config).__name__} is no model family's config")
+
+
+def family_of_model_type(model_type, path: str = "config.json") -> Family:
+    """The family of a transformers config.json's `model_type` (family names are transformers' model types);
+    a one-line error naming the supported families for any other."""
+    if model_type not in FAMILIES:
+        names = [repr(name) for name in sorted(FAMILIES)]
+        listing = " or ".join([", ".join(names[:-1]), names[-1]]) if len(names) > 1 else names[0]
+        raise ValueError(
+            f"{path}: model_type is {model_type!r}, not {listing} (the model families bert_jax supports)"
+        )
+    return FAMILIES[model_type]
 
 
 def config_fields(family: str = "bert") -> tuple[str, ...]:
