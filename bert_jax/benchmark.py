@@ -36,7 +36,7 @@ import jax
 import numpy as np
 from absl import app, flags
 
-from bert_jax import flops, kernel_times, optim, sharding, train_lib
+from bert_jax import flops, kernel_times, optim, run_setup, sharding, train_lib
 from bert_jax import program as program_lib
 from bert_jax.configs import pretraining
 from bert_jax.models import registry
@@ -472,7 +472,7 @@ def main(argv):
             data=_DATA.value,
             embedding_gradient=_EMBEDDING_GRADIENT.value,
         )
-    except train_lib.SetupError as error:
+    except run_setup.SetupError as error:
         sys.exit(f"error: {error}")
     s = result["setup"]
     print(

@@ -378,7 +378,7 @@ class Checkpointer:
         return step, restored["config"]
 
     def keep_latest_only(self) -> None:
-        """Deletes every finished step but the newest (see `train_lib.keep_final_checkpoint`)."""
+        """Deletes every finished step but the newest (see `run_setup.keep_final_checkpoint`)."""
         for s in self.all_steps()[:-1]:
             self._manager.delete(s)
 

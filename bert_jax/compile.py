@@ -33,7 +33,7 @@ import time
 import jax
 from absl import app, flags, logging
 
-from bert_jax import compile_child, main, train_lib
+from bert_jax import compile_child, main, run_setup, train_lib
 from bert_jax import program as program_lib
 
 GiB = 2**30
@@ -113,7 +113,7 @@ def topology_devices(topology: Topology, num_slices: int = 1) -> list:
     if topology.generation == "cpu":
         return jax.devices("cpu")
     if importlib.util.find_spec("libtpu") is None:
-        raise train_lib.SetupError(
+        raise run_setup.SetupError(
             "libtpu is not installed; the compile check needs it: pip install 'bert_jax[tpu]' "
             "(or pip install 'jax[tpu]')"
         )
@@ -355,15 +355,15 @@ def main(argv) -> int:
         sys.exit("error: --config and --topology are required")
     config = _CONFIG.value
     try:
-        train_lib.check_config(config)
+        run_setup.check_config(config)
         if config.mode != "pretrain":
-            raise train_lib.SetupError(
+            raise run_setup.SetupError(
                 f"config.mode {config.mode!r}: the compile check is for pretraining"
             )
-        with train_lib.setup_error("topology"):
+        with run_setup.setup_error("topology"):
             topology = parse_topology(_TOPOLOGY.value)
         if set(_STEPS.value) - set(STEPS):
-            raise train_lib.SetupError(f"--programs {_STEPS.value}: each must be one of {STEPS}")
+            raise run_setup.SetupError(f"--programs {_STEPS.value}: each must be one of {STEPS}")
         if _ISOLATE.value:
             log_dir = _LOG_DIR.value or tempfile.mkdtemp(prefix="bert_jax_compile_")
             os.makedirs(log_dir, exist_ok=True)
@@ -371,11 +371,11 @@ def main(argv) -> int:
             for program in dict.fromkeys(_STEPS.value):
                 reports += compile_child.compile_in_child(sys.argv[1:], program, config, log_dir)
         else:
-            with train_lib.setup_error("topology"):
+            with run_setup.setup_error("topology"):
                 devices = topology_devices(topology, _NUM_SLICES.value)
             compile_child.signal_self_for_tests(_STEPS.value)
             reports = compile_steps(config, devices, topology.hbm_bytes, _STEPS.value)
-    except train_lib.SetupError as error:
+    except run_setup.SetupError as error:
         sys.exit(f"error: {error}")
     if _JSON.value:
         print(json.dumps({"topology": dataclasses.asdict(topology), "num_slices": _NUM_SLICES.value,

@@ -17,7 +17,7 @@ import sys
 
 from absl import logging
 
-from bert_jax import train_lib
+from bert_jax import run_setup
 
 PROGRAM_NAMES = {"phase1": "train phase 1", "phase2": "train phase 2", "eval": "eval"}
 # Test seam: "PROGRAM:SIGNAL[,PROGRAM:SIGNAL...]" makes the child that compiles PROGRAM send itself SIGNAL just
@@ -67,7 +67,7 @@ def compile_in_child(args: list[str], program: str, config, log_dir: str) -> lis
             r.update(status="out_of_memory" if "error" in r else "compiled", log=log)
         return reports
     if child.returncode > 0 and last.startswith("error: "):
-        raise train_lib.SetupError(last.removeprefix("error: "))
+        raise run_setup.SetupError(last.removeprefix("error: "))
     report = dict(
         step=PROGRAM_NAMES[program], seq_length=program_length(config, program), fits=None
     )

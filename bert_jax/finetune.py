@@ -2,7 +2,7 @@
 
 `run(config, workdir)` fine-tunes the task of `config.mode` ("finetune" and "glue_suite" are GLUE's runs of
 `config.task`; "squad", "swag", "conll") from `config.init_checkpoint` (warm_start.py) for `config.num_epochs`
-epochs (or `config.num_train_steps` steps: `train_lib.run_length`), evaluating on dev after each (or, without
+epochs (or `config.num_train_steps` steps: `run_setup.run_length`), evaluating on dev after each (or, without
 `eval_every_epoch`, after the last). As the original scripts, the run's score is the final model's dev score;
 the best epoch is recorded beside it under its own name, never in its place. The two newest models are kept
 with Orbax in WORKDIR/checkpoints (each epoch's end, and the step a SIGTERM/SIGINT stopped at: rerunning the
@@ -10,7 +10,7 @@ command resumes there, to the same result, whenever the run was killed; a damage
 finished run's final one alone; the final model writes
 the task's files (SQuAD/SWAG/CoNLL dev predictions, GLUE's leaderboard files), and WORKDIR/results.json holds
 the scores, the per-epoch history and the config. A used workdir of another run is refused unless
-`config.overwrite`. Bad input raises `train_lib.SetupError` (one line) before training. The grid over seeds
+`config.overwrite`. Bad input raises `run_setup.SetupError` (one line) before training. The grid over seeds
 and the GLUE suite are in sweep.py.
 """
 
@@ -28,9 +28,9 @@ import jax.numpy as jnp
 from absl import logging
 from etils import epath
 
-from bert_jax import optim, reporting, sharding, startup, tasks, train_lib, warm_start
+from bert_jax import optim, reporting, run_setup, sharding, startup, tasks, train_lib, warm_start
 from bert_jax.data import batching
-from bert_jax.train_lib import setup_error
+from bert_jax.run_setup import setup_error
 from bert_jax.workdir import save_tokenizer
 
 # The compact progress line: (label, metric key, format); accuracy where the task's loss counts hits.
@@ -89,7 +89,7 @@ def run(config, workdir) -> dict:
 
 
 def _run(config, workdir, setup: startup.SetupAgreement) -> dict:
-    workdir = train_lib.absolute_workdir(workdir)
+    workdir = run_setup.absolute_workdir(workdir)
 
     # ------------------------------------------------------------------------------------------------------
     # Task: the config's mode names it; a bad name (or GLUE task) fails first.
@@ -133,7 +133,7 @@ def _run(config, workdir, setup: startup.SetupAgreement) -> dict:
         )
         if steps_per_epoch == 0:
             raise ValueError(f"{num_rows} training rows < one batch of {config.global_batch_size}")
-    num_train_steps, warmup_steps = train_lib.run_length(config, steps_per_epoch)
+    num_train_steps, warmup_steps = run_setup.run_length(config, steps_per_epoch)
     # The epochs the run touches: num_epochs, or as many as num_train_steps reaches (the last one cut short).
     num_epochs = -(-num_train_steps // steps_per_epoch)
     # Weights and features are host-local work; what follows (placing the weights on the mesh, opening the
@@ -144,7 +144,7 @@ def _run(config, workdir, setup: startup.SetupAgreement) -> dict:
     # ------------------------------------------------------------------------------------------------------
     # State: model and train state, born sharded; checkpoint weights replace the fresh ones.
     # ------------------------------------------------------------------------------------------------------
-    run_fields, tx, schedule = train_lib.fine_tuning_optimizer(
+    run_fields, tx, schedule = run_setup.fine_tuning_optimizer(
         config, num_train_steps, warmup_steps
     )
     model, _, params = warm_start.initial_params(
@@ -188,12 +188,12 @@ def _run(config, workdir, setup: startup.SetupAgreement) -> dict:
     }
     stored = json.loads(json.dumps(stored, default=str))  # as checkpoints and results.json store it
     reporting.say(f"workdir {workdir}")
-    finished, ckpt, restored = train_lib.open_fine_tuning_run(
+    finished, ckpt, restored = run_setup.open_fine_tuning_run(
         workdir, stored, config.overwrite, abstract,
         safe_changes=SAFE_CHANGES, run_files=(*RUN_FILES, *task.FILES),
     )  # fmt: skip
     if finished is not None:
-        train_lib.keep_final_checkpoint(workdir)  # a run killed while it pruned them
+        run_setup.keep_final_checkpoint(workdir)  # a run killed while it pruned them
         reporting.say(
             f"{name}: already complete in {workdir}; its results.json stands "
             "(--config.overwrite=True retrains from the start)"
@@ -274,7 +274,7 @@ def _run(config, workdir, setup: startup.SetupAgreement) -> dict:
                         "files": files,
                     }  # fmt: skip
                     ckpt.save(step, state, data_state=position, config=stored, force=True)
-                    raise train_lib.Preempted(f"saved step {step} (epoch {epoch}) in {workdir}")
+                    raise run_setup.Preempted(f"saved step {step} (epoch {epoch}) in {workdir}")
             skip = 0
 
             last = epoch == num_epochs
@@ -299,7 +299,7 @@ def _run(config, workdir, setup: startup.SetupAgreement) -> dict:
             position = {"epoch": epoch + 1, "batches_done": 0, "history": history, "files": files}
             ckpt.save(step, state, data_state=position, config=stored, force=True)
             if epoch < num_epochs and preemption.agreed(step):
-                raise train_lib.Preempted(f"saved step {step} (end of epoch {epoch}) in {workdir}")
+                raise run_setup.Preempted(f"saved step {step} (end of epoch {epoch}) in {workdir}")
             window.restart()
         ckpt.wait_until_finished()
 
@@ -329,7 +329,7 @@ def _run(config, workdir, setup: startup.SetupAgreement) -> dict:
     }
     reporting.write_json(workdir / "results.json", summary)
     # Written after results.json: a run killed before it still has the older checkpoint to fall back to.
-    train_lib.keep_final_checkpoint(workdir)
+    run_setup.keep_final_checkpoint(workdir)
     reporting.say(
         f"{name} dev (final model, epoch {final['epoch']}): results in {workdir}/results.json"
     )

@@ -19,7 +19,7 @@ from pathlib import Path
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from bert_jax import configs, platforms
+from bert_jax import configs, platforms, run_setup
 
 # The exit status of a run stopped by SIGTERM (preemption, launch/stop.sh) or Ctrl-C after it saved its state:
 # sysexits.h's EX_TEMPFAIL, "try again later". Not 0, so `train && finetune` does not go on with a half-trained
@@ -162,8 +162,6 @@ def _initialize_distributed() -> None:
         return
     import jax
 
-    from bert_jax import train_lib
-
     timeout = _DISTRIBUTED_TIMEOUT.value
     joined = threading.Event()
 
@@ -184,7 +182,7 @@ def _initialize_distributed() -> None:
         )
     except (RuntimeError, ValueError) as error:
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise train_lib.SetupError(
+        raise run_setup.SetupError(
             f"joining the run at {where}: {first} (off a TPU pod slice, pass --coordinator_address, "
             "--num_processes and --process_id)"
         ) from error
@@ -199,9 +197,7 @@ def check_init_checkpoint(config, workdir: str) -> None:
     if not path or "://" in path or (Path(workdir).is_dir() and any(Path(workdir).iterdir())):
         return
     if not Path(path).exists() and not Path(f"{path}.index").exists():
-        from bert_jax import train_lib
-
-        raise train_lib.SetupError(
+        raise run_setup.SetupError(
             f"init_checkpoint: {path} does not exist; give a bert_jax workdir, a transformers directory "
             "(config.json + weights) or a TF1 checkpoint prefix (bert_model.ckpt), or leave it empty to "
             "start from random weights"
@@ -252,14 +248,14 @@ def main(argv) -> int:
 
     # The config goes to WORKDIR/config.json and TensorBoard (the loops write it), not onto the screen.
     try:
-        train_lib.check_config(config)
+        run_setup.check_config(config)
         check_init_checkpoint(config, workdir)
         _initialize_distributed()
         if config.mode == "pretrain":
             state = pretrain.run(config, workdir)
             # The loop returns after saving when a signal stopped it short of num_train_steps.
             if int(state.step) < config.num_train_steps:
-                raise train_lib.Preempted(f"saved step {int(state.step):,} in {workdir}")
+                raise run_setup.Preempted(f"saved step {int(state.step):,} in {workdir}")
         elif config.mode == "finetune":
             # One GLUE run, or with `sweep` the paper's grid over seeds: each run is finetune.run.
             sweep.run(config, workdir)
@@ -269,15 +265,15 @@ def main(argv) -> int:
             finetune.run(config, workdir)
         else:
             modes = ("pretrain", *tasks.MODES)
-            raise train_lib.SetupError(f"config.mode {config.mode!r} is not one of {modes}")
+            raise run_setup.SetupError(f"config.mode {config.mode!r} is not one of {modes}")
     except (
-        train_lib.SetupError,
+        run_setup.SetupError,
         train_lib.NonFiniteLossError,
         checkpoint.CheckpointSaveError,
         CorruptRecordError,  # met mid-run: the message names the file, the offset and the way on
     ) as error:
         sys.exit(f"error: {error}")
-    except train_lib.Preempted as stopped:
+    except run_setup.Preempted as stopped:
         sys.stderr.write(
             f"stopped: {stopped}; rerun the same command to resume (exit status {EXIT_STOPPED})\n"
         )

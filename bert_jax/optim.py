@@ -30,7 +30,7 @@ def make_schedule(
 ) -> optax.Schedule:
     """The learning rate at an optimizer-update count (reads `learning_rate` and `optimizer`).
 
-    `num_train_steps` and `warmup_steps`: the run's length and warmup in updates (`train_lib.run_length`
+    `num_train_steps` and `warmup_steps`: the run's length and warmup in updates (`run_setup.run_length`
     derives them from a recipe's epochs or fractions); not given, the config's fields of those names.
     "bert_adam": the original's formula: `lr * (1 - step / num_train_steps)`, replaced during the warmup by
     `lr * step / warmup_steps`. Otherwise: linear warmup 0 -> `lr`, then linear decay from `lr` to 0.
@@ -116,7 +116,7 @@ def make_optimizer(
     Config fields (the recipes in bert_jax/configs hold their defaults; a missing one is an error):
       learning_rate, warmup_steps, num_train_steps: the schedule (`make_schedule`), counted in optimizer
         updates (gradient accumulation happens inside the train step: one loop step is one update); the two
-        step counts may be passed as arguments instead (`train_lib.run_length`'s, e.g. from epochs).
+        step counts may be passed as arguments instead (`run_setup.run_length`'s, e.g. from epochs).
       adam_b1, adam_b2, adam_epsilon: Adam moments and epsilon (also LAMB's).
       weight_decay: decoupled decay, scaled by the learning rate, masked by `weight_decay_mask`.
       max_grad_norm: global-norm clip applied to the (accumulated) gradient; 0 disables clipping.

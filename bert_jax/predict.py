@@ -27,7 +27,7 @@ import numpy as np
 from etils import epath
 from jax.sharding import NamedSharding, PartitionSpec
 
-from bert_jax import metrics, sharding, tasks, train_lib
+from bert_jax import metrics, run_setup, sharding, tasks, train_lib
 from bert_jax import workdir as workdir_lib
 from bert_jax.data import glue
 from bert_jax.models import registry
@@ -59,7 +59,7 @@ class Classifier:
 # ----------------------------------------------------------------------------------------------------------
 def load_classifier(workdir) -> Classifier:
     """The fine-tuned model of a fine-tuning workdir. Raises PredictError for a path that is not one."""
-    workdir = train_lib.absolute_workdir(workdir)
+    workdir = run_setup.absolute_workdir(workdir)
     checkpoints = workdir / "checkpoints"
     if not workdir.is_dir():
         raise PredictError(f"--workdir={workdir}: no such directory")
@@ -266,7 +266,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         batch_size = args.batch_size or classifier.eval_batch_size
         logits = predict(classifier, text_a, text_b, batch_size)
         write_rows(output, classifier.task, prediction_rows(classifier.task, logits, index))
-    except (PredictError, train_lib.SetupError, OSError) as error:
+    except (PredictError, run_setup.SetupError, OSError) as error:
         sys.exit(f"error: {str(error).strip().splitlines()[0]}")
     print(
         f"wrote {len(index)} {classifier.task.name} predictions to {output} ({classifier.source})"

@@ -21,6 +21,7 @@ from bert_jax import (
     checkpoint,
     flops,
     reporting,
+    run_setup,
     sharding,
     startup,
     train_lib,
@@ -30,7 +31,7 @@ from bert_jax import program as program_lib
 from bert_jax.data import packing
 from bert_jax.data.loader import make_eval_batches, make_pretraining_loader
 from bert_jax.data.tfrecord import CorruptRecordError
-from bert_jax.train_lib import setup_error
+from bert_jax.run_setup import setup_error
 from bert_jax.workdir import save_tokenizer
 
 # Config fields a resumed run may change: they leave the data order, the model and the optimizer as they were.
@@ -45,7 +46,7 @@ RESUME_SAFE = (
 def check_resume(stored, config, step: int) -> None:
     """Raises ValueError when `config` cannot continue the run stored at `step` (see RESUME_SAFE); warns with
     the safe changes."""
-    breaking, safe = train_lib.config_changes(stored, config, RESUME_SAFE)
+    breaking, safe = run_setup.config_changes(stored, config, RESUME_SAFE)
     if breaking:
         raise ValueError(
             f"the config differs from the stored run's in ways that break continuation: {'; '.join(breaking)}"
@@ -111,7 +112,7 @@ def run(config, workdir: str):
 
 def _run(config, workdir: str, setup: startup.SetupAgreement):
     started = time.perf_counter()
-    workdir = train_lib.prepare_workdir(workdir)
+    workdir = run_setup.prepare_workdir(workdir)
     process_index, process_count = jax.process_index(), jax.process_count()
 
     # ------------------------------------------------------------------------------------------------------

@@ -21,7 +21,7 @@ from collections.abc import Callable
 import jax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from bert_jax import flops, optim, sharding, train_lib
+from bert_jax import flops, optim, run_setup, sharding, train_lib
 from bert_jax.data import packing
 from bert_jax.data.phases import Phase, eval_phase, pretraining_phases
 from bert_jax.models import registry
@@ -157,7 +157,7 @@ def model_config(config, vocab_size: int) -> registry.Config:
     """The model's config (`vocab_size`: the tokenizer's, taken when `model.vocab_size` is -1), checked to
     have a position for every token of every phase. Raises SetupError naming `model`."""
     train, evaluate = phases_of(config)
-    with train_lib.setup_error("model"):
+    with run_setup.setup_error("model"):
         model = train_lib.model_config(
             config.model.to_dict(),
             vocab_size=vocab_size,
@@ -201,16 +201,16 @@ def build(config, mesh: Mesh, vocab_size: int) -> Program:
     `optimizer`. The steps above are bound with `functools.partial` and jitted by `train_lib.jit_step` /
     `jit_eval`."""
     phases, evaluate = phases_of(config)
-    with train_lib.setup_error("data"):
+    with run_setup.setup_error("data"):
         check_packing(config)
     model_cfg = model_config(config, vocab_size)
-    with train_lib.setup_error("optimizer"):
+    with run_setup.setup_error("optimizer"):
         # Accumulation happens inside train_step (one loop step = one update).
-        steps, warmup = train_lib.run_length(config)
+        steps, warmup = run_setup.run_length(config)
         tx = optim.make_optimizer(config, steps, warmup)
         schedule = optim.make_schedule(config, steps, warmup)
     model = registry.build(model_cfg, head="pretraining")
-    with train_lib.setup_error("objective"):
+    with run_setup.setup_error("objective"):
         objective = registry.objective(config.objective, model)
     abstract = train_lib.abstract_state(model, tx, mesh)
     bound = functools.partial(

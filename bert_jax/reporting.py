@@ -14,7 +14,7 @@ import numpy as np
 from absl import logging
 from etils import epath
 
-from bert_jax.train_lib import flat_config
+from bert_jax.run_setup import flat_config
 
 
 class MetricWindow:

@@ -23,7 +23,7 @@ import numpy as np
 from absl import logging
 from jax.experimental import multihost_utils
 
-from bert_jax.train_lib import (
+from bert_jax.run_setup import (
     Preempted,
     SetupError,
     absolute_workdir,

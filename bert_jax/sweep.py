@@ -15,9 +15,9 @@ import numpy as np
 from absl import logging
 from etils import epath
 
-from bert_jax import finetune, metrics, reporting, train_lib
+from bert_jax import finetune, metrics, reporting, run_setup
 from bert_jax.data import glue
-from bert_jax.train_lib import setup_error
+from bert_jax.run_setup import setup_error
 
 FROM_MNLI = ("rte", "mrpc", "stsb")  # tasks the suite may start from the fine-tuned MNLI model
 
@@ -63,7 +63,7 @@ def run(config, workdir) -> dict:
     every member trains again from the start. The best single run's leaderboard files are copied
     to WORKDIR/leaderboard/. Returns the summary (with `workdir`: the run that holds the best checkpoint).
     """
-    workdir = train_lib.absolute_workdir(workdir)
+    workdir = run_setup.absolute_workdir(workdir)
     if not config.sweep:
         return finetune.run(config, workdir)
     grid = itertools.product(
@@ -125,7 +125,7 @@ def run_suite(config, workdir) -> str:
     re-initialised). Writes WORKDIR/results.json (entry -> metric -> dev value), WORKDIR/glue_table.txt and
     every task's leaderboard files into WORKDIR/leaderboard/.
     """
-    workdir = train_lib.absolute_workdir(workdir)
+    workdir = run_setup.absolute_workdir(workdir)
     with setup_error("suite_tasks"):
         tasks = [glue.get_task(t).name for t in config.suite_tasks]
         if config.suite_from_mnli and "mnli" not in tasks:

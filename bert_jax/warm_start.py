@@ -21,7 +21,7 @@ import numpy as np
 from absl import logging
 from flax import traverse_util
 
-from bert_jax import layouts, sharding, train_lib, workdir
+from bert_jax import layouts, run_setup, sharding, train_lib, workdir
 from bert_jax.data.corpus import SAMPLE_VOCAB
 from bert_jax.models import registry
 from bert_jax.models.bert_hf import CONFIG_FIELDS
@@ -107,7 +107,7 @@ def load(config, *, head: str = "classification", heads=("bert", "classifier")) 
     path = str(workdir.absolute(config.vocab_file)) if config.vocab_file else str(SAMPLE_VOCAB)
     spec = {"path": path, "do_lower_case": config.do_lower_case}
     # Named as the field it is, even inside the caller's "init_checkpoint" setup step.
-    with train_lib.setup_error("vocab_file"):
+    with run_setup.setup_error("vocab_file"):
         tokenizer = workdir.open_tokenizer(path, config.do_lower_case)
     model_config = train_lib.model_config(
         config.model.to_dict(), vocab_size=tokenizer.vocab_size, dtype=config.dtype,

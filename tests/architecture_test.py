@@ -13,7 +13,17 @@ PACKAGE = Path(__file__).resolve().parents[1] / "bert_jax"
 JAX_PACKAGES = ("jax", "jaxlib", "flax", "optax", "orbax")
 MAX_LINES = 400
 # Modules allowed past MAX_LINES, each with the reason it stands (docs/architecture.md repeats it).
-LONG_MODULES: dict[str, str] = {}
+LONG_MODULES: dict[str, str] = {
+    "bert_jax.benchmark": "bert_jax's timing and transformers' torch reference in one command; the torch "
+    "reference is the next split",
+    "bert_jax.checkpoint": "the Orbax wrapper, its manifest (checksums, finite flags) and the one "
+    "fallback-and-verify path; the manifest is the next split",
+    "bert_jax.layouts": "every checkpoint layout (transformers, TF1, workdir) read and written for two families; "
+    "RoBERTa's BPE tokenizer writer belongs in models/roberta_hf.py",
+    "bert_jax.data.loader": "the step-pure loader with its phases, packing and data-fingerprint hooks",
+    "bert_jax.data.tokenizer": "WordPiece, SentencePiece and byte-level BPE behind one interface",
+    "bert_jax.startup": "signals during start-up, host agreement with the run fingerprint, and the workdir lock",
+}
 
 
 def _modules():
@@ -143,7 +153,7 @@ def test_no_import_cycles():
 
 
 def test_trainer_library_names_no_loop_no_data_and_no_family():
-    for library in ("bert_jax.train_lib", "bert_jax.reporting"):
+    for library in ("bert_jax.train_lib", "bert_jax.run_setup", "bert_jax.reporting"):
         closure = _closure(library)
         assert not closure & LOOPS, library
         assert not [m for m in GRAPH[library] if m.startswith("bert_jax.data")], library
@@ -181,6 +191,7 @@ def test_modules_stay_short():
     for name, path in PATHS.items():
         lines = len(path.read_text().splitlines())
         if name in LONG_MODULES:
+            assert lines > MAX_LINES, f"{name} is short again: drop it from LONG_MODULES"
             continue
         assert lines <= MAX_LINES, (
             f"{path.relative_to(PACKAGE.parent)}: {lines} lines > {MAX_LINES}"

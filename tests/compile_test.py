@@ -17,7 +17,7 @@ import pytest
 from jax.sharding import NamedSharding, PartitionSpec
 
 from bert_jax import compile as compile_lib
-from bert_jax import compile_child, flops, sharding, train_lib
+from bert_jax import compile_child, flops, run_setup, sharding, train_lib
 from bert_jax.models import bert as model_lib
 
 REPO = Path(__file__).resolve().parents[1]
@@ -81,7 +81,7 @@ def test_a_missing_libtpu_is_one_line(monkeypatch):
         importlib.util, "find_spec", lambda n, *a: None if n == "libtpu" else find_spec(n, *a)
     )
     with pytest.raises(
-        train_lib.SetupError, match=r"^libtpu is not installed; .*pip install 'bert_jax\[tpu\]'"
+        run_setup.SetupError, match=r"^libtpu is not installed; .*pip install 'bert_jax\[tpu\]'"
     ):
         compile_lib.topology_devices(compile_lib.parse_topology("v5e-8"))
 

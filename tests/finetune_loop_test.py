@@ -9,10 +9,10 @@ import typing
 import pytest
 import task_fixtures
 
-from bert_jax import finetune, sharding, tasks, train_lib, warm_start
+from bert_jax import finetune, run_setup, sharding, tasks, train_lib, warm_start
 from bert_jax.configs import conll as conll_config
 from bert_jax.configs import glue as glue_config
-from bert_jax.train_lib import SetupError
+from bert_jax.run_setup import SetupError
 
 
 def _conll_config(tmp_path, **overrides):
@@ -77,7 +77,7 @@ def test_handlers_restored_and_batches_prefetched_to_the_devices(tmp_path, monke
 
         # A preempted run restores them too.
         monkeypatch.setattr(train_lib.Preemption, "agreed", lambda self, step: step == 1)
-        with pytest.raises(train_lib.Preempted, match=r"saved step 1 \(epoch 1\)"):
+        with pytest.raises(run_setup.Preempted, match=r"saved step 1 \(epoch 1\)"):
             finetune.run(_conll_config(tmp_path), tmp_path / "cut")
         assert signal.getsignal(signal.SIGINT) is sentinel
         assert signal.getsignal(signal.SIGTERM) is sentinel

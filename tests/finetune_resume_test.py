@@ -11,8 +11,8 @@ import pytest
 from etils import epath
 from finetune_test import tiny_config, write_sst2_rule
 
-from bert_jax import checkpoint, finetune, sharding, train_lib
-from bert_jax.train_lib import SetupError
+from bert_jax import checkpoint, finetune, run_setup, sharding, train_lib
+from bert_jax.run_setup import SetupError
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +41,7 @@ def test_preempted_run_resumes_to_the_same_result(sst2, tmp_path, monkeypatch):
     # SIGTERM agreed at step 13 (mid epoch 2 of 10-step epochs): the run saves and stops.
     agreed = train_lib.Preemption.agreed
     monkeypatch.setattr(train_lib.Preemption, "agreed", lambda self, step: step == 13)
-    with pytest.raises(train_lib.Preempted, match="saved step 13 \\(epoch 2\\)"):
+    with pytest.raises(run_setup.Preempted, match="saved step 13 \\(epoch 2\\)"):
         finetune.run(config_for(sst2), tmp_path / "cut")
     assert not (tmp_path / "cut" / "results.json").exists()
     monkeypatch.setattr(train_lib.Preemption, "agreed", agreed)
@@ -100,7 +100,7 @@ def test_used_workdir_finished_refused_or_overwritten(sst2, tmp_path, monkeypatc
 
 def test_reuse_workdir_without_checkpoints(tmp_path):
     # The rule both fine-tuning loops use, on results.json alone (no checkpoint to read).
-    reuse = lambda stored, overwrite=False: train_lib.reuse_workdir(
+    reuse = lambda stored, overwrite=False: run_setup.reuse_workdir(
         workdir, stored, overwrite, safe_changes=("log_every_steps",),
         run_files=("results.json", "metrics.jsonl"),
     )  # fmt: skip
@@ -119,7 +119,7 @@ def test_reuse_workdir_without_checkpoints(tmp_path):
 
 
 def _reuse(workdir, stored, overwrite=False):
-    return train_lib.reuse_workdir(
+    return run_setup.reuse_workdir(
         epath.Path(workdir), stored, overwrite, safe_changes=("log_every_steps",),
         run_files=("checkpoints", "results.json", "metrics.jsonl"),
     )  # fmt: skip
@@ -179,7 +179,7 @@ def test_a_damaged_newest_checkpoint_falls_back_to_the_one_before(tmp_path, capl
 
     stored = {"lr": 1}
     ckpt = checkpoint.Checkpointer(
-        str(tmp_path / "checkpoints"), keep=train_lib.FINE_TUNING_KEEP, save_interval_steps=1
+        str(tmp_path / "checkpoints"), keep=run_setup.FINE_TUNING_KEEP, save_interval_steps=1
     )
     for step in (10, 20, 30):
         ckpt.save(step, _state(mesh, step), data_state={"epoch": step // 10}, config=stored)
@@ -190,7 +190,7 @@ def test_a_damaged_newest_checkpoint_falls_back_to_the_one_before(tmp_path, capl
     data["checksums"] = {k: (v + 1) % 2**32 for k, v in data["checksums"].items()}
     manifest.write_text(json.dumps(data))
 
-    _, ckpt, (restored, position) = train_lib.open_fine_tuning_run(
+    _, ckpt, (restored, position) = run_setup.open_fine_tuning_run(
         epath.Path(tmp_path), stored, False, _abstract(mesh),
         safe_changes=(), run_files=("checkpoints",),
     )  # fmt: skip

@@ -15,11 +15,11 @@ import tensorflow_datasets as tfds
 import torch
 import transformers
 
-from bert_jax import checkpoint, finetune, tasks, train_lib, warm_start
+from bert_jax import checkpoint, finetune, run_setup, tasks, train_lib, warm_start
 from bert_jax.configs import conll as conll_config
 from bert_jax.configs import squad as squad_config
 from bert_jax.configs import swag as swag_config
-from bert_jax.train_lib import SetupError
+from bert_jax.run_setup import SetupError
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -260,7 +260,7 @@ def test_preempted_task_run_resumes_to_the_same_result(tmp_path, monkeypatch):
     # SIGTERM agreed at step 13 (mid epoch 2 of 10-step epochs): the run saves and stops.
     agreed = train_lib.Preemption.agreed
     monkeypatch.setattr(train_lib.Preemption, "agreed", lambda self, step: step == 13)
-    with pytest.raises(train_lib.Preempted, match=r"saved step 13 \(epoch 2\)"):
+    with pytest.raises(run_setup.Preempted, match=r"saved step 13 \(epoch 2\)"):
         finetune.run(config(), tmp_path / "cut")
     assert not (tmp_path / "cut" / "results.json").exists()
     monkeypatch.setattr(train_lib.Preemption, "agreed", agreed)

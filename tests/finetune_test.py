@@ -31,7 +31,7 @@ from bert_jax.configs import glue as glue_config
 from bert_jax.data import glue
 from bert_jax.data.corpus import SAMPLE_VOCAB
 from bert_jax.models.bert import BertConfig, build_model, init_params
-from bert_jax.train_lib import SetupError
+from bert_jax.run_setup import SetupError
 
 REPO = Path(finetune.__file__).parents[1]
 

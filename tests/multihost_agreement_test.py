@@ -40,7 +40,7 @@ fields = {{"num_train_steps": 4, "mesh_shape": (2, 2, 2), "eval_every_steps": 0,
 config = pretrain_test.tiny_config(**{{**fields, **(overrides if process_id == 1 else {{}})}})
 try:
     pretrain.run(config, workdir)
-except train_lib.SetupError as error:
+except run_setup.SetupError as error:
     sys.exit(f"error: {{error}}")
 print("trained", flush=True)
 """
@@ -68,7 +68,7 @@ fields = {{"task": "sst2", "data_dir": root + "/glue", "vocab_file": root + "/vo
 config = finetune_test.tiny_config(**{{**fields, **(overrides if process_id == 1 else {{}})}})
 try:
     finetune.run(config, workdir)
-except train_lib.SetupError as error:
+except run_setup.SetupError as error:
     sys.exit(f"error: {{error}}")
 print("trained", flush=True)
 """

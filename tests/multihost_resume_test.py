@@ -32,6 +32,7 @@ jax.distributed.initialize(f"localhost:{{port}}", 2, process_id, initialization_
                            heartbeat_timeout_seconds=30)
 import pretrain_test
 from bert_jax import pretrain, train_lib
+from bert_jax import run_setup
 if process_id == fail_on:
     def broken(*args, **kwargs):
         raise ValueError("no such file: /missing/on/this/host")
@@ -43,7 +44,7 @@ config = pretrain_test.tiny_config(
     "data.phase2_fraction": 0.0}})
 try:
     pretrain.run(config, workdir)
-except train_lib.SetupError as error:
+except run_setup.SetupError as error:
     sys.exit(f"error: {{error}}")
 """
 

@@ -12,7 +12,7 @@ import jax
 import numpy as np
 import pytest
 
-from bert_jax import benchmark, gpu_matrix, pretrain, sharding, train_lib
+from bert_jax import benchmark, gpu_matrix, pretrain, run_setup, sharding
 from bert_jax.configs import bert_tiny
 from bert_jax.data.phases import Phase
 from bert_jax.models import registry
@@ -190,7 +190,7 @@ def test_matrix_dry_run_writes_the_table(tmp_path):
 def test_impossible_attention_impl_stops_the_trainer_with_one_line(tmp_path, impl, message):
     config = bert_tiny.get_config()
     config.model.attention_impl = impl
-    with pytest.raises(train_lib.SetupError) as error:
+    with pytest.raises(run_setup.SetupError) as error:
         pretrain.run(config, str(tmp_path))
     assert str(error.value).startswith(message) and "\n" not in str(error.value)
     assert not (tmp_path / "metrics.jsonl").exists()

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from bert_jax import platforms
+from bert_jax import platforms, run_setup
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -97,9 +97,8 @@ def test_a_failed_join_is_one_line(monkeypatch):
         raise RuntimeError("Failed to detect the cluster\nmore")
 
     monkeypatch.setattr(jax.distributed, "initialize", fail)
-    from bert_jax import train_lib
 
-    with pytest.raises(train_lib.SetupError) as error:
+    with pytest.raises(run_setup.SetupError) as error:
         main._initialize_distributed()
     assert str(error.value) == (
         "joining the run at the TPU metadata's coordinator (2 hosts): Failed to detect the cluster "

@@ -7,7 +7,7 @@ import jax
 import pytest
 
 from bert_jax import compile as compile_lib
-from bert_jax import flops, pretrain, train_lib
+from bert_jax import flops, pretrain, run_setup, train_lib
 from bert_jax import program as program_lib
 from bert_jax.configs import bert_tiny
 from bert_jax.data.phases import Phase
@@ -105,6 +105,6 @@ def test_a_phase_longer_than_the_positions_is_a_model_setup_error():
     config = _config()
     config.data.phase2_seq_length = 128
     with pytest.raises(
-        train_lib.SetupError, match=r"^model: seq_length 128 > max_position_embeddings 64$"
+        run_setup.SetupError, match=r"^model: seq_length 128 > max_position_embeddings 64$"
     ):
         program_lib.model_config(config, 1000)

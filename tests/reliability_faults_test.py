@@ -18,7 +18,7 @@ import pytest
 from checkpoint_test import _abstract, _state
 from pretrain_test import tiny_config
 
-from bert_jax import checkpoint, pretrain, reporting, sharding, startup, train_lib
+from bert_jax import checkpoint, pretrain, reporting, run_setup, sharding, startup, train_lib
 from bert_jax.configs.pretraining import data_config
 from bert_jax.data import corpus as corpus_lib
 from bert_jax.data import loader as loader_lib
@@ -75,7 +75,7 @@ def test_a_lock_whose_pid_was_reused_or_whose_host_rebooted_is_taken_over(tmp_pa
             {"host": here, "pid": live, "started": started, "boot_id": boot, "heartbeat": now}
         )
     )
-    with pytest.raises(train_lib.SetupError, match=f"in use by pid {live} on {here}"):
+    with pytest.raises(run_setup.SetupError, match=f"in use by pid {live} on {here}"):
         startup.WorkdirLock(tmp_path, process_index=0).__enter__()
     # A lock cut short while written: one line saying so, not "no heartbeat for 1796571369 s".
     (tmp_path / "run.lock").write_text('{"host": "ab')
@@ -323,7 +323,7 @@ def test_a_signal_while_restoring_stops_before_the_first_step():
         startup.EarlySignals().install()
         os.kill(os.getpid(), signal.SIGTERM)  # after the setup agreement, during the restore
         preemption = train_lib.Preemption(check_every=10)
-        with pytest.raises(train_lib.Preempted, match="before the first step"):
+        with pytest.raises(run_setup.Preempted, match="before the first step"):
             preemption.stop_before_first_step()
         preemption.restore()
     finally:

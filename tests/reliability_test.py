@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 from checkpoint_test import _abstract, _leaves, _state
 
-from bert_jax import checkpoint, pretrain, reporting, sharding, startup, train_lib
+from bert_jax import checkpoint, pretrain, reporting, run_setup, sharding, startup, train_lib
 from bert_jax.configs.pretraining import data_config
 from bert_jax.data import loader as loader_lib
 
@@ -169,7 +169,7 @@ def test_a_live_workdir_is_refused_and_a_stale_lock_taken_over(tmp_path, caplog)
     with startup.WorkdirLock(tmp_path, process_index=0):
         held = json.loads((tmp_path / "run.lock").read_text())
         assert held["pid"] == os.getpid() and held["host"] == socket.gethostname()
-        with pytest.raises(train_lib.SetupError) as error:
+        with pytest.raises(run_setup.SetupError) as error:
             startup.WorkdirLock(tmp_path, process_index=0).__enter__()
         assert str(error.value).startswith(
             f"workdir {tmp_path}: FileExistsError: in use by pid {os.getpid()} on {socket.gethostname()}"
@@ -190,24 +190,24 @@ def test_a_live_workdir_is_refused_and_a_stale_lock_taken_over(tmp_path, caplog)
     (tmp_path / "run.lock").write_text(
         json.dumps({"host": "elsewhere", "pid": 1, "heartbeat": time.time()})
     )
-    with pytest.raises(train_lib.SetupError, match="in use by pid 1 on elsewhere"):
+    with pytest.raises(run_setup.SetupError, match="in use by pid 1 on elsewhere"):
         startup.WorkdirLock(tmp_path, process_index=0).__enter__()
 
 
 def test_an_unusable_workdir_is_one_line(tmp_path, monkeypatch):
     (tmp_path / "file").write_text("")
-    with pytest.raises(train_lib.SetupError) as error:
+    with pytest.raises(run_setup.SetupError) as error:
         startup.WorkdirLock(tmp_path / "file" / "run", process_index=0).__enter__()
     message = str(error.value)
     assert message.startswith("workdir: ") and f"{tmp_path}/file" in message and "\n" not in message
     monkeypatch.setattr(startup.importlib.util, "find_spec", lambda name: None)
-    with pytest.raises(train_lib.SetupError) as error:
+    with pytest.raises(run_setup.SetupError) as error:
         startup.WorkdirLock("gs://bucket/run", process_index=0).__enter__()
     assert str(error.value) == (
         "workdir gs://bucket/run: gs:// needs gcsfs (pip install gcsfs, or bert_jax's [tpu] extra)"
     )
     start = time.monotonic()
-    with pytest.raises(train_lib.SetupError, match=r"^workdir gs://x: no answer within 0 s"):
+    with pytest.raises(run_setup.SetupError, match=r"^workdir gs://x: no answer within 0 s"):
         startup.bounded("workdir gs://x", lambda: time.sleep(5), timeout_s=0.3)
     assert time.monotonic() - start < 2
     calls = []
@@ -216,7 +216,7 @@ def test_an_unusable_workdir_is_one_line(tmp_path, monkeypatch):
         calls.append(1)
         raise ConnectionError("503 Service Unavailable\ndetails...")
 
-    with pytest.raises(train_lib.SetupError) as error:
+    with pytest.raises(run_setup.SetupError) as error:
         startup.bounded("workdir gs://x", flaky, attempts=2, timeout_s=5)
     assert (
         str(error.value) == "workdir gs://x: ConnectionError: 503 Service Unavailable"
@@ -234,7 +234,7 @@ def test_a_signal_during_start_up_stops_at_the_setup_agreement():
         startup.SetupAgreement().reach()  # no signal yet: setup goes on
         os.kill(os.getpid(), signal.SIGTERM)
         assert early.received == [signal.SIGTERM]
-        with pytest.raises(train_lib.Preempted, match="signal arrived during start-up"):
+        with pytest.raises(run_setup.Preempted, match="signal arrived during start-up"):
             startup.SetupAgreement().reach()
         # A loop's handler installed after the agreement inherits it, and restores it afterwards.
         preemption = train_lib.Preemption(check_every=1)

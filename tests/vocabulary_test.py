@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import task_fixtures
 
-from bert_jax import configs, finetune, pretrain, train_lib, workdir
+from bert_jax import configs, finetune, pretrain, run_setup, workdir
 from bert_jax.configs import (
     bert_base,
     bert_large,
@@ -47,7 +47,7 @@ VOCABULARY = (
 
 
 def _flat(config):
-    return train_lib.flat_config(config)
+    return run_setup.flat_config(config)
 
 
 @pytest.mark.parametrize("name", [*PRETRAINING, *FINE_TUNING])
@@ -94,14 +94,14 @@ def test_no_recipe_is_built_by_deleting_fields():
 
 
 def test_run_length_of_both_loops():
-    assert train_lib.run_length(bert_base.get_config()) == (1_000_000, 10_000)
-    assert train_lib.run_length(glue.get_config(), steps_per_epoch=115) == (345, 34)
+    assert run_setup.run_length(bert_base.get_config()) == (1_000_000, 10_000)
+    assert run_setup.run_length(glue.get_config(), steps_per_epoch=115) == (345, 34)
     steps = glue.get_config()
     steps.num_epochs, steps.num_train_steps = None, 50
-    assert train_lib.run_length(steps, steps_per_epoch=115) == (50, 5)
+    assert run_setup.run_length(steps, steps_per_epoch=115) == (50, 5)
     fraction = bert_tiny.get_config()
     fraction.warmup_steps, fraction.warmup_fraction = None, 0.25
-    assert train_lib.run_length(fraction) == (800, 200)
+    assert run_setup.run_length(fraction) == (800, 200)
 
 
 @pytest.mark.parametrize(
@@ -116,11 +116,11 @@ def test_run_length_of_both_loops():
 def test_exactly_one_of_each_pair_is_one_line(changes, message):
     config = glue.get_config("tiny")
     config.update(changes)
-    with pytest.raises(train_lib.SetupError) as check:
-        train_lib.check_config(config)
+    with pytest.raises(run_setup.SetupError) as check:
+        run_setup.check_config(config)
     assert str(check.value) == message
-    with pytest.raises(train_lib.SetupError) as run:
-        train_lib.run_length(config, steps_per_epoch=4)
+    with pytest.raises(run_setup.SetupError) as run:
+        run_setup.run_length(config, steps_per_epoch=4)
     assert str(run.value) == message
 
 
@@ -128,15 +128,15 @@ def test_pretraining_has_no_epochs():
     config = bert_tiny.get_config()
     config.num_train_steps, config.num_epochs = None, 3
     message = "num_epochs: pretraining streams have no epochs; set num_train_steps instead"
-    for check in (train_lib.check_config, train_lib.run_length):
-        with pytest.raises(train_lib.SetupError) as error:
+    for check in (run_setup.check_config, run_setup.run_length):
+        with pytest.raises(run_setup.SetupError) as error:
             check(config)
         assert str(error.value) == message
 
 
 # An old fine-tuning run's stored config (the previous release's names), as results.json keeps it.
 def _old_fine_tuning_fields(config, num_train_steps, warmup_steps):
-    new, _, _ = train_lib.fine_tuning_optimizer(config, num_train_steps, warmup_steps)
+    new, _, _ = run_setup.fine_tuning_optimizer(config, num_train_steps, warmup_steps)
     old = {k: v for k, v in new.items() if k != "global_batch_size"}
     return json.loads(
         json.dumps({**old, "batch_size": config.global_batch_size, "dropout": 0.1})
@@ -150,7 +150,7 @@ def test_an_old_stored_config_is_read_through_the_renames(tmp_path):
     assert translated["global_batch_size"] == 16 and "batch_size" not in translated
     assert "dropout" not in translated and translated["model"]["hidden_dropout_prob"] == 0.1
     assert old["batch_size"] == 16  # the stored dict itself is left as it was
-    assert train_lib.config_changes(old, json.loads(json.dumps(new)), ()) == ([], [])
+    assert run_setup.config_changes(old, json.loads(json.dumps(new)), ()) == ([], [])
     # A pretraining run of the previous release named its tokenizer under data.
     pre = json.loads(json.dumps(bert_tiny.get_config().to_dict()))
     data = {**pre["data"], "vocab_file": "/corpus/vocab.txt", "do_lower_case": False}
@@ -160,7 +160,7 @@ def test_an_old_stored_config_is_read_through_the_renames(tmp_path):
     current = bert_tiny.get_config()
     current.update(vocab_file="/corpus/vocab.txt", do_lower_case=False)
     pretrain.check_resume(old_pre, current, step=10)
-    assert train_lib.config_changes(old_pre, current, ()) == ([], [])
+    assert run_setup.config_changes(old_pre, current, ()) == ([], [])
 
 
 def test_an_old_finished_fine_tuning_workdir_is_reported_not_refused(tmp_path):
@@ -169,8 +169,8 @@ def test_an_old_finished_fine_tuning_workdir_is_reported_not_refused(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps(old))
     results = {"task": "mrpc", "score": 0.75, "config": old}
     (tmp_path / "results.json").write_text(json.dumps(results))
-    finished = train_lib.reuse_workdir(
-        train_lib.absolute_workdir(tmp_path), json.loads(json.dumps(new)), False,
+    finished = run_setup.reuse_workdir(
+        run_setup.absolute_workdir(tmp_path), json.loads(json.dumps(new)), False,
         safe_changes=finetune.SAFE_CHANGES, run_files=finetune.RUN_FILES,
     )  # fmt: skip
     assert finished == {**results, "workdir": str(tmp_path)}
@@ -246,7 +246,7 @@ def test_one_field_of_a_pair_on_the_command_line_unsets_the_other():
         "main.unset_other_of_pair(c, ['--config.num_train_steps=7'])\n"
         "p = bert_tiny.get_config(); p.warmup_fraction = 0.5\n"
         "main.unset_other_of_pair(p, ['--config.warmup_fraction=0.5'])\n"
-        "print((c.num_epochs, train_lib.run_length(c, 3), p.warmup_steps, train_lib.run_length(p)))\n"
+        "print((c.num_epochs, run_setup.run_length(c, 3), p.warmup_steps, run_setup.run_length(p)))\n"
     )
     out = _python(code)
     assert out.returncode == 0, out.stderr

@@ -20,8 +20,8 @@ from bert_jax.configs import glue as glue_config
 from bert_jax.configs import squad as squad_config
 from bert_jax.configs import swag as swag_config
 from bert_jax.data.corpus import SAMPLE_VOCAB
+from bert_jax.run_setup import SetupError
 from bert_jax.tasks import conll, squad, swag
-from bert_jax.train_lib import SetupError
 
 # A tiny pretraining run, its three exports and a short fine-tune each take seconds to tens of seconds of CPU.
 pytestmark = pytest.mark.slow

@@ -24,7 +24,7 @@ BASES = {
 }
 
 # Every recipe gives its run length and its warmup one of two ways: exactly one field of each pair is set
-# (`train_lib.run_length` turns them into steps). A command-line override of one field unsets the other.
+# (`run_setup.run_length` turns them into steps). A command-line override of one field unsets the other.
 ONE_OF = (("num_train_steps", "num_epochs"), ("warmup_steps", "warmup_fraction"))
 
 # Field names of the previous release -> the fields that replaced them (one vocabulary for pretraining and
