@@ -114,6 +114,11 @@ def under_mesh(fn, mesh: Mesh, rules=LOGICAL_AXIS_RULES):
         with logical_rules(mesh, rules):
             return fn(*args, **kwargs)
 
+    # The compiled module keeps the step's own name (jit_train_step), which profiles and HLO dumps are found by;
+    # a functools.partial has no name of its own, so take its function's.
+    name = getattr(fn, "__name__", None) or getattr(getattr(fn, "func", None), "__name__", None)
+    if name:
+        traced_under_mesh.__name__ = traced_under_mesh.__qualname__ = name
     return traced_under_mesh
 
 

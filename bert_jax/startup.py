@@ -198,6 +198,9 @@ def agreed_setup(config=None):
     """`with agreed_setup(config) as setup:` around a loop, which calls `setup.reach()` before its first
     collective (creating or restoring the state). An exception before that is agreed as a setup failure; with
     `config`, the processes' fingerprints are compared there too."""
+    global _AGREED
+    # A new run in this process (a sweep's next member, a test) starts before its own agreement.
+    _AGREED = False
     setup = SetupAgreement(config)
     try:
         yield setup

@@ -272,6 +272,8 @@ def test_a_signal_during_start_up_says_what_will_happen(monkeypatch, caplog):
     from bert_jax import startup
 
     early = startup.EarlySignals()
+    # Before the setup agreement (an earlier run in this process may have passed its own).
+    monkeypatch.setattr(startup, "_AGREED", False)
     with caplog.at_level(logging.WARNING):
         early(signal.SIGTERM, None)
         # Past the setup agreement (a resuming run restoring its state) the loop trains one step and saves.

@@ -187,7 +187,7 @@ def test_a_moved_fine_tuning_workdir_with_a_relative_vocab_predicts_converts_and
         (
             "vocab_file",
             "binary.txt",
-            r"^vocab_file: /.*/binary.txt: not a WordPiece vocab.txt \(byte 0 is not UTF-8 text\); give",
+            r"^vocab_file: /.*/binary.txt: not a WordPiece vocab.txt \(byte \d+ is not UTF-8 text\); give",
         ),
     ],
 )
