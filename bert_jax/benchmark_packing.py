@@ -1,4 +1,4 @@
-"""The CPU benchmark's packed phase-2 step (issue 20 item 6): real tokens per second, packed vs unpacked.
+"""The CPU benchmark's packed phase-2 step: real tokens per second, packed vs unpacked.
 
     nice -n 15 python -m bert_jax.benchmark_packing --model=tiny --seq_length=512 --batch_size=64 \\
         --max_predictions=80 --steps=3

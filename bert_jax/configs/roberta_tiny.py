@@ -1,6 +1,6 @@
 """RoBERTa-Tiny: L2/H128/A2, FFN 512, the RoBERTa recipe (roberta_base.py) shrunk to a CPU's budget, as
 bert_tiny.py (whose 800 steps take ~3 minutes on an idle 2-core CPU). Not run by the entry point yet: the
-pretraining loop does not build the roberta family's data (issue 22).
+pretraining loop does not build the roberta family's data.
 
 Everything but the size and the schedule is the paper's: MLM alone, dynamic masking, 512-token FULL-SENTENCES
 inputs, AdamW with beta2 0.98. `model.vocab_size = -1` takes the byte-level BPE's size.

@@ -1,4 +1,4 @@
-"""Padding fractions before and after packing, for the corpora issue 20 names.
+"""Padding fractions before and after packing, for three kinds of corpus.
 
 * the bundled corpus through the real loader, phase 1 (128) and phase 2 (512);
 * Wikipedia-like documents at 512: a synthetic tokenized corpus whose documents have lognormal
