@@ -136,42 +136,59 @@ def hf_to_flat_params(
 
     Raises ValueError naming the tensor for a name that is not a parameter of this BERT config.
     """
-    names = name_map(config.num_layers)
-    flat, ignored = {}, []
+    return rename_from_hf(
+        state, config, source, prefix="bert.", names=name_map(config.num_layers), ignored=_IGNORED,
+        family="BERT",
+    )  # fmt: skip
+
+
+def rename_from_hf(state, config, source: str, *, prefix: str, names, ignored, family: str):
+    """A family's transformers tensors -> ({'bert/...': array}, ignored names): `prefix` is the encoder's
+    ("bert.", "roberta."), `names` the family's name map, `ignored` the tensors that are not parameters."""
+    flat, skipped = {}, []
     for name, value in state.items():
-        short = name.removeprefix("bert.")
+        short = name.removeprefix(prefix)
         # Checkpoints converted from TensorFlow name LayerNorm parameters gamma/beta.
         short = re.sub(r"LayerNorm\.gamma$", "LayerNorm.weight", short)
         short = re.sub(r"LayerNorm\.beta$", "LayerNorm.bias", short)
-        if _IGNORED.match(short):
-            ignored.append(name)
+        if ignored.match(short):
+            skipped.append(name)
             continue
         if short not in names:
             layer = re.match(r"encoder\.layer\.(\d+)\.", short)
             why = (
                 f"layer {layer.group(1)} but config.json has {config.num_layers} layers"
                 if layer
-                else "not a BERT parameter"
+                else f"not a {family} parameter"
             )
             raise ValueError(f"{source}: unknown parameter {name!r} ({why})")
         path, kind = names[short]
         flat[path] = _to_jax(kind, np.asarray(value), config)
-    return flat, ignored
+    return flat, skipped
 
 
 def flat_params_to_hf(params, config: BertConfig, head: str) -> dict[str, np.ndarray]:
     """bert_jax parameters (nested dict) -> a transformers state dict for the matching Bert* class."""
+    return rename_to_hf(
+        params, head, prefix="bert.", names=name_map(config.num_layers),
+        head_prefixes=("cls.", "classifier.", "qa_outputs."),
+    )  # fmt: skip
+
+
+def rename_to_hf(params, head: str, *, prefix: str, names, head_prefixes) -> dict[str, np.ndarray]:
+    """bert_jax parameters -> a family's transformers state dict: encoder names under `prefix` (none for the
+    bare encoder), the heads' (`head_prefixes`) at the top."""
     flat = traverse_util.flatten_dict(nn.unbox(params), sep="/")
     if (
         head == "none"
-    ):  # the bare encoder's tree has no "bert/" level; transformers' BertModel no prefix
+    ):  # the bare encoder's tree has no "bert/" level; transformers' bare model no prefix
         flat = {f"bert/{k}": v for k, v in flat.items()}
-    prefix = "" if head == "none" else "bert."
-    by_path = {ours: (hf, kind) for hf, (ours, kind) in name_map(config.num_layers).items()}
+    prefix = "" if head == "none" else prefix
+    by_path = {ours: (hf, kind) for hf, (ours, kind) in names.items()}
     out = {}
     for path, value in flat.items():
         hf, kind = by_path[path]
-        name = hf if hf.startswith(("cls.", "classifier.", "qa_outputs.")) else prefix + hf
+        name = hf if hf.startswith(head_prefixes) else prefix + hf
         out[name] = np.asarray(_to_torch_layout(kind, np.asarray(value, np.float32)))
     return out
 

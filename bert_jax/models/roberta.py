@@ -65,14 +65,18 @@ def position_ids(input_ids: jax.Array, pad_token_id: int) -> jax.Array:
 class RobertaEmbeddings(bert.Embeddings):
     """BERT's embeddings, with positions numbered from the token ids (padding-aware)."""
 
-    def __call__(self, input_ids, token_type_ids, deterministic: bool):
+    def __call__(self, input_ids, token_type_ids, deterministic: bool, positions=None):
         cfg = self.config
         if input_ids.shape[1] > cfg.max_length:
             raise ValueError(
                 f"sequence length {input_ids.shape[1]} exceeds {cfg.max_length} "
                 f"(max_position_embeddings {cfg.max_position_embeddings} past pad_token_id {cfg.pad_token_id})"
             )
-        ids = position_ids(input_ids, cfg.pad_token_id)
+        # Packed rows give each sequence's positions from 0; RoBERTa numbers them past the padding id.
+        if positions is None:
+            ids = position_ids(input_ids, cfg.pad_token_id)
+        else:
+            ids = positions + cfg.pad_token_id + 1
         return super().__call__(input_ids, token_type_ids, deterministic, position_ids=ids)
 
 

@@ -10,9 +10,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 
-import flax.linen as nn
 import numpy as np
-from flax import traverse_util
 
 from bert_jax.models import bert_hf
 from bert_jax.models.bert_hf import read_state_dict  # noqa: F401 -- the same files as BERT's
@@ -73,41 +71,21 @@ def hf_to_flat_params(
 
     Raises ValueError naming the tensor for a name that is not a parameter of this RoBERTa config.
     """
-    names = name_map(config.num_layers)
-    flat, ignored = {}, []
-    for name, value in state.items():
-        short = name.removeprefix("roberta.")
-        if _IGNORED.search(short):
-            ignored.append(name)
-            continue
-        if short not in names:
-            layer = re.match(r"encoder\.layer\.(\d+)\.", short)
-            why = (
-                f"layer {layer.group(1)} but config.json has {config.num_layers} layers"
-                if layer
-                else "not a RoBERTa parameter"
-            )
-            raise ValueError(f"{source}: unknown parameter {name!r} ({why})")
-        path, kind = names[short]
-        flat[path] = bert_hf._to_jax(kind, np.asarray(value), config)
-    return flat, ignored
+    return bert_hf.rename_from_hf(
+        state, config, source, prefix="roberta.", names=name_map(config.num_layers), ignored=_IGNORED,
+        family="RoBERTa",
+    )  # fmt: skip
 
 
 def flat_params_to_hf(params, config: RobertaConfig, head: str) -> dict[str, np.ndarray]:
     """bert_jax parameters (nested dict) -> a transformers state dict for the matching Roberta* class."""
-    flat = traverse_util.flatten_dict(nn.unbox(params), sep="/")
-    if (
-        head == "none"
-    ):  # the bare encoder's tree has no "bert/" level; transformers' RobertaModel no prefix
-        flat = {f"bert/{k}": v for k, v in flat.items()}
-    prefix = "" if head == "none" else "roberta."
-    by_path = {ours: (hf, kind) for hf, (ours, kind) in name_map(config.num_layers).items()}
-    out = {}
-    for path, value in flat.items():
-        hf, kind = by_path[path]
-        name = hf if hf.startswith(_HEAD_PREFIXES) else prefix + hf
-        out[name] = np.asarray(bert_hf._to_torch_layout(kind, np.asarray(value, np.float32)))
-    return out
+    return bert_hf.rename_to_hf(
+        params,
+        head,
+        prefix="roberta.",
+        names=name_map(config.num_layers),
+        head_prefixes=_HEAD_PREFIXES,
+    )
 
 
 def config_from_hf(hf_config: Mapping, path: str = "config.json", **overrides) -> RobertaConfig:
