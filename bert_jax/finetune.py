@@ -54,15 +54,19 @@ def _checkpoint_labels(path: str) -> list[str] | None:
     return [id2label[k] for k in sorted(id2label, key=int)] or None
 
 
-def train_step(state, batch, rng, *, task, model, tx, schedule):
-    """One optimizer update on the task's loss; a non-finite loss or gradient leaves the state as it was."""
+def train_step(state, batch, rng, *, task, model, tx, schedule, grad_accum_steps: int = 1):
+    """One optimizer update on the task's loss, over `grad_accum_steps` micro-batches
+    (`train_lib.accumulate_gradients`); a non-finite loss or gradient leaves the state as it was."""
     rng = jax.random.fold_in(rng, state.step)
 
-    def objective(params):
-        sums = task.loss_sums(task.forward(model, params, batch, rng, deterministic=False), batch)
+    def objective(params, micro_batch, micro_rng):
+        outputs = task.forward(model, params, micro_batch, micro_rng, deterministic=False)
+        sums = task.loss_sums(outputs, micro_batch)
         return sums["loss_sum"] / jnp.maximum(sums["weight_sum"], 1e-5), sums
 
-    (loss, sums), grads = jax.value_and_grad(objective, has_aux=True)(state.params)
+    (loss, sums), grads = train_lib.accumulate_gradients(
+        objective, state.params, batch, rng, grad_accum_steps
+    )
     return train_lib.guarded_update(state, grads, loss, tx, schedule, sums)
 
 
@@ -103,10 +107,12 @@ def _run(config, workdir, setup: startup.SetupAgreement) -> dict:
     # ------------------------------------------------------------------------------------------------------
     # Mesh.
     # ------------------------------------------------------------------------------------------------------
+    # The training batch also splits into grad_accum_steps micro-batches; eval batches only over the shards.
     mesh = train_lib.make_mesh(
-        config.mesh_shape,
-        {"global_batch_size": config.global_batch_size, "eval_batch_size": config.eval_batch_size},
+        config.mesh_shape, {"global_batch_size": config.global_batch_size}, config.grad_accum_steps
     )
+    with run_setup.setup_error("eval_batch_size"):
+        sharding.check_batch_divisible(config.eval_batch_size, mesh, process_count)
     # Data files next, so a missing or malformed file fails before any weights are loaded.
     with setup_error("data"):
         raw = task.read(config)
@@ -162,7 +168,14 @@ def _run(config, workdir, setup: startup.SetupAgreement) -> dict:
     # Steps, jitted with explicit shardings; the state is donated.
     # ------------------------------------------------------------------------------------------------------
     p_train_step = train_lib.jit_step(
-        functools.partial(train_step, task=task, model=model, tx=tx, schedule=schedule),
+        functools.partial(
+            train_step,
+            task=task,
+            model=model,
+            tx=tx,
+            schedule=schedule,
+            grad_accum_steps=config.grad_accum_steps,
+        ),  # fmt: skip
         abstract,
         mesh,
     )

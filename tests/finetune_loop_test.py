@@ -104,3 +104,35 @@ def test_unwritable_workdir_is_one_line_before_anything_heavy(tmp_path, monkeypa
     glue = glue_config.get_config("tiny")
     with pytest.raises(SetupError, match=rf"^workdir: {blocker} is a file, not a directory$"):
         finetune.run(glue, blocker)
+
+
+def test_gradient_accumulation_reaches_fine_tuning(tmp_path):
+    # Dropout off and GLUE's equal example weights: 2 micro-batches of 16 make the same updates as one of 32.
+    import jax
+    import numpy as np
+    from finetune_test import tiny_config, write_sst2_rule
+
+    from bert_jax import checkpoint
+
+    write_sst2_rule(tmp_path / "glue", tmp_path / "vocab.txt", np.random.default_rng(0))
+    params = {}
+    for k in (1, 2):
+        config = tiny_config(
+            task="sst2", data_dir=str(tmp_path / "glue"), vocab_file=str(tmp_path / "vocab.txt"),
+            max_seq_length=16, global_batch_size=32, eval_batch_size=32, learning_rate=3e-3,
+            grad_accum_steps=k, predict_test=False,
+        )  # fmt: skip
+        config.model.update(hidden_dropout_prob=0.0, attention_dropout_prob=0.0)
+        finetune.run(config, tmp_path / f"k{k}")
+        _, params[k], _ = checkpoint.restore_params(str(tmp_path / f"k{k}" / "checkpoints"))
+    leaves = zip(jax.tree.leaves(params[1]), jax.tree.leaves(params[2]), strict=True)
+    # Float32 sums in another order only; a different update would move the weights by ~lr = 3e-3.
+    assert max(float(np.abs(np.asarray(a) - np.asarray(b)).max()) for a, b in leaves) < 1e-4
+
+
+def test_a_batch_that_does_not_split_into_micro_batches_is_one_line(tmp_path):
+    config = _conll_config(tmp_path, grad_accum_steps=3)
+    with pytest.raises(
+        SetupError, match=r"^global_batch_size: 16 does not split into grad_accum_steps=3"
+    ):
+        finetune.run(config, tmp_path / "out")

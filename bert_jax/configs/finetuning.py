@@ -56,6 +56,9 @@ def get_config(mode: str, size: str = "base") -> ml_collections.ConfigDict:
     # "full" rows as the paper, "trim" each batch to its longest example's rung, "bucket" by length (fastest,
     # another order). Eval and predict always use full rows, so dev scores do not depend on it.
     c.batch_lengths = "full"
+    # Micro-batches per update (train_lib.accumulate_gradients): the same global batch on fewer devices or less
+    # memory; 1 is the paper's plain step.
+    c.grad_accum_steps = 1
     # Examples per step over all hosts and devices, from the paper's {16, 32}.
     c.global_batch_size = 32
     # Peak, from the paper's {5e-5, 3e-5, 2e-5}.
