@@ -186,7 +186,10 @@ def _initialize_distributed() -> None:
             f"joining the run at {where}: {first} (off a TPU pod slice, pass --coordinator_address, "
             "--num_processes and --process_id)"
         ) from error
-    joined.set()
+    finally:
+        # The attempt is over, joined or failed with its own line: the deadline thread must not exit the
+        # process later (in a live process it would end whatever runs then).
+        joined.set()
 
 
 def check_init_checkpoint(config, workdir: str) -> None:

@@ -30,7 +30,7 @@ jax.config.update("jax_cpu_collectives_implementation", "gloo")
 jax.distributed.initialize(f"localhost:{{port}}", 2, process_id, initialization_timeout=60,
                            heartbeat_timeout_seconds=30)
 import pretrain_test
-from bert_jax import pretrain, train_lib
+from bert_jax import pretrain, run_setup
 if process_id == 1 and overrides.pop("break_warm_start", False):
     def broken(*args, **kwargs):
         raise ValueError("/ckpt/model.ckpt: no such file on this host")
@@ -58,7 +58,7 @@ jax.config.update("jax_cpu_collectives_implementation", "gloo")
 jax.distributed.initialize(f"localhost:{{port}}", 2, process_id, initialization_timeout=60,
                            heartbeat_timeout_seconds=30)
 import finetune_test
-from bert_jax import finetune, train_lib
+from bert_jax import finetune, run_setup
 if process_id == 1 and overrides.pop("break_warm_start", False):
     def broken(*args, **kwargs):
         raise ValueError("/ckpt/model.ckpt: no such file on this host")

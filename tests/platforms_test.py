@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -98,8 +99,15 @@ def test_a_failed_join_is_one_line(monkeypatch):
 
     monkeypatch.setattr(jax.distributed, "initialize", fail)
 
+    exits = []
+    monkeypatch.setattr(main.os, "_exit", exits.append)
+    monkeypatch.setattr(main, "_DISTRIBUTED_TIMEOUT", type("Flag", (), {"value": 0.2}))
     with pytest.raises(run_setup.SetupError) as error:
         main._initialize_distributed()
+    # The deadline thread stands down once the attempt failed with its line (it used to exit the process,
+    # the test runner's worker included, when its timeout came).
+    time.sleep(0.5)
+    assert exits == []
     assert str(error.value) == (
         "joining the run at the TPU metadata's coordinator (2 hosts): Failed to detect the cluster "
         "(off a TPU pod slice, pass --coordinator_address, --num_processes and --process_id)"

@@ -239,7 +239,7 @@ def test_an_old_name_on_the_command_line_sets_the_new_field(tmp_path, args, last
 def test_one_field_of_a_pair_on_the_command_line_unsets_the_other():
     code = (
         "import sys; sys.argv = ['main']\n"
-        "from bert_jax import main, train_lib\n"
+        "from bert_jax import main, run_setup, train_lib\n"
         "from bert_jax.configs import glue, bert_tiny\n"
         # What config_flags made of the override, then the pair's other field unset.
         "c = glue.get_config(); c.num_train_steps = 7\n"

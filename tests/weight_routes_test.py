@@ -106,7 +106,7 @@ def test_the_same_weights_by_workdir_and_by_transformers_fine_tune_to_the_same_s
         config = squad_config.get_config("tiny")
         config.update(
             init_checkpoint=str(root / route), data_dir=str(tmp_path), max_seq_length=32,
-            max_query_length=4, doc_stride=8, num_epochs=1, batch_size=8, eval_batch_size=8,
+            max_query_length=4, doc_stride=8, num_epochs=1, global_batch_size=8, eval_batch_size=8,
         )  # fmt: skip
         finetune.run(config, tmp_path / f"out_{route}")
         results.append(json.loads((tmp_path / f"out_{route}" / "results.json").read_text()))

@@ -64,8 +64,9 @@ def model_config(size: str) -> ml_collections.ConfigDict:
     return m
 
 
-def data_config() -> ml_collections.ConfigDict:
-    """Fields of the pretraining input pipeline (`bert_jax.data.loader.make_pretraining_loader`)."""
+def data_config(next_sentence: bool = True) -> ml_collections.ConfigDict:
+    """Fields of the pretraining input pipeline (`bert_jax.data.loader.make_pretraining_loader`); without
+    `next_sentence`, none of the NSP pairs' fields (a family without NSP has none to misconfigure)."""
     d = ml_collections.ConfigDict()
     # "text" (one sentence per line, blank line between documents), "tfds", or "instances" (files of
     # create_pretraining_data: bert_jax's ArrayRecord or the original tool's TFRecords).
@@ -111,8 +112,9 @@ def data_config() -> ml_collections.ConfigDict:
     d.phase2_fraction = 0.1
     # Fraction of tokens masked, as the paper.
     d.masked_lm_prob = 0.15
-    # Fraction of instances made shorter than seq_length, as the original.
-    d.short_seq_prob = 0.1
+    if next_sentence:
+        # Fraction of instances made shorter than seq_length, as the original.
+        d.short_seq_prob = 0.1
     # Mask every piece of a word together (the later "wwm" models).
     d.whole_word_mask = False
     # Pack several sequences into each row (bert_jax.data.packing): the bundled corpus's batches are 48%
@@ -127,7 +129,7 @@ def data_config() -> ml_collections.ConfigDict:
     return d
 
 
-def get_config(size: str = "base") -> ml_collections.ConfigDict:
+def get_config(size: str = "base", next_sentence: bool = True) -> ml_collections.ConfigDict:
     """The paper's pretraining recipe for a model size in SIZES."""
     c = ml_collections.ConfigDict()
     # What bert_jax.main runs: "pretrain" (fine-tuning configs say "finetune").
@@ -138,7 +140,7 @@ def get_config(size: str = "base") -> ml_collections.ConfigDict:
     # The pretraining objective (bert_jax.models.objectives): "mlm_nsp" = masked LM + next sentence prediction,
     # the paper's; the field lets a family bring its own (MLM alone, replaced-token detection) without a new loop.
     c.objective = "mlm_nsp"
-    c.data = data_config()
+    c.data = data_config(next_sentence)
     # The tokenizer: WordPiece vocab.txt or SentencePiece .model; "" = the bundled sample vocab. The loader
     # tokenizes with it and the workdir keeps it (fine-tuning recipes name theirs with the same two fields).
     c.vocab_file = ""

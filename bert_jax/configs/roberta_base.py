@@ -17,8 +17,6 @@ from bert_jax.configs.sizes import ROBERTA as PRESETS
 
 # The released sizes (and a tiny one): bert_jax.configs.sizes.ROBERTA.
 SIZES = tuple(PRESETS)
-# The BERT recipe's data fields that only next sentence prediction uses.
-NSP_FIELDS = ("short_seq_prob",)
 # Table 9: the peak learning rate and warmup steps per size (the tiny one's are set by its recipe).
 SCHEDULE = {"base": (6e-4, 24_000), "large": (4e-4, 30_000), "tiny": (6e-4, 24_000)}
 
@@ -49,16 +47,15 @@ def model_config(size: str) -> ml_collections.ConfigDict:
 
 def get_config(size: str = "base") -> ml_collections.ConfigDict:
     """The paper's RoBERTa pretraining recipe for a size in SIZES."""
-    c = pretraining.get_config(size)
+    # No next-sentence pairs: the data config has no NSP fields (a RoBERTa recipe given one is an error).
+    c = pretraining.get_config(size, next_sentence=False)
     # The model family (bert_jax.models.registry.FAMILIES) whose config `model` holds.
     c.family = "roberta"
     c.model = model_config(size)
     # Masked LM alone: the paper drops next sentence prediction (section 4.2, table 2).
     c.objective = "mlm"
-    for field in NSP_FIELDS:
-        del c.data[field]
     # A byte-level BPE directory (vocab.json + merges.txt); cased, as GPT-2's.
-    c.data.do_lower_case = False
+    c.do_lower_case = False
     # Every sequence is 512 tokens (FULL-SENTENCES); one length, so no second phase.
     c.data.seq_length = 512
     # 15% of 512, rounded up (fairseq draws int(0.15 * 512 + U[0, 1)) <= 77 positions).
