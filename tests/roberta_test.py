@@ -7,13 +7,12 @@ import warnings
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import torch
+import transformers
 
-torch = pytest.importorskip("torch")
-transformers = pytest.importorskip("transformers")
-
-from bert_jax import layouts  # noqa: E402
-from bert_jax.data import tokenizer as tokenizer_lib  # noqa: E402
-from bert_jax.models import registry, roberta  # noqa: E402
+from bert_jax import layouts
+from bert_jax.data import tokenizer as tokenizer_lib
+from bert_jax.models import registry, roberta
 
 # Odd sizes: 3 heads of 12, a feed-forward width and vocabulary that match nothing by accident.
 SIZES = dict(

@@ -73,18 +73,8 @@ def get_config(mode: str, size: str = "base") -> ml_collections.ConfigDict:
     c.warmup_fraction = 0.1
     # Instead of warmup_fraction: a warmup of this many steps.
     c.warmup_steps = config_dict.placeholder(int)
-    # The original run_classifier.py's optimizer and schedule (docs/pretraining.md: what "adamw" changes).
-    c.optimizer = "bert_adam"
-    # First-moment decay.
-    c.adam_b1 = 0.9
-    # Second-moment decay.
-    c.adam_b2 = 0.999
-    # As the original BERT optimizer.
-    c.adam_epsilon = 1e-6
-    # Decoupled, not on LayerNorm scales or biases.
-    c.weight_decay = 0.01
-    # Global-norm clipping, as the original.
-    c.max_grad_norm = 1.0
+    # The original run_classifier.py's optimizer, the same fields as pretraining's (one place for them).
+    pretraining.optimizer_fields(c)
 
     # Evaluation and output.
     # Dev/test examples per batch; the last batch is padded so evaluation compiles once.

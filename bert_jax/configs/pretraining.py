@@ -129,6 +129,24 @@ def data_config(next_sentence: bool = True) -> ml_collections.ConfigDict:
     return d
 
 
+def optimizer_fields(c: ml_collections.ConfigDict) -> None:
+    """The paper's optimizer fields, the same for pretraining and fine-tuning (run_pretraining.py and
+    run_classifier.py share one optimizer); configs/finetuning.py calls this too."""
+    # The original code's Adam (no bias correction, its warmup/decay formula); "adamw" = optax's
+    # bias-corrected AdamW; "lamb" for very large batches (You et al. 2019). docs/pretraining.md compares them.
+    c.optimizer = "bert_adam"
+    # First-moment decay.
+    c.adam_b1 = 0.9
+    # Second-moment decay.
+    c.adam_b2 = 0.999
+    # As the original BERT optimizer (not Adam's usual 1e-8).
+    c.adam_epsilon = 1e-6
+    # Decoupled decay, not on LayerNorm scales/biases or any bias.
+    c.weight_decay = 0.01
+    # Clip the global gradient norm, as the original.
+    c.max_grad_norm = 1.0
+
+
 def get_config(size: str = "base", next_sentence: bool = True) -> ml_collections.ConfigDict:
     """The paper's pretraining recipe for a model size in SIZES."""
     c = ml_collections.ConfigDict()
@@ -178,19 +196,7 @@ def get_config(size: str = "base", next_sentence: bool = True) -> ml_collections
     c.warmup_fraction = config_dict.placeholder(float)
 
     # Optimizer.
-    # The original code's Adam (no bias correction, its warmup/decay formula); "adamw" = optax's
-    # bias-corrected AdamW; "lamb" for very large batches (You et al. 2019). docs/pretraining.md compares them.
-    c.optimizer = "bert_adam"
-    # First-moment decay.
-    c.adam_b1 = 0.9
-    # Second-moment decay.
-    c.adam_b2 = 0.999
-    # As the original BERT optimizer (not Adam's usual 1e-8).
-    c.adam_epsilon = 1e-6
-    # Decoupled decay, not on LayerNorm scales/biases or any bias.
-    c.weight_decay = 0.01
-    # Clip the global gradient norm, as the original.
-    c.max_grad_norm = 1.0
+    optimizer_fields(c)
 
     # Devices.
     # (data, fsdp, tensor); -1 = all remaining devices. Default: pure data parallel.
