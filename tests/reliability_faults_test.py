@@ -9,7 +9,6 @@ import os
 import shutil
 import signal
 import socket
-import subprocess
 import time
 
 import jax
@@ -196,25 +195,17 @@ def test_a_corrupt_record_mid_run_is_one_line_after_saving_the_last_step(tmp_pat
 # ----------------------------------------------------------------------------------------------------------
 # Row 7: a disk filled by another writer.
 # ----------------------------------------------------------------------------------------------------------
-def test_the_space_check_counts_the_files_on_disk(tmp_path, mesh):
+def test_the_space_check_counts_the_files_on_disk(small_disk, mesh):
     """A 3 MiB tmpfs (root only) and a 2.5 MiB state: it fits in memory terms, not on disk (~4.1 MiB)."""
-    target = tmp_path / "small"
-    target.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(target)],
-                             capture_output=True)  # fmt: skip
-    if mounted.returncode:
-        pytest.skip("mounting a tmpfs needs root")
-    try:
-        ckpt = checkpoint.Checkpointer(str(target), keep=1, save_interval_steps=1)
-        state = {"w": jax.device_put(np.ones((640, 1024), np.float32))}
-        with pytest.raises(checkpoint.CheckpointSaveError) as error:
-            ckpt.save(5, state, data_state={}, config={})
-        assert str(error.value).endswith(
-            "MiB free, the state needs up to 2.5 MiB (disk full?); on disk a save takes about 4.1 MiB"
-        )
-        ckpt.close()
-    finally:
-        subprocess.run(["umount", str(target)], check=True)
+    target = small_disk
+    ckpt = checkpoint.Checkpointer(str(target), keep=1, save_interval_steps=1)
+    state = {"w": jax.device_put(np.ones((640, 1024), np.float32))}
+    with pytest.raises(checkpoint.CheckpointSaveError) as error:
+        ckpt.save(5, state, data_state={}, config={})
+    assert str(error.value).endswith(
+        "MiB free, the state needs up to 2.5 MiB (disk full?); on disk a save takes about 4.1 MiB"
+    )
+    ckpt.close()
 
 
 def test_a_failing_flush_in_the_cleanup_is_one_warning(tmp_path, caplog, monkeypatch):
