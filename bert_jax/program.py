@@ -163,6 +163,7 @@ def model_config(config, vocab_size: int) -> registry.Config:
             vocab_size=vocab_size,
             dtype=config.dtype,
             param_dtype=config.param_dtype,
+            family=config.get("family", "bert"),
         )
         for length in sorted({p.seq_length for p in (*train, evaluate)}):
             if length > model.max_position_embeddings:

@@ -64,15 +64,24 @@ def make_mesh(
     return mesh
 
 
-def model_config(fields: Mapping, *, vocab_size: int, dtype: str, param_dtype: str, **overrides):
-    """The model family's config (`registry.config_from_fields`) from stored/recipe fields: `vocab_size` -1 takes the tokenizer's, the two dtypes come from
-    the run's config (they are top-level recipe fields), `overrides` (e.g. dropout) win."""
+def model_config(
+    fields: Mapping,
+    *,
+    vocab_size: int,
+    dtype: str,
+    param_dtype: str,
+    family: str = "bert",
+    **overrides,
+):
+    """`family`'s model config (`registry.config_from_fields`) from stored/recipe fields: `vocab_size` -1 takes
+    the tokenizer's, the two dtypes come from the run's config (they are top-level recipe fields), `overrides`
+    (e.g. dropout) win."""
     fields = {**fields, "dtype": dtype, "param_dtype": param_dtype, **overrides}
     if fields.get("vocab_size", -1) == -1:
         fields["vocab_size"] = vocab_size
     elif fields["vocab_size"] < vocab_size:
         raise ValueError(f"model.vocab_size {fields['vocab_size']} < the tokenizer's {vocab_size}")
-    return registry.config_from_fields(fields)
+    return registry.config_from_fields(fields, family)
 
 
 def dropout_key(config) -> jax.Array:

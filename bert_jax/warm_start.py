@@ -70,7 +70,7 @@ def from_path(
     fields = {k: v for k, v in dataclasses.asdict(ckpt.config).items() if k in ARCHITECTURE}
     model_config = train_lib.model_config(
         fields, vocab_size=ckpt.tokenizer.vocab_size, dtype=dtype, param_dtype=param_dtype,
-        **overrides,
+        family=registry.family_of(ckpt.config).name, **overrides,
     )  # fmt: skip
     tree = traverse_util.unflatten_dict(ckpt.flat, sep="/")
     # Every layout stores the layers one by one; a scanning model takes them stacked.
@@ -111,7 +111,7 @@ def load(config, *, head: str = "classification", heads=("bert", "classifier")) 
         tokenizer = workdir.open_tokenizer(path, config.do_lower_case)
     model_config = train_lib.model_config(
         config.model.to_dict(), vocab_size=tokenizer.vocab_size, dtype=config.dtype,
-        param_dtype=config.param_dtype,
+        param_dtype=config.param_dtype, family=config.get("family", "bert"),
     )  # fmt: skip
     return InitialWeights(model_config, tokenizer, spec, None, "random")
 

@@ -34,6 +34,8 @@ def get_config(mode: str, size: str = "base") -> ml_collections.ConfigDict:
     c.do_lower_case = True
     # Informational: the random-init model size.
     c.size = size
+    # The random-init model's family (bert_jax.models.registry.FAMILIES); a checkpoint brings its own.
+    c.family = "bert"
     # The random-init model (used whole only when init_checkpoint is ""); from a checkpoint the weights' own
     # architecture is kept and only the run's fields (dropout, attention kernel, remat, scan) are read here.
     # Its hidden_dropout_prob and attention_dropout_prob (0.1, as the paper) override the checkpoint's.

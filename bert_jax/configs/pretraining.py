@@ -154,6 +154,8 @@ def get_config(size: str = "base", next_sentence: bool = True) -> ml_collections
     c.mode = "pretrain"
     # Informational: the name of the model size, for logs and checkpoints.
     c.size = size
+    # The model family (bert_jax.models.registry.FAMILIES) whose config `model` holds; a family's recipe sets it.
+    c.family = "bert"
     c.model = model_config(size)
     # The pretraining objective (bert_jax.models.objectives): "mlm_nsp" = masked LM + next sentence prediction,
     # the paper's; the field lets a family bring its own (MLM alone, replaced-token detection) without a new loop.
