@@ -139,6 +139,8 @@ def _run(config, workdir: str, setup: startup.SetupAgreement):
             process_index=process_index,
             process_count=process_count,
             seed=config.seed,
+            # The family's data path (data/family_data.py) and, with vocab_file "", its bundled vocabulary.
+            family=config.get("family", "bert"),
             # Packed rows split evenly over this host's devices and micro-batches.
             **({"row_multiple": program_lib.packing_multiple(config)} if packed else {}),
         )
@@ -153,6 +155,7 @@ def _run(config, workdir: str, setup: startup.SetupAgreement):
                 process_index=process_index,
                 process_count=process_count,
                 seed=config.seed,
+                family=config.get("family", "bert"),
             )
             # Packed held-out batches: rows split evenly over the devices and agreed by the hosts.
             multiple = jax.local_device_count()
@@ -282,10 +285,12 @@ def _run(config, workdir: str, setup: startup.SetupAgreement):
                 sums = jax.tree.map(lambda *xs: float(sum(xs)), *jax.device_get(sums))
                 evaluated = {f"eval/{k}": v for k, v in program.objective.summarize(sums).items()}
                 writer.write_scalars(done, evaluated)
-                progress.print(
-                    f"eval at step {done:,}: mlm_acc {evaluated['eval/mlm_accuracy']:.3f} · "
-                    f"nsp_acc {evaluated['eval/nsp_accuracy']:.3f}"
-                )
+                # The objective's own accuracies (MLM alone has no NSP).
+                shown = [
+                    f"{label} {evaluated['eval/' + key]:{spec}}"
+                    for label, key, spec in program.objective.progress
+                ]
+                progress.print(f"eval at step {done:,}: {' · '.join(shown)}")
                 window.restart()
 
             stop = preemption.agreed(done)

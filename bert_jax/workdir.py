@@ -19,7 +19,7 @@ from etils import epath
 
 from bert_jax import checkpoint, configs
 from bert_jax.data import glue
-from bert_jax.data.corpus import SAMPLE_VOCAB
+from bert_jax.data.corpus import sample_vocab
 from bert_jax.data.tokenizer import load_tokenizer
 
 # Where a run keeps the copy of its tokenizer files.
@@ -28,6 +28,8 @@ TOKENIZER_DIR = "tokenizer"
 _TOKENIZER_FILES = (
     "tokenizer.json",
     "vocab.txt",
+    "vocab.json",
+    "merges.txt",
     "tokenizer_config.json",
     "special_tokens_map.json",
 )
@@ -122,7 +124,7 @@ def tokenizer_spec(stored) -> dict:
     if "tokenizer" in stored:
         return dict(stored["tokenizer"])
     return {
-        "path": stored.get("vocab_file") or str(SAMPLE_VOCAB),
+        "path": stored.get("vocab_file") or str(sample_vocab(stored.get("family", "bert"))),
         "do_lower_case": stored.get("do_lower_case", True),
     }
 

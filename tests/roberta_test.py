@@ -284,16 +284,6 @@ def test_recipes_are_the_papers_numbers():
         registry.config_from_fields({"pad_token_id": 1}, "bert")
 
 
-def test_entry_point_refuses_the_recipes_in_one_line():
-    from bert_jax import main
-
-    for name in ("roberta_base", "roberta_tiny"):
-        with pytest.raises(ValueError) as error:
-            main.resolve_config(name)
-        assert "\n" not in str(error.value)
-        assert str(error.value).startswith(f"--config={name}: configs/{name}.py is RoBERTa's")
-
-
 def test_saved_directory_carries_the_bpe_tokenizer(tmp_path):
     torch_model(tmp_path / "hf", "RobertaModel")
     model, params, tok = layouts.load_pretrained(tmp_path / "hf")

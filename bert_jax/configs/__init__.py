@@ -16,11 +16,6 @@ BASES = {
     "pretraining": "the pretraining recipe the sizes share; run a size: "
     "bert_tiny, bert_mini, bert_small, bert_medium, bert_base or bert_large",
     "finetuning": "what the glue, squad, swag and conll recipes share; run one of those",
-    # The pretraining loop does not yet build RoBERTa's FULL-SENTENCES data with its BPE tokenizer.
-    "roberta_base": "RoBERTa's recipe, which the pretraining loop does not run yet (its FULL-SENTENCES data "
-    "path is not wired); load RoBERTa models with bert_jax.load_pretrained",
-    "roberta_tiny": "RoBERTa's tiny recipe, which the pretraining loop does not run yet (its FULL-SENTENCES "
-    "data path is not wired); load RoBERTa models with bert_jax.load_pretrained",
 }
 
 # Every recipe gives its run length and its warmup one of two ways: exactly one field of each pair is set

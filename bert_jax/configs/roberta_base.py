@@ -6,7 +6,11 @@ rate 6e-4 after 24k warmup steps, linear decay; dropout 0.1; no gradient clippin
 (section 4.2: contiguous sentences up to 512 tokens, crossing document boundaries with a separator) over a
 byte-level BPE (section 4.4), masked dynamically (section 4.1), with no next sentence prediction (4.2).
 
-The family's model fields are `bert_jax.models.roberta.RobertaConfig`'s; the BERT recipe's NSP field
+    python -m bert_jax.main --config=roberta_base --workdir=DIR \
+        --config.data.input_pattern='corpus/*.txt' --config.vocab_file=ROBERTA_BPE_DIR
+
+The data path is the family's (bert_jax/data/family_data.py): FULL-SENTENCES rows masked per step as fairseq's
+MaskTokensDataset (docs/models.md, RoBERTa). The family's model fields are `bert_jax.models.roberta.RobertaConfig`'s; the BERT recipe's NSP field
 (`data.short_seq_prob`) is absent, so setting it is the config's one-line unknown-field error.
 """
 
@@ -54,7 +58,11 @@ def get_config(size: str = "base") -> ml_collections.ConfigDict:
     c.model = model_config(size)
     # Masked LM alone: the paper drops next sentence prediction (section 4.2, table 2).
     c.objective = "mlm"
-    # A byte-level BPE directory (vocab.json + merges.txt); cased, as GPT-2's.
+    # A byte-level BPE directory (vocab.json + merges.txt); "" = the bundled one trained on the sample corpus
+    # (bert_jax/assets/sample_bpe, as bert_base's "" is the sample WordPiece). The paper's is GPT-2's 50k BPE:
+    # --config.vocab_file=DIR with the released vocab.json + merges.txt (e.g. a transformers roberta-base dir).
+    c.vocab_file = ""
+    # Byte-level BPE is cased, as GPT-2's (the field is for WordPiece; a BPE directory ignores it).
     c.do_lower_case = False
     # Every sequence is 512 tokens (FULL-SENTENCES); one length, so no second phase.
     c.data.seq_length = 512

@@ -26,6 +26,16 @@ ASSETS = pathlib.Path(__file__).resolve().parent.parent / "assets"
 SAMPLE_CORPUS = ASSETS / "sample_corpus.txt"
 SAMPLE_EVAL_CORPUS = ASSETS / "sample_corpus_eval.txt"
 SAMPLE_VOCAB = ASSETS / "sample_vocab.txt"
+# RoBERTa's bundled byte-level BPE (vocab.json + merges.txt), trained on SAMPLE_CORPUS by make_sample_bpe.py.
+SAMPLE_BPE = ASSETS / "sample_bpe"
+# The bundled vocabulary of each model family: what a recipe's `vocab_file` "" names (others: SAMPLE_VOCAB).
+SAMPLE_VOCABS = {"bert": SAMPLE_VOCAB, "roberta": SAMPLE_BPE}
+
+
+def sample_vocab(family: str = "bert") -> pathlib.Path:
+    """The bundled vocabulary a recipe of `family` tokenizes with when its `vocab_file` is ""."""
+    return SAMPLE_VOCABS.get(family, SAMPLE_VOCAB)
+
 
 # TFDS articles are paragraphs, not sentences; this splits after . ! ? before a capital/digit/quote.
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[\"'(\[A-Z0-9])")

@@ -7,8 +7,14 @@ begin sampling sentences from the next document and add an extra separator token
 So a row is `<s> s1 s2 ... </s> t1 t2 ... </s>`: sentences in corpus order, a `</s>` where a document ends inside
 the row, one `<s>` first and one `</s>` last, then padding. A sentence never splits across rows; one longer than
 a whole row is cut to fit (the paper does not say; fairseq's `complete` break mode would make it a row of its own
-past the length). No NSP, no segments: token types are all 0. Masking is `bert_jax.data.masking`, per step.
-Pure NumPy.
+past the length). No NSP, no segments: token types are all 0. The rows are fixed by the corpus; the pretraining
+loader reads them through `FullSentenceStream` (a fresh order each epoch, as fairseq shuffles its blocks each
+epoch) and masks them per step with `bert_jax.data.masking.mask_tokens_fairseq`. Pure NumPy.
+
+fairseq's own pipeline (`--sample-break-mode complete`, RoBERTa's pretraining README) differs in one detail: its
+binarized lines each end with `</s>`, so a corpus of one sentence per line gets a `</s>` after every sentence and
+a second one at a blank line. Here a sentence is not followed by a separator, only a document is, as the paper
+describes it.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ from __future__ import annotations
 import numpy as np
 
 from bert_jax.data.instances import TokenizedCorpus
+from bert_jax.data.streams import keyed_rng
 
 
 def row_spans(corpus: TokenizedCorpus, seq_length: int) -> list[list[tuple[int, int]]]:
@@ -81,3 +88,29 @@ def full_sentences(
     """The corpus (documents in its order) as FULL-SENTENCES rows of `seq_length`: `row_spans` + `assemble`."""
     rows = row_spans(corpus, seq_length)
     return assemble(corpus, rows, seq_length, cls_id=cls_id, sep_id=sep_id, pad_id=pad_id)
+
+
+class FullSentenceStream:
+    """This host's endless stream of FULL-SENTENCES rows of one tokenized corpus: epoch e is every row once, in
+    a permutation keyed by (seed, key, e); `rows(start, count)` is a pure function of its arguments, so any step
+    can be rebuilt on a fresh process (exact resume). Rows are unmasked; the loader masks them per step."""
+
+    def __init__(self, corpus, seq_length, seed, key, *, cls_id, sep_id, pad_id):
+        self.corpus, self.seq_length, self.seed, self.key = corpus, seq_length, seed, key
+        self.ids = {"cls_id": cls_id, "sep_id": sep_id, "pad_id": pad_id}
+        self.spans = row_spans(corpus, seq_length)
+        self._perm: dict[int, np.ndarray] = {}
+
+    def rows(self, start: int, count: int) -> dict[str, np.ndarray]:
+        """Rows [start, start + count) of the stream: `input_ids`, `token_type_ids` (0), `attention_mask`."""
+        size = len(self.spans)
+        r = np.arange(start, start + count)
+        epochs, k = r // size, r % size
+        picked = []
+        for e, i in zip(epochs.tolist(), k.tolist(), strict=True):
+            if e not in self._perm:
+                if len(self._perm) >= 2:  # a batch spans at most two epochs
+                    self._perm.pop(min(self._perm))
+                self._perm[e] = keyed_rng(self.seed, self.key, e).permutation(size)
+            picked.append(self.spans[self._perm[e][i]])
+        return assemble(self.corpus, picked, self.seq_length, **self.ids)

@@ -14,6 +14,10 @@ re-masked per step (`"dynamic"`, RoBERTa's). Phase 2 reads its own 512-token fil
 (`phase2_input_pattern`), checked at startup. Every data config field is read as `cfg.field`; the
 defaults live in the recipe (`bert_jax/configs/pretraining.py`). The tokenizer is the recipe's top-level
 `vocab_file` and `do_lower_case` (fine-tuning's names too), passed as arguments.
+
+The recipe's model `family` picks the data path (`family_data.FAMILY_DATA`, the one place): BERT reads NSP pairs and masks
+them as create_pretraining_data; RoBERTa reads FULL-SENTENCES rows (`full_sentences.py`) and masks them as
+fairseq (`masking.mask_tokens_fairseq`), from text or TFDS.
 """
 
 from __future__ import annotations
@@ -26,10 +30,10 @@ import numpy as np
 from absl import logging
 
 from bert_jax.data import corpus as corpus_lib
-from bert_jax.data import instances, masking, packing, records
+from bert_jax.data import instances, packing, records
+from bert_jax.data.family_data import check_family, data_path
 from bert_jax.data.phases import eval_phase, pretraining_phases
 from bert_jax.data.streams import (
-    CorpusStream,
     RecordStream,
     data_fingerprint,
     fingerprint_changes,
@@ -58,18 +62,20 @@ class PretrainingLoader:
         prefetch=2,
         max_sequences_per_row=None,
         row_multiple=1,
+        mask_fn=None,
     ):
         self._phases = phases  # [(start_step, stream, seq_length, max_predictions)], sorted
         self.batch_size, self._masking = batch_size, masking
         self.tokenizer = tokenizer  # the ids the model must cover (vocab_size)
         self.seed, self.process_index, self.process_count = seed, process_index, process_count
         self._prefetch, self._next_step = prefetch, 0
-        self._special = tokenizer.special_ids
         self._lock = threading.Lock()  # streams cache epochs; the prefetch thread shares them
         # Packing (None = off): at most this many sequences per row, row counts multiples of row_multiple.
         self.max_sequences_per_row, self.row_multiple = max_sequences_per_row, row_multiple
         # The files and vocab trained on (streams.data_fingerprint), kept in the data state; None: not checked.
         self.fingerprint: dict | None = None
+        # (features, rng, max_predictions, tokenizer, masking) -> the masked fields: the family's (family_data).
+        self._mask_fn = mask_fn or data_path("bert")["mask"]
 
     def _phase(self, step: int):
         return [p for p in self._phases if p[0] <= step][-1]
@@ -109,18 +115,7 @@ class PretrainingLoader:
         if "masked_lm_ids" in feats:  # static masking: the masks stored in the instances
             return feats
         rng = keyed_rng(self.seed, 7, self.process_index, self.process_count, step)
-        masked = masking.mask_tokens(
-            feats["input_ids"],
-            feats["attention_mask"],
-            rng,
-            max_predictions=max_pred,
-            masked_lm_prob=self._masking["masked_lm_prob"],
-            special_ids=self._special,
-            mask_id=self.tokenizer.mask_id,
-            vocab_size=self.tokenizer.vocab_size,
-            is_continuation=self.tokenizer.is_continuation if self._masking["whole_word"] else None,
-        )
-        feats.update(masked)
+        feats.update(self._mask_fn(feats, rng, max_pred, self.tokenizer, self._masking))
         return feats
 
     def iterate(self, start_step: int | None = None):
@@ -298,15 +293,17 @@ def _record_streams(cfg, phases, seed, hosts, eval_mode):
 
 def _build(
     cfg, *, vocab_file, do_lower_case, batch_size, phases, process_index, process_count, seed,
-    eval_mode, row_multiple=1,
+    eval_mode, row_multiple=1, family="bert",
 ):  # fmt: skip
     _check_config(cfg)
-    tok = load_tokenizer(vocab_file or str(corpus_lib.SAMPLE_VOCAB), do_lower_case)
+    check_family(cfg, family)
+    path = data_path(family)
+    tok = load_tokenizer(vocab_file or str(corpus_lib.sample_vocab(family)), do_lower_case)
     hosts = (process_index, process_count)
     if cfg.source == "instances":
         streams = _record_streams(cfg, phases, seed, hosts, eval_mode)
     else:
-        streams = _corpus_streams(cfg, tok, phases, seed, hosts, eval_mode)
+        streams = _corpus_streams(cfg, tok, phases, seed, hosts, eval_mode, path["stream"])
     masking_cfg = {"masked_lm_prob": cfg.masked_lm_prob, "whole_word": cfg.whole_word_mask}
     loader = PretrainingLoader(
         streams,
@@ -318,13 +315,16 @@ def _build(
         process_count=process_count,
         max_sequences_per_row=cfg.max_sequences_per_row if cfg.packing else None,
         row_multiple=row_multiple,
+        mask_fn=path["mask"],
     )
-    loader.fingerprint = None if eval_mode else data_fingerprint(cfg, vocab_file=vocab_file)
+    vocab = vocab_file or ("" if family == "bert" else str(corpus_lib.sample_vocab(family)))
+    loader.fingerprint = None if eval_mode else data_fingerprint(cfg, vocab_file=vocab)
     return loader
 
 
-def _corpus_streams(cfg, tok, phases, seed, hosts, eval_mode):
-    """Phase streams over one tokenized text/TFDS corpus (held-out documents split off)."""
+def _corpus_streams(cfg, tok, phases, seed, hosts, eval_mode, make_stream):
+    """Phase streams (`make_stream`, the family's) over one tokenized text/TFDS corpus (held-out documents split
+    off)."""
     pattern, eval_pattern = cfg.input_pattern, cfg.eval_input_pattern
     if not pattern and eval_pattern is None and cfg.source == "text":
         eval_pattern = str(corpus_lib.SAMPLE_EVAL_CORPUS)  # the bundled corpus has its eval slice
@@ -344,9 +344,7 @@ def _corpus_streams(cfg, tok, phases, seed, hosts, eval_mode):
     key0 = 1000 if eval_mode else 0
     streams = []
     for i, (start, length, max_pred) in enumerate(phases):
-        stream = CorpusStream(
-            corpus, length, cfg.short_seq_prob, seed, key0 + i, tok.cls_id, tok.sep_id
-        )
+        stream = make_stream(cfg, corpus, tok, length, seed, key0 + i)
         streams.append((start, stream, length, max_pred))
     return streams
 
@@ -368,11 +366,13 @@ def make_pretraining_loader(
     process_count: int = 1,
     seed: int = 0,
     row_multiple: int = 1,
+    family: str = "bert",
 ) -> PretrainingLoader:
     """The training loader: length `seq_length` until phase 2, then `phase2_seq_length` (`phases.py`).
 
     With `data.packing`, batches are packed into a step-dependent number of rows, always a
-    multiple of `row_multiple` (pass the host's local device count so rows split evenly).
+    multiple of `row_multiple` (pass the host's local device count so rows split evenly). `family` (the recipe's)
+    picks the data path (`family_data.FAMILY_DATA`) and, with `vocab_file` "", the bundled vocabulary.
     """
     cfg = data_config
     rule = pretraining_phases(
@@ -391,6 +391,7 @@ def make_pretraining_loader(
         seed=seed,
         eval_mode=False,
         row_multiple=row_multiple,
+        family=family,
     )
     if cfg.packing:
         for start, *_ in phases:
@@ -410,6 +411,7 @@ def make_eval_batches(
     process_index: int = 0,
     process_count: int = 1,
     seed: int = 0,
+    family: str = "bert",
 ) -> list[dict[str, np.ndarray]]:
     """Fixed held-out MLM/NSP batches (this host's share), the same on every call.
 
@@ -431,5 +433,6 @@ def make_eval_batches(
         process_count=process_count,
         seed=seed,
         eval_mode=True,
+        family=family,
     )
     return [loader.batch(step) for step in range(num_batches)]

@@ -56,7 +56,10 @@ def data_fingerprint(
                 out[f"file {_file_name(path)}"] = "unreadable"
     vocab = epath.Path(vocab_file or corpus_lib.SAMPLE_VOCAB)
     try:
-        out[f"vocab {_file_name(vocab)}"] = hashlib.sha256(vocab.read_bytes()).hexdigest()[:16]
+        # A tokenizer directory (a byte-level BPE's vocab.json + merges.txt): its files, in name order.
+        files = sorted(f for f in vocab.iterdir() if f.is_file()) if vocab.is_dir() else [vocab]
+        content = b"".join(f.read_bytes() for f in files)
+        out[f"vocab {_file_name(vocab)}"] = hashlib.sha256(content).hexdigest()[:16]
     except OSError:
         out[f"vocab {_file_name(vocab)}"] = "unreadable"
     return out

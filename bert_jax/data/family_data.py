@@ -1,0 +1,93 @@
+"""Each model family's pretraining data path, in one place (FAMILY_DATA, keyed by the recipe's `family`): which
+stream a text/TFDS corpus is read as, how its rows are masked per step, and which data options apply.
+
+BERT (and a family not named here): NSP pairs (`streams.CorpusStream`) masked as create_pretraining_data
+(`masking.mask_tokens`). RoBERTa: FULL-SENTENCES rows (`full_sentences.FullSentenceStream`) masked as fairseq
+(`masking.mask_tokens_fairseq`), no instance files (they hold BERT's pairs), no packing (rows are already full).
+The loader (`loader.py`) calls `check_family` and `data_path`. Pure NumPy.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from bert_jax.data import masking
+from bert_jax.data.full_sentences import FullSentenceStream
+from bert_jax.data.streams import CorpusStream
+
+
+def bert_masks(feats, rng, max_pred, tok, cfg) -> dict[str, np.ndarray]:
+    """BERT's dynamic masks (`masking.mask_tokens`, create_pretraining_data's rules)."""
+    return masking.mask_tokens(
+        feats["input_ids"],
+        feats["attention_mask"],
+        rng,
+        max_predictions=max_pred,
+        masked_lm_prob=cfg["masked_lm_prob"],
+        special_ids=tok.special_ids,
+        mask_id=tok.mask_id,
+        vocab_size=tok.vocab_size,
+        is_continuation=tok.is_continuation if cfg["whole_word"] else None,
+    )
+
+
+def fairseq_masks(feats, rng, max_pred, tok, cfg) -> dict[str, np.ndarray]:
+    """RoBERTa's dynamic masks (`masking.mask_tokens_fairseq`); random tokens avoid fairseq's four specials."""
+    return masking.mask_tokens_fairseq(
+        feats["input_ids"],
+        feats["attention_mask"],
+        rng,
+        max_predictions=max_pred,
+        mask_prob=cfg["masked_lm_prob"],
+        mask_id=tok.mask_id,
+        vocab_size=tok.vocab_size,
+        random_exclude=(tok.cls_id, tok.pad_id, tok.sep_id, tok.unk_id),
+    )
+
+
+def pair_stream(cfg, corpus, tok, length, seed, key):
+    """BERT's rows: NSP pairs made per epoch (`instances.create_instance_specs`)."""
+    return CorpusStream(corpus, length, cfg.short_seq_prob, seed, key, tok.cls_id, tok.sep_id)
+
+
+def full_sentence_stream(cfg, corpus, tok, length, seed, key):
+    """RoBERTa's rows: FULL-SENTENCES, shuffled per epoch."""
+    ids = {"cls_id": tok.cls_id, "sep_id": tok.sep_id, "pad_id": tok.pad_id}
+    return FullSentenceStream(corpus, length, seed, key, **ids)
+
+
+# Each model family's data path (the recipe's `family`): (the stream of a text/TFDS corpus, the per-step masks,
+# whether instance files and packing apply). A family not named here reads BERT's.
+FAMILY_DATA = {
+    "bert": {"stream": pair_stream, "mask": bert_masks, "instances": True, "packing": True},
+    "roberta": {
+        "stream": full_sentence_stream,
+        "mask": fairseq_masks,
+        "instances": False,
+        "packing": False,
+    },
+}
+
+
+def data_path(family: str) -> dict:
+    """The data path of `family` (BERT's for a family FAMILY_DATA does not name)."""
+    return FAMILY_DATA.get(family, FAMILY_DATA["bert"])
+
+
+def check_family(cfg, family: str) -> None:
+    """One line naming the data field a family's data path cannot honour."""
+    path = data_path(family)
+    if cfg.source == "instances" and not path["instances"]:
+        raise ValueError(
+            f"data.source='instances': the {family} family reads text or TFDS (its rows are made from "
+            "documents; instance files hold BERT's NSP pairs)"
+        )
+    if cfg.packing and not path["packing"]:
+        raise ValueError(
+            f"data.packing=True: the {family} family's FULL-SENTENCES rows are already full of contiguous "
+            "sentences (nothing to pack); set data.packing=False"
+        )
+    if path["mask"] is fairseq_masks and cfg.whole_word_mask:
+        raise ValueError(
+            "data.whole_word_mask=True: RoBERTa's fairseq masking masks single tokens, as the paper"
+        )
