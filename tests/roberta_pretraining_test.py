@@ -94,12 +94,12 @@ def test_fairseq_masking_rules_and_statistics():
     before = tgt[valid]
     total = valid.sum()
     random = (now != MASK) & (now != before)
-    # A random draw equals the original (1 in 55) or is <mask> itself (1 in 55) 2/55 of the time.
-    p_random = 0.1 * (1 - 2 / (vocab - 4 - 1 + 1))
+    # A random draw is one of the vocab - 4 = 56 allowed ids: the original 1 time in 56, <mask> itself 1 in 56.
+    allowed = vocab - 4
     fractions = {
-        "mask": ((now == MASK).mean(), 0.8 + 0.1 / (vocab - 4)),
-        "kept": ((now == before).mean(), 0.1 + 0.1 / (vocab - 4)),
-        "random": (random.mean(), p_random),
+        "mask": ((now == MASK).mean(), 0.8 + 0.1 / allowed),
+        "kept": ((now == before).mean(), 0.1 + 0.1 / allowed),
+        "random": (random.mean(), 0.1 * (1 - 2 / allowed)),
     }
     for name, (got, want) in fractions.items():
         assert abs(got - want) < 5 * np.sqrt(want * (1 - want) / total), (name, got, want)

@@ -1,6 +1,7 @@
 """RoBERTa-Tiny: L2/H128/A2, FFN 512, the RoBERTa recipe (roberta_base.py) shrunk to a CPU's budget, as
 bert_tiny.py, on the bundled sample corpus and the bundled byte-level BPE (bert_jax/assets/sample_bpe, made by
-`python -m bert_jax.assets.make_sample_bpe`); about a minute on a 2-core CPU, and the MLM loss falls clearly:
+`python -m bert_jax.assets.make_sample_bpe`); under two minutes of CPU time (109 s measured), and the MLM loss
+falls from 7.6 (ln 2,048) to 4.8, held-out MLM accuracy 0.06 -> 0.155:
 
     python -m bert_jax.main --config=bert_jax/configs/roberta_tiny.py --workdir=/tmp/roberta_tiny
 
@@ -15,7 +16,7 @@ def get_config():
     c = roberta_base.get_config("tiny")
     # The tokenizer's size (a small BPE trained on the sample corpus).
     c.model.vocab_size = -1
-    # About a minute on a 2-core CPU (~10 epochs of the ~1,000 rows of 128 tokens the sample corpus makes).
+    # Under two CPU minutes (~10 epochs of the ~1,000 rows of 128 tokens the sample corpus makes).
     c.num_train_steps = 300
     # Small enough for a laptop, divisible by 8 fake devices in tests.
     c.global_batch_size = 32
