@@ -9,7 +9,7 @@ import jax
 import numpy as np
 import pytest
 
-from bert_jax import pretrain
+from bert_jax import pretrain, train_lib
 from bert_jax.assets import make_sample_bpe
 from bert_jax.configs import roberta_base, roberta_tiny
 from bert_jax.data import corpus, masking
@@ -18,6 +18,9 @@ from bert_jax.data.tokenizer import ByteLevelBPETokenizer
 
 # fairseq's dictionary order, which the bundled BPE keeps: <s>, <pad>, </s>, <unk>, then <mask>.
 BOS, PAD, EOS, UNK, MASK = 0, 1, 2, 3, 4
+# RoBERTa-Base with its MLM head: transformers' RobertaForMaskedLM(RobertaConfig(type_vocab_size=1,
+# max_position_embeddings=514)), the released sizes, has 124,697,433 parameters (counted with transformers 5).
+EXPECTED_BASE_PARAMS = 124_697_433
 
 
 def test_bundled_bpe_is_what_its_script_makes(tmp_path):
@@ -227,5 +230,13 @@ def test_roberta_base_builds_its_data_path():
     )
     batch = loader.batch(0)
     assert batch["input_ids"].shape == (8, 512) and batch["masked_lm_positions"].shape == (8, 77)
-    model = program.model_config(config, loader.tokenizer.vocab_size)
+    # The program the entry point builds (abstract: shapes and shardings, nothing compiled or allocated).
+    mesh = train_lib.make_mesh(
+        config.mesh_shape, {"global_batch_size": config.global_batch_size}, config.grad_accum_steps
+    )
+    built = program.build(config, mesh, loader.tokenizer.vocab_size)
+    model = built.model_config
     assert (model.vocab_size, model.hidden_size, model.num_layers) == (50265, 768, 12)
+    assert type(built.objective).__name__ == "Mlm" and [p.seq_length for p in built.phases] == [512]
+    params = sum(x.size for x in jax.tree.leaves(built.abstract.params))
+    assert params == EXPECTED_BASE_PARAMS

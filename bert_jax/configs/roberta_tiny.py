@@ -5,8 +5,8 @@ falls from 7.6 (ln 2,048) to 4.8, held-out MLM accuracy 0.06 -> 0.155:
 
     python -m bert_jax.main --config=bert_jax/configs/roberta_tiny.py --workdir=/tmp/roberta_tiny
 
-Everything but the size and the schedule is the paper's: MLM alone, dynamic masking, 512-token FULL-SENTENCES
-inputs, AdamW with beta2 0.98. `model.vocab_size = -1` takes the byte-level BPE's size.
+Everything but the size and the schedule is the paper's: MLM alone, fairseq's dynamic masking, FULL-SENTENCES
+inputs (128 tokens here), AdamW with beta2 0.98. `model.vocab_size = -1` takes the byte-level BPE's size.
 """
 
 from bert_jax.configs import roberta_base
