@@ -122,7 +122,7 @@ def test_fairseq_masking_rules_and_statistics():
 
 def _data(**overrides):
     config = roberta_tiny.get_config()
-    config.data.update(seq_length=64, max_predictions_per_seq=10, **overrides)
+    config.data.update({"seq_length": 64, "max_predictions_per_seq": 10, **overrides})
     return config.data
 
 
@@ -162,6 +162,11 @@ def test_full_sentences_loader_is_step_pure_without_nsp():
         ),
         ("source", "instances", r"^data.source='instances': the roberta family reads text or TFDS"),
         ("whole_word_mask", True, r"^data.whole_word_mask=True: RoBERTa's fairseq masking"),
+        (
+            "max_predictions_per_seq",
+            9,
+            r"^data.max_predictions_per_seq=9: fairseq's masking predicts up to 10",
+        ),
     ]:
         with pytest.raises(ValueError, match=message):
             loader_lib.make_pretraining_loader(

@@ -91,3 +91,15 @@ def check_family(cfg, family: str) -> None:
         raise ValueError(
             "data.whole_word_mask=True: RoBERTa's fairseq masking masks single tokens, as the paper"
         )
+    if path["mask"] is fairseq_masks:
+        # fairseq has no cap: every draw must fit the batch's prediction slots (checked before the first step).
+        shapes = [("seq_length", "max_predictions_per_seq")]
+        if cfg.phase2_fraction > 0:
+            shapes.append(("phase2_seq_length", "phase2_max_predictions_per_seq"))
+        for length, cap in shapes:
+            most = masking.fairseq_max_predictions(cfg[length], cfg.masked_lm_prob)
+            if cfg[cap] < most:
+                raise ValueError(
+                    f"data.{cap}={cfg[cap]}: fairseq's masking predicts up to {most} positions in "
+                    f"data.{length}={cfg[length]} tokens; set it to {most}"
+                )
