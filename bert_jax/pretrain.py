@@ -129,8 +129,6 @@ def _run(config, workdir: str, setup: startup.SetupAgreement):
     # Data.
     # ------------------------------------------------------------------------------------------------------
     packed = bool(config.data.get("packing", False))
-    # The loader's family argument only for another family than BERT (its default), as row_multiple for packing.
-    family = {} if config.get("family", "bert") == "bert" else {"family": config.family}
     with setup_error("data"):
         loader = make_pretraining_loader(
             config.data,
@@ -141,8 +139,8 @@ def _run(config, workdir: str, setup: startup.SetupAgreement):
             process_index=process_index,
             process_count=process_count,
             seed=config.seed,
-            # Another family's data path (data/family_data.py) and, with vocab_file "", its bundled vocabulary.
-            **family,
+            # The family's data path (data/family_data.py) and, with vocab_file "", its bundled vocabulary.
+            family=config.get("family", "bert"),
             # Packed rows split evenly over this host's devices and micro-batches.
             **({"row_multiple": program_lib.packing_multiple(config)} if packed else {}),
         )
@@ -157,7 +155,7 @@ def _run(config, workdir: str, setup: startup.SetupAgreement):
                 process_index=process_index,
                 process_count=process_count,
                 seed=config.seed,
-                **family,
+                family=config.get("family", "bert"),
             )
             # Packed held-out batches: rows split evenly over the devices and agreed by the hosts.
             multiple = jax.local_device_count()

@@ -104,7 +104,12 @@ def run_fingerprint(config) -> dict[str, object]:
         fields = ("input_pattern", "phase2_input_pattern", "eval_input_pattern")
         try:
             out.update(
-                data_fingerprint(config.data, fields, vocab_file=config.get("vocab_file", ""))
+                data_fingerprint(
+                    config.data,
+                    fields,
+                    vocab_file=config.get("vocab_file", ""),
+                    family=config.get("family", "bert"),
+                )
             )
         except Exception as error:  # noqa: BLE001 -- compared as a value, reported by the loader
             out["data files"] = f"unreadable ({type(error).__name__})"

@@ -25,7 +25,8 @@ class FakeLoader:
     """
 
     def __init__(self, data_config, *, global_batch_size, num_train_steps, process_index=0,
-                 process_count=1, seed=0, nan_from_step=None, vocab_file="", do_lower_case=True):  # fmt: skip
+                 process_count=1, seed=0, nan_from_step=None, vocab_file="", do_lower_case=True,
+                 family="bert"):  # fmt: skip
         self.cfg, self.global_batch, self.seed = data_config, global_batch_size, seed
         self.rows = slice(
             process_index * global_batch_size // process_count,

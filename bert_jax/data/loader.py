@@ -317,8 +317,9 @@ def _build(
         row_multiple=row_multiple,
         mask_fn=path["mask"],
     )
-    vocab = vocab_file or ("" if family == "bert" else str(corpus_lib.sample_vocab(family)))
-    loader.fingerprint = None if eval_mode else data_fingerprint(cfg, vocab_file=vocab)
+    loader.fingerprint = (
+        None if eval_mode else data_fingerprint(cfg, vocab_file=vocab_file, family=family)
+    )
     return loader
 
 

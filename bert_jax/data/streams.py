@@ -31,10 +31,14 @@ def _file_name(path) -> str:
 
 
 def data_fingerprint(
-    cfg, fields=("input_pattern", "phase2_input_pattern"), *, vocab_file: str = ""
+    cfg,
+    fields=("input_pattern", "phase2_input_pattern"),
+    *,
+    vocab_file: str = "",
+    family: str = "bert",
 ) -> dict[str, object]:
     """{"file <name>": size in bytes, "vocab <name>": sha256 prefix} of what `cfg` (a data config) trains on:
-    every file its `fields` match, and the recipe's `vocab_file` ("" = the bundled one; hashed: a vocab edited
+    every file its `fields` match, and the recipe's `vocab_file` ("" = `family`'s bundled one; hashed: a vocab edited
     in place may keep its size). A pattern that matches nothing is recorded as such (the loader reports it as
     its own error)."""
     out: dict[str, object] = {}
@@ -54,7 +58,7 @@ def data_fingerprint(
                 out[f"file {_file_name(path)}"] = epath.Path(path).stat().length
             except OSError:
                 out[f"file {_file_name(path)}"] = "unreadable"
-    vocab = epath.Path(vocab_file or corpus_lib.SAMPLE_VOCAB)
+    vocab = epath.Path(vocab_file or corpus_lib.sample_vocab(family))
     try:
         # A tokenizer directory (a byte-level BPE's vocab.json + merges.txt): its files, in name order.
         files = sorted(f for f in vocab.iterdir() if f.is_file()) if vocab.is_dir() else [vocab]
