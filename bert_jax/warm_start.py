@@ -158,7 +158,7 @@ def initial_params(weights: InitialWeights, head: str, num_labels: int, mesh, rn
     another label count), is initialised afresh, with a log line; checkpoint modules the head has no place for
     are ignored.
     """
-    model = registry.build(weights.model_config, head, num_labels)
+    model = layouts.build_model(weights.model_config, head, num_labels)
     boxed = jax.eval_shape(train_lib.boxed_init(model), rng)
     shardings = sharding.logical_shardings(boxed, mesh)
     params = train_lib.create_params(model, shardings, rng)
