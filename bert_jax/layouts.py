@@ -47,10 +47,9 @@ ARCHITECTURES = {
     "classification": "BertForSequenceClassification",
     "span": "BertForQuestionAnswering",
     "token": "BertForTokenClassification",
-    # The pooler, dropout and a one-wide classifier per choice: BERT's classification head of one output.
-    "multiple_choice": "BertForMultipleChoice",
 }
-# Fine-tuning runs whose head the parameters alone do not tell: SWAG's one-wide classifier scores choices.
+# Fine-tuning runs whose head the parameters alone do not tell: SWAG's one-wide classifier scores choices (for a
+# family with a transformers multiple-choice class; BERT's SWAG runs export as one-label classification).
 _TASK_HEADS = {"swag": "multiple_choice"}
 SPECIAL_TOKENS = {
     "unk_token": "[UNK]",
@@ -153,6 +152,8 @@ def _read_workdir(path, step, overrides, do_lower_case) -> Checkpoint:
     flat = flat_params(run.params, "pretraining")
     lower = run.tokenizer_spec.get("do_lower_case")
     head = run.head or _TASK_HEADS.get(run.mode) or _head_of(flat)
+    if head not in getattr(registry.family_of(config).hf, "ARCHITECTURES", ARCHITECTURES):
+        head = _head_of(flat)
     return Checkpoint(
         config, flat, run.tokenizer, lower, run.source, head, run.labels, [], run.tokenizer_spec
     )
