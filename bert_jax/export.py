@@ -67,7 +67,8 @@ def write_bert_jax(out, params, ckpt: layouts.Checkpoint, head: str) -> None:
 def fixed_batch(config: registry.Config, tokenizer) -> dict[str, np.ndarray]:
     """Three sequences of random ids (one unpadded, two padded) with both segments: the same every run."""
     rng = np.random.default_rng(0)
-    length = min(24, config.max_position_embeddings)
+    # RoBERTa's positions start past its padding id: its longest input is `max_length`.
+    length = min(24, getattr(config, "max_length", config.max_position_embeddings))
     ids = rng.integers(0, tokenizer.vocab_size, (3, length)).astype(np.int32)
     mask = np.zeros_like(ids)
     types = np.zeros_like(ids)
