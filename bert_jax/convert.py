@@ -32,7 +32,9 @@ def run(argv=None) -> None:
     )
     parser.add_argument("--to", dest="out", required=True, help="output directory")
     parser.add_argument("--format", required=True, choices=export.FORMATS)
-    parser.add_argument("--head", default="auto", choices=("auto", *registry.HEADS))
+    parser.add_argument(
+        "--head", default="auto", choices=("auto", *registry.HEADS, "multiple_choice")
+    )
     parser.add_argument("--do_lower_case", default="auto", choices=("auto", "true", "false"))
     parser.add_argument(
         "--step", type=int, default=None, help="workdir checkpoint step (default latest)"

@@ -18,6 +18,7 @@ _OUTPUTS = {
     "classification": ("logits",),
     "span": ("start_logits", "end_logits"),
     "token": ("logits",),
+    "multiple_choice": ("logits",),
 }
 
 
@@ -34,12 +35,17 @@ def write_bert_jax(out, params, ckpt: layouts.Checkpoint, head: str) -> None:
     layouts.write_tokenizer(
         out / workdir.TOKENIZER_DIR, ckpt.tokenizer, ckpt.config, ckpt.do_lower_case
     )
+    # A byte-level BPE is two files (vocab.json, merges.txt): the directory names it.
+    bpe = (out / workdir.TOKENIZER_DIR / "merges.txt").exists()
     stored = {
         "mode": "export",
         "head": head,
+        "family": registry.family_of(ckpt.config).name,
         "model": dataclasses.asdict(ckpt.config),
         "tokenizer": {
-            "path": str(out / workdir.TOKENIZER_DIR / "vocab.txt"),
+            "path": str(out / workdir.TOKENIZER_DIR / "vocab.txt")
+            if not bpe
+            else str(out / workdir.TOKENIZER_DIR),
             "do_lower_case": layouts.tokenizer_lowercases(ckpt.tokenizer),
         },
         "num_labels": layouts.infer_num_labels(params, head),
@@ -61,7 +67,8 @@ def write_bert_jax(out, params, ckpt: layouts.Checkpoint, head: str) -> None:
 def fixed_batch(config: registry.Config, tokenizer) -> dict[str, np.ndarray]:
     """Three sequences of random ids (one unpadded, two padded) with both segments: the same every run."""
     rng = np.random.default_rng(0)
-    length = min(24, config.max_position_embeddings)
+    # RoBERTa's positions start past its padding id: its longest input is `max_length`.
+    length = min(24, getattr(config, "max_length", config.max_position_embeddings))
     ids = rng.integers(0, tokenizer.vocab_size, (3, length)).astype(np.int32)
     mask = np.zeros_like(ids)
     types = np.zeros_like(ids)
@@ -78,40 +85,53 @@ def sample_texts(tokenizer) -> list[str]:
     return [" ".join(words[:20]).capitalize() + ".", " ".join(words[20:]).upper() + " Ünïcödé!"]
 
 
-def _transformers_outputs(out, head, batch):
+def _transformers_outputs(out, config, head, names, batch):
     import torch
     import transformers
 
-    cls = getattr(transformers, layouts.ARCHITECTURES[head])
+    cls = getattr(transformers, layouts.architecture(config, head))
     reference = cls.from_pretrained(str(out)).eval()
+    inputs = {k: torch.from_numpy(v.astype(np.int64)) for k, v in batch.items()}
+    if (
+        head == "multiple_choice"
+    ):  # the batch's rows are one question's choices: [1, choices, length]
+        inputs = {k: v[None] for k, v in inputs.items()}
     with torch.no_grad():
-        outputs = reference(**{k: torch.from_numpy(v.astype(np.int64)) for k, v in batch.items()})
-    return {
-        k: outputs[k].numpy() for k in _OUTPUTS[head]
-    }, transformers.AutoTokenizer.from_pretrained(str(out))
+        outputs = reference(**inputs)
+    # Multiple choice's [1, choices] scores are bert_jax's [rows, 1].
+    theirs = {k: outputs[k].numpy().reshape(-1, 1) if head == "multiple_choice" else outputs[k].numpy()
+              for k in names}  # fmt: skip
+    return theirs, transformers.AutoTokenizer.from_pretrained(str(out))
 
 
 def check(out, fmt, ckpt, model, params, head, tolerance) -> float:
     """Runs the source model and the written one on `fixed_batch`; returns the max relative difference."""
     batch = fixed_batch(ckpt.config, ckpt.tokenizer)
     ours = model.apply({"params": params}, **batch)
-    ours = {k: np.asarray(ours[k], np.float32) for k in _OUTPUTS[head]}
+    # A family's own output names (RoBERTa's masked LM gives transformers' `logits` alone).
+    names = [k for k in _OUTPUTS[head] if k in ours] or ["logits"]
+    ours = {k: np.asarray(ours[k], np.float32) for k in names}
     texts = sample_texts(ckpt.tokenizer)
     theirs = None
     if fmt == "transformers":
         try:
-            theirs, their_tokenizer = _transformers_outputs(out, head, batch)
+            theirs, their_tokenizer = _transformers_outputs(out, ckpt.config, head, names, batch)
             their_ids = [their_tokenizer(t)["input_ids"] for t in texts]
-            reference = f"transformers {layouts.ARCHITECTURES[head]}.from_pretrained(OUT)"
+            reference = (
+                f"transformers {layouts.architecture(ckpt.config, head)}.from_pretrained(OUT)"
+            )
         except ImportError:  # no torch/transformers here: bert_jax's reader is the reference
             pass
     if theirs is None:
         written = layouts.read_checkpoint(out)
         model2, params2 = layouts.build(written, head)
         theirs = model2.apply({"params": params2}, **batch)
-        their_ids = [written.tokenizer([t])["input_ids"][0].tolist() for t in texts]
+        their_ids = [
+            written.tokenizer([t], truncation=False)["input_ids"][0].tolist() for t in texts
+        ]
         reference = f"bert_jax reading {out}"
-    our_ids = [ckpt.tokenizer([t])["input_ids"][0].tolist() for t in texts]
+    # Whole texts: transformers' tokenizer does not cut them to the model's length either.
+    our_ids = [ckpt.tokenizer([t], truncation=False)["input_ids"][0].tolist() for t in texts]
     if our_ids != their_ids:
         raise ValueError(
             f"{out}: the written tokenizer gives other ids than the source's ({reference})"

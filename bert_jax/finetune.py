@@ -30,6 +30,7 @@ from etils import epath
 
 from bert_jax import optim, reporting, run_setup, sharding, startup, tasks, train_lib, warm_start
 from bert_jax.data import batching
+from bert_jax.models import registry
 from bert_jax.run_setup import setup_error
 from bert_jax.workdir import save_tokenizer
 
@@ -126,8 +127,13 @@ def _run(config, workdir, setup: startup.SetupAgreement) -> dict:
     # ------------------------------------------------------------------------------------------------------
     with setup_error("init_checkpoint"):
         weights = warm_start.load(config, head=task.HEAD, heads=task.KEPT_MODULES)
-        if config.max_seq_length > weights.model_config.max_position_embeddings:
-            raise ValueError(f"max_seq_length {config.max_seq_length} > max_position_embeddings")
+        # RoBERTa's positions start past its padding id: its longest input is `max_length`.
+        longest = getattr(weights.model_config, "max_length", None)
+        longest = weights.model_config.max_position_embeddings if longest is None else longest
+        if config.max_seq_length > longest:
+            raise ValueError(
+                f"max_seq_length {config.max_seq_length} > the model's longest input {longest}"
+            )
     with setup_error("data"):
         prepared = task.encode(
             config, raw, weights.tokenizer, _checkpoint_labels(config.init_checkpoint)
@@ -195,6 +201,8 @@ def _run(config, workdir, setup: startup.SetupAgreement) -> dict:
     # ------------------------------------------------------------------------------------------------------
     stored = {
         **run_fields,
+        # The model's family: a checkpoint's own, whatever the recipe's random-init `family` says.
+        "family": registry.family_of(weights.model_config).name,
         "model": dataclasses.asdict(weights.model_config),
         "tokenizer": weights.tokenizer_spec,
         "num_labels": prepared.num_labels,

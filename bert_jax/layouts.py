@@ -48,6 +48,9 @@ ARCHITECTURES = {
     "span": "BertForQuestionAnswering",
     "token": "BertForTokenClassification",
 }
+# Fine-tuning runs whose head the parameters alone do not tell: SWAG's one-wide classifier scores choices (for a
+# family with a transformers multiple-choice class; BERT's SWAG runs export as one-label classification).
+_TASK_HEADS = {"swag": "multiple_choice"}
 SPECIAL_TOKENS = {
     "unk_token": "[UNK]",
     "sep_token": "[SEP]",
@@ -148,7 +151,9 @@ def _read_workdir(path, step, overrides, do_lower_case) -> Checkpoint:
         raise ValueError(f"{run.source}: stored model config: {e}") from e
     flat = flat_params(run.params, "pretraining")
     lower = run.tokenizer_spec.get("do_lower_case")
-    head = run.head or _head_of(flat)
+    head = run.head or _TASK_HEADS.get(run.mode) or _head_of(flat)
+    if head not in getattr(registry.family_of(config).hf, "ARCHITECTURES", ARCHITECTURES):
+        head = _head_of(flat)
     return Checkpoint(
         config, flat, run.tokenizer, lower, run.source, head, run.labels, [], run.tokenizer_spec
     )
@@ -222,9 +227,21 @@ def build(ckpt: Checkpoint, head: str, num_labels: int | None = None, *, seed: i
             num_labels = _classifier_kernel(ckpt.flat).shape[-1]
         else:
             num_labels = len(ckpt.labels) if ckpt.labels else 2
-    model = registry.build(ckpt.config, head, num_labels)
+    model = build_model(ckpt.config, head, num_labels)
     params = load_flat_params(model, ckpt.config, ckpt.flat, ckpt.source, seed=seed, head=head)
     return model, params
+
+
+def build_model(config: registry.Config, head: str, num_labels: int = 2):
+    """`registry.build`, where a family without a multiple-choice head of its own scores each choice with its
+    classification head of one output (BERT's is BertForMultipleChoice's very layers); RoBERTa has its own
+    (the pooler + a one-wide classifier, not RobertaClassificationHead)."""
+    try:
+        return registry.build(config, head, num_labels)
+    except ValueError:
+        if head != "multiple_choice":
+            raise
+        return registry.build(config, "classification", 1)
 
 
 def _read_transformers(path, overrides, do_lower_case) -> Checkpoint:
@@ -346,10 +363,11 @@ def tokenizer_lowercases(tokenizer) -> bool:
 def write_tokenizer(directory, tokenizer, config, do_lower_case: bool | None = None) -> None:
     """vocab.txt, tokenizer_config.json and special_tokens_map.json, as transformers' BertTokenizer wants."""
     from bert_jax.data.tokenizer import ByteLevelBPETokenizer
+    from bert_jax.models import roberta_hf
 
     directory = epath.Path(directory)
     if isinstance(tokenizer, ByteLevelBPETokenizer):
-        _write_bpe_tokenizer(directory, tokenizer, config)
+        roberta_hf.write_tokenizer(directory, tokenizer, config)
         return
     if do_lower_case is None:
         do_lower_case = tokenizer_lowercases(tokenizer)
@@ -384,29 +402,6 @@ def architecture(config: registry.Config, head: str) -> str:
     if head not in architectures:
         raise ValueError(f"head {head!r} has no transformers class for {family.name}")
     return architectures[head]
-
-
-def _write_bpe_tokenizer(directory, tokenizer, config) -> None:
-    """vocab.json + merges.txt (the files, byte for byte) and the configs transformers' RobertaTokenizer reads."""
-    (directory / "vocab.json").write_bytes(epath.Path(tokenizer.path).read_bytes())
-    (directory / "merges.txt").write_bytes(epath.Path(tokenizer.merges_path).read_bytes())
-    specials = {
-        "bos_token": "<s>",
-        "eos_token": "</s>",
-        "unk_token": "<unk>",
-        "sep_token": "</s>",
-        "pad_token": "<pad>",
-        "cls_token": "<s>",
-        "mask_token": "<mask>",
-    }
-    tokenizer_config = {
-        "tokenizer_class": "RobertaTokenizer",
-        "add_prefix_space": False,
-        "model_max_length": getattr(config, "max_length", config.max_position_embeddings),
-        **specials,
-    }
-    (directory / "tokenizer_config.json").write_text(json.dumps(tokenizer_config, indent=2))
-    (directory / "special_tokens_map.json").write_text(json.dumps(specials, indent=2))
 
 
 def save_pretrained(

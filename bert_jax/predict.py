@@ -89,7 +89,9 @@ def load_classifier(workdir) -> Classifier:
     step, params, stored = run.step, run.params, run.stored
     task = glue.get_task(stored["task"])
     model = registry.build(
-        registry.config_from_fields(stored["model"]), "classification", task.num_labels
+        registry.config_from_fields(stored["model"], stored.get("family", "bert")),
+        "classification",
+        task.num_labels,
     )
     return Classifier(
         task, model, params, run.tokenizer,

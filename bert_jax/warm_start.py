@@ -67,10 +67,15 @@ def from_path(
     ckpt = layouts.read_checkpoint(path)
     # The weights' own fields come from the checkpoint; how to run them (attention kernel, remat, scan) is the
     # run's, so every layout of the same weights builds the same model.
-    fields = {k: v for k, v in dataclasses.asdict(ckpt.config).items() if k in ARCHITECTURE}
+    # A family's own stored fields too (RoBERTa's pad_token_id, which numbers its positions).
+    family = registry.family_of(ckpt.config)
+    stored = {f for f in getattr(family.hf, "CONFIG_FIELDS", {}).values() if f not in EXECUTION}
+    fields = {
+        k: v for k, v in dataclasses.asdict(ckpt.config).items() if k in {*ARCHITECTURE, *stored}
+    }
     model_config = train_lib.model_config(
         fields, vocab_size=ckpt.tokenizer.vocab_size, dtype=dtype, param_dtype=param_dtype,
-        family=registry.family_of(ckpt.config).name, **overrides,
+        family=family.name, **overrides,
     )  # fmt: skip
     tree = traverse_util.unflatten_dict(ckpt.flat, sep="/")
     # Every layout stores the layers one by one; a scanning model takes them stacked.
@@ -158,7 +163,7 @@ def initial_params(weights: InitialWeights, head: str, num_labels: int, mesh, rn
     another label count), is initialised afresh, with a log line; checkpoint modules the head has no place for
     are ignored.
     """
-    model = registry.build(weights.model_config, head, num_labels)
+    model = layouts.build_model(weights.model_config, head, num_labels)
     boxed = jax.eval_shape(train_lib.boxed_init(model), rng)
     shardings = sharding.logical_shardings(boxed, mesh)
     params = train_lib.create_params(model, shardings, rng)

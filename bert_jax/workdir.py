@@ -28,6 +28,7 @@ TOKENIZER_DIR = "tokenizer"
 _TOKENIZER_FILES = (
     "tokenizer.json",
     "vocab.txt",
+    # RoBERTa's byte-level BPE.
     "vocab.json",
     "merges.txt",
     "tokenizer_config.json",

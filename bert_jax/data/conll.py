@@ -141,7 +141,7 @@ def check_labels(corpus: Corpus, labels: Sequence[str]) -> None:
 def encode_corpus(
     corpus: Corpus, tokenizer, labels: Sequence[str], max_seq_length: int = 128
 ) -> dict[str, np.ndarray]:
-    """`[CLS] word pieces [SEP]` rows; labels on each word's first piece.
+    """`[CLS] word pieces [SEP]` rows (RoBERTa: `<s> ... </s>`); labels on each word's first piece.
 
     Returns int32 `input_ids`, `token_type_ids`, `attention_mask`, `labels` [F, L],
     float32 `label_weights` [F, L] (1 on first pieces), `word_index` [F, L] (the word a
@@ -152,7 +152,9 @@ def encode_corpus(
     budget = max_seq_length - 2
     rows = []  # (sentence, [(word index, piece ids)])
     for s, sentence in enumerate(corpus.sentences):
-        pieces = tokenizer.encode_batch(list(sentence.words))
+        # Every word follows a space, the first too (a sentence in running text), as transformers'
+        # RoBERTa tokenizer with add_prefix_space for words: byte-level BPE's pieces carry it.
+        pieces = tokenizer.encode_words(sentence.words, space_before_first=True)
         chunk, used = [], 0
         for w, ids in enumerate(pieces):
             # A word the tokenizer drops entirely (e.g. only control characters) still needs a

@@ -220,14 +220,27 @@ def is_max_context(spans: Sequence[tuple[int, int]], index: int, position: int) 
     return best_index == index
 
 
-def _improve_span(doc_ids, start: int, end: int, answer_ids) -> tuple[int, int]:
-    """The tightest sub-span of word pieces whose pieces are the answer's (e.g. "1895" inside
-    "(1895-1943)."); the whole words' span when none matches."""
-    for new_start in range(start, end + 1):
-        for new_end in range(end, new_start - 1, -1):
-            if doc_ids[new_start : new_end + 1] == answer_ids:
-                return new_start, new_end
+def _improve_span(doc_ids, start: int, end: int, answers_ids) -> tuple[int, int]:
+    """The tightest sub-span of word pieces whose pieces are one of the answer's encodings (e.g.
+    "1895" inside "(1895-1943)."), the first encoding first; the whole words' span when none
+    matches."""
+    for answer_ids in answers_ids:
+        for new_start in range(start, end + 1):
+            for new_end in range(end, new_start - 1, -1):
+                if doc_ids[new_start : new_end + 1] == answer_ids:
+                    return new_start, new_end
     return start, end
+
+
+def _answer_encodings(tokenizer, answer: str, after_space: bool) -> list[list[int]]:
+    """The answer's pieces as whole words of the context (a byte-level BPE marks the space before
+    them), then as the text alone (an answer that starts inside a word)."""
+    words = answer.split()
+    whole = [
+        i for ids in tokenizer.encode_words(words, space_before_first=after_space) for i in ids
+    ]
+    alone = tokenizer.encode(answer)
+    return [whole] if whole == alone else [whole, alone]
 
 
 def encode_examples(
@@ -246,7 +259,7 @@ def encode_examples(
     post-processing `example_index` [F], `token_to_word` [F, L] (context word of each token, -1
     elsewhere) and `max_context` [F, L] (bool).
     """
-    if max_query_length + 3 >= max_seq_length:
+    if max_query_length + 2 + getattr(tokenizer, "pair_separators", 1) >= max_seq_length:
         raise ValueError(f"max_query_length {max_query_length} leaves no room for the context")
     # Contexts repeat (several questions per paragraph): tokenize each once.
     word_ids: dict[str, list[list[int]]] = {}
@@ -254,7 +267,10 @@ def encode_examples(
     rows = []
     for index, (example, query) in enumerate(zip(examples.examples, questions, strict=True)):
         if example.context not in word_ids:
-            word_ids[example.context] = tokenizer.encode_batch(list(example.words))
+            # As the context's own encoding: a byte-level BPE's words after the first follow a space.
+            word_ids[example.context] = tokenizer.encode_words(
+                example.words, space_before_first=False
+            )
         query = query[:max_query_length]
         doc_ids, tok_to_word, word_to_tok = [], [], []
         for w, ids in enumerate(word_ids[example.context]):
@@ -266,11 +282,16 @@ def encode_examples(
             start = word_to_tok[example.start_word]
             last_word = example.end_word == len(example.words) - 1
             end = len(doc_ids) - 1 if last_word else word_to_tok[example.end_word + 1] - 1
-            answer = _improve_span(doc_ids, start, end, tokenizer.encode(example.answers[0]))
-        spans = window_starts(len(doc_ids), max_seq_length - len(query) - 3, doc_stride)
+            encodings = _answer_encodings(tokenizer, example.answers[0], example.start_word > 0)
+            answer = _improve_span(doc_ids, start, end, encodings)
+        # [CLS] query [SEP] ... [SEP]; RoBERTa's pairs have two separators: <s> query </s></s> ... </s>.
+        separators = getattr(tokenizer, "pair_separators", 1)
+        spans = window_starts(
+            len(doc_ids), max_seq_length - len(query) - 2 - separators, doc_stride
+        )
         for span_index, (span_start, span_length) in enumerate(spans):
-            offset = len(query) + 2
-            ids = [tokenizer.cls_id, *query, tokenizer.sep_id]
+            offset = len(query) + 1 + separators
+            ids = [tokenizer.cls_id, *query, *[tokenizer.sep_id] * separators]
             ids += doc_ids[span_start : span_start + span_length] + [tokenizer.sep_id]
             to_word = np.full(max_seq_length, -1, np.int32)
             max_context = np.zeros(max_seq_length, bool)
@@ -297,7 +318,8 @@ def encode_examples(
     }
     for f, (index, ids, offset, to_word, max_context, start, end) in enumerate(rows):
         out["input_ids"][f, : len(ids)] = ids
-        out["token_type_ids"][f, offset : len(ids)] = 1
+        # The context's token type: 1, or RoBERTa's one type 0.
+        out["token_type_ids"][f, offset : len(ids)] = getattr(tokenizer, "second_type", 1)
         out["attention_mask"][f, : len(ids)] = 1
         out["start_positions"][f], out["end_positions"][f] = start, end
         out["example_index"][f] = index

@@ -111,6 +111,10 @@ def compute_answers(
 ) -> Answers:
     """Answers of every example from its windows' logits ([F, L], rows as `features`)."""
     basic_tokenize = getattr(tokenizer, "basic_tokenize", str.split)
+    # A byte-level BPE decodes its pieces itself; WordPiece's "##" pieces are glued here.
+    span_text = getattr(tokenizer, "span_text", None) or (
+        lambda ids: pieces_text([tokenizer.id_to_token(int(i)) for i in ids])
+    )
     by_example: dict[int, list[int]] = {}
     for f, index in enumerate(features["example_index"]):
         by_example.setdefault(int(index), []).append(f)
@@ -140,7 +144,7 @@ def compute_answers(
                 break
             if s > 0:
                 ids = features["input_ids"][f][s : e + 1]
-                pred = pieces_text([tokenizer.id_to_token(int(i)) for i in ids])
+                pred = span_text(ids)
                 to_word = features["token_to_word"][f]
                 joined, text = _context_slice(
                     example, int(to_word[s]), int(to_word[e]), basic_tokenize, pred

@@ -71,6 +71,13 @@ class _Tokenizer(abc.ABC):
     def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
         """Token ids of each text, without special tokens."""
 
+    def encode_words(self, words: Sequence[str], *, space_before_first: bool) -> list[list[int]]:
+        """Token ids of each word of a whitespace-split text, as the text's own encoding splits them, so token i
+        of the concatenation belongs to word `owner[i]` (CoNLL's labels, SQuAD's answer spans).
+        `space_before_first`: the first word also follows a space (a sentence inside a document); only a
+        tokenizer that encodes the space into its pieces (byte-level BPE) reads it."""
+        return self.encode_batch(list(words))
+
     def _set_specials(self, ids: dict[str, int]) -> None:
         self.pad_id, self.unk_id = ids["pad"], ids["unk"]
         self.cls_id, self.sep_id, self.mask_id = ids["cls"], ids["sep"], ids["mask"]
@@ -358,6 +365,20 @@ class ByteLevelBPETokenizer(_Tokenizer):
     def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
         return [e.ids for e in self._tok.encode_batch(list(texts), add_special_tokens=False)]
 
+    def encode_words(self, words: Sequence[str], *, space_before_first: bool) -> list[list[int]]:
+        """Each word with the space before it (all but the first, unless `space_before_first`): the pieces of
+        " word" are what the running text gives it ("Ġword"), not those of a text that starts with it."""
+        spaced = [" " + w if i or space_before_first else w for i, w in enumerate(words)]
+        return self.encode_batch(spaced)
+
+    def basic_tokenize(self, text: str) -> list[str]:
+        """The words answers are aligned on: byte-level BPE changes no character, so whitespace words."""
+        return text.split()
+
+    def span_text(self, ids: Sequence[int]) -> str:
+        """The text of consecutive tokens (a predicted answer), without the leading space marker."""
+        return " ".join(self._tok.decode([int(i) for i in ids], skip_special_tokens=True).split())
+
     def id_to_token(self, i: int) -> str | None:
         return self._tok.id_to_token(int(i))
 
@@ -369,7 +390,8 @@ class ByteLevelBPETokenizer(_Tokenizer):
 
     @property
     def is_continuation(self) -> np.ndarray:
-        """Bool [vocab_size]: True for tokens without the space marker "Ġ" (inside a word)."""
+        """Bool [vocab_size]: True for tokens without the space marker "Ġ" (inside a whitespace word: "cat."
+        is "Ġcat" + "."; a text's first word has no marker either, and follows <s>, a special token)."""
         if self._continuation is None:
             tokens = [self._tok.id_to_token(i) or "" for i in range(self.vocab_size)]
             flags = np.array([not t.startswith("\u0120") for t in tokens])

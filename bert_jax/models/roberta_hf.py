@@ -7,10 +7,12 @@ BERT's layer names and tensor layouts (`bert_hf`) under the `roberta.` prefix, p
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Mapping
 
 import numpy as np
+from etils import epath
 
 from bert_jax.models import bert_hf
 from bert_jax.models.bert_hf import read_state_dict  # noqa: F401 -- the same files as BERT's
@@ -112,3 +114,32 @@ def config_to_hf(config: RobertaConfig) -> dict:
     """The model fields of a transformers config.json (RobertaConfig's <s> and </s> ids as fairseq's)."""
     out = {theirs: getattr(config, ours) for theirs, ours in CONFIG_FIELDS.items()}
     return {**out, "model_type": MODEL_TYPE, "bos_token_id": 0, "eos_token_id": 2}
+
+
+# transformers' RobertaTokenizer's special tokens (fairseq's dictionary: <s> opens, </s> closes and separates).
+SPECIAL_TOKENS = {
+    "bos_token": "<s>",
+    "eos_token": "</s>",
+    "unk_token": "<unk>",
+    "sep_token": "</s>",
+    "pad_token": "<pad>",
+    "cls_token": "<s>",
+    "mask_token": "<mask>",
+}
+
+
+def write_tokenizer(directory, tokenizer, config: RobertaConfig) -> None:
+    """vocab.json + merges.txt (the byte-level BPE's files, byte for byte), tokenizer_config.json and
+    special_tokens_map.json, as transformers' RobertaTokenizer (and AutoTokenizer) reads them."""
+    directory = epath.Path(directory)
+    (directory / "vocab.json").write_bytes(epath.Path(tokenizer.path).read_bytes())
+    (directory / "merges.txt").write_bytes(epath.Path(tokenizer.merges_path).read_bytes())
+    tokenizer_config = {
+        "tokenizer_class": "RobertaTokenizer",
+        # Text is encoded as it stands (a first word without "Ġ"), as bert_jax's tokenizer does.
+        "add_prefix_space": False,
+        "model_max_length": config.max_length,
+        **SPECIAL_TOKENS,
+    }
+    (directory / "tokenizer_config.json").write_text(json.dumps(tokenizer_config, indent=2))
+    (directory / "special_tokens_map.json").write_text(json.dumps(SPECIAL_TOKENS, indent=2))

@@ -1,5 +1,6 @@
-"""SWAG for the fine-tuning loop: four [CLS] context [SEP] ending [SEP] rows per example, one score per row from
-the pooled [CLS] (a classifier with one output), softmax over the four; accuracy; predictions.csv."""
+"""SWAG for the fine-tuning loop: four [CLS] context [SEP] ending [SEP] rows per example (RoBERTa's
+`<s> context </s></s> ending </s>`), one score per row from the pooled [CLS] (the multiple-choice head: a classifier
+with one output, as transformers' *ForMultipleChoice), softmax over the four; accuracy; predictions.csv."""
 
 from __future__ import annotations
 
@@ -15,7 +16,9 @@ from bert_jax.data import swag
 from bert_jax.scoring import choice
 from bert_jax.tasks import Prepared, named_metric_fields
 
-HEAD = "classification"
+# BERT's is its classification head of one output (`layouts.build_model`); RoBERTa's is not its sequence
+# classification head, so exports name the right transformers class.
+HEAD = "multiple_choice"
 KEPT_MODULES = ("bert",)
 MAIN_METRIC = "accuracy"
 FILES = ("predictions.csv",)
