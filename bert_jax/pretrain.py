@@ -282,10 +282,12 @@ def _run(config, workdir: str, setup: startup.SetupAgreement):
                 sums = jax.tree.map(lambda *xs: float(sum(xs)), *jax.device_get(sums))
                 evaluated = {f"eval/{k}": v for k, v in program.objective.summarize(sums).items()}
                 writer.write_scalars(done, evaluated)
-                progress.print(
-                    f"eval at step {done:,}: mlm_acc {evaluated['eval/mlm_accuracy']:.3f} · "
-                    f"nsp_acc {evaluated['eval/nsp_accuracy']:.3f}"
+                # The objective's own accuracies (MLM + NSP's line is as before).
+                shown = " · ".join(
+                    f"{label} {evaluated[f'eval/{key}']:{fmt}}"
+                    for label, key, fmt in program.objective.progress
                 )
+                progress.print(f"eval at step {done:,}: {shown}")
                 window.restart()
 
             stop = preemption.agreed(done)

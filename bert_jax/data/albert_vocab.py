@@ -59,9 +59,14 @@ def is_word_start(piece: str) -> bool:
 
 
 def word_starts(tokenizer) -> np.ndarray:
-    """Bool [vocab_size]: `is_word_start` of every piece of `tokenizer` (specials count as starts)."""
-    starts = np.array(
-        [is_word_start(tokenizer.id_to_token(i)) for i in range(tokenizer.vocab_size)]
-    )
+    """Bool [vocab_size]: for a SentencePiece tokenizer `is_word_start` of every piece, for any other the
+    tokenizer's own rule (WordPiece: not "##", ALBERT's `_is_start_piece_bert`); specials count as starts."""
+    from bert_jax.data.tokenizer import SentencePieceTokenizer
+
+    if isinstance(tokenizer, SentencePieceTokenizer):
+        pieces = [tokenizer.id_to_token(i) for i in range(tokenizer.vocab_size)]
+        starts = np.array([is_word_start(piece) for piece in pieces])
+    else:
+        starts = ~np.asarray(tokenizer.is_continuation)
     starts[list(tokenizer.special_ids)] = True
     return starts

@@ -25,8 +25,8 @@ import zlib
 import numpy as np
 from absl import logging
 
+from bert_jax.data import albert_vocab, instances, masking, packing, records
 from bert_jax.data import corpus as corpus_lib
-from bert_jax.data import instances, masking, packing, records
 from bert_jax.data.phases import eval_phase, pretraining_phases
 from bert_jax.data.streams import (
     CorpusStream,
@@ -118,7 +118,10 @@ class PretrainingLoader:
             special_ids=self._special,
             mask_id=self.tokenizer.mask_id,
             vocab_size=self.tokenizer.vocab_size,
-            is_continuation=self.tokenizer.is_continuation if self._masking["whole_word"] else None,
+            is_continuation=self._masking.get("continuation", self.tokenizer.is_continuation)
+            if self._masking["whole_word"]
+            else None,
+            max_ngram=self._masking.get("max_ngram", 1),
         )
         feats.update(masked)
         return feats
@@ -308,6 +311,7 @@ def _build(
     else:
         streams = _corpus_streams(cfg, tok, phases, seed, hosts, eval_mode)
     masking_cfg = {"masked_lm_prob": cfg.masked_lm_prob, "whole_word": cfg.whole_word_mask}
+    masking_cfg.update(_objective_masking(cfg, tok))
     loader = PretrainingLoader(
         streams,
         batch_size=batch_size,
@@ -321,6 +325,22 @@ def _build(
     )
     loader.fingerprint = None if eval_mode else data_fingerprint(cfg, vocab_file=vocab_file)
     return loader
+
+
+# What a family's pretraining objective changes in the data, read from its recipe's data fields (one place):
+# ALBERT's (mlm_sop) sentence-order pairs (`data.sentence_order`) and n-gram masking (`data.max_ngram`).
+def _objective_pairs(cfg) -> dict:
+    """CorpusStream's pair rule: ALBERT's sentence-order pairs when `data.sentence_order`."""
+    return {"sentence_order": True} if cfg.get("sentence_order", False) else {}
+
+
+def _objective_masking(cfg, tok) -> dict:
+    """The masking's n-gram settings: `data.max_ngram` > 1 masks n-grams of whole words, words as ALBERT
+    splits them (`albert_vocab.word_starts`)."""
+    max_ngram = cfg.get("max_ngram", 1)
+    if max_ngram <= 1:
+        return {}
+    return {"max_ngram": max_ngram, "continuation": ~albert_vocab.word_starts(tok)}
 
 
 def _corpus_streams(cfg, tok, phases, seed, hosts, eval_mode):
@@ -345,8 +365,9 @@ def _corpus_streams(cfg, tok, phases, seed, hosts, eval_mode):
     streams = []
     for i, (start, length, max_pred) in enumerate(phases):
         stream = CorpusStream(
-            corpus, length, cfg.short_seq_prob, seed, key0 + i, tok.cls_id, tok.sep_id
-        )
+            corpus, length, cfg.short_seq_prob, seed, key0 + i, tok.cls_id, tok.sep_id,
+            **_objective_pairs(cfg),
+        )  # fmt: skip
         streams.append((start, stream, length, max_pred))
     return streams
 
