@@ -6,14 +6,17 @@ import json
 import shutil
 import warnings
 
+import flax.linen as nn
+import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 import torch
 import transformers
 
 from bert_jax import layouts
-from bert_jax.data import corpus
-from bert_jax.models import albert
+from bert_jax.data import albert_vocab, corpus
+from bert_jax.models import albert, registry
 
 SPM = corpus.ASSETS / "albert_sample_spm.model"
 # Odd sizes: E = 10 (not H), 3 heads of 12, a feed-forward width that matches nothing, 3 passes of one layer.
@@ -135,3 +138,169 @@ def test_multiple_choice_scores_each_choice_as_one_row(tmp_path):
     ours = run_ours(model, params, ids, mask, types)["logits"]
     assert ours.shape == (3, 1) and theirs.shape == (1, 3)
     np.testing.assert_allclose(ours.reshape(1, 3), theirs, atol=1e-5, rtol=1e-5)
+
+
+def tiny_config(**overrides):
+    fields = dict(
+        vocab_size=1000, embedding_size=10, hidden_size=36, num_layers=3, num_heads=3,
+        intermediate_size=37, max_position_embeddings=40,
+    )  # fmt: skip
+    return albert.AlbertConfig(**{**fields, **overrides})
+
+
+def test_shared_layer_is_one_bert_layer_and_shards_like_it():
+    from flax import traverse_util
+
+    def shapes_and_axes(params, root):
+        flat = traverse_util.flatten_dict(params[root])
+        return {k: (v.value.shape, v.names) for k, v in flat.items()}
+
+    ours = registry.init_params(albert.AlbertModel(tiny_config()), jax.random.key(0))
+    one = registry.init_params(albert.AlbertModel(tiny_config(num_layers=1)), jax.random.key(0))
+    count = lambda tree: sum(x.size for x in jax.tree.leaves(nn.unbox(tree)))
+    # Three passes, one layer's parameters: the count does not grow with num_layers.
+    assert count(ours) == count(one)
+    assert sorted(ours) == ["embeddings", "pooler", "shared_layer"]
+    bert_config = registry.config_from_fields(
+        dict(vocab_size=1000, hidden_size=36, num_layers=1, num_heads=3, intermediate_size=37,
+             max_position_embeddings=40)
+    )  # fmt: skip
+    bert_params = registry.init_params(registry.build(bert_config), jax.random.key(0))
+    # The shared layer is BERT's layer: the same names, shapes and logical axes.
+    assert shapes_and_axes(ours, "shared_layer") == shapes_and_axes(bert_params, "layer_0")
+    h, e, i, v, p = 36, 10, 37, 1000, 40
+    layer = 4 * (h * h + h) + 2 * h * i + i + h + 4 * h
+    embeddings = (v + p + 2) * e + 2 * e + e * h + h
+    assert count(ours) == layer + embeddings + h * h + h
+    # The factorized tables are E wide, with BERT's axis names.
+    table = ours["embeddings"]["word_embeddings"]["embedding"]
+    assert (table.value.shape, table.names) == ((1000, 10), ("vocab", "embed"))
+
+
+def test_one_line_refusals(tmp_path):
+    torch_model(tmp_path, "AlbertModel")
+    config = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**config, "num_hidden_groups": 2}))
+    with pytest.raises(ValueError) as error:
+        layouts.load_pretrained(tmp_path)
+    assert str(error.value) == (
+        f"{tmp_path / 'config.json'}: num_hidden_groups 2 and inner_group_num 1: only 1 and 1 "
+        "(one layer shared by all, as every released ALBERT) are supported"
+    )
+    with pytest.raises(ValueError, match="^scan_layers is true, but ALBERT's layers share one set"):
+        tiny_config(scan_layers=True)
+    with pytest.raises(ValueError, match="^albert has no TF1 checkpoint layout"):
+        layouts.save_tf1(tmp_path / "tf1", {}, tiny_config(), "none", None)
+
+
+def sop_corpus(sentences_per_doc):
+    """Documents of 3-token sentences, token values counting up: sentence k holds 3k .. 3k + 2."""
+    from bert_jax.data.instances import TokenizedCorpus
+
+    total = sum(sentences_per_doc)
+    return TokenizedCorpus(
+        tokens=np.arange(3 * total, dtype=np.int32),
+        sentence_starts=np.arange(0, 3 * total + 1, 3, dtype=np.int64),
+        document_starts=np.concatenate([[0], np.cumsum(sentences_per_doc)]).astype(np.int64),
+    )
+
+
+def test_sentence_order_pairs_are_albert_s():
+    from bert_jax.data import instances
+
+    # 400 documents of 2-5 sentences and 100 of one; long enough rows that nothing is truncated.
+    sizes = [2 + k % 4 for k in range(400)] + [1] * 100
+    corpus = sop_corpus(sizes)
+    doc_of = np.repeat(np.arange(len(sizes)), np.asarray(sizes) * 3)
+    specs = instances.create_instance_specs(
+        corpus, 64, 0.0, np.random.default_rng(0), sentence_order=True
+    )
+    a_lo, a_hi, b_lo, b_hi, label = specs.T
+    assert len(specs) == 500 and (a_hi > a_lo).all() and (b_hi > b_lo).all()
+    single = np.asarray(sizes) == 1
+    one = single[doc_of[a_lo]]
+    # A one-sentence document: B from another document, label 1 (the original's random next).
+    assert (label[one] == 1).all() and (doc_of[b_lo[one]] != doc_of[a_lo[one]]).all()
+    # Two or more sentences: consecutive segments of one document, in order (0) or swapped (1).
+    many = ~one
+    assert (doc_of[b_lo[many]] == doc_of[a_lo[many]]).all()
+    in_order, swapped = many & (label == 0), many & (label == 1)
+    assert (a_hi[in_order] == b_lo[in_order]).all()
+    assert (b_hi[swapped] == a_lo[swapped]).all()
+    assert in_order.sum() + swapped.sum() == 400
+    # Swapped half the time: 400 coin flips, 3 standard deviations.
+    assert abs(swapped.sum() / 400 - 0.5) < 3 * np.sqrt(0.25 / 400)
+    # Without sentence_order the same corpus gives BERT's pairs: no swaps, negatives from other documents.
+    bert = instances.create_instance_specs(corpus, 64, 0.0, np.random.default_rng(0))
+    negative = bert[:, 4] == 1
+    assert (doc_of[bert[negative, 2]] != doc_of[bert[negative, 0]]).all()
+
+
+def test_ngram_masking_rules_and_statistics():
+    from bert_jax.data import masking
+
+    assert np.allclose(masking.ngram_probabilities(3), [6 / 11, 3 / 11, 2 / 11])
+    rng = np.random.default_rng(0)
+    # One-piece words: a budget of 3 in 400 tokens. The first n-gram drawn is kept whole (n <= 3 fits), so a
+    # row is one 3-gram with p(3) = 2/11 and three separate words with p(1)^2 = 36/121.
+    ids = np.full((4000, 400), 7)
+    ids[:, 0], ids[:, -1] = 2, 3
+    out = masking.mask_tokens(
+        ids, np.ones_like(ids), rng, max_predictions=3, masked_lm_prob=3 / 400,
+        special_ids=[0, 1, 2, 3, 4], mask_id=4, vocab_size=1000, max_ngram=3,
+    )  # fmt: skip
+    gaps = np.diff(out["masked_lm_positions"], axis=1)
+    assert (out["masked_lm_weights"].sum(1) == 3).all()
+    assert abs(((gaps[:, 0] == 1) & (gaps[:, 1] == 1)).mean() - 2 / 11) < 0.02
+    assert abs(((gaps[:, 0] > 1) & (gaps[:, 1] > 1)).mean() - 36 / 121) < 0.02
+    # 80% [MASK], 10% random, 10% unchanged (all originals are 7).
+    replaced = np.take_along_axis(out["input_ids"], out["masked_lm_positions"], axis=1)
+    assert abs((replaced == 4).mean() - 0.8) < 0.01
+    assert abs((replaced == 7).mean() - 0.1 - 0.1 / 1000) < 0.01
+
+    # Whole words: pieces "a b c" form one word when b and c continue it; never [CLS]/[SEP]/padding.
+    rng = np.random.default_rng(1)
+    cont = np.zeros(1000, bool)
+    cont[100:200] = True  # ids 100-199 continue a word
+    row = np.array([2, 10, 150, 151, 11, 12, 160, 3, 13, 170, 14, 15, 3, 0, 0])
+    ids = np.tile(row, (2000, 1))
+    mask = (ids != 0).astype(np.int32)
+    out = masking.mask_tokens(
+        ids, mask, rng, max_predictions=4, masked_lm_prob=0.4, special_ids=[0, 1, 2, 3, 4],
+        mask_id=4, vocab_size=1000, is_continuation=cont, max_ngram=3,
+    )  # fmt: skip
+    chosen = np.zeros(ids.shape, bool)
+    valid = out["masked_lm_weights"] > 0
+    rows = np.broadcast_to(np.arange(len(ids))[:, None], valid.shape)
+    chosen[rows[valid], out["masked_lm_positions"][valid]] = True
+    words = [[1, 2, 3], [4], [5, 6], [8, 9], [10], [11]]
+    for word in words:
+        assert (chosen[:, word].all(1) | ~chosen[:, word].any(1)).all(), word
+    assert not chosen[:, [0, 7, 12, 13, 14]].any()
+    # round(13 real tokens x 0.4) = 5 > 4: a budget of 4, never exceeded; short of it only when the words
+    # left are all too long (e.g. [4], [10], [11] taken first leaves 1 for words of 2 and 3 pieces).
+    assert valid.sum(1).max() == 4 and valid.sum(1).min() >= 3
+    assert (valid.sum(1) == 4).mean() > 0.8
+    # An n-gram runs across the [SEP]: words [5, 6] and [8, 9] masked together happens.
+    assert (chosen[:, 6] & chosen[:, 8]).any()
+
+
+def test_albert_word_rule():
+    from bert_jax.data.tokenizer import load_tokenizer
+
+    starts = {
+        p: albert_vocab.is_word_start(p) for p in ("\u2581the", "the", ",", "é", "<pad>", "ab,")
+    }
+    assert starts == {
+        "\u2581the": True,
+        "the": False,
+        ",": True,
+        "é": True,
+        "<pad>": True,
+        "ab,": False,
+    }
+    tok = load_tokenizer(str(SPM))
+    flags = albert_vocab.word_starts(tok)
+    assert flags.shape == (1000,) and flags[[0, 1, 2, 3, 4]].all()
+    pieces = [tok.id_to_token(i) for i in range(1000)]
+    assert flags.sum() == sum(albert_vocab.is_word_start(p) for p in pieces[5:]) + 5
