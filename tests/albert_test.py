@@ -304,3 +304,105 @@ def test_albert_word_rule():
     assert flags.shape == (1000,) and flags[[0, 1, 2, 3, 4]].all()
     pieces = [tok.id_to_token(i) for i in range(1000)]
     assert flags.sum() == sum(albert_vocab.is_word_start(p) for p in pieces[5:]) + 5
+
+
+def test_albert_lamb_is_google_research_albert_s_update():
+    import ml_collections
+
+    from bert_jax import optim
+
+    config = ml_collections.ConfigDict(
+        dict(optimizer="albert_lamb", learning_rate=0.5, warmup_steps=0, num_train_steps=10,
+             adam_b1=0.9, adam_b2=0.999, adam_epsilon=1e-6, weight_decay=0.01, max_grad_norm=0.0)
+    )  # fmt: skip
+    tx = optim.make_optimizer(config)
+    w, b = np.array([[1.0, -2.0, 0.5], [0.3, 0.0, 1.5]]), np.array([0.1, -0.2, 0.3])
+    g = {"dense": {"kernel": np.array([[0.2, 0.1, -0.3], [0.05, 0.4, 0.0]]), "bias": np.ones(3)}}
+    params = {"dense": {"kernel": jnp.asarray(w), "bias": jnp.asarray(b)}}
+    updates, _ = tx.update(jax.tree.map(jnp.asarray, g), tx.init(params), params)
+
+    def lamb(p, grad, decay):
+        # The original's first step: unbias-corrected moments, decay added, then the trust ratio.
+        m, v = 0.1 * grad, 0.001 * grad**2
+        update = m / (np.sqrt(v) + 1e-6) + (0.01 * p if decay else 0.0)
+        ratio = np.linalg.norm(p) / np.linalg.norm(update) if decay else 1.0
+        return -0.5 * ratio * update  # lr * (1 - 0 / 10)
+
+    np.testing.assert_allclose(
+        updates["dense"]["kernel"], lamb(w, g["dense"]["kernel"], True), rtol=1e-5
+    )
+    # A bias: no decay and no layer adaptation, as the original's exclude_from_weight_decay ("bias").
+    np.testing.assert_allclose(
+        updates["dense"]["bias"], lamb(b, g["dense"]["bias"], False), rtol=1e-5
+    )
+
+
+def test_recipes_are_the_papers_numbers():
+    from bert_jax import main
+    from bert_jax.configs import albert_base, albert_tiny
+
+    c = albert_base.get_config()
+    assert (c.family, c.objective, c.optimizer) == ("albert", "mlm_sop", "albert_lamb")
+    assert (c.num_train_steps, c.global_batch_size, c.learning_rate, c.warmup_steps) == (
+        125_000, 4096, 0.00176, 3125,
+    )  # fmt: skip
+    assert (c.adam_b2, c.adam_epsilon, c.weight_decay, c.max_grad_norm) == (0.999, 1e-6, 0.01, 1.0)
+    assert (c.data.seq_length, c.data.max_predictions_per_seq, c.data.phase2_fraction) == (
+        512,
+        20,
+        0.0,
+    )
+    assert (c.data.sentence_order, c.data.max_ngram, c.data.whole_word_mask) == (True, 3, True)
+    config = registry.config_from_fields(dict(c.model), c.family)
+    assert type(config) is albert.AlbertConfig
+    assert (config.vocab_size, config.embedding_size, config.hidden_size, config.num_layers) == (
+        30000, 128, 768, 12,
+    )  # fmt: skip
+    assert albert_base.get_config("xxlarge").model.hidden_size == 4096
+    tiny = albert_tiny.get_config()
+    assert tiny.vocab_file.endswith("albert_sample_spm.model") and tiny.model.embedding_size == 64
+    assert main.resolve_config("albert_tiny").endswith("bert_jax/configs/albert_tiny.py")
+
+
+def test_tiny_pretraining_learns(tmp_path):
+    """The albert_tiny recipe's data path (SentencePiece, SOP pairs, n-gram masks), objective and optimizer,
+    at a smaller size, for 40 steps: the loss falls."""
+    from bert_jax import optim
+    from bert_jax.configs import albert_tiny
+    from bert_jax.data.loader import make_pretraining_loader
+
+    c = albert_tiny.get_config()
+    c.model.update(hidden_size=32, intermediate_size=64, embedding_size=16, vocab_size=1000)
+    c.update(num_train_steps=40, warmup_steps=4, global_batch_size=16)
+    c.data.seq_length = 32
+    loader = make_pretraining_loader(
+        c.data,
+        global_batch_size=16,
+        num_train_steps=40,
+        vocab_file=c.vocab_file,
+        do_lower_case=True,
+    )
+    batch = loader.batch(0)
+    assert set(np.unique(batch["next_sentence_labels"])) == {0, 1}
+    assert batch["masked_lm_weights"].sum() > 0 and (batch["input_ids"][:, 0] == 2).all()
+    model = registry.build(registry.config_from_fields(dict(c.model), "albert"), "pretraining")
+    objective = registry.objective("mlm_sop", model)
+    tx = optim.make_optimizer(c)
+    params = nn.unbox(registry.init_params(model, jax.random.key(0)))
+    state = tx.init(params)
+
+    @jax.jit
+    def step(params, state, batch, rng):
+        (loss, sums), grads = jax.value_and_grad(objective.loss, has_aux=True)(params, batch, rng)
+        updates, state = tx.update(grads, state, params)
+        return optim.optax.apply_updates(params, updates), state, loss, sums
+
+    losses = []
+    for s in range(40):
+        batch = {k: jnp.asarray(v) for k, v in loader.batch(s).items()}
+        params, state, loss, sums = step(params, state, batch, jax.random.key(s))
+        losses.append(float(loss))
+    summary = objective.summarize(jax.tree.map(float, sums))
+    assert sorted(summary) == ["mlm_accuracy", "mlm_loss", "sop_accuracy", "sop_loss"]
+    # ln(1000) + ln(2) = 7.6 at the start; 40 steps take off well over one nat.
+    assert np.mean(losses[:5]) > 7.0 and np.mean(losses[-5:]) < np.mean(losses[:5]) - 1.0, losses
