@@ -406,3 +406,17 @@ def test_tiny_pretraining_learns(tmp_path):
     assert sorted(summary) == ["mlm_accuracy", "mlm_loss", "sop_accuracy", "sop_loss"]
     # ln(1000) + ln(2) = 7.6 at the start; 40 steps take off well over one nat.
     assert np.mean(losses[:5]) > 7.0 and np.mean(losses[-5:]) < np.mean(losses[:5]) - 1.0, losses
+
+
+def test_fine_tuning_weights_keep_the_factorized_width(tmp_path):
+    """warm_start reads a family's own architecture fields (embedding_size), not only BERT's."""
+    from bert_jax import warm_start
+
+    torch_model(tmp_path, "AlbertForPreTraining", num_labels=2)
+    weights = warm_start.from_path(
+        tmp_path, heads=("bert", "classifier"), dtype="float32", param_dtype="float32"
+    )
+    assert type(weights.model_config) is albert.AlbertConfig
+    assert (weights.model_config.embedding_size, weights.model_config.num_layers) == (10, 3)
+    assert sorted(weights.params) == ["bert"]
+    assert weights.params["bert"]["embeddings"]["word_embeddings"]["embedding"].shape == (1000, 10)
