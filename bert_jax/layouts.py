@@ -345,11 +345,17 @@ def tokenizer_lowercases(tokenizer) -> bool:
 
 def write_tokenizer(directory, tokenizer, config, do_lower_case: bool | None = None) -> None:
     """vocab.txt, tokenizer_config.json and special_tokens_map.json, as transformers' BertTokenizer wants."""
-    from bert_jax.data.tokenizer import ByteLevelBPETokenizer
+    from bert_jax.data.tokenizer import ByteLevelBPETokenizer, SentencePieceTokenizer
 
     directory = epath.Path(directory)
     if isinstance(tokenizer, ByteLevelBPETokenizer):
         _write_bpe_tokenizer(directory, tokenizer, config)
+        return
+    if (
+        isinstance(tokenizer, SentencePieceTokenizer)
+        and registry.family_of(config).name == "albert"
+    ):
+        _write_albert_tokenizer(directory, tokenizer, config, do_lower_case)
         return
     if do_lower_case is None:
         do_lower_case = tokenizer_lowercases(tokenizer)
@@ -403,6 +409,29 @@ def _write_bpe_tokenizer(directory, tokenizer, config) -> None:
         "tokenizer_class": "RobertaTokenizer",
         "add_prefix_space": False,
         "model_max_length": getattr(config, "max_length", config.max_position_embeddings),
+        **specials,
+    }
+    (directory / "tokenizer_config.json").write_text(json.dumps(tokenizer_config, indent=2))
+    (directory / "special_tokens_map.json").write_text(json.dumps(specials, indent=2))
+
+
+def _write_albert_tokenizer(directory, tokenizer, config, do_lower_case) -> None:
+    """spiece.model (the file, byte for byte) and the configs transformers' AlbertTokenizer reads."""
+    (directory / "spiece.model").write_bytes(epath.Path(tokenizer.path).read_bytes())
+    specials = {
+        "bos_token": "[CLS]",
+        "eos_token": "[SEP]",
+        "unk_token": "<unk>",
+        "sep_token": "[SEP]",
+        "pad_token": "<pad>",
+        "cls_token": "[CLS]",
+        "mask_token": "[MASK]",
+    }
+    lower = tokenizer_lowercases(tokenizer) if do_lower_case is None else do_lower_case
+    tokenizer_config = {
+        "tokenizer_class": "AlbertTokenizer",
+        "do_lower_case": lower,
+        "model_max_length": config.max_position_embeddings,
         **specials,
     }
     (directory / "tokenizer_config.json").write_text(json.dumps(tokenizer_config, indent=2))

@@ -420,3 +420,21 @@ def test_fine_tuning_weights_keep_the_factorized_width(tmp_path):
     assert (weights.model_config.embedding_size, weights.model_config.num_layers) == (10, 3)
     assert sorted(weights.params) == ["bert"]
     assert weights.params["bert"]["embeddings"]["word_embeddings"]["embedding"].shape == (1000, 10)
+
+
+def test_saved_directory_carries_the_sentencepiece_tokenizer(tmp_path):
+    torch_model(tmp_path / "hf", "AlbertModel")
+    model, params, tok = layouts.load_pretrained(tmp_path / "hf")
+    layouts.save_pretrained(tmp_path / "back", params, model.config, tokenizer=tok)
+    assert (tmp_path / "back" / "spiece.model").read_bytes() == SPM.read_bytes()
+    _, _, again = layouts.load_pretrained(tmp_path / "back")
+    theirs = transformers.AutoTokenizer.from_pretrained(tmp_path / "back")
+    texts, pairs = (
+        ["Zanashka wrote four letters.", "the otter"],
+        ["to her brother", "in the fields"],
+    )
+    ours = again(texts, pairs)
+    expected = theirs(texts, pairs, padding="longest", return_token_type_ids=True)
+    np.testing.assert_array_equal(ours["input_ids"], expected["input_ids"])
+    np.testing.assert_array_equal(ours["token_type_ids"], expected["token_type_ids"])
+    assert ours["input_ids"][0, 0] == 2 and again.vocab_size == tok.vocab_size == 1000
