@@ -359,6 +359,20 @@ def test_recipes_are_the_papers_numbers():
         30000, 128, 768, 12,
     )  # fmt: skip
     assert albert_base.get_config("xxlarge").model.hidden_size == 4096
+    family = registry.family_named("albert")
+    assert (family.objectives, family.tf1, registry.family_of(config).name) == (
+        ("mlm_sop",),
+        None,
+        "albert",
+    )
+    # BERT's count with the factorized parts: the E -> H projection per token, the MLM head through E.
+    from bert_jax.models import bert
+
+    factorized = 512 * 128 * 768 + 20 * (768 * 128 + 128 * 30000) - 20 * (768 * 768 + 768 * 30000)
+    assert (
+        registry.flops_per_sequence(config, 512, 20)
+        == bert.flops_per_sequence(config, 512, 20) + 6.0 * factorized
+    )
     tiny = albert_tiny.get_config()
     assert tiny.vocab_file.endswith("albert_sample_spm.model") and tiny.model.embedding_size == 64
     assert main.resolve_config("albert_tiny").endswith("bert_jax/configs/albert_tiny.py")
