@@ -362,12 +362,19 @@ def tokenizer_lowercases(tokenizer) -> bool:
 
 def write_tokenizer(directory, tokenizer, config, do_lower_case: bool | None = None) -> None:
     """vocab.txt, tokenizer_config.json and special_tokens_map.json, as transformers' BertTokenizer wants."""
-    from bert_jax.data.tokenizer import ByteLevelBPETokenizer
-    from bert_jax.models import roberta_hf
+    from bert_jax.data.tokenizer import ByteLevelBPETokenizer, SentencePieceTokenizer
+    from bert_jax.models import albert_hf, roberta_hf
 
     directory = epath.Path(directory)
     if isinstance(tokenizer, ByteLevelBPETokenizer):
         roberta_hf.write_tokenizer(directory, tokenizer, config)
+        return
+    if (
+        isinstance(tokenizer, SentencePieceTokenizer)
+        and registry.family_of(config).name == "albert"
+    ):
+        lower = tokenizer_lowercases(tokenizer) if do_lower_case is None else do_lower_case
+        albert_hf.write_tokenizer(directory, tokenizer, config, lower)
         return
     if do_lower_case is None:
         do_lower_case = tokenizer_lowercases(tokenizer)

@@ -7,7 +7,10 @@ decoupled from the gradient and not applied to LayerNorm parameters or biases, g
 "bert_adam" (the recipes' default) is the original code's AdamWeightDecayOptimizer: no bias correction of the
 moments, and its schedule, whose linear decay runs from step 0 underneath the warmup (so the peak after a 10k
 warmup of 1M steps is 0.99 x the learning rate). "adamw" is optax's bias-corrected AdamW with a decay that starts
-at the end of the warmup; "lamb" (You et al. 2019) is the large-batch option.
+at the end of the warmup; "lamb" (You et al. 2019) is the large-batch option. "albert_lamb" is
+google-research/albert's LAMBOptimizer (ALBERT's pretraining): the same unbias-corrected moments as "bert_adam",
+decoupled weight decay, then each parameter's update scaled by ||param|| / ||update|| (the trust ratio), both
+decay and trust ratio skipped for LayerNorm parameters and biases, on the original schedule.
 """
 
 from __future__ import annotations
@@ -22,7 +25,9 @@ import jax.numpy as jnp
 import optax
 from flax import struct
 
-OPTIMIZERS = ("bert_adam", "adamw", "lamb")
+OPTIMIZERS = ("bert_adam", "adamw", "lamb", "albert_lamb")
+# The optimizers that use the original BERT code's schedule (its decay runs from step 0 under the warmup).
+ORIGINAL_SCHEDULE = ("bert_adam", "albert_lamb")
 
 
 def make_schedule(
@@ -40,7 +45,7 @@ def make_schedule(
     warmup = config.warmup_steps if warmup_steps is None else warmup_steps
     if not 0 <= warmup <= total:
         raise ValueError(f"warmup_steps {warmup} must be between 0 and num_train_steps {total}")
-    if config.optimizer == "bert_adam":
+    if config.optimizer in ORIGINAL_SCHEDULE:
 
         def original(count):
             step = jnp.asarray(count, jnp.float32)
@@ -120,7 +125,7 @@ def make_optimizer(
       adam_b1, adam_b2, adam_epsilon: Adam moments and epsilon (also LAMB's).
       weight_decay: decoupled decay, scaled by the learning rate, masked by `weight_decay_mask`.
       max_grad_norm: global-norm clip applied to the (accumulated) gradient; 0 disables clipping.
-      optimizer: "bert_adam" (the original's update and schedule), "adamw" or "lamb".
+      optimizer: "bert_adam" (the original's update and schedule), "adamw", "lamb" or "albert_lamb".
     """
     schedule = make_schedule(config, num_train_steps, warmup_steps)
     b1, b2, eps = config.adam_b1, config.adam_b2, config.adam_epsilon
@@ -136,6 +141,14 @@ def make_optimizer(
         opt = optax.adamw(schedule, **kwargs)
     elif config.optimizer == "lamb":
         opt = optax.lamb(schedule, **kwargs)
+    elif config.optimizer == "albert_lamb":
+        opt = optax.chain(
+            scale_by_bert_adam(b1, b2, eps),
+            optax.add_decayed_weights(config.weight_decay, weight_decay_mask),
+            # The original excludes the same parameters from layer adaptation as from weight decay.
+            optax.masked(optax.scale_by_trust_ratio(), weight_decay_mask),
+            optax.scale_by_learning_rate(schedule),
+        )
     else:
         raise ValueError(f"optimizer {config.optimizer!r} is not one of {OPTIMIZERS}")
     max_norm = config.max_grad_norm

@@ -63,6 +63,8 @@ PROGRESS_FIELDS = (
     ("loss", "train/loss", ".3f"),
     ("mlm_acc", "train/mlm_accuracy", ".3f"),
     ("nsp_acc", "train/nsp_accuracy", ".3f"),
+    # ALBERT's mlm_sop objective; a field the objective does not report is left out of the line.
+    ("sop_acc", "train/sop_accuracy", ".3f"),
 )
 
 

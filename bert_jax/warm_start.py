@@ -67,11 +67,13 @@ def from_path(
     ckpt = layouts.read_checkpoint(path)
     # The weights' own fields come from the checkpoint; how to run them (attention kernel, remat, scan) is the
     # run's, so every layout of the same weights builds the same model.
-    # A family's own stored fields too (RoBERTa's pad_token_id, which numbers its positions).
+    # A family's own fields beyond BERT's (ALBERT's embedding_size, RoBERTa's pad_token_id) describe weights too.
     family = registry.family_of(ckpt.config)
-    stored = {f for f in getattr(family.hf, "CONFIG_FIELDS", {}).values() if f not in EXECUTION}
+    bert_fields = registry.config_fields("bert")
     fields = {
-        k: v for k, v in dataclasses.asdict(ckpt.config).items() if k in {*ARCHITECTURE, *stored}
+        k: v
+        for k, v in dataclasses.asdict(ckpt.config).items()
+        if k in ARCHITECTURE or k not in bert_fields
     }
     model_config = train_lib.model_config(
         fields, vocab_size=ckpt.tokenizer.vocab_size, dtype=dtype, param_dtype=param_dtype,

@@ -197,7 +197,7 @@ def test_unsupported_family_is_one_line(tmp_path):
     message = str(error.value)
     assert "\n" not in message
     assert message == (
-        f"{tmp_path / 'config.json'}: model_type is 'electra', not 'bert' or 'roberta' "
+        f"{tmp_path / 'config.json'}: model_type is 'electra', not 'albert', 'bert' or 'roberta' "
         "(the model families bert_jax supports)"
     )
 

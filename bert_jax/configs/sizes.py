@@ -20,3 +20,20 @@ ROBERTA = {
     "base": dict(num_layers=12, hidden_size=768, num_heads=12, intermediate_size=3072),
     "large": dict(num_layers=24, hidden_size=1024, num_heads=16, intermediate_size=4096),
 }
+
+# The sizes of the released ALBERT models (Lan et al. 2020, table 1; every one factorizes its embeddings at
+# E = 128 and shares one layer across all) and a tiny one for CPU runs (E = 64, still narrower than H).
+ALBERT = {
+    "tiny": dict(
+        num_layers=2, hidden_size=128, num_heads=2, intermediate_size=512, embedding_size=64
+    ),
+    "base": dict(
+        num_layers=12, hidden_size=768, num_heads=12, intermediate_size=3072, embedding_size=128
+    ),
+    "large": dict(
+        num_layers=24, hidden_size=1024, num_heads=16, intermediate_size=4096, embedding_size=128
+    ),
+    "xxlarge": dict(
+        num_layers=12, hidden_size=4096, num_heads=64, intermediate_size=16384, embedding_size=128
+    ),
+}

@@ -1,8 +1,9 @@
 """Each model family's pretraining data path, in one place (FAMILY_DATA, keyed by the recipe's `family`): which
 stream a text/TFDS corpus is read as, how its rows are masked per step, and which data options apply.
 
-BERT (and a family not named here): NSP pairs (`streams.CorpusStream`) masked as create_pretraining_data
-(`masking.mask_tokens`). RoBERTa: FULL-SENTENCES rows (`full_sentences.FullSentenceStream`) masked as fairseq
+BERT (and a family not named here, ALBERT among them): NSP pairs (`streams.CorpusStream`) masked as
+create_pretraining_data (`masking.mask_tokens`); ALBERT's recipe turns on its sentence-order pairs
+(`data.sentence_order`) and n-gram masking (`data.max_ngram`), options of the same path. RoBERTa: FULL-SENTENCES rows (`full_sentences.FullSentenceStream`) masked as fairseq
 (`masking.mask_tokens_fairseq`), no instance files (they hold BERT's pairs), no packing (rows are already full).
 The loader (`loader.py`) calls `check_family` and `data_path`. Pure NumPy.
 """
@@ -17,7 +18,8 @@ from bert_jax.data.streams import CorpusStream
 
 
 def bert_masks(feats, rng, max_pred, tok, cfg) -> dict[str, np.ndarray]:
-    """BERT's dynamic masks (`masking.mask_tokens`, create_pretraining_data's rules)."""
+    """BERT's dynamic masks (`masking.mask_tokens`, create_pretraining_data's rules); ALBERT's n-grams of whole
+    words when the recipe sets `data.max_ngram` (the loader puts it and ALBERT's word starts in `cfg`)."""
     return masking.mask_tokens(
         feats["input_ids"],
         feats["attention_mask"],
@@ -27,7 +29,8 @@ def bert_masks(feats, rng, max_pred, tok, cfg) -> dict[str, np.ndarray]:
         special_ids=tok.special_ids,
         mask_id=tok.mask_id,
         vocab_size=tok.vocab_size,
-        is_continuation=tok.is_continuation if cfg["whole_word"] else None,
+        is_continuation=cfg.get("continuation", tok.is_continuation) if cfg["whole_word"] else None,
+        max_ngram=cfg.get("max_ngram", 1),
     )
 
 
@@ -46,8 +49,12 @@ def fairseq_masks(feats, rng, max_pred, tok, cfg) -> dict[str, np.ndarray]:
 
 
 def pair_stream(cfg, corpus, tok, length, seed, key):
-    """BERT's rows: NSP pairs made per epoch (`instances.create_instance_specs`)."""
-    return CorpusStream(corpus, length, cfg.short_seq_prob, seed, key, tok.cls_id, tok.sep_id)
+    """BERT's rows: NSP pairs made per epoch (`instances.create_instance_specs`); ALBERT's sentence-order pairs
+    with `data.sentence_order`."""
+    return CorpusStream(
+        corpus, length, cfg.short_seq_prob, seed, key, tok.cls_id, tok.sep_id,
+        sentence_order=cfg.get("sentence_order", False),
+    )  # fmt: skip
 
 
 def full_sentence_stream(cfg, corpus, tok, length, seed, key):

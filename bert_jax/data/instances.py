@@ -82,12 +82,19 @@ def create_instance_specs(
     short_seq_prob: float,
     rng: np.random.Generator,
     counters: dict | None = None,
+    sentence_order: bool = False,
 ) -> np.ndarray:
     """One pass over all documents: int64 [N, 5] rows (a_start, a_end, b_start, b_end, label).
 
     Ranges index `corpus.tokens` and are already truncated to fit `max_seq_length`. `counters`,
     if given, receives `forced_random_next` (one-sentence chunks, always NotNext) and
     `truncated_instances`.
+
+    `sentence_order`: ALBERT's sentence-order pairs (google-research/albert's create_pretraining_data
+    with its default random_next_sentence=False): a chunk of two or more sentences gives A and B in
+    order (label 0) or, with probability 1/2, swapped (B first, label 1); a one-sentence chunk still
+    takes B from a random other document (label 1), as the original does. Truncation comes after
+    the swap, as there.
     """
     if corpus.num_documents < 2:
         raise ValueError("need at least 2 documents to draw random next sentences")
@@ -108,7 +115,7 @@ def create_instance_specs(
                 a_sents = int(rng.integers(1, n_sent)) if n_sent >= 2 else 1
                 a_lo, a_hi = starts[chunk_start], starts[chunk_start + a_sents]
                 forced += n_sent == 1
-                if n_sent == 1 or rng.random() < 0.5:
+                if n_sent == 1 or (not sentence_order and rng.random() < 0.5):
                     label = 1
                     target_b = max(target - (a_hi - a_lo), 1)
                     r = int(rng.integers(0, n_docs - 1))
@@ -120,6 +127,10 @@ def create_instance_specs(
                         j += 1
                         b_hi = starts[j]
                     i = chunk_start + a_sents - 1  # the unused sentences go back
+                elif sentence_order and rng.random() < 0.5:
+                    # Swapped: the chunk's second part first.
+                    label = 1
+                    a_lo, a_hi, b_lo, b_hi = a_hi, starts[i + 1], a_lo, a_hi
                 else:
                     label = 0
                     b_lo, b_hi = a_hi, starts[i + 1]

@@ -29,8 +29,8 @@ import zlib
 import numpy as np
 from absl import logging
 
+from bert_jax.data import albert_vocab, instances, packing, records
 from bert_jax.data import corpus as corpus_lib
-from bert_jax.data import instances, packing, records
 from bert_jax.data.family_data import check_family, data_path
 from bert_jax.data.phases import eval_phase, pretraining_phases
 from bert_jax.data.streams import (
@@ -305,6 +305,7 @@ def _build(
     else:
         streams = _corpus_streams(cfg, tok, phases, seed, hosts, eval_mode, path["stream"])
     masking_cfg = {"masked_lm_prob": cfg.masked_lm_prob, "whole_word": cfg.whole_word_mask}
+    masking_cfg.update(_ngram_masking(cfg, tok))
     loader = PretrainingLoader(
         streams,
         batch_size=batch_size,
@@ -321,6 +322,15 @@ def _build(
         None if eval_mode else data_fingerprint(cfg, vocab_file=vocab_file, family=family)
     )
     return loader
+
+
+def _ngram_masking(cfg, tok) -> dict:
+    """The masking's n-gram settings: `data.max_ngram` > 1 masks n-grams of whole words, words as ALBERT
+    splits them (`albert_vocab.word_starts`)."""
+    max_ngram = cfg.get("max_ngram", 1)
+    if max_ngram <= 1:
+        return {}
+    return {"max_ngram": max_ngram, "continuation": ~albert_vocab.word_starts(tok)}
 
 
 def _corpus_streams(cfg, tok, phases, seed, hosts, eval_mode, make_stream):

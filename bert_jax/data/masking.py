@@ -7,7 +7,8 @@
 * with whole-word masking, words are visited in random order and a word that would overflow
   the budget is skipped while later, shorter words can still fill it (the original's
   `continue`), so the budget is met whenever any combination of remaining words allows it
-  greedily.
+  greedily;
+* with `max_ngram` > 1, ALBERT's n-gram masking (Lan et al. 2020, section 4.1; `_choose_ngrams`).
 
 Used for dynamic masking by the loader and for static masks by the offline tool. RoBERTa masks with
 `mask_tokens_fairseq` instead: fairseq's rules, which differ (specials maskable, a randomly rounded count,
@@ -63,6 +64,64 @@ def _choose_words(keys, special, cont, num_pred):
     return in_word & np.take_along_axis(word_taken, np.maximum(word_id, 0), axis=1)
 
 
+def ngram_probabilities(max_ngram: int) -> np.ndarray:
+    """ALBERT's p(n) for n = 1..max_ngram: proportional to 1/n (favor_shorter_ngram, its default)."""
+    p = 1.0 / np.arange(1, max_ngram + 1)
+    return p / p.sum()
+
+
+def _choose_ngrams(keys, special, cont, num_pred, max_ngram, rng):
+    """ALBERT's n-gram masking (google-research/albert, create_masked_lm_predictions), all rows at once.
+
+    The candidates are whole words (a start piece and its continuations, never [CLS]/[SEP]/padding), in one
+    list per row that runs across the [SEP] between the segments. They are visited in random order (the
+    original shuffles one entry per word); at each, n is drawn with p(n) proportional to 1/n, the n-gram is the
+    word and the n - 1 words after it (fewer at the row's end), and if it would overflow the row's budget the
+    next shorter n-gram is tried down to the word alone; one that still overflows, or that overlaps a chosen
+    n-gram, is skipped. A row stops when its budget is met.
+    """
+    n, length = keys.shape
+    starts = ~special & ~cont
+    word_id = np.cumsum(starts, axis=1) - 1
+    in_word = ~special & (word_id >= 0)
+    num_words = starts.sum(1)
+    rows = np.arange(n)
+    word_len = np.zeros((n, length), np.int64)
+    np.add.at(word_len, (np.broadcast_to(rows[:, None], (n, length))[in_word], word_id[in_word]), 1)
+    # cum[r, w] = pieces in words < w; indices past the last word clamp to it (the n-gram ends at the row's end).
+    cum = np.concatenate([np.zeros((n, 1), np.int64), np.cumsum(word_len, axis=1)], axis=1)
+    slot = np.arange(length)[None, :]
+    order = np.argsort(np.where(slot < num_words[:, None], keys, np.inf), axis=1, kind="stable")
+    draws = rng.choice(
+        np.arange(1, max_ngram + 1), size=(n, length), p=ngram_probabilities(max_ngram)
+    )
+    covered = np.zeros((n, length + max_ngram), bool)
+    used = np.zeros(n, np.int64)
+    for k in range(length):
+        live = (used < num_pred) & (k < num_words)
+        if not live.any():
+            break
+        first = order[:, k]
+
+        def size(m, first=first):
+            return cum[rows, np.minimum(first + m, num_words)] - cum[rows, first]
+
+        # The longest n-gram no longer than the draw that fits the budget (0: none fits).
+        chosen = np.zeros(n, np.int64)
+        for m in range(max_ngram, 0, -1):
+            fits = (chosen == 0) & (m <= draws[:, k]) & (used + size(m) <= num_pred)
+            chosen = np.where(fits, m, chosen)
+        overlap = np.zeros(n, bool)
+        for j in range(max_ngram):
+            overlap |= (j < chosen) & covered[rows, first + j]
+        take = live & (chosen > 0) & ~overlap
+        for j in range(max_ngram):
+            mark = take & (j < chosen) & (first + j < num_words)
+            covered[rows[mark], (first + j)[mark]] = True
+        used += np.where(take, size(chosen), 0)
+    return in_word & np.take_along_axis(covered, np.maximum(word_id, 0), axis=1)
+
+
 def mask_tokens(
     input_ids: np.ndarray,
     attention_mask: np.ndarray,
@@ -74,13 +133,15 @@ def mask_tokens(
     mask_id: int,
     vocab_size: int,
     is_continuation: np.ndarray | None = None,
+    max_ngram: int = 1,
 ) -> dict[str, np.ndarray]:
     """Masks a batch of unmasked instances.
 
     Returns the masked `input_ids` and `masked_lm_positions`, `masked_lm_ids` (int32),
     `masked_lm_weights` (float32, 0 on padding predictions) [N, max_predictions], positions in
     increasing order. `special_ids` are never predicted. With `is_continuation` (bool per vocab
-    id), whole words are masked (see the module docstring).
+    id), whole words are masked (see the module docstring). `max_ngram` > 1: ALBERT's n-gram masking
+    (`_choose_ngrams`) over whole words (over pieces without `is_continuation`).
     """
     n, length = input_ids.shape
     special = np.isin(input_ids, np.asarray(special_ids)) | (attention_mask == 0)
@@ -88,7 +149,13 @@ def mask_tokens(
     num_pred = np.clip(np.rint(num_tokens * masked_lm_prob), 1, max_predictions).astype(np.int64)
     num_pred = np.minimum(num_pred, (~special).sum(1))
     keys = rng.random((n, length))
-    if is_continuation is None:
+    if max_ngram > 1:
+        cont = np.zeros_like(special)
+        if is_continuation is not None:
+            prev_special = np.concatenate([np.ones((n, 1), bool), special[:, :-1]], axis=1)
+            cont = is_continuation[input_ids] & ~special & ~prev_special
+        chosen = _choose_ngrams(keys, special, cont, num_pred, max_ngram, rng)
+    elif is_continuation is None:
         chosen = _choose_pieces(keys, special, num_pred, max_predictions)
     else:
         # A continuation piece right after a special token starts its own word.

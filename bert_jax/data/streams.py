@@ -90,9 +90,13 @@ def fingerprint_changes(old: dict, new: dict) -> list[str]:
 class CorpusStream:
     """This host's endless stream of unmasked instances from a tokenized corpus."""
 
-    def __init__(self, corpus, seq_length, short_seq_prob, seed, key, cls_id, sep_id):
+    def __init__(
+        self, corpus, seq_length, short_seq_prob, seed, key, cls_id, sep_id, sentence_order=False
+    ):
         self.corpus, self.seq_length, self.short_seq_prob = corpus, seq_length, short_seq_prob
         self.seed, self.key, self.cls_id, self.sep_id = seed, key, cls_id, sep_id
+        # ALBERT's sentence-order pairs instead of BERT's next-sentence pairs (instances.create_instance_specs).
+        self.sentence_order = sentence_order
         self.epoch_sizes: list[int] = []
         self._cache: dict[int, np.ndarray] = {}
 
@@ -100,7 +104,11 @@ class CorpusStream:
         if epoch not in self._cache:
             rng = keyed_rng(self.seed, self.key, epoch)
             specs = instances.create_instance_specs(
-                self.corpus, self.seq_length, self.short_seq_prob, rng
+                self.corpus,
+                self.seq_length,
+                self.short_seq_prob,
+                rng,
+                sentence_order=self.sentence_order,
             )
             specs = specs[rng.permutation(len(specs))]
             if len(self._cache) >= 2:  # a batch spans at most two epochs

@@ -137,5 +137,61 @@ class Mlm(_Objective):
         }
 
 
+@dataclasses.dataclass(frozen=True)
+class MlmSop(_Objective):
+    """ALBERT's objective (Lan et al. 2020): mean MLM cross entropy over the masked positions + mean
+    sentence-order-prediction cross entropy on the pooled [CLS] (label 1 = the two segments swapped).
+
+    `model`: the family's "pretraining" head module (outputs `prediction_logits` at `masked_lm_positions` and
+    `sop_logits`). Batch: BERT's pretraining batch; the SOP label travels under BERT's feature name
+    `next_sentence_labels`, as google-research/albert keeps it. Packed batches as `MlmNsp`.
+    """
+
+    model: Any
+    head: ClassVar[str] = "pretraining"
+    progress: ClassVar[tuple] = (
+        ("mlm_acc", "mlm_accuracy", ".3f"),
+        ("sop_acc", "sop_accuracy", ".3f"),
+    )
+
+    def loss_sums(self, params, batch, rng, deterministic: bool):
+        """(the training loss, the MLM and SOP sums keyed `mlm_*`, `sop_*`); dropout on unless `deterministic`."""
+        outputs = self.model.apply(
+            {"params": params},
+            batch["input_ids"],
+            batch["token_type_ids"],
+            batch["attention_mask"],
+            batch["masked_lm_positions"],
+            **{k: batch[k] for k in PACKED_INPUTS if k in batch},
+            deterministic=deterministic,
+            rngs=None if deterministic else {"dropout": rng},
+        )
+        mlm = losses.mlm_loss(
+            outputs["prediction_logits"], batch["masked_lm_ids"], batch["masked_lm_weights"]
+        )
+        # A two-way classification of the pooled [CLS], as NSP's: the same loss sums.
+        sop = losses.nsp_loss(
+            outputs["sop_logits"], batch["next_sentence_labels"], batch.get("cls_weights")
+        )
+        loss = (
+            mlm["loss_sum"] / jnp.maximum(mlm["weight_sum"], 1e-5) + sop["loss_sum"] / sop["count"]
+        )
+        sums = {
+            **{f"mlm_{k}": v for k, v in mlm.items()},
+            **{f"sop_{k}": v for k, v in sop.items()},
+        }
+        return loss, sums
+
+    @staticmethod
+    def summarize(sums: dict[str, float]) -> dict[str, float]:
+        """Means and accuracies from summed MLM/SOP metrics (the host divides once)."""
+        return {
+            "mlm_loss": divide(sums["mlm_loss_sum"], sums["mlm_weight_sum"]),
+            "mlm_accuracy": divide(sums["mlm_correct_sum"], sums["mlm_weight_sum"]),
+            "sop_loss": divide(sums["sop_loss_sum"], sums["sop_count"]),
+            "sop_accuracy": divide(sums["sop_correct_sum"], sums["sop_count"]),
+        }
+
+
 # The objectives by the name a recipe's `objective` field gives.
-OBJECTIVES = {"mlm_nsp": MlmNsp, "mlm": Mlm}
+OBJECTIVES = {"mlm_nsp": MlmNsp, "mlm": Mlm, "mlm_sop": MlmSop}

@@ -18,7 +18,16 @@ from typing import Any
 
 import flax.linen as nn
 
-from bert_jax.models import bert, bert_hf, bert_tf1, objectives, roberta, roberta_hf
+from bert_jax.models import (
+    albert,
+    albert_hf,
+    bert,
+    bert_hf,
+    bert_tf1,
+    objectives,
+    roberta,
+    roberta_hf,
+)
 from bert_jax.models.heads import HEADS, TASKS, dummy_inputs, init_params  # noqa: F401
 from bert_jax.models.layers import stack_layers, unstack_layers  # noqa: F401
 
@@ -68,6 +77,18 @@ FAMILIES = {
         flops_per_sequence=roberta.flops_per_sequence,
         objectives=("mlm",),
         hf=roberta_hf,
+        tf1=None,
+    ),
+    # Lan et al. 2020: factorized embeddings, one layer shared by all, MLM + sentence-order prediction
+    # (google-research/albert's TF1 checkpoints are not read: load them through transformers).
+    "albert": Family(
+        name="albert",
+        config_class=albert.AlbertConfig,
+        presets=albert.PRESETS,
+        build=albert.build_model,
+        flops_per_sequence=albert.flops_per_sequence,
+        objectives=("mlm_sop",),
+        hf=albert_hf,
         tf1=None,
     ),
 }
