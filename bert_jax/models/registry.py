@@ -19,6 +19,7 @@ from typing import Any
 import flax.linen as nn
 
 from bert_jax.models import bert, bert_hf, bert_tf1, objectives, roberta, roberta_hf
+from bert_jax.models import electra, electra_hf
 from bert_jax.models.heads import HEADS, TASKS, dummy_inputs, init_params  # noqa: F401
 from bert_jax.models.layers import stack_layers, unstack_layers  # noqa: F401
 
@@ -68,6 +69,18 @@ FAMILIES = {
         flops_per_sequence=roberta.flops_per_sequence,
         objectives=("mlm",),
         hf=roberta_hf,
+        tf1=None,
+    ),
+    # Clark et al. 2020: BERT's layers at E-wide embeddings, a generator sharing them, replaced-token detection
+    # (google-research/electra's TF1 checkpoints are not read).
+    "electra": Family(
+        name="electra",
+        config_class=electra.ElectraConfig,
+        presets=electra.PRESETS,
+        build=electra.build_model,
+        flops_per_sequence=electra.flops_per_sequence,
+        objectives=("rtd",),
+        hf=electra_hf,
         tf1=None,
     ),
 }
@@ -134,3 +147,10 @@ def objective(name: str, model: nn.Module):
     if name not in served:
         raise ValueError(f"objective {name!r} is not one of {list(served)} for this model family")
     return objectives.OBJECTIVES[name](model)
+
+
+def objective_head(name: str) -> str:
+    """The head the pretraining objective `name` is computed on ("pretraining"; "rtd" for ELECTRA's)."""
+    if name not in objectives.OBJECTIVES:
+        raise ValueError(f"objective {name!r} is not one of {sorted(objectives.OBJECTIVES)}")
+    return objectives.OBJECTIVES[name].head
