@@ -8,7 +8,6 @@ import warnings
 import jax
 import jax.numpy as jnp
 import numpy as np
-import pytest
 import torch
 import transformers
 from flax import traverse_util
@@ -196,13 +195,13 @@ def test_rtd_model_shares_embeddings_and_the_loss_is_numpy_exact():
     fake = original.copy()
     valid = np.asarray(batch["masked_lm_weights"]) > 0
     pos, sampled = np.asarray(batch["masked_lm_positions"]), np.asarray(out["sampled_ids"])
-    for b, p in zip(*np.nonzero(valid)):
+    for b, p in zip(*np.nonzero(valid), strict=True):
         fake[b, pos[b, p]] = sampled[b, p]
     np.testing.assert_array_equal(out["labels"], (fake != original).astype(np.int32))
     # The loss in NumPy from the model's logits.
     logp = np.asarray(jax.nn.log_softmax(out["generator_logits"], -1))
     ids = np.asarray(batch["masked_lm_ids"])
-    mlm = -np.mean([logp[b, p, ids[b, p]] for b, p in zip(*np.nonzero(valid))])
+    mlm = -np.mean([logp[b, p, ids[b, p]] for b, p in zip(*np.nonzero(valid), strict=True)])
     z, y = np.asarray(out["logits"], np.float64), (fake != original).astype(np.float64)
     bce = np.log1p(np.exp(-np.abs(z))) + np.maximum(z, 0) - z * y
     real = np.asarray(batch["attention_mask"]) > 0

@@ -18,8 +18,16 @@ from typing import Any
 
 import flax.linen as nn
 
-from bert_jax.models import bert, bert_hf, bert_tf1, objectives, roberta, roberta_hf
-from bert_jax.models import electra, electra_hf
+from bert_jax.models import (
+    bert,
+    bert_hf,
+    bert_tf1,
+    electra,
+    electra_hf,
+    objectives,
+    roberta,
+    roberta_hf,
+)
 from bert_jax.models.heads import HEADS, TASKS, dummy_inputs, init_params  # noqa: F401
 from bert_jax.models.layers import stack_layers, unstack_layers  # noqa: F401
 
