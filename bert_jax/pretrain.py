@@ -227,7 +227,9 @@ def _run(config, workdir: str, setup: startup.SetupAgreement):
     writer = reporting.MetricWriter(workdir, process_index=process_index, resume_step=start_step)
     writer.write_config(config)
     save_tokenizer(workdir, config)  # the workdir carries its tokenizer: it works moved
-    progress = reporting.Progress(config.num_train_steps, start_step, PROGRESS_FIELDS)
+    shown = program.objective.progress
+    fields = (PROGRESS_FIELDS[0], *((name, f"train/{key}", spec) for name, key, spec in shown))
+    progress = reporting.Progress(config.num_train_steps, start_step, fields)
     peak, peak_source = flops.peak_flops()
     logging.info("peak %.3g FLOP/s (%s)", peak, peak_source)
     preemption = train_lib.Preemption(config.preemption_check_every_steps)
@@ -282,10 +284,12 @@ def _run(config, workdir: str, setup: startup.SetupAgreement):
                 sums = jax.tree.map(lambda *xs: float(sum(xs)), *jax.device_get(sums))
                 evaluated = {f"eval/{k}": v for k, v in program.objective.summarize(sums).items()}
                 writer.write_scalars(done, evaluated)
-                progress.print(
-                    f"eval at step {done:,}: mlm_acc {evaluated['eval/mlm_accuracy']:.3f} · "
-                    f"nsp_acc {evaluated['eval/nsp_accuracy']:.3f}"
-                )
+                # The objective's own accuracies (MLM + NSP for BERT, generator + discriminator for ELECTRA).
+                shown = [
+                    f"{label} {evaluated[f'eval/{key}']:{spec}}"
+                    for label, key, spec in program.objective.progress
+                ]
+                progress.print(f"eval at step {done:,}: " + " · ".join(shown))
                 window.restart()
 
             stop = preemption.agreed(done)

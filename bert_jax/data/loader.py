@@ -119,6 +119,8 @@ class PretrainingLoader:
             mask_id=self.tokenizer.mask_id,
             vocab_size=self.tokenizer.vocab_size,
             is_continuation=self.tokenizer.is_continuation if self._masking["whole_word"] else None,
+            mask_token_fraction=self._masking.get("mask_token_fraction", 0.8),
+            random_token_fraction=self._masking.get("random_token_fraction", 0.1),
         )
         feats.update(masked)
         return feats
@@ -308,6 +310,10 @@ def _build(
     else:
         streams = _corpus_streams(cfg, tok, phases, seed, hosts, eval_mode)
     masking_cfg = {"masked_lm_prob": cfg.masked_lm_prob, "whole_word": cfg.whole_word_mask}
+    # ELECTRA's recipes give their own [MASK]/random shares (absent: BERT's 80/10).
+    for share in ("mask_token_fraction", "random_token_fraction"):
+        if share in cfg:
+            masking_cfg[share] = cfg[share]
     loader = PretrainingLoader(
         streams,
         batch_size=batch_size,

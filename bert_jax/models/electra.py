@@ -259,7 +259,7 @@ class ElectraForReplacedTokenDetection(nn.Module):
     Takes the masked batch (`input_ids` with [MASK]s, `masked_lm_positions`, `masked_lm_ids`,
     `masked_lm_weights`), draws each masked token from the generator's softmax (temperature 1, the "sample"
     rng, no gradient through the draw), puts the draws into the original sequence and runs the discriminator
-    on it. Outputs `generator_logits` [batch, predictions, vocab], `logits` [batch, length] (the
+    on it (without a "sample" rng, e.g. at init, a fixed key draws). Outputs `generator_logits` [batch, predictions, vocab], `logits` [batch, length] (the
     discriminator's), `labels` [batch, length] (1 where the token differs from the original: a draw equal to the
     original counts as original, as electra's `_get_fake_data`) and `sampled_ids` [batch, predictions].
     """
@@ -270,15 +270,20 @@ class ElectraForReplacedTokenDetection(nn.Module):
     def __call__(
         self,
         input_ids,
-        token_type_ids,
-        attention_mask,
-        masked_lm_positions,
-        masked_lm_ids,
-        masked_lm_weights,
+        token_type_ids=None,
+        attention_mask=None,
+        masked_lm_positions=None,
+        masked_lm_ids=None,
+        masked_lm_weights=None,
         *,
         deterministic: bool = True,
     ):
         cfg = self.config
+        if masked_lm_positions is None:
+            # Shape-only calls (init): one empty prediction per row.
+            masked_lm_positions = jnp.zeros((input_ids.shape[0], 1), jnp.int32)
+            masked_lm_ids = jnp.zeros_like(masked_lm_positions)
+            masked_lm_weights = jnp.zeros(masked_lm_positions.shape, jnp.float32)
         discriminator = ElectraModel(cfg, name="bert")
         shared = discriminator.embeddings
         generator = ElectraModel(cfg.generator, shared_embeddings=shared, name="generator")
@@ -289,7 +294,9 @@ class ElectraForReplacedTokenDetection(nn.Module):
         generator_logits = generator_head(cfg)(hidden, shared)
         # The sample is data for the discriminator, not a function of the generator: no gradient flows back.
         draw = jax.random.categorical(
-            self.make_rng("sample"), jax.lax.stop_gradient(generator_logits), axis=-1
+            self.make_rng("sample") if self.has_rng("sample") else jax.random.key(0),
+            jax.lax.stop_gradient(generator_logits),
+            axis=-1,
         )
         valid = masked_lm_weights > 0
         original = unmask(input_ids, masked_lm_positions, masked_lm_ids, valid)
