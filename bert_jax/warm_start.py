@@ -67,10 +67,13 @@ def from_path(
     ckpt = layouts.read_checkpoint(path)
     # The weights' own fields come from the checkpoint; how to run them (attention kernel, remat, scan) is the
     # run's, so every layout of the same weights builds the same model.
-    fields = {k: v for k, v in dataclasses.asdict(ckpt.config).items() if k in ARCHITECTURE}
+    # A family's own architecture fields too (ELECTRA's embedding_size, RoBERTa's pad_token_id).
+    family = registry.family_of(ckpt.config)
+    architecture = {*ARCHITECTURE, *family.hf.CONFIG_FIELDS.values()} - set(EXECUTION)
+    fields = {k: v for k, v in dataclasses.asdict(ckpt.config).items() if k in architecture}
     model_config = train_lib.model_config(
         fields, vocab_size=ckpt.tokenizer.vocab_size, dtype=dtype, param_dtype=param_dtype,
-        family=registry.family_of(ckpt.config).name, **overrides,
+        family=family.name, **overrides,
     )  # fmt: skip
     tree = traverse_util.unflatten_dict(ckpt.flat, sep="/")
     # Every layout stores the layers one by one; a scanning model takes them stacked.

@@ -233,7 +233,7 @@ def test_registry_entry_and_recipes():
     from bert_jax.configs import electra_base, electra_small, electra_tiny
 
     small = electra_small.get_config()
-    assert (small.family, small.objective, small.optimizer) == ("electra", "rtd", "adamw")
+    assert (small.family, small.objective, small.optimizer) == ("electra", "rtd", "bert_adam")
     assert (small.num_train_steps, small.global_batch_size, small.learning_rate) == (
         1_000_000, 128, 5e-4,
     )  # fmt: skip
@@ -255,3 +255,53 @@ def test_registry_entry_and_recipes():
     assert (config.embedding_size, config.generator.hidden_size) == (768, 256)
     tiny = electra_tiny.get_config()
     assert tiny.family == "electra" and tiny.data.mask_token_fraction == 0.85
+
+
+def test_electra_masking_shares_and_a_tiny_run_learns():
+    import optax
+
+    from bert_jax.data import masking
+
+    # electra's pretrain_helpers.mask: of the chosen tokens 85% [MASK], 15% unchanged, no random token.
+    rng = np.random.default_rng(0)
+    ids = rng.integers(5, 97, (64, 40))
+    ids[:, 0], ids[:, -1] = 2, 3
+    mask = np.ones_like(ids)
+    out = masking.mask_tokens(
+        ids, mask, rng, max_predictions=6, masked_lm_prob=0.15, special_ids=(0, 1, 2, 3, 4),
+        mask_id=4, vocab_size=97, mask_token_fraction=0.85, random_token_fraction=0.0,
+    )  # fmt: skip
+    pos = out["masked_lm_positions"]
+    now = np.take_along_axis(out["input_ids"], pos, 1)
+    assert out["masked_lm_weights"].sum() == 64 * 6
+    as_mask, kept = (now == 4).mean(), (now == out["masked_lm_ids"]).mean()
+    assert abs(as_mask - 0.85) < 0.05 and as_mask + kept == 1.0
+    assert not np.isin(pos, (0, 39)).any()
+
+    # 40 Adam steps on one batch: the generator's loss and the total fall.
+    config = tiny_config()
+    model = registry.build(config, "rtd")
+    objective = registry.objective("rtd", model)
+    batch = {
+        "input_ids": jnp.asarray(out["input_ids"][:16], jnp.int32),
+        "token_type_ids": jnp.zeros((16, 40), jnp.int32),
+        "attention_mask": jnp.ones((16, 40), jnp.int32),
+        **{k: jnp.asarray(out[k][:16]) for k in ("masked_lm_positions", "masked_lm_ids")},
+        "masked_lm_weights": jnp.asarray(out["masked_lm_weights"][:16]),
+    }
+    params = registry.init_params(model, jax.random.key(0))
+    tx = optax.adam(3e-3)
+
+    @jax.jit
+    def step(params, opt, i):
+        grad_fn = jax.value_and_grad(objective.loss, has_aux=True)
+        (loss, sums), grads = grad_fn(params, batch, jax.random.fold_in(jax.random.key(1), i))
+        updates, opt = tx.update(grads, opt, params)
+        return optax.apply_updates(params, updates), opt, loss, sums["mlm_loss_sum"]
+
+    opt, history = tx.init(params), []
+    for i in range(40):
+        params, opt, loss, mlm = step(params, opt, i)
+        history.append((float(loss), float(mlm)))
+    first, last = np.mean(history[:5], 0), np.mean(history[-5:], 0)
+    assert last[0] < 0.8 * first[0] and last[1] < 0.8 * first[1], (first, last)
