@@ -2,6 +2,7 @@
 generator sharing the discriminator's embeddings, the replaced-token-detection loss against NumPy, the recipes,
 and a tiny pretraining run whose loss falls."""
 
+import functools
 import json
 import warnings
 
@@ -142,11 +143,20 @@ def test_multiple_choice_and_equal_widths(tmp_path):
 
 
 def tiny_config(**fields):
+    # One layer per encoder: the RTD tests compile forward + backward of two encoders.
     return electra.ElectraConfig(
-        vocab_size=97, embedding_size=20, hidden_size=36, num_layers=2, num_heads=3,
+        vocab_size=97, embedding_size=20, hidden_size=36, num_layers=1, num_heads=3,
         intermediate_size=37, max_position_embeddings=40, generator_hidden_fraction=1 / 3,
         **fields,
     )  # fmt: skip
+
+
+@functools.cache
+def rtd_model_and_params():
+    """The tiny pretraining model (dropout off) and its parameters, initialised once for the RTD tests."""
+    model = registry.build(tiny_config(hidden_dropout_prob=0.0, attention_dropout_prob=0.0), "rtd")
+    # Jitted: one compile costs less CPU than the init's hundreds of op-by-op dispatches.
+    return model, jax.jit(registry.init_params, static_argnums=0)(model, jax.random.key(0))
 
 
 def masked_batch():
@@ -172,15 +182,13 @@ def masked_batch():
 
 
 def test_rtd_model_shares_embeddings_and_the_loss_is_numpy_exact():
-    config = tiny_config(hidden_dropout_prob=0.0, attention_dropout_prob=0.0)
+    model, params = rtd_model_and_params()
+    config = model.config
     assert (config.generator.hidden_size, config.generator.num_heads) == (12, 1)
     assert config.generator.intermediate_size == 48
-    model = registry.build(config, "rtd")
     batch, original = masked_batch()
-    rngs = {"params": jax.random.key(0), "sample": jax.random.key(1)}
     names = ("input_ids", "token_type_ids", "attention_mask", "masked_lm_positions")
     args = [batch[k] for k in (*names, "masked_lm_ids", "masked_lm_weights")]
-    params = model.init(rngs, *args)["params"]
     flat = traverse_util.flatten_dict(params, sep="/")
     # One embedding table for both encoders; each its own projection (E=20 -> 36 and -> 12).
     assert not any(k.startswith("generator/embeddings/") for k in flat)
@@ -217,7 +225,7 @@ def test_rtd_model_shares_embeddings_and_the_loss_is_numpy_exact():
         o = model.apply({"params": p}, *args, rngs={"sample": jax.random.key(0)})
         return jnp.sum(objectives.sigmoid_cross_entropy(o["logits"], o["labels"]))
 
-    grads = traverse_util.flatten_dict(jax.grad(disc_only)(params), sep="/")
+    grads = traverse_util.flatten_dict(jax.jit(jax.grad(disc_only))(params), sep="/")
     assert all(
         float(jnp.abs(g.value).max()) == 0.0 for k, g in grads.items() if k.startswith("generator/")
     )
@@ -279,8 +287,7 @@ def test_electra_masking_shares_and_a_tiny_run_learns():
     assert not np.isin(pos, (0, 39)).any()
 
     # 40 Adam steps on one batch: the generator's loss and the total fall.
-    config = tiny_config()
-    model = registry.build(config, "rtd")
+    model, params = rtd_model_and_params()
     objective = registry.objective("rtd", model)
     batch = {
         "input_ids": jnp.asarray(out["input_ids"][:16], jnp.int32),
@@ -289,7 +296,6 @@ def test_electra_masking_shares_and_a_tiny_run_learns():
         **{k: jnp.asarray(out[k][:16]) for k in ("masked_lm_positions", "masked_lm_ids")},
         "masked_lm_weights": jnp.asarray(out["masked_lm_weights"][:16]),
     }
-    params = registry.init_params(model, jax.random.key(0))
     tx = optax.adam(3e-3)
 
     @jax.jit
