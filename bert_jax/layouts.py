@@ -40,6 +40,8 @@ from bert_jax.models.bert_hf import (  # noqa: F401 -- re-exported: the transfor
 
 # Parameters a checkpoint may carry that a given head does not use, or lack and get initialised.
 _OPTIONAL_ROOTS = ("mlm/", "nsp/", "classifier/", "qa_outputs/", "bert/pooler/")
+# ELECTRA's: its pretraining checkpoint's generator and discriminator head, its multiple-choice summary.
+_OPTIONAL_ROOTS += ("generator/", "discriminator_predictions/", "sequence_summary/")
 # transformers' class for each head.
 ARCHITECTURES = {
     "none": "BertModel",

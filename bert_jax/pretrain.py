@@ -232,7 +232,9 @@ def _run(config, workdir: str, setup: startup.SetupAgreement):
     writer = reporting.MetricWriter(workdir, process_index=process_index, resume_step=start_step)
     writer.write_config(config)
     save_tokenizer(workdir, config)  # the workdir carries its tokenizer: it works moved
-    progress = reporting.Progress(config.num_train_steps, start_step, PROGRESS_FIELDS)
+    shown = program.objective.progress
+    fields = (PROGRESS_FIELDS[0], *((name, f"train/{key}", spec) for name, key, spec in shown))
+    progress = reporting.Progress(config.num_train_steps, start_step, fields)
     peak, peak_source = flops.peak_flops()
     logging.info("peak %.3g FLOP/s (%s)", peak, peak_source)
     preemption = train_lib.Preemption(config.preemption_check_every_steps)

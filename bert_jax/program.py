@@ -210,8 +210,9 @@ def build(config, mesh: Mesh, vocab_size: int) -> Program:
         steps, warmup = run_setup.run_length(config)
         tx = optim.make_optimizer(config, steps, warmup)
         schedule = optim.make_schedule(config, steps, warmup)
-    model = registry.build(model_cfg, head="pretraining")
     with run_setup.setup_error("objective"):
+        # The objective's head: "pretraining" (MLM + NSP, MLM), "rtd" (ELECTRA's generator + discriminator).
+        model = registry.build(model_cfg, head=registry.objective_head(config.objective))
         objective = registry.objective(config.objective, model)
     abstract = train_lib.abstract_state(model, tx, mesh)
     bound = functools.partial(

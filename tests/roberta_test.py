@@ -191,13 +191,13 @@ def test_tokenizer_matches_transformers_roberta_tokenizer(tmp_path):
 def test_unsupported_family_is_one_line(tmp_path):
     torch_model(tmp_path, "RobertaModel")
     config = json.loads((tmp_path / "config.json").read_text())
-    (tmp_path / "config.json").write_text(json.dumps({**config, "model_type": "electra"}))
+    (tmp_path / "config.json").write_text(json.dumps({**config, "model_type": "deberta"}))
     with pytest.raises(ValueError) as error:
         layouts.load_pretrained(tmp_path)
     message = str(error.value)
     assert "\n" not in message
     assert message == (
-        f"{tmp_path / 'config.json'}: model_type is 'electra', not 'albert', 'bert' or 'roberta' "
+        f"{tmp_path / 'config.json'}: model_type is 'deberta', not 'albert', 'bert', 'electra' or 'roberta' "
         "(the model families bert_jax supports)"
     )
 

@@ -37,3 +37,22 @@ ALBERT = {
         num_layers=12, hidden_size=4096, num_heads=64, intermediate_size=16384, embedding_size=128
     ),
 }
+
+
+# The sizes of the released ELECTRA discriminators (Clark et al. 2020, appendix table 6: Small is 12 layers of
+# 256 with 128-wide embeddings, Base BERT-Base's shape, Large BERT-Large's) and a tiny one for CPU runs. The
+# generator's size is a fraction of these (the recipes' model.generator_hidden_fraction).
+ELECTRA = {
+    "tiny": dict(
+        num_layers=2, hidden_size=64, num_heads=2, intermediate_size=256, embedding_size=32
+    ),
+    "small": dict(
+        num_layers=12, hidden_size=256, num_heads=4, intermediate_size=1024, embedding_size=128
+    ),
+    "base": dict(
+        num_layers=12, hidden_size=768, num_heads=12, intermediate_size=3072, embedding_size=768
+    ),
+    "large": dict(
+        num_layers=24, hidden_size=1024, num_heads=16, intermediate_size=4096, embedding_size=1024
+    ),
+}

@@ -19,7 +19,8 @@ from bert_jax.data.streams import CorpusStream
 
 def bert_masks(feats, rng, max_pred, tok, cfg) -> dict[str, np.ndarray]:
     """BERT's dynamic masks (`masking.mask_tokens`, create_pretraining_data's rules); ALBERT's n-grams of whole
-    words when the recipe sets `data.max_ngram` (the loader puts it and ALBERT's word starts in `cfg`)."""
+    words when the recipe sets `data.max_ngram` (the loader puts it and ALBERT's word starts in `cfg`); ELECTRA's
+    [MASK]/random shares when the recipe sets `data.mask_token_fraction` / `data.random_token_fraction`."""
     return masking.mask_tokens(
         feats["input_ids"],
         feats["attention_mask"],
@@ -31,6 +32,8 @@ def bert_masks(feats, rng, max_pred, tok, cfg) -> dict[str, np.ndarray]:
         vocab_size=tok.vocab_size,
         is_continuation=cfg.get("continuation", tok.is_continuation) if cfg["whole_word"] else None,
         max_ngram=cfg.get("max_ngram", 1),
+        mask_token_fraction=cfg.get("mask_token_fraction", 0.8),
+        random_token_fraction=cfg.get("random_token_fraction", 0.1),
     )
 
 

@@ -306,6 +306,10 @@ def _build(
         streams = _corpus_streams(cfg, tok, phases, seed, hosts, eval_mode, path["stream"])
     masking_cfg = {"masked_lm_prob": cfg.masked_lm_prob, "whole_word": cfg.whole_word_mask}
     masking_cfg.update(_ngram_masking(cfg, tok))
+    # ELECTRA's recipes give their own [MASK]/random shares (absent: BERT's 80/10).
+    for share in ("mask_token_fraction", "random_token_fraction"):
+        if share in cfg:
+            masking_cfg[share] = cfg[share]
     loader = PretrainingLoader(
         streams,
         batch_size=batch_size,

@@ -134,6 +134,8 @@ def mask_tokens(
     vocab_size: int,
     is_continuation: np.ndarray | None = None,
     max_ngram: int = 1,
+    mask_token_fraction: float = 0.8,
+    random_token_fraction: float = 0.1,
 ) -> dict[str, np.ndarray]:
     """Masks a batch of unmasked instances.
 
@@ -142,6 +144,9 @@ def mask_tokens(
     increasing order. `special_ids` are never predicted. With `is_continuation` (bool per vocab
     id), whole words are masked (see the module docstring). `max_ngram` > 1: ALBERT's n-gram masking
     (`_choose_ngrams`) over whole words (over pieces without `is_continuation`).
+    id), whole words are masked (see the module docstring). `mask_token_fraction` and
+    `random_token_fraction`: of the predicted tokens, the shares that become [MASK] and a random token (BERT's
+    0.8 and 0.1; ELECTRA's `pretrain_helpers.mask` 0.85 and 0); the rest stay unchanged.
     """
     n, length = input_ids.shape
     special = np.isin(input_ids, np.asarray(special_ids)) | (attention_mask == 0)
@@ -173,7 +178,12 @@ def mask_tokens(
     original = np.take_along_axis(input_ids, positions, axis=1)
     choice = rng.random((n, max_predictions))
     random_tok = rng.integers(0, vocab_size, (n, max_predictions))
-    replaced = np.where(choice < 0.8, mask_id, np.where(choice < 0.9, random_tok, original))
+    random_below = mask_token_fraction + random_token_fraction
+    replaced = np.where(
+        choice < mask_token_fraction,
+        mask_id,
+        np.where(choice < random_below, random_tok, original),
+    )
     masked = input_ids.copy()
     rows = np.broadcast_to(np.arange(n)[:, None], positions.shape)
     masked[rows[valid], positions[valid]] = replaced[valid]

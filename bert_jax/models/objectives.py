@@ -12,6 +12,7 @@ import dataclasses
 import math
 from typing import Any, ClassVar
 
+import jax
 import jax.numpy as jnp
 
 from bert_jax import losses
@@ -194,4 +195,83 @@ class MlmSop(_Objective):
 
 
 # The objectives by the name a recipe's `objective` field gives.
-OBJECTIVES = {"mlm_nsp": MlmNsp, "mlm": Mlm, "mlm_sop": MlmSop}
+def sigmoid_cross_entropy(logits, labels):
+    """Binary cross entropy with logits, stable for large |logits| (TensorFlow's
+    `sigmoid_cross_entropy_with_logits`: max(z, 0) - z y + log(1 + exp(-|z|)))."""
+    logits = logits.astype(jnp.float32)
+    return jnp.maximum(logits, 0) - logits * labels + jnp.log1p(jnp.exp(-jnp.abs(logits)))
+
+
+@dataclasses.dataclass(frozen=True)
+class Rtd(_Objective):
+    """Replaced-token detection (ELECTRA, Clark et al. 2020): the generator's mean MLM cross entropy over the
+    masked positions + `disc_weight` x the discriminator's mean sigmoid cross entropy over every real token
+    (google-research/electra's `gen_weight` 1 and `disc_weight` 50).
+
+    `model`: the family's "rtd" head module (`generator_logits`, discriminator `logits`, their `labels`). Batch:
+    `input_ids` (masked), `token_type_ids`, `attention_mask`, `masked_lm_positions`, `masked_lm_ids`,
+    `masked_lm_weights`. The generator's draws take the "sample" rng: split from the step's rng in training, a
+    fixed key in evaluation (so held-out sums are reproducible).
+    """
+
+    model: Any
+    # electra's disc_weight: the discriminator's loss is ~50x smaller than the generator's.
+    disc_weight: float = 50.0
+    head: ClassVar[str] = "rtd"
+    progress: ClassVar[tuple] = (
+        ("mlm_acc", "mlm_accuracy", ".3f"),
+        ("disc_acc", "disc_accuracy", ".3f"),
+    )
+
+    def loss_sums(self, params, batch, rng, deterministic: bool):
+        """(the training loss, the sums keyed `mlm_*` and `disc_*`); dropout on unless `deterministic`."""
+        if rng is None:
+            rngs = {"sample": jax.random.key(0)}
+        else:
+            dropout_rng, sample_rng = jax.random.split(rng)
+            rngs = {"sample": sample_rng, "dropout": dropout_rng}
+        outputs = self.model.apply(
+            {"params": params},
+            batch["input_ids"],
+            batch.get("token_type_ids"),
+            batch["attention_mask"],
+            batch["masked_lm_positions"],
+            batch["masked_lm_ids"],
+            batch["masked_lm_weights"],
+            deterministic=deterministic,
+            rngs=rngs,
+        )
+        mlm = losses.mlm_loss(
+            outputs["generator_logits"], batch["masked_lm_ids"], batch["masked_lm_weights"]
+        )
+        logits, labels = outputs["logits"], outputs["labels"].astype(jnp.float32)
+        weights = (batch["attention_mask"] > 0).astype(jnp.float32)
+        disc = {
+            "loss_sum": jnp.sum(sigmoid_cross_entropy(logits, labels) * weights),
+            "correct_sum": jnp.sum(((logits > 0) == (labels > 0)) * weights),
+            "count": jnp.sum(weights),
+            "replaced_sum": jnp.sum(labels * weights),
+        }
+        loss = mlm["loss_sum"] / jnp.maximum(mlm["weight_sum"], 1e-5) + self.disc_weight * (
+            disc["loss_sum"] / jnp.maximum(disc["count"], 1e-5)
+        )
+        sums = {
+            **{f"mlm_{k}": v for k, v in mlm.items()},
+            **{f"disc_{k}": v for k, v in disc.items()},
+        }
+        return loss, sums
+
+    @staticmethod
+    def summarize(sums: dict[str, float]) -> dict[str, float]:
+        """Generator MLM loss/accuracy, discriminator loss/accuracy and the fraction of tokens replaced."""
+        return {
+            "mlm_loss": divide(sums["mlm_loss_sum"], sums["mlm_weight_sum"]),
+            "mlm_accuracy": divide(sums["mlm_correct_sum"], sums["mlm_weight_sum"]),
+            "disc_loss": divide(sums["disc_loss_sum"], sums["disc_count"]),
+            "disc_accuracy": divide(sums["disc_correct_sum"], sums["disc_count"]),
+            "replaced_fraction": divide(sums["disc_replaced_sum"], sums["disc_count"]),
+        }
+
+
+# The objectives by the name a recipe's `objective` field gives.
+OBJECTIVES = {"mlm_nsp": MlmNsp, "mlm": Mlm, "mlm_sop": MlmSop, "rtd": Rtd}

@@ -24,6 +24,8 @@ from bert_jax.models import (
     bert,
     bert_hf,
     bert_tf1,
+    electra,
+    electra_hf,
     objectives,
     roberta,
     roberta_hf,
@@ -77,6 +79,18 @@ FAMILIES = {
         flops_per_sequence=roberta.flops_per_sequence,
         objectives=("mlm",),
         hf=roberta_hf,
+        tf1=None,
+    ),
+    # Clark et al. 2020: BERT's layers at E-wide embeddings, a generator sharing them, replaced-token detection
+    # (google-research/electra's TF1 checkpoints are not read).
+    "electra": Family(
+        name="electra",
+        config_class=electra.ElectraConfig,
+        presets=electra.PRESETS,
+        build=electra.build_model,
+        flops_per_sequence=electra.flops_per_sequence,
+        objectives=("rtd",),
+        hf=electra_hf,
         tf1=None,
     ),
     # Lan et al. 2020: factorized embeddings, one layer shared by all, MLM + sentence-order prediction
@@ -155,3 +169,10 @@ def objective(name: str, model: nn.Module):
     if name not in served:
         raise ValueError(f"objective {name!r} is not one of {list(served)} for this model family")
     return objectives.OBJECTIVES[name](model)
+
+
+def objective_head(name: str) -> str:
+    """The head the pretraining objective `name` is computed on ("pretraining"; "rtd" for ELECTRA's)."""
+    if name not in objectives.OBJECTIVES:
+        raise ValueError(f"objective {name!r} is not one of {sorted(objectives.OBJECTIVES)}")
+    return objectives.OBJECTIVES[name].head
