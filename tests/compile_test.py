@@ -400,6 +400,11 @@ def test_a_segfault_on_v6e_with_attention_dropout_names_the_libtpu_that_compiles
     no_remat = _recipe("bert_large", **{"model.remat_policy": "none"})
     assert compile_child.known_crash("v6e", no_remat, "0.0.42.1") == ""
     assert compile_child.known_crash("v6e", config, None) == ""
+    # tpu7x: the same bert_large phase-2 step crashes libtpu 0.0.42.1 and compiles on 0.0.50.1 (docs/tpu.md).
+    assert compile_child.known_crash("tpu7x", config, "0.0.42.1").startswith(
+        "libtpu 0.0.42.1 crashes on tpu7x with attention dropout under remat; libtpu >= 0.0.50.1 compiles it "
+    )
+    assert compile_child.known_crash("tpu7x", config, "0.0.50.1") == ""
     monkeypatch.setattr(compile_child, "libtpu_version", lambda: "0.0.42.1")
     crashed = dict(step="train phase 2", seq_length=512, fits=None, status="crashed", signal=11,
                    log="/tmp/logs/phase2.log")  # fmt: skip
