@@ -37,15 +37,20 @@ from bert_jax import compile_child, main, run_setup, train_lib
 from bert_jax import program as program_lib
 
 GiB = 2**30
-# HBM per chip (bytes) and the topology_name prefix libtpu accepts, by generation. v4 and v5p chips hold two
-# TensorCores that JAX drives as one device ("megacore"); v5e and v6e chips have one.
+# By generation: HBM per JAX device (bytes), the topology_name prefix libtpu accepts, whether JAX drives a chip's
+# two TensorCores as one device ("megacore": v4, v5p), TensorCores per chip (the slice names of v4, v5p and tpu7x
+# count them) and JAX devices per chip. v5e and v6e chips have one TensorCore. Ironwood (tpu7x) is two chiplets,
+# each a TensorCore with half the chip's 192 GiB of HBM, and JAX sees each as a device: Cloud TPU's TPU7x page
+# (docs.cloud.google.com/tpu/docs/tpu7x: 192 GiB HBM and 2 TensorCores per chip, "two TPU devices" per chip);
+# libtpu agrees: tpu7x:2x2x1 has 8 devices of kind TPU7x, two per chip coordinate (core_on_chip 0 and 1).
 GENERATIONS = {
-    "v4": dict(hbm=32 * GiB, prefix="v4", megacore=True, dims=3),
-    "v5p": dict(hbm=95 * GiB, prefix="v5p", megacore=True, dims=3),
-    "v5e": dict(hbm=16 * GiB, prefix="v5e", megacore=False, dims=2),
-    "v6e": dict(hbm=32 * GiB, prefix="v6e", megacore=False, dims=2),
+    "v4": dict(hbm=32 * GiB, prefix="v4", megacore=True, dims=3, cores=2, devices=1),
+    "v5p": dict(hbm=95 * GiB, prefix="v5p", megacore=True, dims=3, cores=2, devices=1),
+    "v5e": dict(hbm=16 * GiB, prefix="v5e", megacore=False, dims=2, cores=1, devices=1),
+    "v6e": dict(hbm=32 * GiB, prefix="v6e", megacore=False, dims=2, cores=1, devices=1),
+    "tpu7x": dict(hbm=96 * GiB, prefix="tpu7x", megacore=False, dims=3, cores=2, devices=2),
 }
-ALIASES = {"v5litepod": "v5e", "v5lite": "v5e", "v6": "v6e", "v5": "v5p"}
+ALIASES = {"v5litepod": "v5e", "v5lite": "v5e", "v6": "v6e", "v5": "v5p", "v7x": "tpu7x"}
 # Chips -> physical shape of the standard slices (Cloud TPU's tables).
 SHAPES_2D = {
     1: "1x1",
@@ -60,22 +65,24 @@ SHAPES_2D = {
 SHAPES_3D = {4: "2x2x1", 8: "2x2x2", 16: "2x2x4", 32: "2x4x4", 64: "4x4x4", 128: "4x4x8", 256: "4x8x8",
              512: "8x8x8", 1024: "8x8x16", 2048: "8x16x16", 4096: "16x16x16"}  # fmt: skip
 VALID_FORMS = (
-    "v4-8..v4-4096 and v5p-8..v5p-8192 (TensorCores: chips x 2), v5e-1..v5e-256 (also v5litepod-N) and "
-    "v6e-1..v6e-256 (chips), or GENERATION:SHAPE such as v5e:4x4, v6e:2x4, v4:2x2x4, v5p:2x2x2 "
-    "(or cpu: this machine)"
+    "v4-8..v4-4096, v5p-8..v5p-8192 and tpu7x-8..tpu7x-8192 (TensorCores: chips x 2), v5e-1..v5e-256 (also "
+    "v5litepod-N) and v6e-1..v6e-256 (chips), or GENERATION:SHAPE such as v5e:4x4, v6e:2x4, v4:2x2x4, v5p:2x2x2, "
+    "tpu7x:2x2x1 (or cpu: this machine)"
 )
 COLLECTIVES = ("all-reduce", "all-gather", "reduce-scatter", "all-to-all", "collective-permute")
 
 
 @dataclasses.dataclass(frozen=True)
 class Topology:
-    """A slice: its generation, libtpu's topology name, its chip count and each chip's HBM."""
+    """A slice: its generation, libtpu's topology name, its chip count, each JAX device's HBM and the JAX
+    devices per chip (2 on tpu7x, whose chips are two devices of half the chip's HBM each; 1 elsewhere)."""
 
     name: str
     generation: str
     topology_name: str
     chips: int
     hbm_bytes: int
+    devices_per_chip: int = 1
 
 
 def parse_topology(name: str) -> Topology:
@@ -84,7 +91,7 @@ def parse_topology(name: str) -> Topology:
     if name.strip().lower() == "cpu":  # this machine's CPU devices: compile times, no HBM limit
         memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
         return Topology("cpu", "cpu", "cpu", len(jax.devices("cpu")), memory)
-    match = re.fullmatch(r"(v\d[a-z]*)([-:])([0-9x]+)", name.strip().lower())
+    match = re.fullmatch(r"(v\d[a-z]*|tpu\d[a-z]*)([-:])([0-9x]+)", name.strip().lower())
     if not match:
         raise ValueError(bad)
     generation, sep, size = match.groups()
@@ -99,13 +106,14 @@ def parse_topology(name: str) -> Topology:
         shape, chips = size, math.prod(dims)
     else:
         count = int(size) if size.isdigit() else -1
-        # v4 and v5p names count TensorCores, two per chip.
-        chips = count // 2 if gen["megacore"] else count
+        # v4, v5p and tpu7x names count TensorCores, two per chip.
+        chips = count // gen["cores"]
         shapes = SHAPES_3D if gen["dims"] == 3 else SHAPES_2D
-        if chips not in shapes or (gen["megacore"] and count % 2):
+        if chips not in shapes or count % gen["cores"]:
             raise ValueError(bad)
         shape = shapes[chips]
-    return Topology(name, generation, f"{gen['prefix']}:{shape}", chips, gen["hbm"])
+    topology_name = f"{gen['prefix']}:{shape}"
+    return Topology(name, generation, topology_name, chips, gen["hbm"], gen["devices"])
 
 
 def topology_devices(topology: Topology, num_slices: int = 1) -> list:
@@ -203,6 +211,11 @@ def compile_steps(
             # XLA's cost analysis counts a loop body once: with scan_layers, compiled FLOPs cover one layer.
             "scan_layers": program.model_config.scan_layers,
         }
+        if program.packed:
+            # Packed rows (segment ids, per-sequence positions and [CLS] slots), at the default row count
+            # (`Program.abstract_batch`): every sequence alone, the largest step and so the memory bound.
+            batch = program.abstract_batch(phase)
+            report["packed_rows"] = batch["segment_ids"].shape[0]
         # Wall time, and CPU time (this process), which does not depend on how busy the machine is.
         start, start_cpu = time.perf_counter(), time.process_time()
         try:
@@ -284,11 +297,14 @@ def _gib(n: float) -> str:
 
 def format_report(topology: Topology, num_slices: int, config, reports: list[dict]) -> str:
     """The human-readable table of `compile_steps`' reports."""
-    chips = topology.chips * num_slices
+    chips, per = topology.chips * num_slices, topology.devices_per_chip
+    # On tpu7x a chip is two JAX devices, each with its own half of the HBM: the numbers are per device.
+    unit = "chip" if per == 1 else "device"
     lines = [
         f"{topology.name} ({topology.topology_name}, {chips} chips"
+        + (f" = {chips * per} devices" if per > 1 else "")
         + (f" in {num_slices} slices" if num_slices > 1 else "")
-        + f", {_gib(topology.hbm_bytes)} HBM each): mesh {tuple(config.mesh_shape)}"
+        + f", {_gib(topology.hbm_bytes)} HBM each{'' if per == 1 else ' device'}): mesh {tuple(config.mesh_shape)}"
         + (f" x dcn {tuple(config.dcn_mesh_shape)}" if num_slices > 1 else "")
         + f", batch {config.global_batch_size}, grad_accum_steps {config.grad_accum_steps}, "
         f"dtype {config.dtype}, remat {config.model.remat_policy}"
@@ -300,7 +316,12 @@ def format_report(topology: Topology, num_slices: int, config, reports: list[dic
             segfault = r.get("signal") == signal.SIGSEGV
             lines.append("  " + compile_child.failure_line(r, compiler, hint if segfault else ""))
             continue
-        head = f"{r['step']} (length {r['seq_length']}, {r['sequences_per_chip']:g} sequences/chip)"
+        head = (
+            f"{r['step']} (length {r['seq_length']}, {r['sequences_per_chip']:g} sequences/{unit}"
+        )
+        if r.get("packed_rows"):
+            head += f"; packed: {r['packed_rows']} rows with segment ids, the most a step can have"
+        head += ")"
         if "error" in r:
             lines.append(f"  {head}: DOES NOT FIT: {r['error']}")
             continue
@@ -309,10 +330,10 @@ def format_report(topology: Topology, num_slices: int, config, reports: list[dic
         collectives = ", ".join(f"{k} {v}" for k, v in r["collectives"].items())
         lines += [
             f"  {head}: compiled in {r['compile_seconds']:.1f} s ({r['compile_cpu_seconds']:.1f} s CPU)",
-            f"    per chip: params+optimizer {_gib(r['params_and_optimizer_bytes'])}, arguments "
+            f"    per {unit}: params+optimizer {_gib(r['params_and_optimizer_bytes'])}, arguments "
             f"{_gib(r['argument_bytes'])}, temporaries {_gib(r['temp_bytes'])}, total "
             f"{_gib(r['total_bytes'])} of {_gib(r['hbm_bytes'])}: {verdict}",
-            f"    FLOPs per chip: compiled {r['compiled_flops'] / 1e12:.2f} T, model "
+            f"    FLOPs per {unit}: compiled {r['compiled_flops'] / 1e12:.2f} T, model "
             f"{r['model_flops'] / 1e12:.2f} T (x{r['compiled_flops'] / r['model_flops']:.2f})"
             + (
                 " (scan_layers: XLA counts the scanned layers once)" if r.get("scan_layers") else ""

@@ -83,6 +83,9 @@ def compile_in_child(args: list[str], program: str, config, log_dir: str) -> lis
 # 0.0.42.1 (jax 0.10.2) segfaults on it when the attention probabilities have dropout inside a rematerialised
 # layer (docs/tpu.md, "When the compiler crashes"; the bisection is in docs/measurements/v6e-2026-12-06/).
 V6E_ATTENTION_DROPOUT_LIBTPU = ("0.0.50.1", "0.12.0.1")
+# Generations where libtpu 0.0.42.1 segfaults on bert_large's phase-2 step (remat dots, attention dropout 0.1)
+# and 0.0.50.1 compiles it: v6e (bisected), tpu7x (the same step, seen 2026-12-06; not bisected further).
+ATTENTION_DROPOUT_CRASH_GENERATIONS = ("v6e", "tpu7x")
 
 
 def _version(text: str) -> tuple[int, ...]:
@@ -101,15 +104,20 @@ def known_crash(generation: str, config, libtpu: str | None) -> str:
     """What to do about a compiler crash this project has bisected for this generation and config, or ""."""
     fixed, fixed_jax = V6E_ATTENTION_DROPOUT_LIBTPU
     model = config.model
-    if generation != "v6e" or model.attention_dropout_prob <= 0 or model.remat_policy == "none":
+    if (
+        generation not in ATTENTION_DROPOUT_CRASH_GENERATIONS
+        or model.attention_dropout_prob <= 0
+        or model.remat_policy == "none"
+    ):
         return ""
     if libtpu is None:
         return ""
     if _version(libtpu) >= _version(fixed):
         return ""
     return (
-        f"libtpu {libtpu} crashes on v6e with attention dropout under remat; libtpu >= {fixed} compiles it "
-        f"(pip install 'jax[tpu]>={fixed_jax}', Python >= 3.11), or --config.model.remat_policy=none"
+        f"libtpu {libtpu} crashes on {generation} with attention dropout under remat; libtpu >= {fixed} "
+        f"compiles it (pip install 'jax[tpu]>={fixed_jax}', Python >= 3.11), or "
+        "--config.model.remat_policy=none"
     )
 
 

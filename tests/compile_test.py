@@ -38,6 +38,10 @@ GiB = 2**30
         ("v5p-64", "v5p:2x4x4", 32, 95),
         ("v6e-8", "v6e:2x4", 8, 32),
         ("V6E-256", "v6e:16x16", 256, 32),
+        # tpu7x names count TensorCores (2 per chip, each a JAX device with half the chip's 192 GiB).
+        ("tpu7x-8", "tpu7x:2x2x1", 4, 96),
+        ("tpu7x:2x2x2", "tpu7x:2x2x2", 8, 96),
+        ("v7x-128", "tpu7x:4x4x4", 64, 96),
     ],
 )
 def test_parse_topology(name, topology_name, chips, hbm):
@@ -50,7 +54,19 @@ def test_parse_topology(name, topology_name, chips, hbm):
 
 
 @pytest.mark.parametrize(
-    "name", ["v7-8", "v4-33", "v4-12", "v5e-12", "v5e:4x4x4", "v4:4x4", "tpu", "v5e-"]
+    "name",
+    [
+        "v7-8",
+        "v4-33",
+        "v4-12",
+        "v5e-12",
+        "v5e:4x4x4",
+        "v4:4x4",
+        "tpu",
+        "v5e-",
+        "tpu7x-9",
+        "tpu7x:2x2",
+    ],
 )
 def test_unknown_topologies_list_the_valid_forms(name):
     with pytest.raises(ValueError) as error:
@@ -58,6 +74,40 @@ def test_unknown_topologies_list_the_valid_forms(name):
     message = str(error.value)
     assert message.startswith(f"unknown topology {name!r}; valid forms: v4-8..v4-4096")
     assert "v5e:4x4" in message and "\n" not in message
+
+
+def test_tpu7x_chips_are_two_devices_each_and_a_packed_step_compiles_for_them():
+    """libtpu's tpu7x:2x2x1 (tpu7x-8): 4 chips, 8 devices of kind TPU7x, two per chip (core_on_chip 0 and 1),
+    and the compile check compiles a packed train step of a tiny model for them (segment ids, per-sequence
+    positions and [CLS] slots in the batch), reported per device against 96 GiB."""
+    topology = compile_lib.parse_topology("tpu7x-8")
+    devices = compile_lib.topology_devices(topology)
+    assert len(devices) == 8 and {d.device_kind for d in devices} == {"TPU7x"}
+    chips = {}
+    for d in devices:
+        chips.setdefault(tuple(d.coords), []).append(d.core_on_chip)
+    assert sorted(chips) == [(0, 0, 0), (0, 1, 0), (1, 0, 0), (1, 1, 0)]
+    assert all(sorted(cores) == [0, 1] for cores in chips.values())
+    config = _recipe(
+        "bert_tiny", dtype="bfloat16", global_batch_size=16, **{
+            "data.packing": True, "data.max_sequences_per_row": 4, "data.seq_length": 32,
+            "data.max_predictions_per_seq": 5, "data.phase2_seq_length": 64,
+            "data.phase2_max_predictions_per_seq": 10,
+        },
+    )  # fmt: skip
+    (report,) = compile_lib.compile_steps(config, devices, topology.hbm_bytes, steps=("phase2",))
+    assert report["fits"] and report["packed_rows"] == 16 and report["sequences_per_chip"] == 2
+    assert report["total_bytes"] < GiB and report["hbm_bytes"] == 96 * GiB
+    assert report["collectives"]["all-reduce"] >= 1  # the gradients' mean over the 8 devices
+    lines = compile_lib.format_report(topology, 1, config, [report]).splitlines()
+    assert lines[0].startswith(
+        "tpu7x-8 (tpu7x:2x2x1, 4 chips = 8 devices, 96.00 GiB HBM each device)"
+    )
+    assert lines[1].startswith(
+        "  train phase 2 (length 64, 2 sequences/device; packed: 16 rows with segment ids, the most a step "
+        "can have): compiled in "
+    )
+    assert lines[2].startswith("    per device: params+optimizer ")
 
 
 def test_count_collectives():
@@ -350,6 +400,11 @@ def test_a_segfault_on_v6e_with_attention_dropout_names_the_libtpu_that_compiles
     no_remat = _recipe("bert_large", **{"model.remat_policy": "none"})
     assert compile_child.known_crash("v6e", no_remat, "0.0.42.1") == ""
     assert compile_child.known_crash("v6e", config, None) == ""
+    # tpu7x: the same bert_large phase-2 step crashes libtpu 0.0.42.1 and compiles on 0.0.50.1 (docs/tpu.md).
+    assert compile_child.known_crash("tpu7x", config, "0.0.42.1").startswith(
+        "libtpu 0.0.42.1 crashes on tpu7x with attention dropout under remat; libtpu >= 0.0.50.1 compiles it "
+    )
+    assert compile_child.known_crash("tpu7x", config, "0.0.50.1") == ""
     monkeypatch.setattr(compile_child, "libtpu_version", lambda: "0.0.42.1")
     crashed = dict(step="train phase 2", seq_length=512, fits=None, status="crashed", signal=11,
                    log="/tmp/logs/phase2.log")  # fmt: skip

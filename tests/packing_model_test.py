@@ -238,3 +238,58 @@ def test_real_flops_and_row_agreement_are_the_same_packed_or_not():
     assert len(padded["input_ids"]) == 8 and plain is feats
     assert int(padded["attention_mask"].sum()) == int(feats["attention_mask"].sum())
     assert float(padded["cls_weights"].sum()) == 6.0
+
+
+def test_eval_outputs_are_the_same_per_example_for_full_trimmed_and_bucketed_rows():
+    """Fine-tuning's eval and predict run full rows (`batching.eval_batches`, whatever `batch_lengths` the
+    recipe trains with); the rows cut as "trim" (each batch to its ladder rung) or "bucket" (examples sorted
+    into length buckets, other companions) give every example the same logits, so dev scores and predictions
+    do not depend on the choice."""
+    from bert_jax.data import batching  # noqa: PLC0415
+
+    rng = np.random.default_rng(3)
+    n, width = 21, 64
+    # Eval batches of 8: the first holds a 60-token example, the second at most 29 tokens, the last 15.
+    lengths = np.concatenate([rng.integers(3, 30, 16), rng.integers(3, 16, 5)])
+    lengths[2] = 60
+    mask = (np.arange(width)[None] < lengths[:, None]).astype(np.int32)
+    feats = {
+        "input_ids": (rng.integers(5, 64, (n, width)) * mask).astype(np.int32),
+        "token_type_ids": ((np.arange(width)[None] >= lengths[:, None] // 2) * mask).astype(
+            np.int32
+        ),
+        "attention_mask": mask,
+        "example_ids": np.arange(n, dtype=np.int32),
+    }
+    model = bert.build_model(
+        bert.BertConfig(**{**CFG, "max_position_embeddings": width}), "classification", num_labels=3
+    )
+    params = model.init(jax.random.key(0), feats["input_ids"][:1])["params"]
+    apply = jax.jit(
+        lambda b: model.apply(
+            {"params": params}, b["input_ids"], b["token_type_ids"], b["attention_mask"]
+        )["logits"]
+    )
+
+    def outputs(batches):
+        out, widths = {}, set()
+        for b in batches:
+            widths.add(b["input_ids"].shape[1])
+            for i, logits in zip(b["example_ids"], np.asarray(apply(b)), strict=True):
+                if i >= 0:  # eval's padding rows
+                    out[int(i)] = logits
+        return out, widths
+
+    ladder = batching.length_ladder(width)
+    full, full_widths = outputs(batching.eval_batches(feats, 8))
+    trimmed, trim_widths = outputs(
+        packing.trim_batch(b, np.arange(8), batching.trimmed_length(b["attention_mask"], ladder))
+        for b in batching.eval_batches(feats, 8)
+    )
+    buckets = packing.bucket_by_length(lengths, 8, ladder)
+    bucketed, bucket_widths = outputs(packing.trim_batch(feats, m, bound) for m, bound in buckets)
+    assert full_widths == {64} and trim_widths == bucket_widths == {16, 32, 64}
+    assert sorted(full) == sorted(trimmed) == sorted(bucketed) == list(range(n))
+    for i in range(n):
+        np.testing.assert_allclose(trimmed[i], full[i], rtol=1e-5, atol=1e-6, err_msg=str(i))
+        np.testing.assert_allclose(bucketed[i], full[i], rtol=1e-5, atol=1e-6, err_msg=str(i))
