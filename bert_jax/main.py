@@ -149,8 +149,9 @@ def _initialize_distributed() -> None:
       runtime, and JAX's TPU cluster detection can fail on a host that has no worker list.
 
     A process that cannot join (a host missing, a wrong address) exits with one line within
-    --distributed_timeout_s, where JAX would abort with a C++ trace after 5 minutes; a host lost later stops
-    the others after the same heartbeat timeout."""
+    --distributed_timeout_s, where JAX would abort with a C++ trace after 5 minutes. A host lost later is
+    named in one line by every other (host_watchdog) within about half that timeout, before JAX's own abort
+    (which still comes first when the lost one is process 0, the coordinator)."""
     if _COORDINATOR.value:
         args, where = (
             (_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value),
@@ -190,6 +191,25 @@ def _initialize_distributed() -> None:
         # The attempt is over, joined or failed with its own line: the deadline thread must not exit the
         # process later (in a live process it would end whatever runs then).
         joined.set()
+    _watch_hosts(where, timeout)
+
+
+def _watch_hosts(where: str, heartbeat_timeout_s: int) -> None:
+    """Starts the watchdog that names a host lost mid-run in one line before JAX aborts (host_watchdog)."""
+    from jax._src import distributed as jax_distributed
+
+    from bert_jax import host_watchdog
+
+    state = jax_distributed.global_state
+    if getattr(state, "client", None) is None or (state.num_processes or 1) < 2:
+        return
+    host_watchdog.HostWatchdog(
+        state.client,
+        state.process_id,
+        state.num_processes,
+        where,
+        host_watchdog.stale_after(heartbeat_timeout_s),
+    ).start()
 
 
 def check_init_checkpoint(config, workdir: str) -> None:
