@@ -24,6 +24,8 @@ ALIVE = "bert_jax/alive/"
 DONE = "bert_jax/done/"
 HOST = "bert_jax/host/"
 BEAT_S = 1.0
+# This process's watchdog once started (one per process).
+_ACTIVE: HostWatchdog | None = None
 
 
 def stale_after(heartbeat_timeout_s: float) -> float:
@@ -52,6 +54,8 @@ class HostWatchdog:
         self.stopped = threading.Event()
 
     def start(self) -> None:
+        global _ACTIVE
+        _ACTIVE = self
         self._kv_set(f"{HOST}{self.process_id}", f"{socket.gethostname()}, pid {os.getpid()}")
         self.beat()
         # atexit handlers run last-registered first, before JAX's client shuts down at interpreter exit.
@@ -115,3 +119,13 @@ class HostWatchdog:
                 sys.stderr.flush()
                 # Not sys.exit: the main thread may be inside a collective that will never complete.
                 os._exit(1)
+
+
+def await_verdict() -> None:
+    """Called with a runtime error from a collective or the distributed runtime, before it is raised on: gloo
+    fails at once ("Connection closed by peer") when a host dies mid-collective, before the watchdog can know.
+    When a host was lost, the watchdog names it and exits the process within its deadline, which this waits
+    for; otherwise (no watchdog, or every host still beating) it returns and the error stands."""
+    dog = _ACTIVE
+    if dog is not None and not dog.stopped.is_set():
+        dog.stopped.wait(dog.stale_s + 3 * BEAT_S)

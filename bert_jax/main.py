@@ -266,7 +266,9 @@ def main(argv) -> int:
     logging.get_absl_handler().addFilter(_QuietLog())
     _use_compilation_cache(config.get("compilation_cache_dir", ""))
 
-    from bert_jax import checkpoint, finetune, pretrain, sweep, tasks, train_lib
+    import jax
+
+    from bert_jax import checkpoint, finetune, host_watchdog, pretrain, sweep, tasks, train_lib
     from bert_jax.data.tfrecord import CorruptRecordError
 
     # The config goes to WORKDIR/config.json and TensorBoard (the loops write it), not onto the screen.
@@ -301,6 +303,11 @@ def main(argv) -> int:
             f"stopped: {stopped}; rerun the same command to resume (exit status {EXIT_STOPPED})\n"
         )
         return EXIT_STOPPED
+    except jax.errors.JaxRuntimeError:
+        # In a multi-process run a failed collective most often means a host was lost: the watchdog's line
+        # naming it, not this traceback, is then the last word.
+        host_watchdog.await_verdict()
+        raise
     except KeyboardInterrupt:
         # A second Ctrl-C: the newest finished checkpoint stands (a save in flight is never "latest").
         sys.exit("error: interrupted; the newest finished checkpoint stands")

@@ -3,6 +3,8 @@ named after `stale_s`, never before; a peer that finished on its own is never lo
 the coordinator; the watchdog's deadline always comes before JAX's earliest abort. The 2-process run that kills
 a host is `restart_campaign_test.py::test_two_process_pretraining_killed_ten_times_ends_bitwise_equal`."""
 
+import time
+
 import pytest
 
 from bert_jax import host_watchdog
@@ -78,3 +80,29 @@ def test_the_watchdog_acts_before_jaxs_earliest_abort(timeout, stale):
     # Below 8 s there is no room for both (the floor is 1 s).
     assert host_watchdog.stale_after(timeout) == stale
     assert (stale + 2 * host_watchdog.BEAT_S < timeout / 2) == (timeout >= 8)
+
+
+def test_a_failed_collective_waits_for_the_watchdog_to_name_the_lost_host(monkeypatch, capsys):
+    # gloo raises at once when a peer dies mid-collective; main then waits for the watchdog's verdict.
+    store = FakeStore()
+    exits = []
+    monkeypatch.setattr(host_watchdog.atexit, "register", lambda fn: None)
+    monkeypatch.setattr(host_watchdog, "_ACTIVE", None)
+    host_watchdog.await_verdict()  # no watchdog (one process): returns at once
+    peer = host_watchdog.HostWatchdog(store, 1, 2, "h0:1234", stale_s=1.0)
+    peer._kv_set(f"{host_watchdog.HOST}1", "host1, pid 101")
+    peer.beat()  # then it dies
+    dog = host_watchdog.HostWatchdog(store, 0, 2, "h0:1234", stale_s=1.0)
+
+    def exit_(code):
+        exits.append(code)
+        dog.stopped.set()
+
+    monkeypatch.setattr(host_watchdog.os, "_exit", exit_)
+    dog.start()
+    start = time.monotonic()
+    host_watchdog.await_verdict()
+    assert exits == [1] and time.monotonic() - start < 1.0 + 3 * host_watchdog.BEAT_S
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith("error: host 1 (host1, pid 101) stopped responding: no heartbeat for ")
+    assert last.endswith("rerun the command on every host to resume from the newest checkpoint")
