@@ -196,19 +196,24 @@ def _initialize_distributed() -> None:
 
 def _watch_hosts(where: str, heartbeat_timeout_s: int) -> None:
     """Starts the watchdog that names a host lost mid-run in one line before JAX aborts (host_watchdog)."""
-    from jax._src import distributed as jax_distributed
-
     from bert_jax import host_watchdog
 
-    state = jax_distributed.global_state
-    if getattr(state, "client", None) is None or (state.num_processes or 1) < 2:
+    try:
+        # JAX's private runtime state: the one way to its client (the key-value store) in jax 0.10.
+        from jax._src import distributed as jax_distributed
+
+        state = jax_distributed.global_state
+        if getattr(state, "client", None) is None or (state.num_processes or 1) < 2:
+            return
+        args = (state.client, state.process_id, state.num_processes)
+        # On a pod slice `where` describes the metadata; the runtime knows the address it found there.
+        coordinator = getattr(state, "coordinator_address", None) or where
+    except (ImportError, AttributeError) as error:
+        # Another JAX: the run goes on, and a lost host ends it with JAX's own message.
+        logging.warning("the lost-host watchdog is not available with this JAX (%s)", error)
         return
     host_watchdog.HostWatchdog(
-        state.client,
-        state.process_id,
-        state.num_processes,
-        where,
-        host_watchdog.stale_after(heartbeat_timeout_s),
+        *args, coordinator, host_watchdog.stale_after(heartbeat_timeout_s)
     ).start()
 
 
