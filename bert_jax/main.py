@@ -149,8 +149,9 @@ def _initialize_distributed() -> None:
       runtime, and JAX's TPU cluster detection can fail on a host that has no worker list.
 
     A process that cannot join (a host missing, a wrong address) exits with one line within
-    --distributed_timeout_s, where JAX would abort with a C++ trace after 5 minutes; a host lost later stops
-    the others after the same heartbeat timeout."""
+    --distributed_timeout_s, where JAX would abort with a C++ trace after 5 minutes. A host lost later is
+    named in one line by every other (host_watchdog) within about half that timeout, before JAX's own abort
+    (which still comes first when the lost one is process 0, the coordinator)."""
     if _COORDINATOR.value:
         args, where = (
             (_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value),
@@ -190,6 +191,30 @@ def _initialize_distributed() -> None:
         # The attempt is over, joined or failed with its own line: the deadline thread must not exit the
         # process later (in a live process it would end whatever runs then).
         joined.set()
+    _watch_hosts(where, timeout)
+
+
+def _watch_hosts(where: str, heartbeat_timeout_s: int) -> None:
+    """Starts the watchdog that names a host lost mid-run in one line before JAX aborts (host_watchdog)."""
+    from bert_jax import host_watchdog
+
+    try:
+        # JAX's private runtime state: the one way to its client (the key-value store) in jax 0.10.
+        from jax._src import distributed as jax_distributed
+
+        state = jax_distributed.global_state
+        if getattr(state, "client", None) is None or (state.num_processes or 1) < 2:
+            return
+        args = (state.client, state.process_id, state.num_processes)
+        # On a pod slice `where` describes the metadata; the runtime knows the address it found there.
+        coordinator = getattr(state, "coordinator_address", None) or where
+    except (ImportError, AttributeError) as error:
+        # Another JAX: the run goes on, and a lost host ends it with JAX's own message.
+        logging.warning("the lost-host watchdog is not available with this JAX (%s)", error)
+        return
+    host_watchdog.HostWatchdog(
+        *args, coordinator, host_watchdog.stale_after(heartbeat_timeout_s)
+    ).start()
 
 
 def check_init_checkpoint(config, workdir: str) -> None:
@@ -246,7 +271,9 @@ def main(argv) -> int:
     logging.get_absl_handler().addFilter(_QuietLog())
     _use_compilation_cache(config.get("compilation_cache_dir", ""))
 
-    from bert_jax import checkpoint, finetune, pretrain, sweep, tasks, train_lib
+    import jax
+
+    from bert_jax import checkpoint, finetune, host_watchdog, pretrain, sweep, tasks, train_lib
     from bert_jax.data.tfrecord import CorruptRecordError
 
     # The config goes to WORKDIR/config.json and TensorBoard (the loops write it), not onto the screen.
@@ -281,6 +308,11 @@ def main(argv) -> int:
             f"stopped: {stopped}; rerun the same command to resume (exit status {EXIT_STOPPED})\n"
         )
         return EXIT_STOPPED
+    except jax.errors.JaxRuntimeError:
+        # In a multi-process run a failed collective most often means a host was lost: the watchdog's line
+        # naming it, not this traceback, is then the last word.
+        host_watchdog.await_verdict()
+        raise
     except KeyboardInterrupt:
         # A second Ctrl-C: the newest finished checkpoint stands (a save in flight is never "latest").
         sys.exit("error: interrupted; the newest finished checkpoint stands")
