@@ -57,9 +57,8 @@ def measure_matmul_peak(sizes=(1024, 2048), repeats: int = 10) -> float:
     return best
 
 
-def cached_cpu_peak(measured: float) -> float:
-    """The best float32 matmul rate this machine has shown (kept in ~/.cache/bert_jax/cpu_peak.json, by CPU
-    model and core count): a measurement taken while other work shares the cores would otherwise inflate MFU."""
+def _cpu_peak_cache() -> tuple[Path, str, dict]:
+    """(the cache file, this machine's key in it, its contents)."""
     cache = (
         Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
         / "bert_jax"
@@ -70,6 +69,19 @@ def cached_cpu_peak(measured: float) -> float:
         known = json.loads(cache.read_text())
     except (OSError, ValueError):
         known = {}
+    return cache, key, known if isinstance(known, dict) else {}
+
+
+def known_cpu_peak() -> float:
+    """The best float32 matmul rate cached for this machine (0 when none)."""
+    _, key, known = _cpu_peak_cache()
+    return float(known.get(key, 0.0))
+
+
+def cached_cpu_peak(measured: float) -> float:
+    """The best float32 matmul rate this machine has shown (kept in ~/.cache/bert_jax/cpu_peak.json, by CPU
+    model and core count): a measurement taken while other work shares the cores would otherwise inflate MFU."""
+    cache, key, known = _cpu_peak_cache()
     best = max(measured, float(known.get(key, 0.0)))
     if best > known.get(key, 0.0):
         try:
@@ -85,8 +97,11 @@ def peak_flops() -> tuple[float, str]:
     device = jax.devices()[0]
     if device.platform == "cpu":
         # Fake CPU devices share the host's cores, so the host's measured peak is the whole mesh's.
+        # Once this machine has a cached peak, a short probe (one size, 3 repeats) is enough to raise it; the
+        # full measurement costs seconds of every run's start-up (and of every subprocess test).
+        probe = {"sizes": (1024,), "repeats": 3} if known_cpu_peak() else {}
         return cached_cpu_peak(
-            measure_matmul_peak()
+            measure_matmul_peak(**probe)
         ), "best measured float32 matmul on this machine"
     for name, flops in PEAK_FLOPS:
         if name.lower() in device.device_kind.lower():
