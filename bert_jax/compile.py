@@ -65,7 +65,7 @@ def count_collectives(hlo_text: str) -> dict[str, int]:
 
 
 STEPS = ("phase1", "phase2", "eval")
-# The vocabulary is the tokenizer's when model.vocab_size is -1; BERT's uncased WordPiece size stands in here.
+# The vocabulary is the tokenizer's when model.vocab_size is -1; BERT's uncased WordPiece size stands in then.
 STAND_IN_VOCAB_SIZE = 30522
 
 
@@ -88,11 +88,9 @@ def compile_steps(
         dcn_mesh_shape=config.get("dcn_mesh_shape"),
         devices=devices,
     )
-    program = program_lib.build(
-        config,
-        mesh,
-        vocab_size,
-    )
+    # A recipe that names its vocabulary size (ALBERT's 30,000) is compiled at it: its tokenizer has that size.
+    recipe_vocab = config.model.get("vocab_size", -1)
+    program = program_lib.build(config, mesh, recipe_vocab if recipe_vocab > 0 else vocab_size)
     chips = mesh.devices.size
     names = {"phase1": "train phase 1", "phase2": "train phase 2", "eval": "eval"}
     present = {p.name for p in program.phases} | {"eval"}

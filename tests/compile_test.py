@@ -93,6 +93,8 @@ def test_tpu7x_chips_are_two_devices_each_and_a_packed_step_compiles_for_them():
             "data.packing": True, "data.max_sequences_per_row": 4, "data.seq_length": 32,
             "data.max_predictions_per_seq": 5, "data.phase2_seq_length": 64,
             "data.phase2_max_predictions_per_seq": 10,
+            # A recipe's own vocabulary size, below the stand-in tokenizer's 30,522 (ALBERT's 30,000 case).
+            "model.vocab_size": 1000,
         },
     )  # fmt: skip
     (report,) = compile_lib.compile_steps(config, devices, topology.hbm_bytes, steps=("phase2",))
