@@ -103,6 +103,18 @@ def test_model_with_splash_equals_xla_on_padded_and_packed_batches():
         expected = xla.apply({"params": params}, ids, **inputs)["last_hidden_state"]
         got = fused.apply({"params": params}, ids, **inputs)["last_hidden_state"]
         np.testing.assert_allclose(np.asarray(got)[real], np.asarray(expected)[real], atol=1e-5)
+    # A training step's gradient through nn.scan traces the layer more than once: a kernel kept from one trace
+    # for the next leaked its block tables as tracers there.
+    scanned = bert.BertModel(bert.BertConfig(**fields, attention_impl="splash", scan_layers=True))
+    scanned_params = nn.unbox(bert.init_params(scanned, jax.random.key(0)))
+
+    def loss(p):
+        rngs = {"dropout": jax.random.key(1)}
+        out = scanned.apply({"params": p}, ids, **packed, deterministic=False, rngs=rngs)
+        return jnp.sum(out["last_hidden_state"] ** 2)
+
+    text = jax.jit(jax.grad(loss)).lower(scanned_params).as_text()
+    assert text.count("stablehlo.while") >= 2  # the layers' scan, forward and backward
 
 
 def test_splash_refusals_are_one_line_errors():

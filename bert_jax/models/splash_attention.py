@@ -68,10 +68,9 @@ def block_size(length: int) -> int:
     return max(b for b in range(LANES, MAX_BLOCK + 1, LANES) if length % b == 0)
 
 
-@functools.lru_cache(maxsize=32)
 def _kernel(heads: int, length: int, interpret: bool):
     """The multi-head Splash kernel for [heads, length, head_dim] inputs, every query free to see every key
-    (the segment ids do all the masking). Cached: one per layer shape, not one per layer traced."""
+    (the segment ids do all the masking)."""
     block = block_size(length)
     blocks = splash.BlockSizes(
         block_q=block,
@@ -84,9 +83,9 @@ def _kernel(heads: int, length: int, interpret: bool):
         block_kv_dq=block,
     )
     mask = splash_mask.MultiHeadMask([splash_mask.FullMask((length, length))] * heads)
-    # Its block tables become concrete arrays even when first built inside a trace, so the cache holds no tracer.
-    with jax.ensure_compile_time_eval():
-        return splash.make_splash_mha_single_device(mask, block_sizes=blocks, interpret=interpret)
+    # Built afresh in every trace: its block tables are arrays, and a kernel kept from one trace for the next
+    # carried them into it as leaked tracers (seen under nn.scan with gradients).
+    return splash.make_splash_mha_single_device(mask, block_sizes=blocks, interpret=interpret)
 
 
 def _on_device(query, key, value, q_segments, kv_segments, *, interpret: bool) -> Array:
