@@ -39,12 +39,6 @@ import math
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-from jax.experimental.pallas.ops.tpu.splash_attention import (
-    splash_attention_kernel as splash,
-)
-from jax.experimental.pallas.ops.tpu.splash_attention import (
-    splash_attention_mask as splash_mask,
-)
 
 Array = jax.Array
 
@@ -71,6 +65,14 @@ def block_size(length: int) -> int:
 def _kernel(heads: int, length: int, interpret: bool):
     """The multi-head Splash kernel for [heads, length, head_dim] inputs, every query free to see every key
     (the segment ids do all the masking)."""
+    # Imported here: every model imports this module, few steps run the kernel (0.25 s of imports).
+    from jax.experimental.pallas.ops.tpu.splash_attention import (  # noqa: PLC0415
+        splash_attention_kernel as splash,
+    )
+    from jax.experimental.pallas.ops.tpu.splash_attention import (  # noqa: PLC0415
+        splash_attention_mask as splash_mask,
+    )
+
     block = block_size(length)
     blocks = splash.BlockSizes(
         block_q=block,
@@ -90,8 +92,10 @@ def _kernel(heads: int, length: int, interpret: bool):
 
 def _on_device(query, key, value, q_segments, kv_segments, *, interpret: bool) -> Array:
     """The kernel on one device's [batch, heads, length, head_dim] shard, vmapped over its examples."""
+    from jax.experimental.pallas.ops.tpu.splash_attention import SegmentIds  # noqa: PLC0415
+
     kernel = _kernel(query.shape[1], query.shape[2], interpret)
-    segments = splash.SegmentIds(q=q_segments, kv=kv_segments)
+    segments = SegmentIds(q=q_segments, kv=kv_segments)
     return jax.vmap(kernel)(query, key, value, segment_ids=segments)
 
 
