@@ -179,3 +179,30 @@ def test_auto_takes_splash_on_a_tpu_where_it_can_run(monkeypatch):
         128,
         512,
     ]
+
+
+def test_auto_compiles_splash_for_a_tpu_slice_under_data_and_tensor_parallelism():
+    """Ahead of time for a v5e-4 from this CPU host: "auto" in a forward without dropout takes Splash (one Mosaic
+    kernel per layer, for packed rows too) and the heads never leave their device (no all-gather)."""
+    from bert_jax import topologies
+
+    devices = topologies.topology_devices(topologies.parse_topology("v5e-4"))
+    mesh = sharding.make_mesh((2, 1, 2), devices=devices)
+    config = bert.BertConfig(
+        vocab_size=256, hidden_size=128, num_layers=2, num_heads=2, intermediate_size=256,
+        max_position_embeddings=LENGTH, dtype="bfloat16",
+    )  # fmt: skip
+    model = bert.BertModel(config)
+    boxed = jax.eval_shape(lambda: bert.init_params(model, jax.random.key(0)))
+    shardings = sharding.logical_shardings(boxed, mesh)
+    params = jax.tree.map(
+        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), nn.unbox(boxed), shardings
+    )
+    spec = jax.ShapeDtypeStruct((4, LENGTH), jnp.int32, sharding=sharding.batch_sharding(mesh))
+    forward = lambda p, ids, segments: model.apply({"params": p}, ids, segment_ids=segments)[
+        "last_hidden_state"
+    ]
+    step = jax.jit(sharding.under_mesh(forward, mesh))
+    hlo = step.lower(params, spec, spec).compile().as_text()
+    assert hlo.count('custom_call_target="tpu_custom_call"') == config.num_layers
+    assert "all-gather" not in hlo
