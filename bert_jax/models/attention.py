@@ -6,7 +6,10 @@ Implementations (`BertConfig.attention_impl`):
   "cudnn"  cuDNN flash attention on a GPU, 16-bit inputs only (no dropout, no weights);
   "pallas" the Pallas flash kernel in models/flash_attention.py, with this module's dropout (the same mask
            for the same rng); interpret mode off a GPU. Not chosen by "auto" until a GPU has timed it;
-  "auto"   cuDNN where it can run (GPU, 16-bit, a head size cuDNN takes, no dropout, no weights), else "xla".
+  "splash" JAX's Splash kernel for TPUs (models/splash_attention.py: padding and packed rows as segment ids,
+           no dropout, no weights); interpret mode off a TPU, refused on a GPU;
+  "auto"   on a GPU cuDNN where it can run (16-bit, a head size cuDNN takes, no dropout, no weights), on a TPU
+           Splash where it can run (no dropout, no weights, a length that is a multiple of 128), else "xla".
 
 cuDNN gets the padding as per-example key lengths (`key_value_seq_lengths`), never as a broadcast
 [batch, 1, 1, keys] mask, which its bias path rejects (jax-ml/jax#28974). BERT pads on the right, so a
@@ -15,9 +18,12 @@ not right padding takes the masked XLA path instead (a `lax.cond`: the answer is
 
 Packed rows (several sequences per row, `bert_jax.data.packing`) come as a `PackedMask`: the block-diagonal
 [batch, 1, q, k] mask (a token attends only to tokens of its own sequence, Krell et al. 2021) and the segment
-ids it was built from. "pallas" takes the segment ids; every other implementation takes the dense mask on the
-masked XLA path ("auto" on a GPU included: cuDNN's key-length layout cannot express it), and "cudnn" chosen
-explicitly is refused (`check_packing`).
+ids it was built from. "pallas" and "splash" take the segment ids ("auto" on a TPU picks Splash for them as for
+padding); every other implementation takes the dense mask on the masked XLA path ("auto" on a GPU included:
+cuDNN's key-length layout cannot express it), and "cudnn" chosen explicitly is refused (`check_packing`).
+
+The backend an implementation is checked against is the one the program is traced for
+(`splash_attention.target_platform`): an ahead-of-time compile for a TPU slice traces on a CPU host.
 """
 
 from __future__ import annotations
@@ -29,13 +35,14 @@ import jax.numpy as jnp
 
 # The dropout hash lives apart so the Pallas kernel (flash_attention.py) can use it without importing this module.
 from bert_jax.models.dropout import dropout  # noqa: F401 -- re-exported: layers and tests use attention.dropout
+from bert_jax.models.splash_attention import LANES, splash_attention, target_platform
 
 Array = jax.Array
 
-ATTENTION_IMPLS = ("auto", "xla", "jax", "cudnn", "pallas")
-# The implementations that can take packed rows: the Pallas kernel takes segment ids, the others the dense
-# block-diagonal mask on XLA ("auto" resolves to the masked path for packed rows).
-PACKED_IMPLS = ("auto", "xla", "jax", "pallas")
+ATTENTION_IMPLS = ("auto", "xla", "jax", "cudnn", "pallas", "splash")
+# The implementations that can take packed rows: the Pallas and Splash kernels take segment ids, the others the
+# dense block-diagonal mask on XLA ("auto" resolves to Splash on a TPU, else to the masked path, for packed rows).
+PACKED_IMPLS = ("auto", "xla", "jax", "pallas", "splash")
 # Input dtypes cuDNN's fused attention takes (as `jax.nn.dot_product_attention(implementation="cudnn")`).
 CUDNN_DTYPES = ("bfloat16", "float16")
 
@@ -90,6 +97,25 @@ def pallas_unsupported(*, backend: str, head_dim: int) -> str | None:
     return None
 
 
+def splash_unsupported(
+    *, backend: str, dropout_rate: float = 0.0, weights: bool = False, length: int | None = None
+) -> str | None:
+    """Why Splash attention cannot (or, for a `length` it would pad, should not) run here, or None if it can
+    (anywhere but a GPU: interpreted off a TPU)."""
+    if backend == "gpu":
+        return "it is a TPU kernel; on a GPU use 'cudnn', 'pallas' or 'xla'"
+    if dropout_rate > 0.0:
+        return (
+            f"it applies no dropout to the attention probabilities (attention_dropout_prob is "
+            f"{dropout_rate}; set it to 0, which is not the paper's recipe, or use 'auto' or 'xla')"
+        )
+    if weights:
+        return "it cannot return attention weights (output_attentions=True); use 'auto' or 'xla'"
+    if length is not None and length % LANES:
+        return f"its blocks are multiples of {LANES} tokens and the length is {length}"
+    return None
+
+
 def check_attention_impl(
     impl: str, *, dtype: str, head_dim: int, dropout_rate: float, backend: str | None = None
 ) -> None:
@@ -116,14 +142,37 @@ def check_attention_impl(
         why = pallas_unsupported(backend=backend or jax.default_backend(), head_dim=head_dim)
         if why:
             raise ValueError(f"attention_impl 'pallas' cannot run: {why}")
+    if impl == "splash":
+        backend = backend or jax.default_backend()
+        why = splash_unsupported(backend=backend, dropout_rate=dropout_rate)
+        if why:
+            raise ValueError(f"attention_impl 'splash' cannot run: {why}")
 
 
-def resolve_impl(impl: str, *, dtype, head_dim: int, dropout: bool, weights: bool) -> str:
-    """The implementation "auto" stands for on the present backend (others are returned as they are)."""
+def resolve_impl(
+    impl: str,
+    *,
+    dtype,
+    head_dim: int,
+    dropout: bool,
+    weights: bool,
+    length: int | None = None,
+    packed: bool = False,
+) -> str:
+    """The implementation "auto" stands for on the backend being traced for (others are returned as they are):
+    Splash on a TPU, cuDNN on a GPU (never for `packed` rows), each where it can run, else "xla"."""
     if impl != "auto":
         return impl
+    backend = target_platform()
+    if backend == "tpu":
+        why = splash_unsupported(
+            backend=backend, dropout_rate=float(dropout), weights=weights, length=length
+        )
+        return "xla" if why else "splash"
+    if packed:
+        return "xla"  # cuDNN's key-length layout cannot express packed rows
     why = cudnn_unsupported(
-        backend=jax.default_backend(),
+        backend=backend,
         dtype=jnp.dtype(dtype).name,
         head_dim=head_dim,
         dropout_rate=float(dropout),
@@ -192,6 +241,21 @@ def padded_attention(query, key, value, mask, *, implementation: str = "cudnn") 
     return jax.lax.cond(right_padded, by_lengths, masked)
 
 
+def splash_segments(mask) -> tuple[Array, Array] | None:
+    """(query, key) segment ids [batch, length] int32 that make Splash attend as `mask` does at every real
+    token (see models/splash_attention.py), or None for a mask that is neither padding nor packed rows."""
+    if isinstance(mask, PackedMask):
+        return mask.segment_ids, mask.segment_ids
+    key_mask = _key_padding_mask(mask)
+    if key_mask is None:
+        return None
+    keys = key_mask.astype(bool).astype(jnp.int32)
+    # Every query of a row sees its real keys; a row with none attends to all of them (segment 0) instead of
+    # to nothing, which Splash's backward pass gets wrong.
+    queries = jnp.broadcast_to(jnp.any(key_mask, axis=-1, keepdims=True), keys.shape)
+    return queries.astype(jnp.int32), keys
+
+
 def dot_product_attention(
     query: Array,
     key: Array,
@@ -212,11 +276,31 @@ def dot_product_attention(
     """
     use_dropout = dropout_rate > 0.0 and dropout_rng is not None
     segment_ids = None
-    if isinstance(mask, PackedMask):
+    packed = isinstance(mask, PackedMask)
+    impl = resolve_impl(
+        impl,
+        dtype=query.dtype,
+        head_dim=query.shape[-1],
+        dropout=use_dropout,
+        weights=return_weights,
+        length=key.shape[1],
+        packed=packed,
+    )
+    if impl == "splash":
+        if use_dropout or return_weights:
+            what = (
+                "attention weights" if return_weights else "dropout on the attention probabilities"
+            )
+            raise ValueError(f"attention_impl 'splash' cannot give {what}; use 'auto' or 'xla'")
+        segments = splash_segments(mask)
+        if segments is not None:
+            rows = (query.shape[0], key.shape[1])
+            q_segments, kv_segments = (jnp.broadcast_to(s, rows) for s in segments)
+            return splash_attention(query, key, value, q_segments, kv_segments), None
+        impl = "xla"  # a dense mask that is neither padding nor packed rows: the masked path
+    if packed:
         mask, segment_ids = mask
-        if impl == "auto":
-            impl = "xla"  # cuDNN cannot take segments; the masked path is the fallback
-        elif impl == "pallas" and not return_weights:
+        if impl == "pallas" and not return_weights:
             from bert_jax.models import flash_attention
 
             out = flash_attention.flash_attention(
@@ -230,13 +314,6 @@ def dot_product_attention(
             return out, None
         else:
             check_packing(impl)
-    impl = resolve_impl(
-        impl,
-        dtype=query.dtype,
-        head_dim=query.shape[-1],
-        dropout=use_dropout,
-        weights=return_weights,
-    )
     key_mask = _key_padding_mask(mask)
     if impl == "xla" or (impl == "pallas" and key_mask is None and not return_weights):
         # The kernel takes a [batch, keys] mask; any other mask shape takes the masked path, whose dropout
