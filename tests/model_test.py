@@ -335,7 +335,8 @@ def test_registry_errors_are_one_line():
     with pytest.raises(ValueError, match=r"unknown model config keys \['hidden'\]"):
         registry.config_from_fields({"hidden": 8})
     with pytest.raises(
-        ValueError, match="model family 'gpt' is not one of \\['bert', 'roberta'\\]"
+        ValueError,
+        match="model family 'gpt' is not one of \\['albert', 'bert', 'electra', 'roberta'\\]",
     ):
         registry.config_from_fields({}, family="gpt")
     with pytest.raises(ValueError, match="unknown head 'pooler'"):
