@@ -55,6 +55,9 @@ class MlmNsp(_Objective):
     model: Any
     # The head the model is built with (registry.build(config, head)).
     head: ClassVar[str] = "pretraining"
+    # The sentence-pair task: its name in the sums and summaries, and the model output holding its logits.
+    pair: ClassVar[str] = "nsp"
+    pair_logits: ClassVar[str] = "seq_relationship_logits"
     # The compact progress line and the eval line: (label, summary key, format).
     progress: ClassVar[tuple] = (
         ("mlm_acc", "mlm_accuracy", ".3f"),
@@ -62,7 +65,8 @@ class MlmNsp(_Objective):
     )
 
     def loss_sums(self, params, batch, rng, deterministic: bool):
-        """(the training loss, the MLM and NSP sums keyed `mlm_*`, `nsp_*`); dropout on unless `deterministic`."""
+        """(the training loss, the MLM and pair-task sums keyed `mlm_*` and e.g. `nsp_*`); dropout on unless
+        `deterministic`."""
         outputs = self.model.apply(
             {"params": params},
             batch["input_ids"],
@@ -76,28 +80,32 @@ class MlmNsp(_Objective):
         mlm = losses.mlm_loss(
             outputs["prediction_logits"], batch["masked_lm_ids"], batch["masked_lm_weights"]
         )
-        nsp = losses.nsp_loss(
-            outputs["seq_relationship_logits"],
+        # A two-way classification of each sequence's [CLS] (NSP's; SOP's in MlmSop), the label in
+        # `next_sentence_labels`.
+        pair = losses.nsp_loss(
+            outputs[self.pair_logits],
             batch["next_sentence_labels"],
             batch.get("cls_weights"),
         )
         loss = (
-            mlm["loss_sum"] / jnp.maximum(mlm["weight_sum"], 1e-5) + nsp["loss_sum"] / nsp["count"]
+            mlm["loss_sum"] / jnp.maximum(mlm["weight_sum"], 1e-5)
+            + pair["loss_sum"] / pair["count"]
         )
         sums = {
             **{f"mlm_{k}": v for k, v in mlm.items()},
-            **{f"nsp_{k}": v for k, v in nsp.items()},
+            **{f"{self.pair}_{k}": v for k, v in pair.items()},
         }
         return loss, sums
 
-    @staticmethod
-    def summarize(sums: dict[str, float]) -> dict[str, float]:
-        """Means and accuracies from summed MLM/NSP metrics (the host divides once)."""
+    @classmethod
+    def summarize(cls, sums: dict[str, float]) -> dict[str, float]:
+        """Means and accuracies from summed MLM and pair-task metrics (the host divides once)."""
+        p = cls.pair
         return {
             "mlm_loss": divide(sums["mlm_loss_sum"], sums["mlm_weight_sum"]),
             "mlm_accuracy": divide(sums["mlm_correct_sum"], sums["mlm_weight_sum"]),
-            "nsp_loss": divide(sums["nsp_loss_sum"], sums["nsp_count"]),
-            "nsp_accuracy": divide(sums["nsp_correct_sum"], sums["nsp_count"]),
+            f"{p}_loss": divide(sums[f"{p}_loss_sum"], sums[f"{p}_count"]),
+            f"{p}_accuracy": divide(sums[f"{p}_correct_sum"], sums[f"{p}_count"]),
         }
 
 
@@ -139,7 +147,7 @@ class Mlm(_Objective):
 
 
 @dataclasses.dataclass(frozen=True)
-class MlmSop(_Objective):
+class MlmSop(MlmNsp):
     """ALBERT's objective (Lan et al. 2020): mean MLM cross entropy over the masked positions + mean
     sentence-order-prediction cross entropy on the pooled [CLS] (label 1 = the two segments swapped).
 
@@ -148,53 +156,14 @@ class MlmSop(_Objective):
     `next_sentence_labels`, as google-research/albert keeps it. Packed batches as `MlmNsp`.
     """
 
-    model: Any
-    head: ClassVar[str] = "pretraining"
+    pair: ClassVar[str] = "sop"
+    pair_logits: ClassVar[str] = "sop_logits"
     progress: ClassVar[tuple] = (
         ("mlm_acc", "mlm_accuracy", ".3f"),
         ("sop_acc", "sop_accuracy", ".3f"),
     )
 
-    def loss_sums(self, params, batch, rng, deterministic: bool):
-        """(the training loss, the MLM and SOP sums keyed `mlm_*`, `sop_*`); dropout on unless `deterministic`."""
-        outputs = self.model.apply(
-            {"params": params},
-            batch["input_ids"],
-            batch["token_type_ids"],
-            batch["attention_mask"],
-            batch["masked_lm_positions"],
-            **{k: batch[k] for k in PACKED_INPUTS if k in batch},
-            deterministic=deterministic,
-            rngs=None if deterministic else {"dropout": rng},
-        )
-        mlm = losses.mlm_loss(
-            outputs["prediction_logits"], batch["masked_lm_ids"], batch["masked_lm_weights"]
-        )
-        # A two-way classification of the pooled [CLS], as NSP's: the same loss sums.
-        sop = losses.nsp_loss(
-            outputs["sop_logits"], batch["next_sentence_labels"], batch.get("cls_weights")
-        )
-        loss = (
-            mlm["loss_sum"] / jnp.maximum(mlm["weight_sum"], 1e-5) + sop["loss_sum"] / sop["count"]
-        )
-        sums = {
-            **{f"mlm_{k}": v for k, v in mlm.items()},
-            **{f"sop_{k}": v for k, v in sop.items()},
-        }
-        return loss, sums
 
-    @staticmethod
-    def summarize(sums: dict[str, float]) -> dict[str, float]:
-        """Means and accuracies from summed MLM/SOP metrics (the host divides once)."""
-        return {
-            "mlm_loss": divide(sums["mlm_loss_sum"], sums["mlm_weight_sum"]),
-            "mlm_accuracy": divide(sums["mlm_correct_sum"], sums["mlm_weight_sum"]),
-            "sop_loss": divide(sums["sop_loss_sum"], sums["sop_count"]),
-            "sop_accuracy": divide(sums["sop_correct_sum"], sums["sop_count"]),
-        }
-
-
-# The objectives by the name a recipe's `objective` field gives.
 def sigmoid_cross_entropy(logits, labels):
     """Binary cross entropy with logits, stable for large |logits| (TensorFlow's
     `sigmoid_cross_entropy_with_logits`: max(z, 0) - z y + log(1 + exp(-|z|)))."""
