@@ -130,12 +130,7 @@ def flat_params_to_hf(params, config: AlbertConfig, head: str) -> dict[str, np.n
 
 def config_from_hf(hf_config: Mapping, path: str = "config.json", **overrides) -> AlbertConfig:
     """An AlbertConfig from a transformers config.json dict; one-line errors for what does not fit."""
-    model_type = hf_config.get("model_type")
-    if model_type != MODEL_TYPE:
-        raise ValueError(f"{path}: model_type is {model_type!r}, not 'albert'")
-    position_type = hf_config.get("position_embedding_type", "absolute")
-    if position_type != "absolute":
-        raise ValueError(f"{path}: position_embedding_type {position_type!r} is not supported")
+    bert_hf.check_encoder(hf_config, path, MODEL_TYPE)
     groups = (hf_config.get("num_hidden_groups", 1), hf_config.get("inner_group_num", 1))
     if groups != (1, 1):
         raise ValueError(

@@ -193,6 +193,20 @@ def rename_to_hf(params, head: str, *, prefix: str, names, head_prefixes) -> dic
     return out
 
 
+def check_encoder(hf_config: Mapping, path: str, model_type: str) -> None:
+    """One-line errors for a transformers config.json of another model type, or of an encoder bert_jax does not
+    build (relative position embeddings, a decoder); shared by the families' `config_from_hf`."""
+    if hf_config.get("model_type") != model_type:
+        raise ValueError(
+            f"{path}: model_type is {hf_config.get('model_type')!r}, not {model_type!r}"
+        )
+    position_type = hf_config.get("position_embedding_type", "absolute")
+    if position_type != "absolute":
+        raise ValueError(f"{path}: position_embedding_type {position_type!r} is not supported")
+    if hf_config.get("is_decoder"):
+        raise ValueError(f"{path}: is_decoder is true; only the bidirectional encoder loads")
+
+
 def config_from_hf(hf_config: Mapping, path: str = "config.json", **overrides) -> BertConfig:
     """A BertConfig from a transformers config.json dict; one-line errors for non-BERT configs."""
     model_type = hf_config.get("model_type")

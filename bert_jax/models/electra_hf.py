@@ -124,14 +124,7 @@ def flat_params_to_hf(params, config: ElectraConfig, head: str) -> dict[str, np.
 
 def config_from_hf(hf_config: Mapping, path: str = "config.json", **overrides) -> ElectraConfig:
     """An ElectraConfig from a transformers config.json dict; one-line errors for what does not fit."""
-    model_type = hf_config.get("model_type")
-    if model_type != MODEL_TYPE:
-        raise ValueError(f"{path}: model_type is {model_type!r}, not 'electra'")
-    position_type = hf_config.get("position_embedding_type", "absolute")
-    if position_type != "absolute":
-        raise ValueError(f"{path}: position_embedding_type {position_type!r} is not supported")
-    if hf_config.get("is_decoder"):
-        raise ValueError(f"{path}: is_decoder is true; only the bidirectional encoder loads")
+    bert_hf.check_encoder(hf_config, path, MODEL_TYPE)
     for key, value in SUMMARY.items():
         if hf_config.get(key, value) != value:
             raise ValueError(
