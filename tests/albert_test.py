@@ -452,3 +452,32 @@ def test_saved_directory_carries_the_sentencepiece_tokenizer(tmp_path):
     np.testing.assert_array_equal(ours["input_ids"], expected["input_ids"])
     np.testing.assert_array_equal(ours["token_type_ids"], expected["token_type_ids"])
     assert ours["input_ids"][0, 0] == 2 and again.vocab_size == tok.vocab_size == 1000
+
+
+@pytest.mark.parametrize("head", ["classification", "token"])
+def test_task_heads_drop_out_at_classifier_dropout_prob(head):
+    # The released ALBERTs train the encoder without dropout and the task heads at classifier_dropout_prob
+    # (transformers' Albert*Classification heads): with the encoder's dropout off, only that rate moves the logits.
+    ids, mask, types = ragged_batch()
+    batch = dict(
+        input_ids=jnp.asarray(ids),
+        attention_mask=jnp.asarray(mask),
+        token_type_ids=jnp.asarray(types),
+    )
+
+    def logits(rate, dropout_seed):
+        config = tiny_config(
+            hidden_dropout_prob=0.0, attention_dropout_prob=0.0, classifier_dropout_prob=rate
+        )
+        model = albert.build_model(config, head, num_labels=3)
+        params = nn.unbox(model.init(jax.random.key(0), **batch)["params"])
+        out = model.apply(
+            {"params": params},
+            **batch,
+            deterministic=False,
+            rngs={"dropout": jax.random.key(dropout_seed)},
+        )
+        return np.asarray(out["logits"])
+
+    np.testing.assert_array_equal(logits(0.0, 1), logits(0.0, 2))
+    assert np.abs(logits(0.5, 1) - logits(0.5, 2)).max() > 1e-3

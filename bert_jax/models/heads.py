@@ -164,7 +164,11 @@ class TaskHead(nn.Module):
             logits = logits.astype(jnp.float32)
             outputs["start_logits"], outputs["end_logits"] = logits[..., 0], logits[..., 1]
             return outputs
-        x = Dropout(self.config.hidden_dropout_prob)(x, deterministic)
+        # ALBERT's configs give the task heads their own dropout (classifier_dropout_prob: 0.1 where the released
+        # encoders use none), as its transformers heads and original classifier do; the other families' heads use
+        # the hidden dropout.
+        rate = getattr(self.config, "classifier_dropout_prob", self.config.hidden_dropout_prob)
+        x = Dropout(rate)(x, deterministic)
         logits = dense(self.config, self.num_labels, ("embed", "classes"), "classifier")(x)
         outputs["logits"] = logits.astype(jnp.float32)
         return outputs
