@@ -25,18 +25,15 @@ import dataclasses
 import functools
 
 import flax.linen as nn
-import jax.numpy as jnp
 
 from bert_jax.configs.sizes import ALBERT as PRESETS  # noqa: F401 -- the sizes, as albert.PRESETS
 from bert_jax.models import bert, heads
 from bert_jax.models.layers import (
-    ACTIVATIONS,
     Dropout,
     dense,
     layer_class,
     layer_norm,
     normal,
-    zeros,
 )
 
 # The head names: BERT's ("pretraining" = MLM + SOP), plus transformers' masked LM alone and multiple choice.
@@ -120,90 +117,24 @@ class AlbertModel(bert.BertModel):
         return [self.shared_layer] * self.config.num_layers
 
 
-class AlbertMLMHead(nn.Module):
-    """H -> E dense, activation, LayerNorm (width E), then the decoder tied to the E-wide word embeddings + a
-    bias (transformers' AlbertMLMHead). Float32 logits."""
-
-    config: AlbertConfig
-
-    @nn.compact
-    def __call__(self, x, embeddings: nn.Module):
-        cfg = self.config
-        x = dense(cfg, cfg.embedding_size, ("embed", "embed_out"), "transform")(x)
-        x = ACTIVATIONS[cfg.hidden_act](x)
-        x = layer_norm(cfg, "transform_layer_norm")(x)
-        bias = self.param("bias", zeros(("vocab",)), (cfg.vocab_size,), cfg.storage_dtype)
-        logits = embeddings.attend(x.astype(cfg.compute_dtype))
-        return logits.astype(jnp.float32) + bias.astype(jnp.float32)
-
-
-class AlbertForPreTraining(nn.Module):
-    """The encoder, the MLM head ("mlm") and, unless `masked_lm_only`, the SOP classifier ("nsp").
-
-    Outputs transformers' names: `prediction_logits` and `sop_logits` (AlbertForPreTraining), or `logits`
-    (AlbertForMaskedLM, no pooler). With `masked_lm_positions` [batch, predictions] the MLM logits are computed
-    only there. Packed rows add `segment_ids`, `position_ids`, `cls_positions` (SOP logits [batch, K, 2]).
-    """
-
-    config: AlbertConfig
-    masked_lm_only: bool = False
-    encoder_name: str = "bert"
-
-    @nn.compact
-    def __call__(
-        self,
-        input_ids,
-        token_type_ids=None,
-        attention_mask=None,
-        masked_lm_positions=None,
-        *,
-        segment_ids=None,
-        position_ids=None,
-        cls_positions=None,
-        deterministic: bool = True,
-        output_hidden_states: bool = False,
-        output_attentions: bool = False,
-    ):
-        cfg = self.config
-        pooled = not self.masked_lm_only
-        packed = {"segment_ids": segment_ids, "position_ids": position_ids}
-        if pooled:
-            packed["cls_positions"] = cls_positions
-        encoder = AlbertModel(cfg, add_pooling_layer=pooled, name=self.encoder_name)
-        outputs = encoder(
-            input_ids,
-            token_type_ids,
-            attention_mask,
-            deterministic=deterministic,
-            output_hidden_states=output_hidden_states,
-            output_attentions=output_attentions,
-            **{k: v for k, v in packed.items() if v is not None},
-        )
-        sequence = outputs["last_hidden_state"]
-        if masked_lm_positions is not None:
-            sequence = jnp.take_along_axis(sequence, masked_lm_positions[..., None], axis=1)
-        logits = AlbertMLMHead(cfg, name="mlm")(sequence, encoder.embeddings)
-        if self.masked_lm_only:
-            outputs["logits"] = logits
-            return outputs
-        outputs["prediction_logits"] = logits
-        x = Dropout(cfg.classifier_dropout_prob)(outputs["pooler_output"], deterministic)
-        outputs["sop_logits"] = dense(cfg, 2, ("embed", "classes"), "nsp")(x).astype(jnp.float32)
-        return outputs
-
-
 def build_model(config: AlbertConfig, head: str = "none", num_labels: int = 2) -> nn.Module:
     """The module for a head name (one of HEADS) on the ALBERT encoder.
 
-    "pretraining" is AlbertForPreTraining (MLM + SOP), "masked_lm" AlbertForMaskedLM; the task heads are BERT's
+    "pretraining" is AlbertForPreTraining (MLM + SOP: `prediction_logits`, `sop_logits`), "masked_lm"
+    AlbertForMaskedLM (`logits`, no pooler), both `heads.PreTrainingHeads`; the task heads are BERT's
     (`heads.TaskHead`: pooled [CLS] -> dropout -> "classifier"; every token -> "qa_outputs" or dropout ->
     "classifier"), which are transformers' Albert* heads; "multiple_choice" scores each choice as one row
     (inputs [batch * choices, length], `logits` [batch * choices, 1]), as AlbertForMultipleChoice flattens them.
     """
-    if head == "pretraining":
-        return AlbertForPreTraining(config)
-    if head == "masked_lm":
-        return AlbertForPreTraining(config, masked_lm_only=True)
+    if head in ("pretraining", "masked_lm"):
+        # transformers' AlbertMLMHead: the transform is E wide, for the decoder tied to the E-wide embeddings.
+        return heads.PreTrainingHeads(
+            config,
+            AlbertModel,
+            pair_logits="sop_logits" if head == "pretraining" else None,
+            pair_dropout=config.classifier_dropout_prob,
+            mlm_width=config.embedding_size,
+        )
     if head == "multiple_choice":
         return heads.TaskHead(config, AlbertModel, task="classification", num_labels=1)
     if head in heads.HEADS:

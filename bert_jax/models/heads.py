@@ -44,15 +44,21 @@ def _encode(
 
 
 class MaskedLMHead(nn.Module):
-    """MLM head: dense + activation + LayerNorm, then the decoder tied to the word embeddings + a bias."""
+    """MLM head: dense + activation + LayerNorm, then the decoder tied to the word embeddings + a bias.
+
+    `width` is the transform's width (0: the hidden size; ALBERT's and ELECTRA's generator: the embedding size,
+    which the tied decoder needs) and `activation` its non-linearity ("": the config's `hidden_act`; RoBERTa's
+    and ELECTRA's heads apply the exact GELU whatever the encoder uses). Float32 logits."""
 
     config: Any
+    width: int = 0
+    activation: str = ""
 
     @nn.compact
     def __call__(self, x, embeddings: nn.Module):
         cfg = self.config
-        x = dense(cfg, cfg.hidden_size, ("embed", "embed_out"), "transform")(x)
-        x = ACTIVATIONS[cfg.hidden_act](x)
+        x = dense(cfg, self.width or cfg.hidden_size, ("embed", "embed_out"), "transform")(x)
+        x = ACTIVATIONS[self.activation or cfg.hidden_act](x)
         x = layer_norm(cfg, "transform_layer_norm")(x)
         bias = self.param("bias", zeros(("vocab",)), (cfg.vocab_size,), cfg.storage_dtype)
         logits = embeddings.attend(x.astype(cfg.compute_dtype))
@@ -60,16 +66,25 @@ class MaskedLMHead(nn.Module):
 
 
 class PreTrainingHeads(nn.Module):
-    """The encoder with the MLM and next-sentence-prediction heads.
+    """The encoder with the MLM head ("mlm") and, unless `pair_logits` is None, a sentence-pair classifier ("nsp")
+    on the pooled [CLS]: BERT's NSP (`seq_relationship_logits`), ALBERT's sentence order (`sop_logits`, after
+    dropout `pair_dropout`). Without a pair task the encoder has no pooler and the MLM logits are `logits`
+    (transformers' *ForMaskedLM: RoBERTa's pretraining model, ALBERT's `masked_lm`), else `prediction_logits`.
 
     With `masked_lm_positions` [batch, predictions], MLM logits are computed only at those positions (so the
     head costs what the paper's FLOP count says); otherwise at every position. Packed rows add `segment_ids`,
-    `position_ids` and `cls_positions` [batch, K]: NSP logits are then [batch, K, 2], one per sequence's [CLS].
+    `position_ids` and `cls_positions` [batch, K]: pair logits are then [batch, K, 2], one per sequence's [CLS].
     """
 
     config: Any
     encoder: Any
     encoder_name: str = "bert"
+    # The output name of the sentence-pair logits; None: masked LM alone.
+    pair_logits: str | None = "seq_relationship_logits"
+    pair_dropout: float = 0.0
+    # The MLM transform's width and activation (`MaskedLMHead`).
+    mlm_width: int = 0
+    mlm_activation: str = ""
 
     @nn.compact
     def __call__(
@@ -86,14 +101,13 @@ class PreTrainingHeads(nn.Module):
         output_hidden_states: bool = False,
         output_attentions: bool = False,
     ):
-        packed = {
-            "segment_ids": segment_ids,
-            "position_ids": position_ids,
-            "cls_positions": cls_positions,
-        }
+        pooled = self.pair_logits is not None
+        packed = {"segment_ids": segment_ids, "position_ids": position_ids}
+        if pooled:
+            packed["cls_positions"] = cls_positions
         encoder, outputs = _encode(
             self,
-            True,
+            pooled,
             input_ids,
             token_type_ids,
             attention_mask,
@@ -105,11 +119,15 @@ class PreTrainingHeads(nn.Module):
         if masked_lm_positions is not None:
             sequence = jnp.take_along_axis(sequence, masked_lm_positions[..., None], axis=1)
         # The decoder is tied to the word embeddings: the head calls back into the encoder's embeddings.
-        outputs["prediction_logits"] = MaskedLMHead(self.config, name="mlm")(
-            sequence, encoder.embeddings
-        )
-        nsp = dense(self.config, 2, ("embed", "classes"), "nsp")
-        outputs["seq_relationship_logits"] = nsp(outputs["pooler_output"]).astype(jnp.float32)
+        mlm = MaskedLMHead(self.config, self.mlm_width, self.mlm_activation, name="mlm")
+        logits = mlm(sequence, encoder.embeddings)
+        if not pooled:
+            outputs["logits"] = logits
+            return outputs
+        outputs["prediction_logits"] = logits
+        x = Dropout(self.pair_dropout)(outputs["pooler_output"], deterministic)
+        pair = dense(self.config, 2, ("embed", "classes"), "nsp")
+        outputs[self.pair_logits] = pair(x).astype(jnp.float32)
         return outputs
 
 

@@ -18,6 +18,7 @@ Parameter paths keep BERT's names (the encoder is "bert/..."), so every layout r
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import flax.linen as nn
 import jax
@@ -86,44 +87,12 @@ class RobertaModel(bert.BertModel):
     embeddings_class = RobertaEmbeddings
 
 
-class RobertaForMaskedLM(nn.Module):
-    """The pretraining model: the encoder without pooler and the MLM head tied to the word embeddings.
-
-    Outputs `logits` (transformers' name) at `masked_lm_positions` [batch, predictions] when given, else at
-    every position. Takes the pretraining batch's arguments in BERT's order (`token_type_ids` are all zero).
-    """
-
-    config: RobertaConfig
-    encoder_name: str = "bert"
-
-    @nn.compact
-    def __call__(
-        self,
-        input_ids,
-        token_type_ids=None,
-        attention_mask=None,
-        masked_lm_positions=None,
-        *,
-        deterministic: bool = True,
-        output_hidden_states: bool = False,
-        output_attentions: bool = False,
-    ):
-        encoder = RobertaModel(self.config, add_pooling_layer=False, name=self.encoder_name)
-        outputs = encoder(
-            input_ids,
-            token_type_ids,
-            attention_mask,
-            deterministic=deterministic,
-            output_hidden_states=output_hidden_states,
-            output_attentions=output_attentions,
-        )
-        sequence = outputs["last_hidden_state"]
-        if masked_lm_positions is not None:
-            sequence = jnp.take_along_axis(sequence, masked_lm_positions[..., None], axis=1)
-        # transformers' RobertaLMHead applies the exact GELU whatever `hidden_act` is.
-        lm_config = dataclasses.replace(self.config, hidden_act="gelu")
-        outputs["logits"] = heads.MaskedLMHead(lm_config, name="mlm")(sequence, encoder.embeddings)
-        return outputs
+# The pretraining model: the encoder without pooler and the MLM head tied to the word embeddings, `logits` (at
+# `masked_lm_positions` when given); it takes the pretraining batch's arguments in BERT's order (`token_type_ids`
+# are all zero). transformers' RobertaLMHead applies the exact GELU whatever `hidden_act` is.
+RobertaForMaskedLM = functools.partial(
+    heads.PreTrainingHeads, encoder=RobertaModel, pair_logits=None, mlm_activation="gelu"
+)
 
 
 class RobertaClassificationHead(nn.Module):
