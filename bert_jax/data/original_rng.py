@@ -46,13 +46,14 @@ def load_vocab_order(path) -> dict[str, int]:
     return vocab
 
 
-def read_documents(input_pattern: str, tokenizer) -> list[list[list[int]]]:
+def read_documents(input_pattern: str, tokenizer, prepare=str.strip) -> list[list[list]]:
     """Documents (lists of tokenized lines) read as the original reads them, before shuffling.
 
-    Raises `ValueError` naming file and line for input the original would crash on (invalid
+    Each line is `prepare`d (BERT: stripped; ALBERT: `original_albert.preprocess_text`); one that
+    comes out empty starts a new document; `tokenizer.encode_batch` tokenizes the lines. Raises `ValueError` naming file and line for input the original would crash on (invalid
     UTF-8).
     """
-    documents: list[list[list[int]]] = [[]]
+    documents: list[list[list]] = [[]]
     for path in corpus_lib.expand_pattern(input_pattern):
         raw = path.read_bytes()
         try:
@@ -65,7 +66,7 @@ def read_documents(input_pattern: str, tokenizer) -> list[list[list[int]]]:
         lines = text.split("\n")
         if lines and lines[-1] == "":
             lines.pop()
-        lines = [line.strip() for line in lines]
+        lines = [prepare(line) for line in lines]
         encoded = tokenizer.encode_batch(lines) if lines else []
         for line, ids in zip(lines, encoded, strict=True):
             if not line:
