@@ -250,7 +250,7 @@ def _from_document(documents, d, max_seq_length, short_seq_prob, random_next, ma
             else:
                 label = 0
                 b = [t for seg in chunk[a_end:] for t in seg]
-            original_rng._truncate_pair(a, b, max_tokens, rng)
+            original_rng.truncate_pair(a, b, max_tokens, rng)
             tokens = ["[CLS]", *a, "[SEP]", *b, "[SEP]"]
             segments = [0] * (len(a) + 2) + [1] * (len(b) + 1)
             tokens, positions, labels, boundary = mask(tokens, rng=rng)

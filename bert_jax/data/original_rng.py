@@ -76,7 +76,9 @@ def read_documents(input_pattern: str, tokenizer, prepare=str.strip) -> list[lis
     return [d for d in documents if d]
 
 
-def _truncate_pair(a: list[int], b: list[int], max_tokens: int, rng: random.Random) -> None:
+def truncate_pair(a: list, b: list, max_tokens: int, rng: random.Random) -> None:
+    """The original's truncate_seq_pair: one `random() < 0.5` (front, else back) per token removed
+    from the longer of the two (B on a tie)."""
     while len(a) + len(b) > max_tokens:
         longer = a if len(a) > len(b) else b
         if rng.random() < 0.5:
@@ -157,7 +159,7 @@ def _from_document(documents, d, max_seq_length, short_seq_prob, masking, rng):
             else:
                 is_random_next = False
                 b = [t for seg in chunk[a_end:] for t in seg]
-            _truncate_pair(a, b, max_tokens, rng)
+            truncate_pair(a, b, max_tokens, rng)
             cls_id, sep_id, _ = masking["specials"]
             tokens = [cls_id, *a, sep_id, *b, sep_id]
             segment_ids = [0] * (len(a) + 2) + [1] * (len(b) + 1)
