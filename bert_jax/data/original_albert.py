@@ -30,6 +30,7 @@ import random
 import unicodedata
 
 import numpy as np
+from etils import epath
 
 from bert_jax.data import original_rng, tfrecord
 
@@ -70,7 +71,6 @@ class SentencePieces:
 
     def __init__(self, path):
         import sentencepiece as spm
-        from etils import epath
 
         path = epath.Path(path)
         if not path.is_file():
