@@ -7,7 +7,13 @@
 With `--original_rng` (and the original's required `--input_file`, `--output_file`,
 `--vocab_file`) the output is exactly the original tool's for the same corpus, vocab, flags and
 seed (`bert_jax.data.original_rng`), written as TFRecords of tf.train.Example in its layout
-(or ArrayRecord for files named `*.array_record`).
+(or ArrayRecord for files named `*.array_record`). Adding `--spm_model_file` replays
+google-research/albert's tool instead (`bert_jax.data.original_albert`: SentencePiece pieces,
+sentence-order pairs, n-gram masking, `token_boundary`; its flags `--ngram`,
+`--favor_shorter_ngram`, `--random_next_sentence`, `--do_permutation`, and its defaults for
+flags left unset: `--do_whole_word_mask=True --dupe_factor=40 --max_seq_length=512`). Its n-gram
+lengths come from NumPy's global RandomState, which the original never seeds: the output equals a
+run of the original preceded by `np.random.seed(N)`, N = `--numpy_seed` (default `--random_seed`).
 
 Unlike the original, the corpus is processed in blocks of `--documents_per_shard` documents:
 each block is tokenized, turned into `dupe_factor` passes of instances (random next sentences
@@ -26,7 +32,7 @@ import numpy as np
 from absl import app, flags, logging
 
 from bert_jax.data import corpus as corpus_lib
-from bert_jax.data import instances, masking, original_rng, records
+from bert_jax.data import instances, masking, original_albert, original_rng, records
 from bert_jax.data.tokenizer import load_tokenizer
 
 FLAGS = flags.FLAGS
@@ -127,8 +133,74 @@ def create_original(flag_values) -> dict:
     return {"instances": len(found), "files": len(flag_values.output_file.split(","))}
 
 
+# ALBERT's tool: its defaults where they differ from BERT's, and its flags BERT's tool lacks.
+ALBERT_DEFAULTS = {"do_whole_word_mask": True, "dupe_factor": 40, "max_seq_length": 512}
+ALBERT_ONLY = ("ngram", "favor_shorter_ngram", "random_next_sentence", "do_permutation")
+
+
+def _albert(flag_values, name):
+    """A flag's value for ALBERT's tool: its own default when the flag is not given."""
+    if name in ALBERT_DEFAULTS and not flag_values[name].present:
+        return ALBERT_DEFAULTS[name]
+    return flag_values[name].value
+
+
+def create_albert(flag_values) -> dict:
+    """The `--original_rng --spm_model_file` run: google-research/albert's instances, in its layout."""
+    paths = flag_values.output_file.split(",")
+    for path in paths:
+        if path.endswith(".array_record"):
+            raise ValueError(
+                f"--output_file={path}: ALBERT's instances are written as TFRecords "
+                "(ArrayRecord has no token_boundary)"
+            )
+    max_seq_length = _albert(flag_values, "max_seq_length")
+    if max_seq_length < 5:
+        raise ValueError(
+            f"--max_seq_length={max_seq_length}: the original needs at least 5 "
+            "([CLS] A [SEP] B [SEP] with one token each)"
+        )
+    pieces = original_albert.SentencePieces(flag_values.spm_model_file)
+    found = original_albert.create_instances(
+        flag_values.input_file,
+        pieces,
+        do_lower_case=flag_values.do_lower_case,
+        max_seq_length=max_seq_length,
+        short_seq_prob=flag_values.short_seq_prob,
+        dupe_factor=_albert(flag_values, "dupe_factor"),
+        seed=flag_values.random_seed,
+        numpy_seed=(
+            flag_values.random_seed if flag_values.numpy_seed is None else flag_values.numpy_seed
+        ),
+        random_next_sentence=flag_values.random_next_sentence,
+        masking=original_albert.MaskingOptions(
+            masked_lm_prob=flag_values.masked_lm_prob,
+            max_predictions=flag_values.max_predictions_per_seq,
+            whole_word=_albert(flag_values, "do_whole_word_mask"),
+            ngram=flag_values.ngram,
+            favor_shorter_ngram=flag_values.favor_shorter_ngram,
+            permutation=flag_values.do_permutation,
+        ),
+    )
+    # do_permutation doubles the prediction slots (the permuted positions follow the masked ones).
+    slots = flag_values.max_predictions_per_seq * (1 + int(flag_values.do_permutation))
+    original_albert.write_tfrecords(found, pieces, paths, max_seq_length, slots)
+    return {"instances": len(found), "files": len(paths)}
+
+
 def check_original_flags(flag_values) -> None:
     """Raises ValueError (one line naming the flag) for flags the original tool would reject."""
+    if flag_values.spm_model_file:  # ALBERT's tool: --vocab_file is not read
+        for name in ("input_file", "output_file"):
+            if not getattr(flag_values, name):
+                raise ValueError(f"--{name} is required with --original_rng (as in the original)")
+        for name in ("output_dir", "documents_per_shard"):
+            if flag_values[name].present:
+                raise ValueError(f"--{name} is not a flag of the original tool (--original_rng)")
+        return
+    for name in ALBERT_ONLY + ("numpy_seed",):
+        if flag_values[name].present:
+            raise ValueError(f"--{name} is a flag of ALBERT's tool: give --spm_model_file too")
     for name in ("input_file", "output_file", "vocab_file"):
         if not getattr(flag_values, name):
             raise ValueError(f"--{name} is required with --original_rng (as in the original)")
@@ -137,7 +209,8 @@ def check_original_flags(flag_values) -> None:
             raise ValueError(f"--{name} is not a flag of the original tool (--original_rng)")
     if flag_values.vocab_file.endswith(".model"):
         raise ValueError(
-            f"--vocab_file={flag_values.vocab_file}: the original reads vocab.txt only"
+            f"--vocab_file={flag_values.vocab_file}: the original reads vocab.txt only "
+            "(ALBERT's tool: --spm_model_file)"
         )
     if flag_values.max_seq_length < 5:
         raise ValueError(
@@ -206,6 +279,40 @@ def define_flags(flag_values=FLAGS):
         "Documents per block (bounds memory).",
         flag_values=flag_values,
     )
+    flags.DEFINE_string(
+        "spm_model_file",
+        None,
+        "With --original_rng: replay google-research/albert's tool with this SentencePiece model.",
+        flag_values=flag_values,
+    )
+    flags.DEFINE_integer(
+        "ngram", 3, "ALBERT: longest n-gram (in words) to mask.", flag_values=flag_values
+    )
+    flags.DEFINE_bool(
+        "favor_shorter_ngram",
+        True,
+        "ALBERT: p(n) proportional to 1/n (else to 1/(ngram + 1 - n)).",
+        flag_values=flag_values,
+    )
+    flags.DEFINE_bool(
+        "random_next_sentence",
+        False,
+        "ALBERT: BERT's random next sentence instead of sentence order.",
+        flag_values=flag_values,
+    )
+    flags.DEFINE_bool(
+        "do_permutation",
+        False,
+        "ALBERT: also permute unmasked n-grams.",
+        flag_values=flag_values,
+    )
+    flags.DEFINE_integer(
+        "numpy_seed",
+        None,
+        "ALBERT: seed of the n-gram draws (the original's unseeded np.random; default "
+        "--random_seed).",
+        flag_values=flag_values,
+    )
     flags.DEFINE_bool(
         "original_rng",
         False,
@@ -219,7 +326,12 @@ def run(flag_values) -> dict:
     """One run of the tool with parsed flags; returns its counters."""
     if flag_values.original_rng:
         check_original_flags(flag_values)
+        if flag_values.spm_model_file:
+            return create_albert(flag_values)
         return create_original(flag_values)
+    for name in ("spm_model_file", "numpy_seed", *ALBERT_ONLY):
+        if flag_values[name].present:
+            raise ValueError(f"--{name} replays ALBERT's tool: it needs --original_rng")
     if not flag_values.input_file:
         raise ValueError("--input_file is required")
     if bool(flag_values.output_file) == bool(flag_values.output_dir):

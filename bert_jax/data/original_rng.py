@@ -46,13 +46,14 @@ def load_vocab_order(path) -> dict[str, int]:
     return vocab
 
 
-def read_documents(input_pattern: str, tokenizer) -> list[list[list[int]]]:
+def read_documents(input_pattern: str, tokenizer, prepare=str.strip) -> list[list[list]]:
     """Documents (lists of tokenized lines) read as the original reads them, before shuffling.
 
-    Raises `ValueError` naming file and line for input the original would crash on (invalid
+    Each line is `prepare`d (BERT: stripped; ALBERT: `original_albert.preprocess_text`); one that
+    comes out empty starts a new document; `tokenizer.encode_batch` tokenizes the lines. Raises `ValueError` naming file and line for input the original would crash on (invalid
     UTF-8).
     """
-    documents: list[list[list[int]]] = [[]]
+    documents: list[list[list]] = [[]]
     for path in corpus_lib.expand_pattern(input_pattern):
         raw = path.read_bytes()
         try:
@@ -65,7 +66,7 @@ def read_documents(input_pattern: str, tokenizer) -> list[list[list[int]]]:
         lines = text.split("\n")
         if lines and lines[-1] == "":
             lines.pop()
-        lines = [line.strip() for line in lines]
+        lines = [prepare(line) for line in lines]
         encoded = tokenizer.encode_batch(lines) if lines else []
         for line, ids in zip(lines, encoded, strict=True):
             if not line:
@@ -75,7 +76,9 @@ def read_documents(input_pattern: str, tokenizer) -> list[list[list[int]]]:
     return [d for d in documents if d]
 
 
-def _truncate_pair(a: list[int], b: list[int], max_tokens: int, rng: random.Random) -> None:
+def truncate_pair(a: list, b: list, max_tokens: int, rng: random.Random) -> None:
+    """The original's truncate_seq_pair: one `random() < 0.5` (front, else back) per token removed
+    from the longer of the two (B on a tie)."""
     while len(a) + len(b) > max_tokens:
         longer = a if len(a) > len(b) else b
         if rng.random() < 0.5:
@@ -156,7 +159,7 @@ def _from_document(documents, d, max_seq_length, short_seq_prob, masking, rng):
             else:
                 is_random_next = False
                 b = [t for seg in chunk[a_end:] for t in seg]
-            _truncate_pair(a, b, max_tokens, rng)
+            truncate_pair(a, b, max_tokens, rng)
             cls_id, sep_id, _ = masking["specials"]
             tokens = [cls_id, *a, sep_id, *b, sep_id]
             segment_ids = [0] * (len(a) + 2) + [1] * (len(b) + 1)
