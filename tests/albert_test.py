@@ -444,8 +444,8 @@ def test_saved_directory_carries_the_sentencepiece_tokenizer(tmp_path):
     _, _, again = layouts.load_pretrained(tmp_path / "back")
     theirs = transformers.AutoTokenizer.from_pretrained(tmp_path / "back")
     texts, pairs = (
-        ["Zanashka wrote four letters.", "the otter"],
-        ["to her brother", "in the fields"],
+        ["Zanashka wrote four letters.", "the otter", "Naïve CAFÉ, Ångström résumé"],
+        ["to her brother", "in the fields", "Zoë"],
     )
     ours = again(texts, pairs)
     expected = theirs(texts, pairs, padding="longest", return_token_type_ids=True)

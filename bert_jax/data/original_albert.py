@@ -32,12 +32,8 @@ import unicodedata
 import numpy as np
 from etils import epath
 
-from bert_jax.data import original_rng, tfrecord
+from bert_jax.data import albert_vocab, original_rng, tfrecord
 
-# `_is_start_piece_sp`'s sets. "€" and "£" are added there as UTF-8 bytes, which no str piece equals
-# or contains, so (unlike bert_jax.data.albert_vocab.PUNCTUATION) they are not in this set.
-_SPECIAL = frozenset('!"#$%&"()*+,-./:;?@[\\]^_`{|}~')
-_ENGLISH_OR_SPECIAL = frozenset("abcdefghijklmnopqrstuvwxyz") | _SPECIAL
 _UNDERLINE = "\u2581"
 # The feature names and order of the original's tf.train.Example.
 FEATURES = (
@@ -57,13 +53,6 @@ def preprocess_text(line: str, lower: bool) -> str:
     out = unicodedata.normalize("NFKD", " ".join(line.strip().split()))
     out = "".join(c for c in out if not unicodedata.combining(c))
     return out.lower() if lower else out
-
-
-def is_start_piece(piece: str) -> bool:
-    """The original's `_is_start_piece_sp`: does this piece begin a word?"""
-    if piece.startswith((_UNDERLINE, "<")) or piece in _SPECIAL:
-        return True
-    return not all(c.lower() in _ENGLISH_OR_SPECIAL for c in piece)
 
 
 class SentencePieces:
@@ -144,7 +133,7 @@ def mask_pieces(tokens, opts: MaskingOptions, vocab_words, rng, np_rng):
         if token in ("[CLS]", "[SEP]"):
             boundary[i] = 1
             continue
-        start = is_start_piece(token)
+        start = albert_vocab.is_word_start(token)
         if opts.whole_word and cand and not start:
             cand[-1].append(i)
         else:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import abc
 import json
+import unicodedata
 from collections.abc import Sequence
 
 import numpy as np
@@ -243,8 +244,8 @@ class SentencePieceTokenizer(_Tokenizer):
     def __init__(
         self, path, model_max_length: int | None = None, do_lower_case: bool | None = None
     ):
-        """Loads a `.model` file; `do_lower_case` lower-cases text before encoding (ALBERT-style
-        models need it). Unset, it follows the model: True when its normalizer case-folds
+        """Loads a `.model` file; `do_lower_case` lower-cases text and strips its accents before encoding
+        (ALBERT-style models need it). Unset, it follows the model: True when its normalizer case-folds
         (`*_cf` rules, as `bert_jax.data.vocab` writes for lower-cased training)."""
         import sentencepiece as spm
 
@@ -272,12 +273,19 @@ class SentencePieceTokenizer(_Tokenizer):
         self.model_max_length = model_max_length or DEFAULT_MODEL_MAX_LENGTH
         self._continuation = None
 
+    def _prepare(self, text: str) -> str:
+        # Lower-cased models also lose accents (NFKD, combining marks dropped), as BERT's uncased WordPiece,
+        # google-research/albert's `preprocess_text` and transformers' AlbertTokenizer do.
+        if not self.do_lower_case:
+            return text
+        text = unicodedata.normalize("NFKD", text)
+        return "".join(c for c in text if not unicodedata.combining(c)).lower()
+
     def encode(self, text: str) -> list[int]:
-        return self._sp.encode(text.lower() if self.do_lower_case else text)
+        return self._sp.encode(self._prepare(text))
 
     def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
-        texts = [t.lower() for t in texts] if self.do_lower_case else list(texts)
-        return self._sp.encode(texts, num_threads=1)
+        return self._sp.encode([self._prepare(t) for t in texts], num_threads=1)
 
     def id_to_token(self, i: int) -> str | None:
         return self._sp.id_to_piece(int(i)) if 0 <= int(i) < self.vocab_size else None
