@@ -59,8 +59,8 @@ def build_examples(
 ) -> tuple[np.ndarray, np.ndarray]:
     """The corpus (documents in its order) as ExampleBuilder's examples: (int64 [N, 5] rows of (first sentence,
     end sentence, len A, len B, the target length it was gathered to), bool [num_sentences] in-the-second-segment
-    flags). `draws` has `random()` and
-    `randint(lo, hi)`: a `random.Random` replays the original, `NumpyDraws` is the loader's."""
+    flags). `draws` has `random()` and `randint(lo, hi)`: a `random.Random` replays the original, `NumpyDraws` is
+    the loader's."""
     if max_length < MIN_RANDOM_LENGTH:
         raise ValueError(
             f"max_seq_length {max_length}: ELECTRA's examples need at least {MIN_RANDOM_LENGTH}"
@@ -90,7 +90,7 @@ def build_examples(
         len_a = min(len_a, max_length - 2)
         len_b = min(len_b, max(0, max_length - len_a - 3))
         examples.append((lo, hi, len_a, len_b, target))
-        # The next example's target: 5% of the time a random length (the original's only short examples).
+        # The next example's target: 5% of the time a random length (with document ends, its short examples).
         if draws.random() < RANDOM_LENGTH_PROB:
             target = draws.randint(MIN_RANDOM_LENGTH, max_length)
         else:
