@@ -12,9 +12,11 @@ MLM loss + 50 x the discriminator's loss (section 2); Adam (beta1 0.9, beta2 0.9
 (global norm 1.0) and weight-decay exclusions are google-research/electra's `optimization.create_optimizer`, which
 is BERT's (`bert_adam` here). Table 7 is fine-tuning: configs/glue.py with `--config.init_checkpoint=DIR`.
 
-The data are BERT's: WordPiece, uncased, the BERT instance builder (contiguous segments from one document; see
-docs/models.md for what differs from electra's build_pretraining_dataset.py); the masking is electra's
-`pretrain_helpers.mask`: of the 15% chosen, 85% become [MASK] and 15% stay, none become a random token.
+The data path is the family's (bert_jax/data/family_data.py): BERT's WordPiece, uncased, and electra's
+build_pretraining_dataset.py examples (`bert_jax.data.electra_examples`: one or two segments of one document, no
+NSP; its fixed 5% random-length rule, so the BERT recipe's `data.short_seq_prob` is absent and setting it is the
+config's one-line unknown-field error); the masking is electra's `pretrain_helpers.mask`: of the 15% chosen, 85%
+become [MASK] and 15% stay, none become a random token.
 """
 
 import ml_collections
@@ -57,7 +59,8 @@ def model_config(size: str) -> ml_collections.ConfigDict:
 
 def get_config(size: str = "small") -> ml_collections.ConfigDict:
     """The paper's ELECTRA pretraining recipe for a size in SIZES."""
-    c = pretraining.get_config("base")
+    # No NSP pairs, so none of their data fields (ELECTRA's examples: bert_jax.data.electra_examples).
+    c = pretraining.get_config("base", next_sentence=False)
     # Informational: the name of the model size, for logs and checkpoints.
     c.size = size
     # The model family (bert_jax.models.registry.FAMILIES) whose config `model` holds.
@@ -78,8 +81,6 @@ def get_config(size: str = "small") -> ml_collections.ConfigDict:
     c.data.mask_token_fraction = 0.85
     # ... and the other 15% stay as they are (no random tokens: the generator makes the replacements).
     c.data.random_token_fraction = 0.0
-    # electra's build_pretraining_dataset: 5% of the examples get a random target length.
-    c.data.short_seq_prob = 0.05
     # Table 6.
     c.num_train_steps = steps
     # Table 6.

@@ -5,6 +5,10 @@ BERT (and a family not named here, ALBERT among them): NSP pairs (`streams.Corpu
 create_pretraining_data (`masking.mask_tokens`); ALBERT's recipe turns on its sentence-order pairs
 (`data.sentence_order`) and n-gram masking (`data.max_ngram`), options of the same path. RoBERTa: FULL-SENTENCES rows (`full_sentences.FullSentenceStream`) masked as fairseq
 (`masking.mask_tokens_fairseq`), no instance files (they hold BERT's pairs), no packing (rows are already full).
+ELECTRA: build_pretraining_dataset.py's examples (`electra_examples.ElectraExampleStream`: one or two segments of
+one document, no NSP) masked as BERT's with the recipe's 85% [MASK] / 15% kept shares; no instance files (they hold
+BERT's NSP pairs), no packing (the `rtd` model reads one sequence per row, as electra's examples are written), and
+no NSP-pair fields (`data.short_seq_prob`: electra has its own fixed 5% random-length rule).
 The loader (`loader.py`) calls `check_family` and `data_path`. Pure NumPy.
 """
 
@@ -13,6 +17,7 @@ from __future__ import annotations
 import numpy as np
 
 from bert_jax.data import masking
+from bert_jax.data.electra_examples import ElectraExampleStream
 from bert_jax.data.full_sentences import FullSentenceStream
 from bert_jax.data.streams import CorpusStream
 
@@ -66,8 +71,15 @@ def full_sentence_stream(cfg, corpus, tok, length, seed, key):
     return FullSentenceStream(corpus, length, seed, key, **ids)
 
 
+def electra_stream(cfg, corpus, tok, length, seed, key):
+    """ELECTRA's rows: build_pretraining_dataset's examples, built once, shuffled per epoch."""
+    ids = {"cls_id": tok.cls_id, "sep_id": tok.sep_id, "pad_id": tok.pad_id}
+    return ElectraExampleStream(corpus, length, seed, key, **ids)
+
+
 # Each model family's data path (the recipe's `family`): (the stream of a text/TFDS corpus, the per-step masks,
-# whether instance files and packing apply). A family not named here reads BERT's.
+# whether instance files and packing apply, and if not why: `unpacked`; the data fields the family refuses, each with
+# why). A family not named here reads BERT's.
 FAMILY_DATA = {
     "bert": {"stream": pair_stream, "mask": bert_masks, "instances": True, "packing": True},
     "roberta": {
@@ -75,6 +87,18 @@ FAMILY_DATA = {
         "mask": fairseq_masks,
         "instances": False,
         "packing": False,
+        "unpacked": "FULL-SENTENCES rows are already full of contiguous sentences (nothing to pack)",
+    },
+    "electra": {
+        "stream": electra_stream,
+        "mask": bert_masks,
+        "instances": False,
+        "packing": False,
+        "unpacked": "rtd model reads one example per row, as build_pretraining_dataset.py writes them",
+        "refused": {
+            "short_seq_prob": "examples take build_pretraining_dataset.py's own fixed 5% random-length rule",
+            "sentence_order": "examples have no sentence-pair task",
+        },
     },
 }
 
@@ -94,9 +118,11 @@ def check_family(cfg, family: str) -> None:
         )
     if cfg.packing and not path["packing"]:
         raise ValueError(
-            f"data.packing=True: the {family} family's FULL-SENTENCES rows are already full of contiguous "
-            "sentences (nothing to pack); set data.packing=False"
+            f"data.packing=True: the {family} family's {path['unpacked']}; set data.packing=False"
         )
+    for field, why in path.get("refused", {}).items():
+        if field in cfg:
+            raise ValueError(f"data.{field}: the {family} family's {why}; remove the field")
     if path["mask"] is fairseq_masks and cfg.whole_word_mask:
         raise ValueError(
             "data.whole_word_mask=True: RoBERTa's fairseq masking masks single tokens, as the paper"

@@ -17,7 +17,8 @@ defaults live in the recipe (`bert_jax/configs/pretraining.py`). The tokenizer i
 
 The recipe's model `family` picks the data path (`family_data.FAMILY_DATA`, the one place): BERT reads NSP pairs and masks
 them as create_pretraining_data; RoBERTa reads FULL-SENTENCES rows (`full_sentences.py`) and masks them as
-fairseq (`masking.mask_tokens_fairseq`), from text or TFDS.
+fairseq (`masking.mask_tokens_fairseq`), from text or TFDS; ELECTRA reads build_pretraining_dataset.py's examples
+(`electra_examples.py`) masked as BERT's with its own [MASK] share.
 """
 
 from __future__ import annotations
