@@ -6,7 +6,8 @@ create_pretraining_data (`masking.mask_tokens`); ALBERT's recipe turns on its se
 (`data.sentence_order`) and n-gram masking (`data.max_ngram`), options of the same path. RoBERTa: FULL-SENTENCES rows (`full_sentences.FullSentenceStream`) masked as fairseq
 (`masking.mask_tokens_fairseq`), no instance files (they hold BERT's pairs), no packing (rows are already full).
 ELECTRA: build_pretraining_dataset.py's examples (`electra_examples.ElectraExampleStream`: one or two segments of
-one document, no NSP) masked as BERT's with the recipe's 85% [MASK] / 15% kept shares; no instance files (they hold
+one document, no NSP) masked as electra's pretrain_helpers.mask (`masking.mask_tokens_electra`: single tokens drawn
+with replacement, the recipe's 85% [MASK] / 15% kept, no random tokens); no instance files (they hold
 BERT's NSP pairs), no packing (the `rtd` model reads one sequence per row, as electra's examples are written), and
 no NSP-pair fields (`data.short_seq_prob`: electra has its own fixed 5% random-length rule).
 The loader (`loader.py`) calls `check_family` and `data_path`. Pure NumPy.
@@ -24,7 +25,7 @@ from bert_jax.data.streams import CorpusStream
 
 def bert_masks(feats, rng, max_pred, tok, cfg) -> dict[str, np.ndarray]:
     """BERT's dynamic masks (`masking.mask_tokens`, create_pretraining_data's rules); ALBERT's n-grams of whole
-    words when the recipe sets `data.max_ngram` (the loader puts it and ALBERT's word starts in `cfg`); ELECTRA's
+    words when the recipe sets `data.max_ngram` (the loader puts it and ALBERT's word starts in `cfg`); other
     [MASK]/random shares when the recipe sets `data.mask_token_fraction` / `data.random_token_fraction`."""
     return masking.mask_tokens(
         feats["input_ids"],
@@ -53,6 +54,22 @@ def fairseq_masks(feats, rng, max_pred, tok, cfg) -> dict[str, np.ndarray]:
         mask_id=tok.mask_id,
         vocab_size=tok.vocab_size,
         random_exclude=(tok.cls_id, tok.pad_id, tok.sep_id, tok.unk_id),
+    )
+
+
+def electra_masks(feats, rng, max_pred, tok, cfg) -> dict[str, np.ndarray]:
+    """ELECTRA's dynamic masks (`masking.mask_tokens_electra`, pretrain_helpers.mask's rules) at the recipe's
+    [MASK] share (`data.mask_token_fraction`; electra's 0.85 when absent)."""
+    return masking.mask_tokens_electra(
+        feats["input_ids"],
+        feats["attention_mask"],
+        rng,
+        max_predictions=max_pred,
+        mask_prob=cfg["masked_lm_prob"],
+        cls_id=tok.cls_id,
+        sep_id=tok.sep_id,
+        mask_id=tok.mask_id,
+        mask_token_fraction=cfg.get("mask_token_fraction", 0.85),
     )
 
 
@@ -91,7 +108,7 @@ FAMILY_DATA = {
     },
     "electra": {
         "stream": electra_stream,
-        "mask": bert_masks,
+        "mask": electra_masks,
         "instances": False,
         "packing": False,
         "unpacked": "rtd model reads one example per row, as build_pretraining_dataset.py writes them",
@@ -127,6 +144,22 @@ def check_family(cfg, family: str) -> None:
         raise ValueError(
             "data.whole_word_mask=True: RoBERTa's fairseq masking masks single tokens, as the paper"
         )
+    if path["mask"] is electra_masks:
+        # pretrain_helpers.mask draws single tokens and never a random one (the generator makes replacements).
+        if cfg.whole_word_mask or cfg.get("max_ngram", 1) > 1:
+            field, fix = (
+                ("whole_word_mask=True", "set it to False")
+                if cfg.whole_word_mask
+                else (f"max_ngram={cfg.max_ngram}", "remove the field")
+            )
+            raise ValueError(
+                f"data.{field}: ELECTRA's pretrain_helpers.mask masks single tokens; {fix}"
+            )
+        if cfg.get("random_token_fraction", 0.0) != 0.0:
+            raise ValueError(
+                f"data.random_token_fraction={cfg.random_token_fraction}: ELECTRA's pretrain_helpers.mask "
+                "makes no random tokens (its generator makes the replacements); set it to 0.0"
+            )
     if path["mask"] is fairseq_masks:
         # fairseq has no cap: every draw must fit the batch's prediction slots (checked before the first step).
         shapes = [("seq_length", "max_predictions_per_seq")]

@@ -12,7 +12,8 @@
 
 Used for dynamic masking by the loader and for static masks by the offline tool. RoBERTa masks with
 `mask_tokens_fairseq` instead: fairseq's rules, which differ (specials maskable, a randomly rounded count,
-per-position 80/10/10). Pure NumPy.
+per-position 80/10/10). ELECTRA masks with `mask_tokens_electra`: electra's `pretrain_helpers.mask` (draws with
+replacement, [UNK] maskable, 85% [MASK] / 15% kept per slot). Pure NumPy.
 """
 
 from __future__ import annotations
@@ -270,6 +271,67 @@ def mask_tokens_fairseq(
     masked = input_ids.copy()
     rows = np.broadcast_to(np.arange(n)[:, None], positions.shape)
     masked[rows[valid], positions[valid]] = replaced[valid]
+    return {
+        "input_ids": masked,
+        "masked_lm_positions": positions.astype(np.int32),
+        "masked_lm_ids": np.where(valid, original, 0).astype(np.int32),
+        "masked_lm_weights": valid.astype(np.float32),
+    }
+
+
+def electra_num_predictions(num_tokens, mask_prob: float, max_predictions: int) -> np.ndarray:
+    """ELECTRA's prediction count per row of `num_tokens` real tokens ([CLS]/[SEP] counted):
+    max(1, min(max_predictions, round(num_tokens * mask_prob))), the product in float32 and rounded half to even,
+    as pretrain_helpers.mask computes it with tf.round (e.g. 2 at 10 tokens, 4 at 30, 19 from 124 up at 15%)."""
+    product = np.asarray(num_tokens).astype(np.float32) * np.float32(mask_prob)
+    return np.clip(np.rint(product).astype(np.int64), 1, max_predictions)
+
+
+def mask_tokens_electra(
+    input_ids: np.ndarray,
+    attention_mask: np.ndarray,
+    rng: np.random.Generator,
+    *,
+    max_predictions: int,
+    mask_prob: float,
+    cls_id: int,
+    sep_id: int,
+    mask_id: int,
+    mask_token_fraction: float = 0.85,
+) -> dict[str, np.ndarray]:
+    """ELECTRA's dynamic masking: google-research/electra's `pretrain_helpers.mask` (as run_pretraining.py calls
+    it: uniform proposal, nothing disallowed) over a padded batch, with the outputs of `mask_tokens`.
+
+    * candidates: every real token (`attention_mask` 1) except [CLS], [SEP] and [MASK]; [UNK] and [PAD] ids inside
+      the mask are candidates, as in the original; single tokens, never whole words;
+    * `electra_num_predictions` slots per row, each an independent uniform draw over the row's candidates WITH
+      replacement (tf.random.categorical), so a position can fill several slots; every slot is a prediction
+      (weight 1), duplicates included;
+    * layout: slots in draw order (not sorted), the row's slots first, then padding slots (position 0, id 0,
+      weight 0), as `tf.sequence_mask(num_to_predict, N)` lays them out;
+    * each slot independently becomes [MASK] with probability `mask_token_fraction`, else keeps its token (no
+      random tokens: the generator makes the replacements); a position drawn by several slots is [MASK] if any of
+      them is (the original's scatter_update writes it once).
+
+    A row without candidates (no text) gets only padding slots; the original divides by zero there.
+    """
+    n, length = input_ids.shape
+    real = attention_mask.astype(bool)
+    candidates = real & ~np.isin(input_ids, np.asarray([cls_id, sep_id, mask_id]))
+    num_candidates = candidates.sum(1)
+    num_pred = electra_num_predictions(real.sum(1), mask_prob, max_predictions)
+    # Each row's candidate positions first, in position order; slot draws index into them uniformly.
+    by_candidate = np.argsort(~candidates, axis=1, kind="stable")
+    picks = rng.integers(0, np.maximum(num_candidates, 1)[:, None], (n, max_predictions))
+    drawn = np.take_along_axis(by_candidate, picks, axis=1)
+    slot = np.arange(max_predictions)[None, :]
+    valid = (slot < num_pred[:, None]) & (num_candidates[:, None] > 0)
+    positions = np.where(valid, drawn, 0)
+    original = np.take_along_axis(input_ids, positions, axis=1)
+    to_mask = valid & (rng.random((n, max_predictions)) < mask_token_fraction)
+    masked = input_ids.copy()
+    rows = np.broadcast_to(np.arange(n)[:, None], positions.shape)
+    masked[rows[to_mask], positions[to_mask]] = mask_id
     return {
         "input_ids": masked,
         "masked_lm_positions": positions.astype(np.int32),
