@@ -83,9 +83,9 @@ def pair_stream(cfg, corpus, tok, length, seed, key):
 
 
 def full_sentence_stream(cfg, corpus, tok, length, seed, key):
-    """RoBERTa's rows: FULL-SENTENCES, shuffled per epoch."""
+    """RoBERTa's rows: FULL-SENTENCES as fairseq's blocks (every sentence ends with `</s>`), shuffled per epoch."""
     ids = {"cls_id": tok.cls_id, "sep_id": tok.sep_id, "pad_id": tok.pad_id}
-    return FullSentenceStream(corpus, length, seed, key, **ids)
+    return FullSentenceStream(corpus, length, seed, key, **ids, sentence_eos=True)
 
 
 def electra_stream(cfg, corpus, tok, length, seed, key):

@@ -4,17 +4,22 @@
 length is at most 512 tokens. Inputs may cross document boundaries. When we reach the end of one document, we
 begin sampling sentences from the next document and add an extra separator token between documents."
 
-So a row is `<s> s1 s2 ... </s> t1 t2 ... </s>`: sentences in corpus order, a `</s>` where a document ends inside
-the row, one `<s>` first and one `</s>` last, then padding. A sentence never splits across rows; one longer than
-a whole row is cut to fit (the paper does not say; fairseq's `complete` break mode would make it a row of its own
-past the length). No NSP, no segments: token types are all 0. The rows are fixed by the corpus; the pretraining
-loader reads them through `FullSentenceStream` (a fresh order each epoch, as fairseq shuffles its blocks each
-epoch) and masks them per step with `bert_jax.data.masking.mask_tokens_fairseq`. Pure NumPy.
+Two layouts of such rows (`sentence_eos`), both `<s>` first, sentences in corpus order, never split across rows,
+then padding; no NSP, no segments (token types all 0):
+* True, fairseq's own pipeline, what the roberta data path reads: fairseq-preprocess binarizes each line of
+  one-sentence-per-line text as its ids then `</s>`, a blank line as a lone `</s>` (the extra separator between
+  documents), and the masked_lm task packs these items with `TokenBlockDataset(break_mode="complete")` into
+  blocks of at most `tokens_per_sample - 1` tokens, then prepends `<s>`: `<s> s1 </s> s2 </s> </s> t1 </s>`.
+  `row_spans` packs the same items the same way (an item that does not fit starts the next row, a separator
+  included), so the rows are fairseq's blocks (tests/roberta_fairseq_test.py compares them with fairseq's
+  output). One difference: fairseq makes a line longer than a block a block of its own, past
+  `tokens_per_sample`; here it is cut to its first `seq_length - 2` ids and its `</s>`, so every row fits.
+* False, the paper's wording: `<s> s1 s2 ... </s> t1 t2 ... </s>`: a `</s>` only where a document ends inside
+  the row, and one last; a sentence longer than a row is cut to fit.
 
-fairseq's own pipeline (`--sample-break-mode complete`, RoBERTa's pretraining README) differs in one detail: its
-binarized lines each end with `</s>`, so a corpus of one sentence per line gets a `</s>` after every sentence and
-a second one at a blank line. Here a sentence is not followed by a separator, only a document is, as the paper
-describes it.
+The rows are fixed by the corpus; the pretraining loader reads them through `FullSentenceStream` (a fresh order
+each epoch, as fairseq shuffles its blocks each epoch) and masks them per step with
+`bert_jax.data.masking.mask_tokens_fairseq` (fairseq's rules; `fairseq_replay` has its exact draws). Pure NumPy.
 """
 
 from __future__ import annotations
@@ -25,12 +30,17 @@ from bert_jax.data.instances import TokenizedCorpus
 from bert_jax.data.streams import keyed_rng
 
 
-def row_spans(corpus: TokenizedCorpus, seq_length: int) -> list[list[tuple[int, int]]]:
+def row_spans(
+    corpus: TokenizedCorpus, seq_length: int, *, sentence_eos: bool = False
+) -> list[list[tuple[int, int]]]:
     """Each row's pieces, in order: `(start, end)` token ranges of `corpus.tokens`, and `(-1, -1)` for a document
-    separator. Each row holds at most `seq_length - 2` tokens and separators (its `<s>` and final `</s>` aside)."""
-    budget = seq_length - 2
-    if budget < 1:
+    separator. Each row holds at most `seq_length - 2` tokens and separators (its `<s>` and final `</s>` aside);
+    with `sentence_eos`, fairseq's blocks: at most `seq_length - 1` items' tokens, each range followed by `</s>`."""
+    if seq_length - 2 < 1:
         raise ValueError(f"seq_length {seq_length} leaves no room between <s> and </s>")
+    if sentence_eos:
+        return _complete_blocks(corpus, seq_length - 1)
+    budget = seq_length - 2
     starts = corpus.sentence_starts
     rows, row, used = [], [], 0
 
@@ -60,6 +70,31 @@ def row_spans(corpus: TokenizedCorpus, seq_length: int) -> list[list[tuple[int, 
     return rows
 
 
+def _complete_blocks(corpus: TokenizedCorpus, block_size: int) -> list[list[tuple[int, int]]]:
+    """fairseq's `complete` break mode over the binarized lines: a sentence (its ids + `</s>`) or a document
+    separator (`</s>` alone, before every document but the first) joins the block while the block stays within
+    `block_size` tokens, else starts the next one. A sentence longer than a block is cut to fit one."""
+    starts = corpus.sentence_starts
+    items = []
+    for doc in range(corpus.num_documents):
+        if doc:
+            items.append((-1, -1))
+        for sentence in range(corpus.document_starts[doc], corpus.document_starts[doc + 1]):
+            lo, hi = int(starts[sentence]), int(starts[sentence + 1])
+            items.append((lo, min(hi, lo + block_size - 1)))
+    rows, row, used = [], [], 0
+    for lo, hi in items:
+        size = 1 if lo < 0 else hi - lo + 1
+        if row and used + size > block_size:
+            rows.append(row)
+            row, used = [], 0
+        row.append((lo, hi))
+        used += size
+    if row:
+        rows.append(row)
+    return rows
+
+
 def assemble(
     corpus: TokenizedCorpus,
     rows: list[list[tuple[int, int]]],
@@ -68,14 +103,20 @@ def assemble(
     cls_id: int,
     sep_id: int,
     pad_id: int,
+    sentence_eos: bool = False,
 ) -> dict[str, np.ndarray]:
-    """int32 `input_ids`, `token_type_ids` (zeros), `attention_mask` [len(rows), seq_length] from `row_spans`."""
+    """int32 `input_ids`, `token_type_ids` (zeros), `attention_mask` [len(rows), seq_length] from `row_spans`
+    (made with the same `sentence_eos`)."""
     ids = np.full((len(rows), seq_length), pad_id, np.int32)
     mask = np.zeros((len(rows), seq_length), np.int32)
     for i, row in enumerate(rows):
         pieces = [[cls_id]]
-        pieces += [[sep_id] if lo < 0 else corpus.tokens[lo:hi] for lo, hi in row]
-        pieces.append([sep_id])
+        for lo, hi in row:
+            pieces.append([sep_id] if lo < 0 else corpus.tokens[lo:hi])
+            if sentence_eos and lo >= 0:
+                pieces.append([sep_id])
+        if not sentence_eos:
+            pieces.append([sep_id])
         values = np.concatenate(pieces)
         ids[i, : len(values)] = values
         mask[i, : len(values)] = 1
@@ -83,22 +124,37 @@ def assemble(
 
 
 def full_sentences(
-    corpus: TokenizedCorpus, seq_length: int, *, cls_id: int, sep_id: int, pad_id: int
+    corpus: TokenizedCorpus,
+    seq_length: int,
+    *,
+    cls_id: int,
+    sep_id: int,
+    pad_id: int,
+    sentence_eos: bool = False,
 ) -> dict[str, np.ndarray]:
     """The corpus (documents in its order) as FULL-SENTENCES rows of `seq_length`: `row_spans` + `assemble`."""
-    rows = row_spans(corpus, seq_length)
-    return assemble(corpus, rows, seq_length, cls_id=cls_id, sep_id=sep_id, pad_id=pad_id)
+    rows = row_spans(corpus, seq_length, sentence_eos=sentence_eos)
+    ids = {"cls_id": cls_id, "sep_id": sep_id, "pad_id": pad_id}
+    return assemble(corpus, rows, seq_length, **ids, sentence_eos=sentence_eos)
 
 
 class FullSentenceStream:
     """This host's endless stream of FULL-SENTENCES rows of one tokenized corpus: epoch e is every row once, in
     a permutation keyed by (seed, key, e); `rows(start, count)` is a pure function of its arguments, so any step
-    can be rebuilt on a fresh process (exact resume). Rows are unmasked; the loader masks them per step."""
+    can be rebuilt on a fresh process (exact resume). Rows are unmasked; the loader masks them per step.
+    `sentence_eos`: the layout (module docstring); the roberta data path reads fairseq's (True)."""
 
-    def __init__(self, corpus, seq_length, seed, key, *, cls_id, sep_id, pad_id):
+    def __init__(
+        self, corpus, seq_length, seed, key, *, cls_id, sep_id, pad_id, sentence_eos=False
+    ):
         self.corpus, self.seq_length, self.seed, self.key = corpus, seq_length, seed, key
-        self.ids = {"cls_id": cls_id, "sep_id": sep_id, "pad_id": pad_id}
-        self.spans = row_spans(corpus, seq_length)
+        self.ids = {
+            "cls_id": cls_id,
+            "sep_id": sep_id,
+            "pad_id": pad_id,
+            "sentence_eos": sentence_eos,
+        }
+        self.spans = row_spans(corpus, seq_length, sentence_eos=sentence_eos)
         self._perm: dict[int, np.ndarray] = {}
 
     def rows(self, start: int, count: int) -> dict[str, np.ndarray]:
