@@ -12,7 +12,7 @@ import pytest
 from bert_jax import pretrain, train_lib
 from bert_jax.assets import make_sample_bpe
 from bert_jax.configs import roberta_base, roberta_tiny
-from bert_jax.data import corpus, masking
+from bert_jax.data import corpus, fairseq_replay, masking
 from bert_jax.data import loader as loader_lib
 from bert_jax.data.tokenizer import ByteLevelBPETokenizer
 
@@ -56,15 +56,13 @@ def _rows(n, length, vocab, rng):
 
 
 def test_fairseq_masking_rules_and_statistics():
-    """mask_tokens_fairseq against fairseq's MaskTokensDataset rules (exactly) and rates (within 4-5 sigma)."""
+    """The loader's RoBERTa masks (fairseq_replay, one seed per block) against fairseq's MaskTokensDataset rules
+    (exactly) and rates (within 4-5 sigma); tests/roberta_fairseq_test.py has fairseq's own output."""
     rng = np.random.default_rng(0)
     n, length, vocab = 6000, 64, 60
     ids, attention, sizes = _rows(n, length, vocab, rng)
-    exclude = (BOS, PAD, EOS, UNK)
-    out = masking.mask_tokens_fairseq(
-        ids, attention, np.random.default_rng(1), max_predictions=10, mask_id=MASK,
-        vocab_size=vocab, random_exclude=exclude,
-    )  # fmt: skip
+    options = dict(max_predictions=10, vocab_size=vocab, mask_id=MASK, pad_id=PAD)
+    out = fairseq_replay.mask_rows(ids, attention, 1, 1, range(n), **options)
     pos, tgt, w = out["masked_lm_positions"], out["masked_lm_ids"], out["masked_lm_weights"]
     assert pos.shape == tgt.shape == w.shape == (n, 10) and w.dtype == np.float32
     valid = w > 0
@@ -114,10 +112,9 @@ def test_fairseq_masking_rules_and_statistics():
     # The largest count fairseq can draw is the cap's floor; a smaller cap is one line.
     assert [masking.fairseq_max_predictions(L) for L in (512, 128, 64, 20)] == [77, 20, 10, 3]
     with pytest.raises(ValueError, match=r"^max_predictions 9 < 10, the most fairseq's masking"):
-        masking.mask_tokens_fairseq(
-            ids[:2], attention[:2], rng, max_predictions=9, mask_id=MASK, vocab_size=vocab,
-            random_exclude=exclude,
-        )  # fmt: skip
+        fairseq_replay.mask_rows(
+            ids[:2], attention[:2], 1, 1, [0, 1], **{**options, "max_predictions": 9}
+        )
 
 
 def _data(**overrides):

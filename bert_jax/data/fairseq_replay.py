@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from bert_jax.data import masking
+
 GENERATORS = ("numpy_seed", "default_rng")
 
 
@@ -109,29 +111,33 @@ def mask_rows(
     input_ids: np.ndarray,
     attention_mask: np.ndarray,
     seed: int,
-    epoch: int,
+    epoch,
     indices,
     *,
     max_predictions: int,
     **options,
 ) -> dict[str, np.ndarray]:
-    """`mask_block` over padded rows (row r is fairseq's block `indices[r]`), as the features
-    `masking.mask_tokens_fairseq` returns: `input_ids`, `masked_lm_positions` (increasing, then 0),
-    `masked_lm_ids`, `masked_lm_weights`. `options` are `mask_block`'s keywords (`vocab_size`, `mask_id`,
-    `pad_id`, ...). A row predicting more than `max_predictions` positions is a ValueError (fairseq has no cap)."""
-    n = len(input_ids)
+    """`mask_block` over padded rows (row r is fairseq's block `indices[r]` of `epoch`, one int or one per row):
+    the masked-LM features `input_ids`, `masked_lm_positions` (increasing, then 0), `masked_lm_ids`,
+    `masked_lm_weights`. `options` are `mask_block`'s keywords (`vocab_size`, `mask_id`, `pad_id`, ...).
+    `max_predictions` must hold the most fairseq can draw in a row this wide (fairseq has no cap): one line else.
+    """
+    n, length = input_ids.shape
+    needed = masking.fairseq_max_predictions(length, options.get("mask_prob", 0.15))
+    if max_predictions < needed:
+        raise ValueError(
+            f"max_predictions {max_predictions} < {needed}, the most fairseq's masking draws in {length} tokens"
+        )
+    epochs = np.broadcast_to(np.asarray(epoch), (n,))
     masked = np.array(input_ids, copy=True)
     positions = np.zeros((n, max_predictions), np.int32)
     ids = np.zeros((n, max_predictions), np.int32)
     weights = np.zeros((n, max_predictions), np.float32)
     for r, index in enumerate(indices):
         size = int(attention_mask[r].sum())
-        source, target, predicted = mask_block(input_ids[r, :size], seed, epoch, index, **options)
+        block = input_ids[r, :size]
+        source, target, predicted = mask_block(block, seed, epochs[r], index, **options)
         picked = np.flatnonzero(predicted)
-        if len(picked) > max_predictions:
-            raise ValueError(
-                f"row {r}: fairseq predicts {len(picked)} > max_predictions {max_predictions}"
-            )
         masked[r, :size] = source
         positions[r, : len(picked)] = picked
         ids[r, : len(picked)] = target[picked]

@@ -3,8 +3,8 @@ stream a text/TFDS corpus is read as, how its rows are masked per step, and whic
 
 BERT (and a family not named here, ALBERT among them): NSP pairs (`streams.CorpusStream`) masked as
 create_pretraining_data (`masking.mask_tokens`); ALBERT's recipe turns on its sentence-order pairs
-(`data.sentence_order`) and n-gram masking (`data.max_ngram`), options of the same path. RoBERTa: FULL-SENTENCES rows (`full_sentences.FullSentenceStream`) masked as fairseq
-(`masking.mask_tokens_fairseq`), no instance files (they hold BERT's pairs), no packing (rows are already full).
+(`data.sentence_order`) and n-gram masking (`data.max_ngram`), options of the same path. RoBERTa: FULL-SENTENCES rows (`full_sentences.FullSentenceStream`, fairseq's blocks) masked as
+fairseq draws them (`fairseq_replay`, per block), no instance files (they hold BERT's pairs), no packing (rows are already full).
 ELECTRA: build_pretraining_dataset.py's examples (`electra_examples.ElectraExampleStream`: one or two segments of
 one document, no NSP) masked as electra's pretrain_helpers.mask (`masking.mask_tokens_electra`: single tokens drawn
 with replacement, the recipe's 85% [MASK] / 15% kept, no random tokens); no instance files (they hold
@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from bert_jax.data import masking
+from bert_jax.data import fairseq_replay, masking
 from bert_jax.data.electra_examples import ElectraExampleStream
 from bert_jax.data.full_sentences import FullSentenceStream
 from bert_jax.data.streams import CorpusStream
@@ -44,16 +44,27 @@ def bert_masks(feats, rng, max_pred, tok, cfg) -> dict[str, np.ndarray]:
 
 
 def fairseq_masks(feats, rng, max_pred, tok, cfg) -> dict[str, np.ndarray]:
-    """RoBERTa's dynamic masks (`masking.mask_tokens_fairseq`); random tokens avoid fairseq's four specials."""
-    return masking.mask_tokens_fairseq(
+    """RoBERTa's dynamic masks: fairseq's MaskTokensDataset draw for draw (`fairseq_replay`, v0.12.2's generator),
+    each row from the seed fairseq gives its block: the data seed, the epoch counted from 1 as fairseq counts it,
+    the block's number (`_epoch`, `_block` from the stream). `rng` is not used: the masks are a function of the
+    block, not of the step. Random tokens avoid the vocabulary's first four ids, fairseq's specials."""
+    specials = (tok.cls_id, tok.pad_id, tok.sep_id, tok.unk_id)
+    if sorted(specials) != [0, 1, 2, 3]:
+        raise ValueError(
+            f"fairseq's masking needs <s>, <pad>, </s>, <unk> at ids 0-3 (its first four symbols); this "
+            f"vocabulary has them at {specials}"
+        )
+    return fairseq_replay.mask_rows(
         feats["input_ids"],
         feats["attention_mask"],
-        rng,
+        cfg["seed"],
+        feats["_epoch"] + 1,
+        feats["_block"],
         max_predictions=max_pred,
         mask_prob=cfg["masked_lm_prob"],
-        mask_id=tok.mask_id,
         vocab_size=tok.vocab_size,
-        random_exclude=(tok.cls_id, tok.pad_id, tok.sep_id, tok.unk_id),
+        mask_id=tok.mask_id,
+        pad_id=tok.pad_id,
     )
 
 

@@ -18,8 +18,8 @@ then padding; no NSP, no segments (token types all 0):
   the row, and one last; a sentence longer than a row is cut to fit.
 
 The rows are fixed by the corpus; the pretraining loader reads them through `FullSentenceStream` (a fresh order
-each epoch, as fairseq shuffles its blocks each epoch) and masks them per step with
-`bert_jax.data.masking.mask_tokens_fairseq` (fairseq's rules; `fairseq_replay` has its exact draws). Pure NumPy.
+each epoch, as fairseq shuffles its blocks each epoch) and masks each row as fairseq masks that block
+(`bert_jax.data.fairseq_replay`, from the `_epoch` and `_block` each row carries). Pure NumPy.
 """
 
 from __future__ import annotations
@@ -158,15 +158,19 @@ class FullSentenceStream:
         self._perm: dict[int, np.ndarray] = {}
 
     def rows(self, start: int, count: int) -> dict[str, np.ndarray]:
-        """Rows [start, start + count) of the stream: `input_ids`, `token_type_ids` (0), `attention_mask`."""
+        """Rows [start, start + count) of the stream: `input_ids`, `token_type_ids` (0), `attention_mask`, and
+        each row's epoch and block index (`_epoch`, `_block`; bookkeeping for the masks, not model inputs)."""
         size = len(self.spans)
         r = np.arange(start, start + count)
         epochs, k = r // size, r % size
-        picked = []
-        for e, i in zip(epochs.tolist(), k.tolist(), strict=True):
+        blocks = np.empty(count, np.int64)
+        for j, (e, i) in enumerate(zip(epochs.tolist(), k.tolist(), strict=True)):
             if e not in self._perm:
                 if len(self._perm) >= 2:  # a batch spans at most two epochs
                     self._perm.pop(min(self._perm))
                 self._perm[e] = keyed_rng(self.seed, self.key, e).permutation(size)
-            picked.append(self.spans[self._perm[e][i]])
-        return assemble(self.corpus, picked, self.seq_length, **self.ids)
+            blocks[j] = self._perm[e][i]
+        rows = assemble(self.corpus, [self.spans[b] for b in blocks], self.seq_length, **self.ids)
+        # Which block of which epoch each row is: fairseq seeds a block's masks with them (family_data).
+        rows["_epoch"], rows["_block"] = epochs, blocks
+        return rows

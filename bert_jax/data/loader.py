@@ -17,7 +17,7 @@ defaults live in the recipe (`bert_jax/configs/pretraining.py`). The tokenizer i
 
 The recipe's model `family` picks the data path (`family_data.FAMILY_DATA`, the one place): BERT reads NSP pairs and masks
 them as create_pretraining_data; RoBERTa reads FULL-SENTENCES rows (`full_sentences.py`) and masks them as
-fairseq (`masking.mask_tokens_fairseq`), from text or TFDS; ELECTRA reads build_pretraining_dataset.py's examples
+fairseq (`fairseq_replay`, its draws), from text or TFDS; ELECTRA reads build_pretraining_dataset.py's examples
 (`electra_examples.py`) masked as BERT's with its own [MASK] share.
 """
 
@@ -75,7 +75,8 @@ class PretrainingLoader:
         self.max_sequences_per_row, self.row_multiple = max_sequences_per_row, row_multiple
         # The files and vocab trained on (streams.data_fingerprint), kept in the data state; None: not checked.
         self.fingerprint: dict | None = None
-        # (features, rng, max_predictions, tokenizer, masking) -> the masked fields: the family's (family_data).
+        # (features, rng, max_predictions, tokenizer, masking + the data seed) -> the masked fields: the family's
+        # (family_data).
         self._mask_fn = mask_fn or data_path("bert")["mask"]
 
     def _phase(self, step: int):
@@ -116,8 +117,12 @@ class PretrainingLoader:
         if "masked_lm_ids" in feats:  # static masking: the masks stored in the instances
             return feats
         rng = keyed_rng(self.seed, 7, self.process_index, self.process_count, step)
-        feats.update(self._mask_fn(feats, rng, max_pred, self.tokenizer, self._masking))
-        return feats
+        if "_block" in feats:  # rows numbered by their stream: one number per row across all hosts
+            feats["_block"] = feats["_block"] * self.process_count + self.process_index
+        masking = {**self._masking, "seed": self.seed}
+        feats.update(self._mask_fn(feats, rng, max_pred, self.tokenizer, masking))
+        # Row bookkeeping ("_" keys) serves the masks, not the model.
+        return {k: v for k, v in feats.items() if not k.startswith("_")}
 
     def iterate(self, start_step: int | None = None):
         """Yields (step, batch) from `start_step` (default: the restored step), prefetching."""

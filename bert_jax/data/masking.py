@@ -11,8 +11,8 @@
 * with `max_ngram` > 1, ALBERT's n-gram masking (Lan et al. 2020, section 4.1; `_choose_ngrams`).
 
 Used for dynamic masking by the loader and for static masks by the offline tool. RoBERTa masks with
-`mask_tokens_fairseq` instead: fairseq's rules, which differ (specials maskable, a randomly rounded count,
-per-position 80/10/10). ELECTRA masks with `mask_tokens_electra`: electra's `pretrain_helpers.mask` (draws with
+fairseq's own draws instead (`fairseq_replay`: specials maskable, a randomly rounded count, per-position
+80/10/10). ELECTRA masks with `mask_tokens_electra`: electra's `pretrain_helpers.mask` (draws with
 replacement, [UNK] maskable, 85% [MASK] / 15% kept per slot). Pure NumPy.
 """
 
@@ -207,76 +207,9 @@ def unmask(features: dict[str, np.ndarray]) -> np.ndarray:
 
 
 def fairseq_max_predictions(seq_length: int, mask_prob: float = 0.15) -> int:
-    """The most positions `mask_tokens_fairseq` predicts in a row of `seq_length` real tokens:
+    """The most positions fairseq's masking (`fairseq_replay`) predicts in a row of `seq_length` real tokens:
     the largest integer below `mask_prob * seq_length + 1` (e.g. 77 at 512, 20 at 128, 10 at 64)."""
     return int(np.ceil(mask_prob * seq_length + 1)) - 1
-
-
-def mask_tokens_fairseq(
-    input_ids: np.ndarray,
-    attention_mask: np.ndarray,
-    rng: np.random.Generator,
-    *,
-    max_predictions: int,
-    mask_id: int,
-    vocab_size: int,
-    random_exclude,
-    mask_prob: float = 0.15,
-    leave_unmasked_prob: float = 0.1,
-    random_token_prob: float = 0.1,
-) -> dict[str, np.ndarray]:
-    """RoBERTa's dynamic masking: fairseq's `MaskTokensDataset` (fairseq/data/mask_tokens_dataset.py, the version
-    RoBERTa was trained with) over a padded batch, with the outputs of `mask_tokens`.
-
-    Per row of `sz` real tokens (`attention_mask` 1; fairseq's items are unpadded, so padding never counts):
-    * `int(mask_prob * sz + u)`, u ~ U[0, 1), positions are predicted (probabilistic rounding: on average exactly
-      `mask_prob * sz`), a uniformly random subset of ALL real positions, `<s>` and `</s>` included: fairseq
-      excludes no special token (its items are `<s>` + the block, whose `</s>`s are ordinary positions there);
-    * each predicted position independently: with probability `leave_unmasked_prob + random_token_prob` it is
-      not masked, then kept with probability `leave_unmasked_prob / (that sum)` or else replaced by a random
-      token; otherwise it becomes `mask_id`. So 80% / 10% / 10% in expectation, not in exact counts;
-    * random tokens are uniform over the vocabulary minus `random_exclude` (fairseq: minus its first `nspecial`
-      symbols `<s>`, `<pad>`, `</s>`, `<unk>`; `<mask>`, added after them, can be drawn).
-
-    `max_predictions` must be at least `fairseq_max_predictions(length)` (fairseq has no cap): ValueError else.
-    """
-    n, length = input_ids.shape
-    needed = fairseq_max_predictions(length, mask_prob)
-    if max_predictions < needed:
-        raise ValueError(
-            f"max_predictions {max_predictions} < {needed}, the most fairseq's masking draws "
-            f"in {length} tokens"
-        )
-    real = attention_mask.astype(bool)
-    size = real.sum(1)
-    num_mask = np.floor(mask_prob * size + rng.random(n)).astype(np.int64)
-    # A uniform subset of num_mask real positions: the smallest random keys (padding keyed last).
-    keys = np.where(real, rng.random((n, length)), np.inf)
-    order = np.argsort(keys, axis=1, kind="stable")[:, :max_predictions]
-    if order.shape[1] < max_predictions:
-        order = np.pad(order, ((0, 0), (0, max_predictions - order.shape[1])))
-    valid = np.arange(max_predictions)[None, :] < num_mask[:, None]
-    # Positions in increasing order, padding slots (position 0, weight 0) last.
-    positions = np.sort(np.where(valid, order, length), axis=1)
-    valid = positions < length
-    positions = np.where(valid, positions, 0)
-    original = np.take_along_axis(input_ids, positions, axis=1)
-    other = leave_unmasked_prob + random_token_prob
-    not_masked = rng.random((n, max_predictions)) < other
-    keep = not_masked & (rng.random((n, max_predictions)) < leave_unmasked_prob / max(other, 1e-12))
-    random = not_masked & ~keep
-    allowed = np.setdiff1d(np.arange(vocab_size), np.asarray(random_exclude))
-    random_tok = allowed[rng.integers(0, len(allowed), (n, max_predictions))]
-    replaced = np.where(keep, original, np.where(random, random_tok, mask_id))
-    masked = input_ids.copy()
-    rows = np.broadcast_to(np.arange(n)[:, None], positions.shape)
-    masked[rows[valid], positions[valid]] = replaced[valid]
-    return {
-        "input_ids": masked,
-        "masked_lm_positions": positions.astype(np.int32),
-        "masked_lm_ids": np.where(valid, original, 0).astype(np.int32),
-        "masked_lm_weights": valid.astype(np.float32),
-    }
 
 
 def electra_num_predictions(num_tokens, mask_prob: float, max_predictions: int) -> np.ndarray:
