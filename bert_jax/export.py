@@ -19,6 +19,8 @@ _OUTPUTS = {
     "span": ("start_logits", "end_logits"),
     "token": ("logits",),
     "multiple_choice": ("logits",),
+    # ELECTRA's pretraining model (generator + discriminator; TF1 is its one layout).
+    "rtd": ("generator_logits", "logits"),
 }
 
 

@@ -18,6 +18,13 @@ import numpy as np
 from bert_jax import tf_checkpoint
 from bert_jax.models.bert import BertConfig
 
+FAMILY = "BERT"
+# The files of a model directory: its config, the checkpoint name Google's releases use.
+CONFIG_FILE = "bert_config.json"
+CHECKPOINT = "bert_model.ckpt"
+# Variables a BERT checkpoint has (the family of a TF1 checkpoint is the first whose markers match, ELECTRA's and
+# ALBERT's before these: an ALBERT checkpoint has BERT's embedding names too).
+MARKERS = re.compile(r"^bert/(encoder/layer_\d+/|embeddings/)")
 # One layer: (TF1 name under bert/encoder/layer_{i}/, bert_jax path under bert/layer_{i}/, layout).
 _LAYER_NAMES = [
     *[(f"attention/self/{p}/kernel", f"attention/{p}/kernel", "qkv_kernel") for p in "query key value".split()],
@@ -161,6 +168,12 @@ def read_config(path: str, **overrides) -> BertConfig:
         return BertConfig(**{CONFIG_FIELDS[k]: values[k] for k in CONFIG_FIELDS}, **overrides)
     except (TypeError, ValueError) as e:
         raise ValueError(f"{path}: {e}") from e
+
+
+def load_config(bundle: tf_checkpoint.Bundle, config_path: str, **overrides) -> BertConfig:
+    """The model config of a checkpoint directory: its bert_config.json (the family interface of `registry`)."""
+    del bundle
+    return read_config(config_path, **overrides)
 
 
 def config_dict(config: BertConfig) -> dict:
