@@ -14,7 +14,7 @@ FORMATS = ("transformers", "bert_jax", "tf1")
 # The outputs compared after a conversion, per head.
 _OUTPUTS = {
     "none": ("last_hidden_state", "pooler_output"),
-    "pretraining": ("prediction_logits", "seq_relationship_logits"),
+    "pretraining": ("prediction_logits", "seq_relationship_logits", "sop_logits"),
     "classification": ("logits",),
     "span": ("start_logits", "end_logits"),
     "token": ("logits",),

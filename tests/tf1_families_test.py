@@ -9,11 +9,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from flax import traverse_util
 
 import bert_jax
 from bert_jax import export, layouts, tf_checkpoint
 from bert_jax.data import corpus
-from bert_jax.models import albert_tf1, electra_tf1, registry
+from bert_jax.models import albert_tf1, electra, electra_tf1, registry
 
 TESTDATA = Path(__file__).parent / "testdata"
 ALBERT = TESTDATA / "tf1_albert_L-2_H-36_E-20"
@@ -96,6 +97,13 @@ def test_electra_matches_the_original_run_pretraining_py(caplog):
     )  # fmt: skip
     close(out["generator_logits"], ELECTRA_OUT["generator_mlm_logits"])
     assert np.abs(ELECTRA_OUT["generator_mlm_logits"]).max() > 2
+    # The generator's encoder alone: the shared embeddings, its projection and layers.
+    tree = traverse_util.unflatten_dict(ckpt.flat, sep="/")
+    generator = {"embeddings": tree["bert"]["embeddings"], **tree["generator"]}
+    out = electra.ElectraModel(config.generator).apply(
+        {"params": generator}, ELECTRA_OUT["masked_input_ids"], **batch
+    )
+    close(out["last_hidden_state"], ELECTRA_OUT["generator_sequence_output"])
 
 
 def test_electra_without_hparams_json_takes_electras_head_rule(tmp_path):
@@ -219,3 +227,24 @@ def test_a_checkpoint_of_one_family_given_as_another_is_one_line(tmp_path):
         layouts.save_tf1(
             tmp_path / "r", {}, registry.config_from_fields({}, "roberta"), "none", None
         )
+
+
+def test_continuing_pretraining_of_another_family_is_one_line(tmp_path):
+    from bert_jax import warm_start
+    from bert_jax.configs import albert_tiny, bert_tiny
+
+    albert = copy(ALBERT, tmp_path / "albert")
+    config = bert_tiny.get_config()
+    config.init_checkpoint = str(albert)
+    with pytest.raises(ValueError) as error:
+        warm_start.pretraining_params(config, None)  # the family is checked before any shape
+    assert str(error.value) == (
+        f"{albert / 'model.ckpt-best.index'}: this is an ALBERT checkpoint "
+        "(variable 'bert/encoder/embedding_hidden_mapping_in/bias'), not BERT"
+    )
+    config = albert_tiny.get_config()
+    config.init_checkpoint = str(BERT / "bert_model.ckpt")
+    with pytest.raises(
+        ValueError, match=r"bert_model.ckpt.index: this is a BERT checkpoint .*, not ALBERT$"
+    ):
+        warm_start.pretraining_params(config, None)

@@ -36,6 +36,10 @@ model/optimization.create_optimizer): tf1_electra_L-2_H-36_E-20/
   the sizes as model_hparam_overrides, the original's only record of them)
   outputs.npz   the batch and generator_sequence_output, generator_mlm_logits (on the masked ids, at
                 masked_lm_positions), discriminator_sequence_output, discriminator_logits (on the "fake" ids)
+With --check_albert=DIR / --check_electra=DIR (TF1 directories written by `python -m bert_jax.convert
+--format=tf1`), it instead restores DIR with tf.train.Saver into the original graph (no optimizer), runs it on
+outputs.npz's batch and asserts the largest difference from outputs.npz is within 1e-5 (nothing is written).
+
 PretrainingModel.__init__ masks and samples at random, so the fixture runs its parts in the order __init__ does
 (generator, generator_predictions, discriminator, discriminator_predictions) on a fixed masked batch and a fixed
 replaced batch; the variable names are those __init__ gives.
@@ -195,6 +199,8 @@ def make_albert(args):
             "mlm_logits": graph.get_tensor_by_name("cls/predictions/BiasAdd:0"),
             "sop_logits": graph.get_tensor_by_name("cls/seq_relationship/BiasAdd:0"),
         }
+        if args.check_albert:
+            return check(sess, args.check_albert, fetches, ph, os.path.join(out, "outputs.npz"))
         loss = sum(tf.reduce_sum(t) for t in fetches.values())
         optimization.create_optimizer(loss, 1e-4, 100, 10, use_tpu=False, optimizer="lamb")
         sess.run(v1.global_variables_initializer())
@@ -272,6 +278,8 @@ def make_electra(args):
                 "discriminator_predictions/Squeeze:0"
             ),
         }
+        if args.check_electra:
+            return check(sess, args.check_electra, fetches, ph, os.path.join(out, "outputs.npz"))
         loss = mlm_output.loss + 50 * disc.loss
         optimization.create_optimizer(loss, 1e-4, 100, use_tpu=False, warmup_steps=10)
         sess.run(v1.global_variables_initializer())
@@ -290,6 +298,24 @@ def make_electra(args):
     print("electra", {k: (v.shape, float(np.abs(v).max())) for k, v in outputs.items()})
 
 
+def check(sess, directory, fetches, placeholders, expected_path):
+    """Restores a bert_jax-written TF1 checkpoint (`convert --format=tf1`) into the original graph and compares
+    its outputs on the fixture's batch with the fixture's: the proof that the original code starts from it."""
+    expected = np.load(expected_path)
+    prefix = v1.train.latest_checkpoint(directory) or tf_checkpoint_prefix(directory)
+    v1.train.Saver().restore(sess, prefix)
+    outputs = sess.run(fetches, {ph: expected[k] for k, ph in placeholders.items()})
+    diff = max(float(np.abs(outputs[k] - expected[k]).max()) for k in outputs)
+    print(f"original graph on {prefix}: max |difference| from {expected_path} = {diff:.3g}")
+    assert diff <= 1e-5, diff
+
+
+def tf_checkpoint_prefix(directory):
+    """The one checkpoint in `directory` (bert_jax writes no `checkpoint` state file)."""
+    (index,) = [f for f in os.listdir(directory) if f.endswith(".index")]
+    return os.path.join(directory, index[: -len(".index")])
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument(
@@ -297,10 +323,19 @@ def main():
     )
     parser.add_argument("--electra_dir", required=True, help="a google-research/electra tree")
     parser.add_argument("--out", required=True)
+    parser.add_argument(
+        "--check_albert", help="an ALBERT TF1 directory written by bert_jax to verify"
+    )
+    parser.add_argument(
+        "--check_electra", help="an ELECTRA TF1 directory written by bert_jax to verify"
+    )
     args = parser.parse_args()
     v1.disable_eager_execution()
-    make_albert(args)
-    make_electra(args)
+    checking = args.check_albert or args.check_electra
+    if args.check_albert or not checking:
+        make_albert(args)
+    if args.check_electra or not checking:
+        make_electra(args)
 
 
 if __name__ == "__main__":
