@@ -14,9 +14,8 @@ cross-checks.
 from __future__ import annotations
 
 import os
-import re
 import struct
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -375,44 +374,3 @@ def write_bundle(prefix: str, tensors: Mapping[str, np.ndarray], num_shards: int
         with open(shard_path(prefix, shard, num_shards), "wb") as f:
             f.write(buffer)
     write_index(prefix + ".index", items)
-
-
-# Saved by the original training scripts but not parameters: optimizer slots (BERT's and ELECTRA's AdamW,
-# ALBERT's LAMB: adam_m/adam_v) and counters.
-NOT_PARAMETERS = re.compile(
-    r"(/adam_[mv]|/Adam(_1)?|/Momentum|/lamb_[mv])$|^(global_step|good_steps|loss_scale)$"
-)
-
-
-def read_mapped(
-    bundle: Bundle,
-    names: Mapping[str, tuple[str, str]],
-    shape_of: Callable[[str], tuple[int | None, ...]],
-    to_ours: Callable[[str, str, np.ndarray], np.ndarray],
-    family: str,
-    implied_by: str,
-) -> tuple[dict[str, np.ndarray], list[str]]:
-    """Reads every variable of `bundle` through a name table: ({our path: to_ours(name, kind, array)}, skipped).
-
-    `names`: variable name -> (our path, layout kind); `shape_of(name)`: the shape the config implies (None: free).
-    Optimizer slots and counters are skipped; a variable not in `names` or of another shape is a ValueError
-    naming the index file, the variable and (for shapes) `implied_by`, the file the sizes came from.
-    """
-    flat, skipped = {}, []
-    for name in bundle.names:
-        if NOT_PARAMETERS.search(name):
-            skipped.append(name)
-            continue
-        if name not in names:
-            raise ValueError(f"{bundle.index_path}: variable {name!r} is not an {family} parameter")
-        want, have = shape_of(name), bundle.shape(name)
-        if len(have) != len(want) or any(
-            w not in (None, h) for w, h in zip(want, have, strict=True)
-        ):
-            want = ["labels" if w is None else w for w in want]
-            raise ValueError(
-                f"{bundle.index_path}: variable {name!r} has shape {list(have)} but {implied_by} implies {want}"
-            )
-        path, kind = names[name]
-        flat[path] = to_ours(name, kind, bundle.read(name))
-    return flat, skipped

@@ -172,7 +172,7 @@ def read_params(prefix: str, config: AlbertConfig, config_path: str):
             f"{bundle.index_path}: layer groups {groups}: only group_0/inner_group_0 (one layer shared by all, "
             "as every released ALBERT) is supported"
         )
-    return tf_checkpoint.read_mapped(
+    return bert_tf1.read_mapped(
         bundle, name_map(), lambda name: expected_shape(name, config),
         lambda name, kind, w: bert_tf1.to_jax(kind, w, config), FAMILY, config_path,
     )  # fmt: skip

@@ -271,7 +271,7 @@ def read_params(prefix: str, config: ElectraConfig, config_path: str):
         )
 
     implied = config_path if os.path.isfile(config_path) else "the checkpoint's sizes"
-    return tf_checkpoint.read_mapped(
+    return bert_tf1.read_mapped(
         bundle, names, lambda name: expected_shape(name, config), to_ours, FAMILY, implied
     )
 
