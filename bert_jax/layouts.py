@@ -293,6 +293,7 @@ def load_pretrained(
     do_lower_case: bool | None = None,
     step: int | None = None,
     scan_layers: bool = False,
+    family: str | None = None,
 ):
     """Loads a BERT checkpoint of any supported layout: returns (model, params, tokenizer).
 
@@ -302,10 +303,13 @@ def load_pretrained(
     encoder parameters must all be present. `do_lower_case` overrides the tokenizer's casing (TF1:
     otherwise inferred from the model's name, as the original did). `step`: which checkpoint of a bert_jax
     workdir (default: the latest). `scan_layers`: the model scans over its layers and the checkpoint's
-    per-layer tensors are stacked for it.
+    per-layer tensors are stacked for it. `family` ("bert", "albert", ...): the family the caller expects; a
+    checkpoint of another is a one-line error naming both (None: whatever the checkpoint is).
     """
     overrides = dict(dtype=dtype, param_dtype=param_dtype, attention_impl=attention_impl)
-    ckpt = read_checkpoint(path, overrides=overrides, do_lower_case=do_lower_case, step=step)
+    ckpt = read_checkpoint(
+        path, overrides=overrides, do_lower_case=do_lower_case, step=step, family=family
+    )
     ckpt.config = dataclasses.replace(ckpt.config, scan_layers=scan_layers)
     model, params = build(ckpt, head, num_labels, seed=seed)
     return model, params, ckpt.tokenizer

@@ -125,6 +125,15 @@ def test_electra_without_hparams_json_takes_electras_head_rule(tmp_path):
         f"{target / 'hparams.json'}: embedding_size is 32 but variable 'electra/embeddings/word_embeddings' in "
         f"{target / 'model.ckpt-7.index'} says 20"
     )
+    # The generator's own (untied) embeddings: run_pretraining.py's untied_generator_embeddings, not read.
+    (target / "hparams.json").unlink()
+    untied = "generator/embeddings/word_embeddings"
+    rewrite(target, lambda t: t.update({untied: t["electra/embeddings/word_embeddings"]}))
+    with pytest.raises(ValueError) as error:
+        layouts.read_checkpoint(target)
+    assert str(error.value) == (
+        f"{target / 'model.ckpt-7.index'}: variable '{untied}' is not an ELECTRA parameter"
+    )
 
 
 @pytest.mark.parametrize("family", ["albert", "electra"])
@@ -249,3 +258,63 @@ def test_continuing_pretraining_of_another_family_is_one_line(tmp_path):
         ValueError, match=r"bert_model.ckpt.index: this is a BERT checkpoint .*, not ALBERT$"
     ):
         warm_start.pretraining_params(config, None)
+
+
+def rewrite(directory: Path, change):
+    """Rewrites the copy's checkpoint with `change(tensors)` applied (its parameters only)."""
+    bundle = tf_checkpoint.Bundle(str(directory))
+    tensors = {n: bundle.read(n) for n in bundle.names if not bert_tf1.NOT_PARAMETERS.search(n)}
+    change(tensors)
+    for f in directory.glob(f"{Path(bundle.prefix).name}.*"):
+        f.unlink()
+    tf_checkpoint.write_bundle(bundle.prefix, tensors)
+
+
+def test_albert_classifier_and_bad_input(tmp_path):
+    # run_classifier.py's output_weights [labels, H] (classifier_utils.create_model) on the fixture's encoder.
+    rng = np.random.default_rng(3)
+    w, b = rng.normal(size=(3, 36)).astype(np.float32), rng.normal(size=(3,)).astype(np.float32)
+
+    def fine_tuned(tensors):
+        for name in [k for k in tensors if k.startswith("cls/")]:
+            del tensors[name]
+        tensors.update(output_weights=w, output_bias=b)
+
+    target = copy(ALBERT, tmp_path / "a")
+    rewrite(target, fine_tuned)
+    assert layouts.read_checkpoint(target).head == "classification"
+    model, params, _ = bert_jax.load_pretrained(target, head="classification", family="albert")
+    out = model.apply(
+        {"params": params}, input_ids=ALBERT_OUT["input_ids"], token_type_ids=ALBERT_OUT["segment_ids"],
+        attention_mask=ALBERT_OUT["input_mask"],
+    )  # fmt: skip
+    close(out["logits"], ALBERT_OUT["pooled_output"] @ w.T + b)
+    # A second group of layers, a tensor the config does not fit, a config without its sizes: one line each.
+    layer = "bert/encoder/transformer/group_0/inner_group_0/LayerNorm/beta"
+    second = "bert/encoder/transformer/group_1/inner_group_0/LayerNorm/beta"
+    rewrite(target, lambda t: t.update({second: t[layer]}))
+    with pytest.raises(
+        ValueError, match=r"layer groups \['group_0/inner_group_0', 'group_1/inner_group_0'\]: only"
+    ):
+        bert_jax.load_pretrained(target)
+    target = copy(ALBERT, tmp_path / "b")
+    rewrite(target, lambda t: t.update({"bert/pooler/dense/bias": np.zeros(35, np.float32)}))
+    with pytest.raises(ValueError) as error:
+        bert_jax.load_pretrained(target)
+    assert str(error.value) == (
+        f"{target / 'model.ckpt-best.index'}: variable 'bert/pooler/dense/bias' has shape [35] but "
+        f"{target / 'albert_config.json'} implies [36]"
+    )
+    config = json.loads((ALBERT / "albert_config.json").read_text())
+    (target / "albert_config.json").write_text(json.dumps({**config, "hidden_act": "gelu_new"}))
+    with pytest.raises(
+        ValueError,
+        match=r"albert_config.json: hidden_act 'gelu_new' is not one of \['gelu', 'relu'\]$",
+    ):
+        bert_jax.load_pretrained(target)
+    del config["embedding_size"]
+    (target / "albert_config.json").write_text(json.dumps(config))
+    with pytest.raises(
+        ValueError, match=r"albert_config.json: missing ALBERT config fields \['embedding_size'\]$"
+    ):
+        bert_jax.load_pretrained(target)
