@@ -211,7 +211,11 @@ def _check_generator(bundle: tf_checkpoint.Bundle, config: ElectraConfig) -> Non
 def config_dict(config: ElectraConfig) -> dict:
     """run_pretraining.py's --hparams for `config`: every size as model_hparam_overrides."""
     return {
-        "model_size": "small" if config.hidden_size <= 256 else "base",
+        # The released size these are, else any (model_hparam_overrides give every size).
+        "model_size": next(
+            (k for k, v in MODEL_SIZES.items() if v == (config.hidden_size, config.num_layers)),
+            "small",
+        ),
         "vocab_size": config.vocab_size,
         "embedding_size": config.embedding_size,
         "generator_hidden_size": config.generator_hidden_fraction,
