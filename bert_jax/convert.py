@@ -2,12 +2,15 @@
 
     python -m bert_jax.convert --from=PATH --to=OUT --format=transformers|bert_jax|tf1 [--head=auto]
 
-PATH is a transformers-layout directory, Google's TF1 checkpoint (directory or prefix) or a bert_jax workdir
+PATH is a transformers-layout directory, Google's TF1 checkpoint of BERT, ALBERT or ELECTRA (directory or prefix;
+the family told by its variable names) or a bert_jax workdir
 (pretraining or fine-tuning; `--step` picks a checkpoint, default the latest). OUT receives:
   transformers  config.json (with num_labels/id2label), model.safetensors, vocab.txt,
                 tokenizer_config.json (do_lower_case), special_tokens_map.json
   tf1           bert_config.json, vocab.txt, bert_model.ckpt.{index,data-00000-of-00001} (Google's names;
-                the original run_classifier.py takes it as --init_checkpoint)
+                the original run_classifier.py takes it as --init_checkpoint); ALBERT: albert_config.json,
+                spiece.model, model.ckpt-best.*; ELECTRA: hparams.json (run_pretraining.py --hparams),
+                vocab.txt, model.ckpt.* (--head=rtd keeps the generator); RoBERTa has none
   bert_jax      OUT/checkpoints/0/ (parameters only) + OUT/tokenizer/: loads with load_pretrained(OUT)
 At the end both models run on a fixed batch (the written one through transformers/PyTorch when the
 target is the transformers layout and they are installed, else through bert_jax's reader) and the largest

@@ -14,11 +14,13 @@ FORMATS = ("transformers", "bert_jax", "tf1")
 # The outputs compared after a conversion, per head.
 _OUTPUTS = {
     "none": ("last_hidden_state", "pooler_output"),
-    "pretraining": ("prediction_logits", "seq_relationship_logits"),
+    "pretraining": ("prediction_logits", "seq_relationship_logits", "sop_logits"),
     "classification": ("logits",),
     "span": ("start_logits", "end_logits"),
     "token": ("logits",),
     "multiple_choice": ("logits",),
+    # ELECTRA's pretraining model (generator + discriminator; TF1 is its one layout).
+    "rtd": ("generator_logits", "logits"),
 }
 
 

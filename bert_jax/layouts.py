@@ -2,8 +2,10 @@
 
 `load_pretrained(path, head=...)` reads, by what `path` holds:
   * a transformers-layout directory (`config.json` + weights + tokenizer; see `models/bert_hf.py`);
-  * Google's original TF1 checkpoint: a directory with `bert_config.json`, `vocab.txt` and
-    `bert_model.ckpt.*`, or a checkpoint prefix (see `models/bert_tf1.py`; no TensorFlow needed);
+  * Google's original TF1 checkpoint of BERT (`bert_config.json`, `vocab.txt`, `bert_model.ckpt.*`), ALBERT
+    (`albert_config.json`, the SentencePiece `*.model`, `model.ckpt-best.*`) or ELECTRA (`vocab.txt`,
+    `model.ckpt-<step>.*`, no config: sizes from the tensors): the directory or a checkpoint prefix; the family
+    is told by the variable names (see `models/{bert,albert,electra}_tf1.py`; no TensorFlow needed);
   * a bert_jax workdir (pretraining or fine-tuning: `WORKDIR/checkpoints/<step>/`), or the `bert_jax`
     checkpoint that the conversion command writes (the same layout, without optimizer state); read by
     `bert_jax.workdir`, the one reader of a workdir.
@@ -27,7 +29,6 @@ from etils import epath
 from flax import traverse_util
 
 from bert_jax import tf_checkpoint, workdir
-from bert_jax.models import bert_tf1 as tf1_layout
 from bert_jax.models import registry
 from bert_jax.models.bert_hf import (  # noqa: F401 -- re-exported: the transformers mapping lived here
     CONFIG_FIELDS,
@@ -70,16 +71,75 @@ def source_format(path) -> str:
         return "bert_jax"
     if path.is_dir() and (path / "config.json").exists():
         return "transformers"
-    if (path.is_dir() and (path / "bert_config.json").exists()) or (
-        not path.is_dir() and (path.name.endswith(".index") or epath.Path(f"{path}.index").exists())
+    # A TF1 directory: a family's config file (ELECTRA has none) or a checkpoint index.
+    tf1_configs = [registry.family_named(f).tf1.CONFIG_FILE for f in registry.TF1_FAMILIES]
+    if (path.is_dir() and any((path / c).exists() for c in tf1_configs[1:])) or (
+        path.is_dir() and any(path.glob("*.index"))
     ):
+        return "tf1"
+    if not path.is_dir() and (path.name.endswith(".index") or epath.Path(f"{path}.index").exists()):
         return "tf1"
     if not path.exists() and not epath.Path(f"{path}.index").exists():
         raise FileNotFoundError(f"{path}: no such file or directory")
     raise FileNotFoundError(
         f"{path} is neither a bert_jax workdir (no checkpoints/) nor a transformers-layout directory "
-        "(no config.json) nor a TF1 BERT checkpoint (no bert_config.json or .index)"
+        "(no config.json) nor a TF1 checkpoint (no bert_config.json, albert_config.json or .index)"
     )
+
+
+def tf1_family(bundle: tf_checkpoint.Bundle) -> tuple[str, str]:
+    """(family name, a variable that shows it) of a TF1 checkpoint, told by its variable names alone: the first
+    of registry.TF1_FAMILIES whose MARKERS one variable matches. One-line ValueError naming the index file for a
+    TF2 checkpoint or one with no variable of any family."""
+    names = bundle.names
+    if bundle.is_tf2:
+        example = next((n for n in names if n.endswith("/.ATTRIBUTES/VARIABLE_VALUE")), names[0])
+        raise ValueError(
+            f"{bundle.index_path}: this is a TF2 checkpoint (tf.train.Checkpoint object graph, e.g. variable "
+            f"{example!r}); bert_jax reads TF1 checkpoints written by tf.train.Saver, like Google's "
+            "bert_model.ckpt"
+        )
+    for family in registry.TF1_FAMILIES:
+        hit = next((n for n in names if registry.family_named(family).tf1.MARKERS.search(n)), None)
+        if hit:
+            return family, hit
+    raise ValueError(
+        f"{bundle.index_path}: no BERT, ALBERT or ELECTRA variable among its {len(names)} (e.g. {names[:3]})"
+    )
+
+
+def _tf1_family_checked(bundle, directory, expected: str | None) -> str:
+    """The checkpoint's family by its variables; a one-line error naming the index file, the family found and the
+    one expected: by the caller (`expected`), else by a family's config file beside it (bert_config.json,
+    albert_config.json)."""
+    found, hit = tf1_family(bundle)
+    why = ""
+    if expected is None:
+        configs = [
+            f
+            for f in registry.TF1_FAMILIES
+            if (directory / registry.family_named(f).tf1.CONFIG_FILE).exists()
+        ]
+        # ELECTRA's hparams.json is optional, and any family's config file beside it names the expected one.
+        if configs and found not in configs and configs != ["electra"]:
+            expected = configs[0]
+            why = f" ({registry.family_named(expected).tf1.CONFIG_FILE} beside it)"
+    if expected is not None and expected != found:
+        raise ValueError(
+            f"{bundle.index_path}: this is {_a(found)} checkpoint (variable {hit!r}), not "
+            f"{_DISPLAY.get(expected, expected)}{why}"
+        )
+    return found
+
+
+# The families as their papers write them, for messages.
+_DISPLAY = {"bert": "BERT", "roberta": "RoBERTa", "electra": "ELECTRA", "albert": "ALBERT"}
+
+
+def _a(family: str) -> str:
+    """'a BERT', 'an ALBERT', ... ."""
+    name = _DISPLAY.get(family, family)
+    return f"{'an' if name[0] in 'AEIOU' else 'a'} {name}"
 
 
 @dataclasses.dataclass
@@ -101,33 +161,67 @@ class Checkpoint:
 
 
 def read_checkpoint(
-    path, *, overrides=None, do_lower_case: bool | None = None, step: int | None = None
+    path,
+    *,
+    overrides=None,
+    do_lower_case: bool | None = None,
+    step: int | None = None,
+    family: str | None = None,
 ) -> Checkpoint:
-    """Reads a checkpoint of any supported layout (see the module docstring) without building a model."""
-    from bert_jax.data.tokenizer import load_tokenizer
+    """Reads a checkpoint of any supported layout (see the module docstring) without building a model.
 
+    `family`: the model family the caller expects (e.g. a recipe's); a checkpoint of another is a one-line
+    ValueError naming the path, the family found and the one expected (a TF1 one before its tensors are read).
+    """
     kind = source_format(path)
     overrides = overrides or {}
+    if kind == "tf1":
+        return _read_tf1(path, overrides, do_lower_case, family)
     if kind == "bert_jax":
-        return _read_workdir(path, step, overrides, do_lower_case)
-    if kind == "transformers":
-        return _read_transformers(path, overrides, do_lower_case)
+        ckpt = _read_workdir(path, step, overrides, do_lower_case)
+    else:
+        ckpt = _read_transformers(path, overrides, do_lower_case)
+    found = registry.family_of(ckpt.config).name
+    if family is not None and found != family:
+        raise ValueError(
+            f"{ckpt.source}: this is {_a(found)} checkpoint, not {_DISPLAY.get(family, family)}"
+        )
+    return ckpt
+    return _read_tf1(path, overrides, do_lower_case, family)
+
+
+def _read_tf1(path, overrides, do_lower_case, expected: str | None) -> Checkpoint:
+    """A TF1 checkpoint of any family with one (its family told by the variable names, see `tf1_family`)."""
+    from bert_jax.data.tokenizer import load_tokenizer
+
     prefix = tf_checkpoint.find_prefix(str(path))
-    tf1_layout.check_is_bert(prefix)
     directory = epath.Path(os.path.dirname(prefix))
-    config_path = str(directory / "bert_config.json")
-    config = tf1_layout.read_config(config_path, **overrides)
-    vocab = directory / "vocab.txt"
-    if not vocab.exists():
-        raise FileNotFoundError(f"{vocab}: missing (Google's checkpoints ship their vocab.txt)")
+    bundle = tf_checkpoint.Bundle(prefix)
+    layout = registry.family_named(_tf1_family_checked(bundle, directory, expected)).tf1
+    config_path = str(directory / layout.CONFIG_FILE)
+    config = layout.load_config(bundle, config_path, **overrides)
     saved = directory / "tokenizer_config.json"  # written by bert_jax's TF1 export, not by Google
     if do_lower_case is None and saved.exists():
         do_lower_case = json.loads(saved.read_text()).get("do_lower_case")
+    vocab = directory / "vocab.txt"
+    if registry.family_of(config).name == "albert":
+        models = sorted(directory.glob("*.model"))
+        if not models:
+            raise FileNotFoundError(
+                f"{directory}: no SentencePiece *.model (Google's ALBERT checkpoints ship 30k-clean.model)"
+            )
+        vocab = models[0]
+        if (
+            do_lower_case is None
+        ):  # run_classifier.py's and run_pretraining.py's --do_lower_case default
+            do_lower_case = True
+    elif not vocab.exists():
+        raise FileNotFoundError(f"{vocab}: missing (Google's checkpoints ship their vocab.txt)")
     if do_lower_case is None:
-        do_lower_case, why = tf1_layout.infer_do_lower_case(prefix, str(vocab))
+        do_lower_case, why = registry.FAMILIES["bert"].tf1.infer_do_lower_case(prefix, str(vocab))
         logging.info("%s: do_lower_case=%s (%s)", prefix, do_lower_case, why)
     tokenizer = load_tokenizer(str(vocab), do_lower_case=do_lower_case)
-    flat, skipped = tf1_layout.read_params(prefix, config, config_path)
+    flat, skipped = layout.read_params(prefix, config, config_path)
     if skipped:
         logging.info(
             "%s: skipped %d variables the model does not use (optimizer slots, global_step)",
@@ -135,9 +229,9 @@ def read_checkpoint(
             len(skipped),
         )
     spec = {"path": os.path.abspath(str(vocab)), "do_lower_case": do_lower_case}
-    return Checkpoint(
-        config, flat, tokenizer, do_lower_case, prefix, _head_of(flat), None, skipped, spec
-    )
+    # ELECTRA's pretraining checkpoint (generator + discriminator) is the replaced-token-detection model.
+    head = "rtd" if any(k.startswith("generator/") for k in flat) else _head_of(flat)
+    return Checkpoint(config, flat, tokenizer, do_lower_case, prefix, head, None, skipped, spec)
 
 
 def _read_workdir(path, step, overrides, do_lower_case) -> Checkpoint:
@@ -199,6 +293,7 @@ def load_pretrained(
     do_lower_case: bool | None = None,
     step: int | None = None,
     scan_layers: bool = False,
+    family: str | None = None,
 ):
     """Loads a BERT checkpoint of any supported layout: returns (model, params, tokenizer).
 
@@ -208,10 +303,13 @@ def load_pretrained(
     encoder parameters must all be present. `do_lower_case` overrides the tokenizer's casing (TF1:
     otherwise inferred from the model's name, as the original did). `step`: which checkpoint of a bert_jax
     workdir (default: the latest). `scan_layers`: the model scans over its layers and the checkpoint's
-    per-layer tensors are stacked for it.
+    per-layer tensors are stacked for it. `family` ("bert", "albert", ...): the family the caller expects; a
+    checkpoint of another is a one-line error naming both (None: whatever the checkpoint is).
     """
     overrides = dict(dtype=dtype, param_dtype=param_dtype, attention_impl=attention_impl)
-    ckpt = read_checkpoint(path, overrides=overrides, do_lower_case=do_lower_case, step=step)
+    ckpt = read_checkpoint(
+        path, overrides=overrides, do_lower_case=do_lower_case, step=step, family=family
+    )
     ckpt.config = dataclasses.replace(ckpt.config, scan_layers=scan_layers)
     model, params = build(ckpt, head, num_labels, seed=seed)
     return model, params, ckpt.tokenizer
@@ -463,19 +561,21 @@ def save_pretrained(
 
 
 def save_tf1(directory, params, config: registry.Config, head: str, tokenizer) -> str:
-    """Writes Google's layout: bert_config.json, vocab.txt and bert_model.ckpt.{index,data-00000-of-00001},
-    which the original run_classifier.py / run_pretraining.py take as --init_checkpoint. Returns the prefix."""
+    """Writes Google's layout of the family: BERT's bert_config.json, vocab.txt and bert_model.ckpt.*; ALBERT's
+    albert_config.json, the SentencePiece model and model.ckpt-best.*; ELECTRA's hparams.json (run_pretraining.py
+    --hparams), vocab.txt and model.ckpt.*; the original scripts take the prefix as --init_checkpoint. Returns
+    the prefix."""
     family = registry.family_of(config)
     if family.tf1 is None:
         raise ValueError(
-            f"{family.name} has no TF1 checkpoint layout (only BERT was released as one)"
+            f"{family.name} has no TF1 checkpoint layout (Google released BERT, ALBERT and ELECTRA as ones)"
         )
     directory = epath.Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    (directory / "bert_config.json").write_text(
-        json.dumps(tf1_layout.config_dict(config), indent=2)
+    (directory / family.tf1.CONFIG_FILE).write_text(
+        json.dumps(family.tf1.config_dict(config), indent=2)
     )
     write_tokenizer(directory, tokenizer, config)
-    prefix = str(directory / "bert_model.ckpt")
-    tf1_layout.write_params(prefix, flat_params(params, head), config)
+    prefix = str(directory / family.tf1.CHECKPOINT)
+    family.tf1.write_params(prefix, flat_params(params, head), config)
     return prefix

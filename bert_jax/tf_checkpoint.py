@@ -234,7 +234,9 @@ def shard_path(prefix: str, shard: int, num_shards: int) -> str:
 def find_prefix(path: str) -> str:
     """The checkpoint prefix for `path`: a prefix, an `.index` file, or a directory holding one checkpoint.
 
-    In a directory, `bert_model.ckpt` (Google's name) wins; otherwise the single `*.index` file there.
+    In a directory, `bert_model.ckpt` (Google's name) wins; otherwise the single `*.index` file there, or with
+    several (a training run's model.ckpt-1000, model.ckpt-2000, ...) the latest, as the `checkpoint` state file
+    that tf.train.Saver writes beside them names it.
     """
     path = os.fspath(path)
     if path.endswith(".index") and os.path.isfile(path):
@@ -247,9 +249,26 @@ def find_prefix(path: str) -> str:
         found = sorted(f for f in os.listdir(path) if f.endswith(".index"))
         if len(found) == 1:
             return os.path.join(path, found[0][: -len(".index")])
+        latest = _latest(path)
+        if found and latest and f"{latest}.index" in found:
+            return os.path.join(path, latest)
         if found:
             raise BundleError(f"{path}: several checkpoints {found}; pass one prefix")
     raise FileNotFoundError(f"{path}: no TensorFlow checkpoint (no {os.path.basename(path)}.index)")
+
+
+def _latest(directory: str) -> str | None:
+    """The `model_checkpoint_path` of tf.train.Saver's `checkpoint` state file (a text proto), if it names a
+    checkpoint inside `directory`."""
+    state = os.path.join(directory, "checkpoint")
+    if not os.path.isfile(state):
+        return None
+    with open(state, encoding="utf-8", errors="replace") as f:
+        for line in f:
+            key, _, value = line.partition(":")
+            if key.strip() == "model_checkpoint_path":
+                return os.path.basename(value.strip().strip('"'))
+    return None
 
 
 class Bundle:

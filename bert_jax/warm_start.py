@@ -52,19 +52,20 @@ class InitialWeights:
 
 
 def from_path(
-    path, *, heads, dtype: str, param_dtype: str, head: str = "none", **overrides
+    path, *, heads, dtype: str, param_dtype: str, head: str = "none", family=None, **overrides
 ) -> InitialWeights:
     """The top-level modules named in `heads` of a bert_jax workdir, a transformers-layout directory or an
     original TF1 checkpoint (`path` absolute or relative to the current directory). The model config takes
     the stored architecture (ARCHITECTURE) with the run's dtypes and `overrides` (e.g. dropout, the EXECUTION
-    fields); `head` (the model the run builds) is for the log line."""
+    fields); `head` (the model the run builds) is for the log line; `family`, when given, is the
+    one the checkpoint must be (a one-line error naming both otherwise)."""
     path = workdir.absolute(path)
     if not path.exists() and not os.path.exists(f"{path}.index"):
         raise FileNotFoundError(
             f"{path}: no such file or directory; give a bert_jax workdir, a transformers directory or a TF1 "
             f"checkpoint (a relative path is read from {os.getcwd()})"
         )
-    ckpt = layouts.read_checkpoint(path)
+    ckpt = layouts.read_checkpoint(path, family=family)
     # The weights' own fields come from the checkpoint; how to run them (attention kernel, remat, scan) is the
     # run's, so every layout of the same weights builds the same model.
     # A family's own fields beyond BERT's (ALBERT's embedding_size, RoBERTa's pad_token_id) describe weights too.
@@ -130,7 +131,7 @@ def pretraining_params(config, abstract) -> dict | None:
         return None
     weights = from_path(
         config.init_checkpoint, head="pretraining", heads=("bert", "mlm", "nsp"),
-        dtype=config.dtype, param_dtype=config.param_dtype,
+        dtype=config.dtype, param_dtype=config.param_dtype, family=config.get("family", "bert"),
     )  # fmt: skip
     wanted = jax.tree_util.tree_flatten_with_path(abstract.params)[0]
     have = dict(jax.tree_util.tree_flatten_with_path(weights.params)[0])

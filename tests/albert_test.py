@@ -189,8 +189,8 @@ def test_one_line_refusals(tmp_path):
     )
     with pytest.raises(ValueError, match="^scan_layers is true, but ALBERT's layers share one set"):
         tiny_config(scan_layers=True)
-    with pytest.raises(ValueError, match="^albert has no TF1 checkpoint layout"):
-        layouts.save_tf1(tmp_path / "tf1", {}, tiny_config(), "none", None)
+    # ALBERT's TF1 layout (google-research/albert's names) is tests/tf1_families_test.py's.
+    assert registry.family_named("albert").tf1.CONFIG_FILE == "albert_config.json"
 
 
 def sop_corpus(sentences_per_doc):

@@ -234,7 +234,7 @@ def test_rtd_model_shares_embeddings_and_the_loss_is_numpy_exact():
 
 def test_registry_entry_and_recipes():
     family = registry.family_named("electra")
-    assert family.objectives == ("rtd",) and family.tf1 is None
+    assert family.objectives == ("rtd",) and family.tf1.CONFIG_FILE == "hparams.json"
     assert (
         registry.objective_head("rtd") == "rtd" and registry.objective_head("mlm") == "pretraining"
     )

@@ -12,12 +12,20 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections.abc import Callable, Mapping
 
 import numpy as np
 
 from bert_jax import tf_checkpoint
 from bert_jax.models.bert import BertConfig
 
+FAMILY = "BERT"
+# The files of a model directory: its config, the checkpoint name Google's releases use.
+CONFIG_FILE = "bert_config.json"
+CHECKPOINT = "bert_model.ckpt"
+# Variables a BERT checkpoint has (the family of a TF1 checkpoint is the first whose markers match, ELECTRA's and
+# ALBERT's before these: an ALBERT checkpoint has BERT's embedding names too).
+MARKERS = re.compile(r"^bert/(encoder/layer_\d+/|embeddings/)")
 # One layer: (TF1 name under bert/encoder/layer_{i}/, bert_jax path under bert/layer_{i}/, layout).
 _LAYER_NAMES = [
     *[(f"attention/self/{p}/kernel", f"attention/{p}/kernel", "qkv_kernel") for p in "query key value".split()],
@@ -59,6 +67,8 @@ _OTHER_NAMES = [
 _UNUSED = re.compile(
     r"(/adam_[mv]|/Adam(_1)?|/Momentum|/lamb_[mv])$|^(global_step|good_steps|loss_scale)$"
 )
+# The same, public: ALBERT's and ELECTRA's readers skip them too.
+NOT_PARAMETERS = _UNUSED
 # bert_config.json field -> bert_jax BertConfig field (the original has no layer_norm_eps: it is 1e-12).
 CONFIG_FIELDS = {
     "vocab_size": "vocab_size",
@@ -161,6 +171,12 @@ def read_config(path: str, **overrides) -> BertConfig:
         return BertConfig(**{CONFIG_FIELDS[k]: values[k] for k in CONFIG_FIELDS}, **overrides)
     except (TypeError, ValueError) as e:
         raise ValueError(f"{path}: {e}") from e
+
+
+def load_config(bundle: tf_checkpoint.Bundle, config_path: str, **overrides) -> BertConfig:
+    """The model config of a checkpoint directory: its bert_config.json (the family interface of `registry`)."""
+    del bundle
+    return read_config(config_path, **overrides)
 
 
 def config_dict(config: BertConfig) -> dict:
@@ -286,3 +302,37 @@ def write_params(prefix: str, flat: dict[str, np.ndarray], config: BertConfig) -
         raise ValueError(f"{missing[0]!r} has no name in Google's TF1 BERT (token classification?)")
     tensors = {by_path[p][0]: to_tf1(by_path[p][1], np.asarray(v)) for p, v in flat.items()}
     tf_checkpoint.write_bundle(prefix, tensors)
+
+
+def read_mapped(
+    bundle: tf_checkpoint.Bundle,
+    names: Mapping[str, tuple[str, str]],
+    shape_of: Callable[[str], tuple[int | None, ...]],
+    to_ours: Callable[[str, str, np.ndarray], np.ndarray],
+    family: str,
+    implied_by: str,
+) -> tuple[dict[str, np.ndarray], list[str]]:
+    """Reads every variable of `bundle` through a name table: ({our path: to_ours(name, kind, array)}, skipped).
+
+    `names`: variable name -> (our path, layout kind); `shape_of(name)`: the shape the config implies (None: free).
+    Optimizer slots and counters are skipped; a variable not in `names` or of another shape is a ValueError
+    naming the index file, the variable and (for shapes) `implied_by`, the file the sizes came from.
+    """
+    flat, skipped = {}, []
+    for name in bundle.names:
+        if _UNUSED.search(name):
+            skipped.append(name)
+            continue
+        if name not in names:
+            raise ValueError(f"{bundle.index_path}: variable {name!r} is not an {family} parameter")
+        want, have = shape_of(name), bundle.shape(name)
+        if len(have) != len(want) or any(
+            w not in (None, h) for w, h in zip(want, have, strict=True)
+        ):
+            want = ["labels" if w is None else w for w in want]
+            raise ValueError(
+                f"{bundle.index_path}: variable {name!r} has shape {list(have)} but {implied_by} implies {want}"
+            )
+        path, kind = names[name]
+        flat[path] = to_ours(name, kind, bundle.read(name))
+    return flat, skipped

@@ -314,6 +314,7 @@ class ElectraForReplacedTokenDetection(nn.Module):
 
 def scatter(ids, positions, values, valid):
     """`ids` with `values` [batch, predictions] written at `positions` where `valid`."""
+    ids = jnp.asarray(ids)  # NumPy inputs too (e.g. a conversion's check batch)
     rows = jnp.arange(ids.shape[0])[:, None]
     current = jnp.take_along_axis(ids, positions, axis=1)
     return ids.at[rows, positions].set(jnp.where(valid, values, current).astype(ids.dtype))

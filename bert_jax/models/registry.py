@@ -21,11 +21,13 @@ import flax.linen as nn
 from bert_jax.models import (
     albert,
     albert_hf,
+    albert_tf1,
     bert,
     bert_hf,
     bert_tf1,
     electra,
     electra_hf,
+    electra_tf1,
     objectives,
     roberta,
     roberta_hf,
@@ -54,7 +56,8 @@ class Family:
     objectives: tuple[str, ...]
     # transformers names and layouts (config_from_hf, hf_to_flat_params, flat_params_to_hf, name_map).
     hf: ModuleType
-    # Google's original TF1 names (read_config, read_params, write_params, config_dict, name_map); None for a
+    # Google's original TF1 names and files (FAMILY, CONFIG_FILE, CHECKPOINT, MARKERS: the variables only this
+    # family's checkpoints have; load_config, read_params, write_params, config_dict, name_map); None for a
     # family that was never released as a TF1 checkpoint.
     tf1: ModuleType | None
 
@@ -82,7 +85,7 @@ FAMILIES = {
         tf1=None,
     ),
     # Clark et al. 2020: BERT's layers at E-wide embeddings, a generator sharing them, replaced-token detection
-    # (google-research/electra's TF1 checkpoints are not read).
+    # (google-research/electra's TF1 pretraining checkpoints: electra_tf1).
     "electra": Family(
         name="electra",
         config_class=electra.ElectraConfig,
@@ -91,10 +94,10 @@ FAMILIES = {
         flops_per_sequence=electra.flops_per_sequence,
         objectives=("rtd",),
         hf=electra_hf,
-        tf1=None,
+        tf1=electra_tf1,
     ),
     # Lan et al. 2020: factorized embeddings, one layer shared by all, MLM + sentence-order prediction
-    # (google-research/albert's TF1 checkpoints are not read: load them through transformers).
+    # (google-research/albert's TF1 checkpoints: albert_tf1).
     "albert": Family(
         name="albert",
         config_class=albert.AlbertConfig,
@@ -103,9 +106,14 @@ FAMILIES = {
         flops_per_sequence=albert.flops_per_sequence,
         objectives=("mlm_sop",),
         hf=albert_hf,
-        tf1=None,
+        tf1=albert_tf1,
     ),
 }
+
+
+# The families with a TF1 layout, most specific first: a checkpoint is the first whose MARKERS match one of its
+# variables (an ALBERT checkpoint has BERT's embedding names too; ELECTRA's names are its own).
+TF1_FAMILIES = ("electra", "albert", "bert")
 
 
 def family_named(name: str = "bert") -> Family:
