@@ -360,9 +360,9 @@ def test_recipes_are_the_papers_numbers():
     )  # fmt: skip
     assert albert_base.get_config("xxlarge").model.hidden_size == 4096
     family = registry.family_named("albert")
-    assert (family.objectives, family.tf1, registry.family_of(config).name) == (
+    assert (family.objectives, family.tf1.CONFIG_FILE, registry.family_of(config).name) == (
         ("mlm_sop",),
-        None,
+        "albert_config.json",
         "albert",
     )
     # BERT's count with the factorized parts: the E -> H projection per token, the MLM head through E.
