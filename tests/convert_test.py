@@ -65,7 +65,7 @@ def test_missing_directory_and_files(tmp_path):
         bert_jax.load_pretrained(tmp_path / "nope")
     with pytest.raises(
         FileNotFoundError,
-        match="nor a transformers-layout directory .no config.json. nor a TF1 BERT",
+        match="nor a transformers-layout directory .no config.json. nor a TF1 checkpoint .no bert_config.json, albert_config.json or .index.",
     ):
         bert_jax.load_pretrained(tmp_path)
     target = copy_minilm(tmp_path)
