@@ -19,6 +19,7 @@ _OUTPUTS = {
     "span": ("start_logits", "end_logits"),
     "token": ("logits",),
     "multiple_choice": ("logits",),
+    "masked_lm": ("logits",),
 }
 
 
@@ -161,6 +162,7 @@ def convert_checkpoint(
         raise ValueError(f"--format={fmt!r} is not one of {FORMATS}")
     ckpt = layouts.read_checkpoint(source, do_lower_case=do_lower_case, step=step)
     head = ckpt.head if head == "auto" else head
+    ckpt = layouts.for_head(ckpt, head)
     if fmt == "tf1" and head == "token":
         raise ValueError("--format=tf1: Google's code has no token-classification head")
     model, params = layouts.build(ckpt, head)

@@ -257,11 +257,12 @@ class ElectraForReplacedTokenDetection(nn.Module):
     """The pretraining model: generator + discriminator over the shared embeddings (one parameter tree).
 
     Takes the masked batch (`input_ids` with [MASK]s, `masked_lm_positions`, `masked_lm_ids`,
-    `masked_lm_weights`), draws each masked token from the generator's softmax (temperature 1, the "sample"
-    rng, no gradient through the draw), puts the draws into the original sequence and runs the discriminator
-    on it (without a "sample" rng, e.g. at init, a fixed key draws). Outputs `generator_logits` [batch, predictions, vocab], `logits` [batch, length] (the
-    discriminator's), `labels` [batch, length] (1 where the token differs from the original: a draw equal to the
-    original counts as original, as electra's `_get_fake_data`) and `sampled_ids` [batch, predictions].
+    `masked_lm_weights`), draws each masked token from the generator's softmax (temperature 1, the
+    "sample" rng, no gradient through the draw), puts the draws into the original sequence and runs the
+    discriminator on it (without a "sample" rng, e.g. at init, a fixed key draws). Outputs `generator_logits`
+    [batch, predictions, vocab], `logits` [batch, length] (the discriminator's), `labels` [batch, length] (1
+    where the token differs from the original: a draw equal to the original counts as original, as electra's
+    `_get_fake_data`) and `sampled_ids` [batch, predictions].
     """
 
     config: ElectraConfig
@@ -322,6 +323,22 @@ def scatter(ids, positions, values, valid):
 def unmask(input_ids, positions, ids, valid):
     """The original sequence of a masked batch: `masked_lm_ids` back at their positions (electra's `unmask`)."""
     return scatter(input_ids, positions, ids, valid)
+
+
+def generator_params(config: ElectraConfig, flat: dict) -> tuple[ElectraConfig, dict]:
+    """A pretraining checkpoint's generator as the "masked_lm" model (transformers' ElectraForMaskedLM, as
+    google-research/electra releases it): (`config.generator`, its flat parameters under the encoder's
+    names). The shared embeddings stay `bert/embeddings/`, the generator's projection and layers move from
+    `generator/` to `bert/`, its head stays `mlm/`; the discriminator's layers, projection and head are left."""
+    kept = {k: v for k, v in flat.items() if k.startswith(("bert/embeddings/", "mlm/"))}
+    kept.update(
+        {
+            "bert/" + k.removeprefix("generator/"): v
+            for k, v in flat.items()
+            if k.startswith("generator/")
+        }
+    )
+    return config.generator, kept
 
 
 def build_model(config: ElectraConfig, head: str = "none", num_labels: int = 2) -> nn.Module:
