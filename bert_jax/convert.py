@@ -36,7 +36,7 @@ def run(argv=None) -> None:
     parser.add_argument("--to", dest="out", required=True, help="output directory")
     parser.add_argument("--format", required=True, choices=export.FORMATS)
     parser.add_argument(
-        "--head", default="auto", choices=("auto", *registry.HEADS, "multiple_choice")
+        "--head", default="auto", choices=("auto", *registry.HEADS, "multiple_choice", "masked_lm")
     )
     parser.add_argument("--do_lower_case", default="auto", choices=("auto", "true", "false"))
     parser.add_argument(

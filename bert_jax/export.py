@@ -21,6 +21,7 @@ _OUTPUTS = {
     "multiple_choice": ("logits",),
     # ELECTRA's pretraining model (generator + discriminator; TF1 is its one layout).
     "rtd": ("generator_logits", "logits"),
+    "masked_lm": ("logits",),
 }
 
 
@@ -163,6 +164,7 @@ def convert_checkpoint(
         raise ValueError(f"--format={fmt!r} is not one of {FORMATS}")
     ckpt = layouts.read_checkpoint(source, do_lower_case=do_lower_case, step=step)
     head = ckpt.head if head == "auto" else head
+    ckpt = layouts.for_head(ckpt, head)
     if fmt == "tf1" and head == "token":
         raise ValueError("--format=tf1: Google's code has no token-classification head")
     model, params = layouts.build(ckpt, head)

@@ -29,7 +29,7 @@ from etils import epath
 from flax import traverse_util
 
 from bert_jax import tf_checkpoint, workdir
-from bert_jax.models import registry
+from bert_jax.models import electra, registry
 from bert_jax.models.bert_hf import (  # noqa: F401 -- re-exported: the transformers mapping lived here
     CONFIG_FIELDS,
     config_from_hf,
@@ -307,12 +307,24 @@ def load_pretrained(
     checkpoint of another is a one-line error naming both (None: whatever the checkpoint is).
     """
     overrides = dict(dtype=dtype, param_dtype=param_dtype, attention_impl=attention_impl)
-    ckpt = read_checkpoint(
-        path, overrides=overrides, do_lower_case=do_lower_case, step=step, family=family
+    ckpt = for_head(
+        read_checkpoint(
+            path, overrides=overrides, do_lower_case=do_lower_case, step=step, family=family
+        ),
+        head,
     )
     ckpt.config = dataclasses.replace(ckpt.config, scan_layers=scan_layers)
     model, params = build(ckpt, head, num_labels, seed=seed)
     return model, params, ckpt.tokenizer
+
+
+def for_head(ckpt: Checkpoint, head: str) -> Checkpoint:
+    """`ckpt` as the model `head` reads it: an ELECTRA pretraining checkpoint's "masked_lm" model is its
+    generator (its own, smaller config; `electra.generator_params`), every other head the discriminator."""
+    if head != "masked_lm" or not any(k.startswith("generator/") for k in ckpt.flat):
+        return ckpt
+    config, flat = electra.generator_params(ckpt.config, ckpt.flat)
+    return dataclasses.replace(ckpt, config=config, flat=flat, head=head)
 
 
 def build(ckpt: Checkpoint, head: str, num_labels: int | None = None, *, seed: int = 0):

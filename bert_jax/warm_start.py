@@ -52,13 +52,22 @@ class InitialWeights:
 
 
 def from_path(
-    path, *, heads, dtype: str, param_dtype: str, head: str = "none", family=None, **overrides
+    path,
+    *,
+    heads,
+    dtype: str,
+    param_dtype: str,
+    head: str = "none",
+    trains: str = "fine-tuning",
+    family=None,
+    **overrides,
 ) -> InitialWeights:
     """The top-level modules named in `heads` of a bert_jax workdir, a transformers-layout directory or an
     original TF1 checkpoint (`path` absolute or relative to the current directory). The model config takes
     the stored architecture (ARCHITECTURE) with the run's dtypes and `overrides` (e.g. dropout, the EXECUTION
-    fields); `head` (the model the run builds) is for the log line; `family`, when given, is the
-    one the checkpoint must be (a one-line error naming both otherwise)."""
+    fields); `head` (the model the run builds) is for the log line, `trains` (the run that trains what the
+    checkpoint lacks) for the warning; `family`, when given, is the one the checkpoint must be (a one-line error
+    naming both otherwise)."""
     path = workdir.absolute(path)
     if not path.exists() and not os.path.exists(f"{path}.index"):
         raise FileNotFoundError(
@@ -89,7 +98,7 @@ def from_path(
     if lacking:
         warnings.warn(
             f"{ckpt.source}: {lacking} not in the checkpoint: initialised at random from the run's seed "
-            "(fine-tuning trains them)",
+            f"({trains} trains them)",
             stacklevel=3,
         )
     logging.info(
@@ -125,13 +134,19 @@ def load(config, *, head: str = "classification", heads=("bert", "classifier")) 
 
 
 def pretraining_params(config, abstract) -> dict | None:
-    """`config.init_checkpoint`'s encoder and MLM/NSP heads (a bert_jax workdir, a transformers directory or a
-    TF1 checkpoint) to continue pretraining from; None for a random init. Shapes must equal the recipe's model."""
+    """The modules of the recipe's pretraining model (`abstract.params`' top level: BERT's encoder and MLM/NSP
+    heads; ELECTRA's discriminator, generator and both heads) that `config.init_checkpoint` holds (a bert_jax
+    workdir, a transformers directory or a TF1 checkpoint), to continue pretraining from; None for a random
+    init. Shapes must equal the recipe's model. The rest starts from the run's seed, with one warning naming
+    it: from a transformers ELECTRA discriminator (ElectraForPreTraining, as released without its generator)
+    the generator (`generator`, `mlm`) starts afresh on the discriminator's embeddings, as electra's own
+    pretraining starts it."""
     if not config.init_checkpoint:
         return None
     weights = from_path(
-        config.init_checkpoint, head="pretraining", heads=("bert", "mlm", "nsp"),
-        dtype=config.dtype, param_dtype=config.param_dtype, family=config.get("family", "bert"),
+        config.init_checkpoint, head="pretraining", heads=tuple(abstract.params),
+        dtype=config.dtype, param_dtype=config.param_dtype, trains="continued pretraining",
+        family=config.get("family", "bert"),
     )  # fmt: skip
     wanted = jax.tree_util.tree_flatten_with_path(abstract.params)[0]
     have = dict(jax.tree_util.tree_flatten_with_path(weights.params)[0])

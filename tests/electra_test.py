@@ -181,6 +181,46 @@ def masked_batch():
     }, ids
 
 
+def pair_auc(scores, labels):
+    """ROC AUC by its definition: the share of (positive, negative) pairs ordered right, ties one half (what
+    sklearn's roc_auc_score computes)."""
+    pos, neg = scores[labels > 0][:, None], scores[labels <= 0][None, :]
+    return float(np.mean((pos > neg) + 0.5 * (pos == neg)))
+
+
+def test_rank_auc_sums_are_the_exact_auc_per_batch_and_add_over_batches():
+    rng = np.random.default_rng(0)
+    batches = []
+    for _ in range(3):
+        labels = (rng.random((4, 50)) < 0.15).astype(np.int32)
+        # Rounded scores: many ties, within a class and across; a pad of any score and label counts nothing.
+        logits = np.round(rng.normal(size=(4, 50)) + 0.8 * labels, 1).astype(np.float32)
+        weights = (rng.random((4, 50)) < 0.8).astype(np.float32)
+        batches.append((logits, labels, weights))
+    sums = [
+        [float(x) for x in objectives.rank_auc_sums(*map(jnp.asarray, batch))] for batch in batches
+    ]
+    refs = []
+    for (logits, labels, weights), (concordant, pairs) in zip(batches, sums, strict=True):
+        real = weights > 0
+        refs.append(
+            (
+                pair_auc(logits[real], labels[real]),
+                (labels[real] > 0).sum() * (labels[real] == 0).sum(),
+            )
+        )
+        assert pairs == refs[-1][1] and abs(concordant / pairs - refs[-1][0]) < 1e-6
+    # Summed: the pair-weighted mean of the batches' AUCs.
+    concordant, pairs = np.sum(sums, 0)
+    expected = sum(a * n for a, n in refs) / sum(n for _, n in refs)
+    assert abs(concordant / pairs - expected) < 1e-6 and 0.65 < expected < 0.85
+    # A constant discriminator (every logit equal, as a collapsed one): 0.5 exactly.
+    concordant, pairs = objectives.rank_auc_sums(
+        jnp.zeros((4, 50)), jnp.asarray(batches[0][1]), jnp.ones((4, 50))
+    )
+    assert float(concordant) / float(pairs) == 0.5
+
+
 def test_rtd_model_shares_embeddings_and_the_loss_is_numpy_exact():
     model, params = rtd_model_and_params()
     config = model.config
@@ -219,6 +259,18 @@ def test_rtd_model_shares_embeddings_and_the_loss_is_numpy_exact():
     summary = objective.summarize({k: float(v) for k, v in sums.items()})
     np.testing.assert_allclose(summary["disc_loss"], disc, rtol=1e-5)
     assert summary["replaced_fraction"] == y[real].sum() / 25
+    # electra's metric_fn over the real tokens: precision, recall, the draws' accuracy, the AUC by pairs.
+    hit, truth = z[real] > 0, y[real] > 0
+    assert summary["disc_accuracy"] == np.mean(hit == truth)
+    np.testing.assert_equal(
+        [summary["disc_precision"], summary["disc_recall"]],
+        [
+            (hit & truth).sum() / hit.sum() if hit.any() else np.nan,
+            (hit & truth).sum() / truth.sum(),
+        ],
+    )
+    assert summary["mlm_sampled_accuracy"] == np.mean(sampled[valid] == ids[valid])
+    np.testing.assert_allclose(summary["disc_auc"], pair_auc(z[real], y[real]), rtol=1e-6)
 
     # No gradient flows through the draws: the discriminator's loss does not reach the generator's layers.
     def disc_only(p):
@@ -321,3 +373,141 @@ def test_electra_masking_shares_and_a_tiny_run_learns():
     share = replaced / count
     entropy = -(share * np.log(share) + (1 - share) * np.log(1 - share))
     assert 0.05 < share < 0.25 and loss_sum / count < 0.93 * entropy, (loss_sum / count, entropy)
+
+
+def test_workdir_generator_loads_as_masked_lm_and_pretraining_continues_from_it(tmp_path):
+    import ml_collections
+    from flax import linen as nn
+
+    from bert_jax import export, warm_start
+    from bert_jax.data.tokenizer import load_tokenizer
+
+    # A bert_jax ELECTRA checkpoint of the pretraining model, every weight moved off its init.
+    model, params = rtd_model_and_params()
+    config = model.config
+    leaves, tree = jax.tree.flatten(nn.unbox(params))
+    keys = jax.random.split(jax.random.key(3), len(leaves))
+    params = jax.tree.unflatten(
+        tree, [x + 0.2 * jax.random.normal(k, x.shape) for x, k in zip(leaves, keys, strict=True)]
+    )
+    write_vocab(tmp_path)
+    tokenizer = load_tokenizer(str(tmp_path / "vocab.txt"), do_lower_case=True)
+    work = tmp_path / "work"
+    ckpt = layouts.Checkpoint(config, {}, tokenizer, True, "test", "rtd", None)
+    export.write_bert_jax(work, params, ckpt, "rtd")
+
+    # head="masked_lm" is the generator (ElectraForMaskedLM as electra releases it): its own config, the
+    # shared embeddings, its layers and MLM head; nothing initialised.
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        gen, gen_params, tok = layouts.load_pretrained(work, head="masked_lm")
+    assert gen.config == config.generator and gen.config.hidden_size == 12
+    flat = traverse_util.flatten_dict(gen_params, sep="/")
+    np.testing.assert_array_equal(
+        flat["bert/layer_0/attention/query/kernel"],
+        params["generator"]["layer_0"]["attention"]["query"]["kernel"],
+    )
+    ids, mask, types = ragged_batch(seed=4)
+    ours = run_ours(gen, gen_params, ids, mask, types)["logits"]
+    # The same logits as the pretraining model's generator, every token a prediction.
+    positions = jnp.broadcast_to(jnp.arange(ids.shape[1]), ids.shape)
+    rtd = model.apply(
+        {"params": params}, jnp.asarray(ids, jnp.int32), jnp.asarray(types, jnp.int32),
+        jnp.asarray(mask, jnp.int32), positions, jnp.asarray(ids, jnp.int32), jnp.ones(ids.shape),
+    )  # fmt: skip
+    np.testing.assert_allclose(
+        ours[mask > 0], np.asarray(rtd["generator_logits"])[mask > 0], atol=1e-5, rtol=1e-5
+    )
+    # Converted to transformers' ElectraForMaskedLM (save_pretrained, checked), which gives the same logits.
+    export.convert_checkpoint(work, tmp_path / "gen", "transformers", head="masked_lm")
+    theirs = transformers.ElectraForMaskedLM.from_pretrained(tmp_path / "gen").eval()
+    assert_close({"logits": ours}, run_torch(theirs, ids, mask, types), ["logits"], mask)
+    # Every other head reads the discriminator.
+    _, disc_params, _ = layouts.load_pretrained(work, head="pretraining")
+    assert disc_params["bert"]["embeddings_project"]["kernel"].shape == (20, 36)
+
+    # Continued pretraining: all four modules from the workdir; from a transformers discriminator directory
+    # (ElectraForPreTraining alone, as released) the generator and its head start afresh, with one warning.
+    layouts.save_pretrained(tmp_path / "disc", disc_params, config, "pretraining", tokenizer=tok)
+    abstract = jax.eval_shape(lambda: params)
+    run = ml_collections.ConfigDict(
+        {"init_checkpoint": str(work), "dtype": "float32", "param_dtype": "float32"}
+    )
+    loaded = warm_start.pretraining_params(run, type("Abstract", (), {"params": abstract}))
+    assert sorted(loaded) == ["bert", "discriminator_predictions", "generator", "mlm"]
+    for got, want in zip(jax.tree.leaves(loaded), jax.tree.leaves(params), strict=True):
+        np.testing.assert_array_equal(got, want)
+    run.init_checkpoint = str(tmp_path / "disc")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        loaded = warm_start.pretraining_params(run, type("Abstract", (), {"params": abstract}))
+    assert sorted(loaded) == ["bert", "discriminator_predictions"]
+    said = [str(w.message) for w in caught if "not in the checkpoint" in str(w.message)]
+    assert (
+        len(said) == 1 and "['generator', 'mlm']" in said[0] and "continued pretraining" in said[0]
+    )
+
+
+def test_hotter_draws_give_a_held_out_detection_signal():
+    import dataclasses
+
+    import optax
+
+    from bert_jax.data import masking
+
+    # Rows over a 36-token sub-vocabulary (ids 5..40 of 97): at generator_temperature 3 (electra_tiny's) the
+    # generator's draws spread over the whole vocabulary.
+    rng = np.random.default_rng(0)
+    ids = rng.integers(5, 41, (64, 40))
+    ids[:, 0], ids[:, -1] = 2, 3
+    out = masking.mask_tokens(
+        ids, np.ones_like(ids), rng, max_predictions=6, masked_lm_prob=0.15,
+        special_ids=(0, 1, 2, 3, 4), mask_id=4, vocab_size=97, mask_token_fraction=0.85,
+        random_token_fraction=0.0,
+    )  # fmt: skip
+
+    def rows(a, b):
+        return {
+            "input_ids": jnp.asarray(out["input_ids"][a:b], jnp.int32),
+            "attention_mask": jnp.ones((b - a, 40), jnp.int32),
+            **{k: jnp.asarray(out[k][a:b]) for k in ("masked_lm_positions", "masked_lm_ids")},
+            "masked_lm_weights": jnp.asarray(out["masked_lm_weights"][a:b]),
+        }
+
+    model, params = rtd_model_and_params()
+    cold = registry.build(dataclasses.replace(model.config, generator_temperature=1e-4), "rtd")
+    hot = registry.build(dataclasses.replace(model.config, generator_temperature=3.0), "rtd")
+    # Near temperature 0 the draw is the generator's argmax: the temperature divides the logits.
+    batch = rows(0, 4)
+    args = [
+        batch[k] for k in ("input_ids", "attention_mask", "masked_lm_positions", "masked_lm_ids")
+    ]
+    drawn = cold.apply(
+        {"params": params}, args[0], None, *args[1:], batch["masked_lm_weights"],
+        rngs={"sample": jax.random.key(5)},
+    )  # fmt: skip
+    np.testing.assert_array_equal(drawn["sampled_ids"], drawn["generator_logits"].argmax(-1))
+
+    # 40 Adam steps on 16 rows at temperature 3, then 48 held-out rows: the discriminator ranks their replaced
+    # tokens above the originals (AUC over the content tokens, [CLS]/[SEP] left out: 0.785 measured; 0.5 is
+    # chance), so it learnt something that carries to new rows, not only the replaced share.
+    objective = registry.objective("rtd", hot)
+    train, held = rows(0, 16), rows(16, 64)
+    tx = optax.adam(3e-3)
+
+    @jax.jit
+    def step(params, opt, i):
+        grad_fn = jax.grad(
+            lambda p: objective.loss(p, train, jax.random.fold_in(jax.random.key(1), i))[0]
+        )
+        updates, opt = tx.update(grad_fn(params), opt, params)
+        return optax.apply_updates(params, updates), opt
+
+    opt = tx.init(params)
+    for i in range(40):
+        params, opt = step(params, opt, i)
+    outputs = jax.jit(objective.outputs, static_argnums=3)(params, held, None, True)
+    content = jnp.ones((48, 40)).at[:, 0].set(0).at[:, -1].set(0)
+    concordant, pairs = objectives.rank_auc_sums(outputs["logits"], outputs["labels"], content)
+    assert float(concordant / pairs) > 0.7, float(concordant / pairs)
+    assert float(jnp.mean(outputs["sampled_ids"] > 40)) > 0.3

@@ -54,6 +54,8 @@ def model_config(size: str) -> ml_collections.ConfigDict:
     m.generator_hidden_fraction = PAPER[size][0]
     # Every released recipe gives the generator all the discriminator's layers.
     m.generator_layers_fraction = 1.0
+    # electra's `temperature` for the generator's draws: 1 in every released recipe.
+    m.generator_temperature = 1.0
     return m
 
 

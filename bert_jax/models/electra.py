@@ -52,12 +52,17 @@ class ElectraConfig(bert.BertConfig):
     generator_hidden_fraction: float = 0.25
     # The generator's layers as a fraction of num_layers (1.0 in every released recipe).
     generator_layers_fraction: float = 1.0
+    # electra's `temperature`: the generator's logits are divided by it before each draw (1 in every released
+    # recipe; above 1 the replacements are further from the originals, easier to detect).
+    generator_temperature: float = 1.0
 
     def __post_init__(self):
         super().__post_init__()
         for name in ("generator_hidden_fraction", "generator_layers_fraction"):
             if not 0.0 < getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} {getattr(self, name)} is not in (0, 1]")
+        if not self.generator_temperature > 0:
+            raise ValueError(f"generator_temperature {self.generator_temperature} must be positive")
         if self.embedding_size < 1:
             raise ValueError(f"embedding_size {self.embedding_size} must be positive")
 
@@ -257,11 +262,12 @@ class ElectraForReplacedTokenDetection(nn.Module):
     """The pretraining model: generator + discriminator over the shared embeddings (one parameter tree).
 
     Takes the masked batch (`input_ids` with [MASK]s, `masked_lm_positions`, `masked_lm_ids`,
-    `masked_lm_weights`), draws each masked token from the generator's softmax (temperature 1, the "sample"
-    rng, no gradient through the draw), puts the draws into the original sequence and runs the discriminator
-    on it (without a "sample" rng, e.g. at init, a fixed key draws). Outputs `generator_logits` [batch, predictions, vocab], `logits` [batch, length] (the
-    discriminator's), `labels` [batch, length] (1 where the token differs from the original: a draw equal to the
-    original counts as original, as electra's `_get_fake_data`) and `sampled_ids` [batch, predictions].
+    `masked_lm_weights`), draws each masked token from the generator's softmax (at `generator_temperature`, the
+    "sample" rng, no gradient through the draw), puts the draws into the original sequence and runs the
+    discriminator on it (without a "sample" rng, e.g. at init, a fixed key draws). Outputs `generator_logits`
+    [batch, predictions, vocab], `logits` [batch, length] (the discriminator's), `labels` [batch, length] (1
+    where the token differs from the original: a draw equal to the original counts as original, as electra's
+    `_get_fake_data`) and `sampled_ids` [batch, predictions].
     """
 
     config: ElectraConfig
@@ -295,7 +301,7 @@ class ElectraForReplacedTokenDetection(nn.Module):
         # The sample is data for the discriminator, not a function of the generator: no gradient flows back.
         draw = jax.random.categorical(
             self.make_rng("sample") if self.has_rng("sample") else jax.random.key(0),
-            jax.lax.stop_gradient(generator_logits),
+            jax.lax.stop_gradient(generator_logits) / cfg.generator_temperature,
             axis=-1,
         )
         valid = masked_lm_weights > 0
@@ -323,6 +329,22 @@ def scatter(ids, positions, values, valid):
 def unmask(input_ids, positions, ids, valid):
     """The original sequence of a masked batch: `masked_lm_ids` back at their positions (electra's `unmask`)."""
     return scatter(input_ids, positions, ids, valid)
+
+
+def generator_params(config: ElectraConfig, flat: dict) -> tuple[ElectraConfig, dict]:
+    """A pretraining checkpoint's generator as the "masked_lm" model (transformers' ElectraForMaskedLM, as
+    google-research/electra releases it): (`config.generator`, its flat parameters under the encoder's
+    names). The shared embeddings stay `bert/embeddings/`, the generator's projection and layers move from
+    `generator/` to `bert/`, its head stays `mlm/`; the discriminator's layers, projection and head are left."""
+    kept = {k: v for k, v in flat.items() if k.startswith(("bert/embeddings/", "mlm/"))}
+    kept.update(
+        {
+            "bert/" + k.removeprefix("generator/"): v
+            for k, v in flat.items()
+            if k.startswith("generator/")
+        }
+    )
+    return config.generator, kept
 
 
 def build_model(config: ElectraConfig, head: str = "none", num_labels: int = 2) -> nn.Module:

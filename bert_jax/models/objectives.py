@@ -171,16 +171,44 @@ def sigmoid_cross_entropy(logits, labels):
     return jnp.maximum(logits, 0) - logits * labels + jnp.log1p(jnp.exp(-jnp.abs(logits)))
 
 
+def rank_auc_sums(logits, labels, weights):
+    """(concordant pairs, pairs) over the (replaced, original) pairs of real tokens (`weights` > 0) in one batch:
+    a pair is concordant when the replaced token has the higher logit, half when tied (Mann-Whitney's U).
+    Their ratio is the batch's exact ROC AUC; summed over batches, the pair-weighted mean of the batches' AUCs
+    (the AUC over the pairs that share a batch: an unbiased estimate of the pooled AUC, however narrow the
+    spread of the logits)."""
+    z = logits.astype(jnp.float32).reshape(-1)
+    real = weights.reshape(-1) > 0
+    replaced = (labels.reshape(-1) > 0) & real
+    original = (labels.reshape(-1) <= 0) & real
+    count = jnp.sum(original)
+    # Replaced tokens and padding become +inf, which sorts last and is never below a finite logit.
+    originals = jnp.sort(jnp.where(original, z, jnp.inf))
+    below = jnp.minimum(jnp.searchsorted(originals, z, side="left"), count)
+    at_or_below = jnp.minimum(jnp.searchsorted(originals, z, side="right"), count)
+    # float32: the pair count overflows int32 from 2**31 pairs (a 256 x 512 batch has ~2e9).
+    concordant = jnp.sum(jnp.where(replaced, (below + at_or_below).astype(jnp.float32) / 2, 0.0))
+    pairs = jnp.sum(replaced).astype(jnp.float32) * count.astype(jnp.float32)
+    return concordant, pairs
+
+
 @dataclasses.dataclass(frozen=True)
 class Rtd(_Objective):
     """Replaced-token detection (ELECTRA, Clark et al. 2020): the generator's mean MLM cross entropy over the
     masked positions + `disc_weight` x the discriminator's mean sigmoid cross entropy over every real token
     (google-research/electra's `gen_weight` 1 and `disc_weight` 50).
 
-    `model`: the family's "rtd" head module (`generator_logits`, discriminator `logits`, their `labels`). Batch:
-    `input_ids` (masked), `token_type_ids`, `attention_mask`, `masked_lm_positions`, `masked_lm_ids`,
-    `masked_lm_weights`. The generator's draws take the "sample" rng: split from the step's rng in training, a
-    fixed key in evaluation (so held-out sums are reproducible).
+    `model`: the family's "rtd" head module (`generator_logits`, discriminator `logits`, their `labels`,
+    `sampled_ids`). Batch: `input_ids` (masked), `token_type_ids`, `attention_mask`, `masked_lm_positions`,
+    `masked_lm_ids`, `masked_lm_weights`. The generator's draws take the "sample" rng: split from the step's rng
+    in training, a fixed key in evaluation (so held-out sums are reproducible).
+
+    Metrics, as electra's `metric_fn` (over real tokens; a token is predicted replaced when its logit > 0): the
+    generator's `mlm_loss`, `mlm_accuracy` and `mlm_sampled_accuracy` (its draws equal to the original), and
+    the discriminator's `disc_loss`, `disc_accuracy`, `disc_precision`, `disc_recall`, `replaced_fraction`
+    and `disc_auc` (`rank_auc_sums`: exact within each batch, pair-weighted over batches; electra's
+    tf.metrics.auc counts 200 probability thresholds instead, which reads 0.5 for a discriminator whose logits
+    all lie within one threshold's width, as electra_tiny's do while it learns).
     """
 
     model: Any
@@ -190,16 +218,17 @@ class Rtd(_Objective):
     progress: ClassVar[tuple] = (
         ("mlm_acc", "mlm_accuracy", ".3f"),
         ("disc_acc", "disc_accuracy", ".3f"),
+        ("disc_auc", "disc_auc", ".3f"),
     )
 
-    def loss_sums(self, params, batch, rng, deterministic: bool):
-        """(the training loss, the sums keyed `mlm_*` and `disc_*`); dropout on unless `deterministic`."""
+    def outputs(self, params, batch, rng, deterministic: bool):
+        """The model's outputs on a batch; `rng` None draws with a fixed key."""
         if rng is None:
             rngs = {"sample": jax.random.key(0)}
         else:
             dropout_rng, sample_rng = jax.random.split(rng)
             rngs = {"sample": sample_rng, "dropout": dropout_rng}
-        outputs = self.model.apply(
+        return self.model.apply(
             {"params": params},
             batch["input_ids"],
             batch.get("token_type_ids"),
@@ -210,17 +239,28 @@ class Rtd(_Objective):
             deterministic=deterministic,
             rngs=rngs,
         )
+
+    def loss_sums(self, params, batch, rng, deterministic: bool):
+        """(the training loss, the sums keyed `mlm_*` and `disc_*`); dropout on unless `deterministic`."""
+        outputs = self.outputs(params, batch, rng, deterministic)
         mlm = losses.mlm_loss(
             outputs["generator_logits"], batch["masked_lm_ids"], batch["masked_lm_weights"]
         )
+        mlm["sampled_correct_sum"] = jnp.sum(
+            (outputs["sampled_ids"] == batch["masked_lm_ids"]) * batch["masked_lm_weights"]
+        )
         logits, labels = outputs["logits"], outputs["labels"].astype(jnp.float32)
         weights = (batch["attention_mask"] > 0).astype(jnp.float32)
+        predicted = (logits > 0).astype(jnp.float32)
         disc = {
             "loss_sum": jnp.sum(sigmoid_cross_entropy(logits, labels) * weights),
-            "correct_sum": jnp.sum(((logits > 0) == (labels > 0)) * weights),
+            "correct_sum": jnp.sum((predicted == labels) * weights),
             "count": jnp.sum(weights),
             "replaced_sum": jnp.sum(labels * weights),
+            "predicted_sum": jnp.sum(predicted * weights),
+            "true_positive_sum": jnp.sum(predicted * labels * weights),
         }
+        disc["auc_concordant_sum"], disc["auc_pairs"] = rank_auc_sums(logits, labels, weights)
         loss = mlm["loss_sum"] / jnp.maximum(mlm["weight_sum"], 1e-5) + self.disc_weight * (
             disc["loss_sum"] / jnp.maximum(disc["count"], 1e-5)
         )
@@ -232,12 +272,18 @@ class Rtd(_Objective):
 
     @staticmethod
     def summarize(sums: dict[str, float]) -> dict[str, float]:
-        """Generator MLM loss/accuracy, discriminator loss/accuracy and the fraction of tokens replaced."""
+        """The generator's MLM loss/accuracy and its draws' accuracy; the discriminator's loss, accuracy,
+        precision, recall (NaN when it marks no token replaced; tf.metrics reports 0) and AUC; the fraction of
+        tokens replaced."""
         return {
             "mlm_loss": divide(sums["mlm_loss_sum"], sums["mlm_weight_sum"]),
             "mlm_accuracy": divide(sums["mlm_correct_sum"], sums["mlm_weight_sum"]),
+            "mlm_sampled_accuracy": divide(sums["mlm_sampled_correct_sum"], sums["mlm_weight_sum"]),
             "disc_loss": divide(sums["disc_loss_sum"], sums["disc_count"]),
             "disc_accuracy": divide(sums["disc_correct_sum"], sums["disc_count"]),
+            "disc_precision": divide(sums["disc_true_positive_sum"], sums["disc_predicted_sum"]),
+            "disc_recall": divide(sums["disc_true_positive_sum"], sums["disc_replaced_sum"]),
+            "disc_auc": divide(sums["disc_auc_concordant_sum"], sums["disc_auc_pairs"]),
             "replaced_fraction": divide(sums["disc_replaced_sum"], sums["disc_count"]),
         }
 
