@@ -187,7 +187,6 @@ def read_checkpoint(
             f"{ckpt.source}: this is {_a(found)} checkpoint, not {_DISPLAY.get(family, family)}"
         )
     return ckpt
-    return _read_tf1(path, overrides, do_lower_case, family)
 
 
 def _read_tf1(path, overrides, do_lower_case, expected: str | None) -> Checkpoint:

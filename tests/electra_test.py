@@ -431,7 +431,12 @@ def test_workdir_generator_loads_as_masked_lm_and_pretraining_continues_from_it(
     layouts.save_pretrained(tmp_path / "disc", disc_params, config, "pretraining", tokenizer=tok)
     abstract = jax.eval_shape(lambda: params)
     run = ml_collections.ConfigDict(
-        {"init_checkpoint": str(work), "dtype": "float32", "param_dtype": "float32"}
+        {
+            "init_checkpoint": str(work),
+            "dtype": "float32",
+            "param_dtype": "float32",
+            "family": "electra",
+        }
     )
     loaded = warm_start.pretraining_params(run, type("Abstract", (), {"params": abstract}))
     assert sorted(loaded) == ["bert", "discriminator_predictions", "generator", "mlm"]
