@@ -516,3 +516,14 @@ def test_hotter_draws_give_a_held_out_detection_signal():
     concordant, pairs = objectives.rank_auc_sums(outputs["logits"], outputs["labels"], content)
     assert float(concordant / pairs) > 0.7, float(concordant / pairs)
     assert float(jnp.mean(outputs["sampled_ids"] > 40)) > 0.3
+
+
+def test_scatter_is_electras_scatter_update_with_repeated_positions():
+    # electra draws masked positions with replacement: a position written twice takes the floor of the mean of its
+    # writes (scatter_update's integer division); padding slots (weight 0, position 0) write nothing.
+    ids = np.array([[2, 20, 21, 22, 3], [2, 30, 31, 32, 3]])
+    positions = np.array([[1, 1, 3, 0], [2, 2, 0, 0]])
+    values = np.array([[10, 13, 7, 99], [40, 40, 99, 99]])
+    valid = np.array([[True, True, True, False], [True, True, False, False]])
+    got = np.asarray(electra.scatter(ids, positions, values, valid))
+    np.testing.assert_array_equal(got, [[2, 11, 21, 7, 3], [2, 30, 40, 32, 3]])

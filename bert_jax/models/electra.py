@@ -319,11 +319,16 @@ class ElectraForReplacedTokenDetection(nn.Module):
 
 
 def scatter(ids, positions, values, valid):
-    """`ids` with `values` [batch, predictions] written at `positions` where `valid`."""
-    ids = jnp.asarray(ids)  # NumPy inputs too (e.g. a conversion's check batch)
+    """electra's `scatter_update`: `ids` with `values` [batch, predictions] written at `positions` where `valid`.
+    A position that several valid slots write (electra draws its masked positions with replacement) takes the
+    floor of their mean, the original's integer division of the scattered sum by the count: the value itself
+    when the slots agree (`unmask`'s original ids), else a token between two generator draws, as electra has it.
+    Unlike a scatter-set with repeated indices, the result does not depend on the backend."""
     rows = jnp.arange(ids.shape[0])[:, None]
-    current = jnp.take_along_axis(ids, positions, axis=1)
-    return ids.at[rows, positions].set(jnp.where(valid, values, current).astype(ids.dtype))
+    weight = valid.astype(ids.dtype)
+    total = jnp.zeros_like(ids).at[rows, positions].add(values.astype(ids.dtype) * weight)
+    count = jnp.zeros_like(ids).at[rows, positions].add(weight)
+    return jnp.where(count > 0, total // jnp.maximum(count, 1), ids)
 
 
 def unmask(input_ids, positions, ids, valid):
