@@ -169,9 +169,7 @@ def generator_head(config: ElectraConfig) -> heads.MaskedLMHead:
     """The generator's MLM head (ElectraGeneratorPredictions + the tied generator_lm_head): dense to
     `embedding_size`, the exact GELU whatever `hidden_act` says, LayerNorm, the word embeddings' transpose + a
     bias. BERT's MLM head at the embedding width."""
-    return heads.MaskedLMHead(
-        dataclasses.replace(embedding_config(config), hidden_act="gelu"), name="mlm"
-    )
+    return heads.MaskedLMHead(config, config.embedding_size, "gelu", name="mlm")
 
 
 class DiscriminatorHead(nn.Module):
