@@ -18,9 +18,9 @@ LONG_MODULES: dict[str, str] = {
     "reference is the next split",
     "bert_jax.checkpoint": "the Orbax wrapper, its manifest (checksums, finite flags) and the one "
     "fallback-and-verify path; the manifest is the next split",
-    "bert_jax.layouts": "every checkpoint layout (transformers, TF1, workdir) read and written for every "
-    "family (each family's names and tokenizer writer live in models/*_hf.py); one module per layout is the "
-    "next split",
+    "bert_jax.layouts": "every checkpoint layout (transformers, TF1, workdir) dispatched, and the transformers "
+    "and TF1 writers (TF1 reading is layouts_tf1; each family's names and tokenizer writer live in "
+    "models/*_hf.py, *_tf1.py); the writers (save_pretrained, save_tf1, write_tokenizer) are the next split",
     "bert_jax.data.loader": "the step-pure loader with its phases, packing and data-fingerprint hooks",
     "bert_jax.data.tokenizer": "WordPiece, SentencePiece and byte-level BPE behind one interface",
     "bert_jax.startup": "signals during start-up, host agreement with the run fingerprint, and the workdir lock",

@@ -12,7 +12,7 @@ import pytest
 from flax import traverse_util
 
 import bert_jax
-from bert_jax import export, layouts, tf_checkpoint
+from bert_jax import export, layouts, layouts_tf1, tf_checkpoint
 from bert_jax.data import corpus
 from bert_jax.models import albert_tf1, bert_tf1, electra, electra_tf1, registry
 
@@ -167,12 +167,12 @@ def test_tf1_round_trip_is_bitwise_exact(tmp_path, family):
 
 
 def test_the_family_is_told_by_the_variable_names(tmp_path):
-    assert layouts.tf1_family(tf_checkpoint.Bundle(str(BERT))) == (
+    assert layouts_tf1.tf1_family(tf_checkpoint.Bundle(str(BERT))) == (
         "bert",
         "bert/embeddings/LayerNorm/beta",
     )
-    assert layouts.tf1_family(tf_checkpoint.Bundle(str(ALBERT)))[0] == "albert"
-    assert layouts.tf1_family(tf_checkpoint.Bundle(str(ELECTRA))) == (
+    assert layouts_tf1.tf1_family(tf_checkpoint.Bundle(str(ALBERT)))[0] == "albert"
+    assert layouts_tf1.tf1_family(tf_checkpoint.Bundle(str(ELECTRA))) == (
         "electra",
         "discriminator_predictions/dense/bias",
     )
