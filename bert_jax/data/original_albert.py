@@ -204,48 +204,17 @@ def _permute(output, ngram_indexes, covered, num_to_predict, ngrams, pvals, rng,
 
 def _from_document(documents, d, max_seq_length, short_seq_prob, random_next, mask, rng):
     """The original's create_instances_from_document: (tokens, segments, positions, labels,
-    boundary, sentence_order_label) per instance."""
-    document = documents[d]
-    max_tokens = max_seq_length - 3
-    target = max_tokens
-    if rng.random() < short_seq_prob:
-        target = rng.randint(2, max_tokens)
+    boundary, sentence_order_label) per instance (BERT's tool's pairs, `original_rng.pairs_from_document`, in
+    sentence order unless `random_next`)."""
     out = []
-    chunk: list[list[str]] = []
-    length = 0
-    i = 0
-    while i < len(document):
-        chunk.append(document[i])
-        length += len(document[i])
-        if i == len(document) - 1 or length >= target:
-            a_end = rng.randint(1, len(chunk) - 1) if len(chunk) >= 2 else 1
-            a = [t for seg in chunk[:a_end] for t in seg]
-            b: list[str] = []
-            label = 1
-            if len(chunk) == 1 or (random_next and rng.random() < 0.5):
-                target_b = target - len(a)
-                for _ in range(10):
-                    r = rng.randint(0, len(documents) - 1)
-                    if r != d:
-                        break
-                other = documents[r]
-                for j in range(rng.randint(0, len(other) - 1), len(other)):
-                    b.extend(other[j])
-                    if len(b) >= target_b:
-                        break
-                i -= len(chunk) - a_end  # the unused sentences go back
-            elif not random_next and rng.random() < 0.5:
-                a, b = [t for seg in chunk[a_end:] for t in seg], a  # sentence order swapped
-            else:
-                label = 0
-                b = [t for seg in chunk[a_end:] for t in seg]
-            original_rng.truncate_pair(a, b, max_tokens, rng)
-            tokens = ["[CLS]", *a, "[SEP]", *b, "[SEP]"]
-            segments = [0] * (len(a) + 2) + [1] * (len(b) + 1)
-            tokens, positions, labels, boundary = mask(tokens, rng=rng)
-            out.append((tokens, segments, positions, labels, boundary, label))
-            chunk, length = [], 0
-        i += 1
+    pairs = original_rng.pairs_from_document(
+        documents, d, max_seq_length, short_seq_prob, rng, sentence_order=not random_next
+    )
+    for a, b, label in pairs:
+        tokens = ["[CLS]", *a, "[SEP]", *b, "[SEP]"]
+        segments = [0] * (len(a) + 2) + [1] * (len(b) + 1)
+        tokens, positions, labels, boundary = mask(tokens, rng=rng)
+        out.append((tokens, segments, positions, labels, boundary, label))
     return out
 
 

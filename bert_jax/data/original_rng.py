@@ -125,15 +125,18 @@ def _mask(tokens, masked_lm_prob, max_predictions, vocab_ids, specials, is_cont,
     return output, [p for p, _ in masked], [t for _, t in masked]
 
 
-def _from_document(documents, d, max_seq_length, short_seq_prob, masking, rng):
-    """The original's create_instances_from_document: a list of instance tuples."""
+def pairs_from_document(documents, d, max_seq_length, short_seq_prob, rng, sentence_order=False):
+    """The original's create_instances_from_document up to the masking: yields each instance's (A, B, label),
+    truncated, making the original's draws in its order (a caller masks each pair before asking for the next, as
+    the original does). BERT's pairs (label 1: B is from a random other document) or, with `sentence_order`,
+    ALBERT's (label 1: the two segments swapped; a one-sentence chunk still takes B from another document,
+    label 1, as google-research/albert's tool does)."""
     document = documents[d]
     max_tokens = max_seq_length - 3
     target = max_tokens
     if rng.random() < short_seq_prob:
         target = rng.randint(2, max_tokens)
-    out = []
-    chunk: list[list[int]] = []
+    chunk: list[list] = []
     length = 0
     i = 0
     while i < len(document):
@@ -142,9 +145,9 @@ def _from_document(documents, d, max_seq_length, short_seq_prob, masking, rng):
         if i == len(document) - 1 or length >= target:
             a_end = rng.randint(1, len(chunk) - 1) if len(chunk) >= 2 else 1
             a = [t for seg in chunk[:a_end] for t in seg]
-            b: list[int] = []
-            if len(chunk) == 1 or rng.random() < 0.5:
-                is_random_next = True
+            b: list = []
+            label = 1
+            if len(chunk) == 1 or (not sentence_order and rng.random() < 0.5):
                 target_b = target - len(a)
                 for _ in range(10):
                     r = rng.randint(0, len(documents) - 1)
@@ -156,17 +159,28 @@ def _from_document(documents, d, max_seq_length, short_seq_prob, masking, rng):
                     if len(b) >= target_b:
                         break
                 i -= len(chunk) - a_end  # the unused sentences go back
+            elif sentence_order and rng.random() < 0.5:
+                a, b = [t for seg in chunk[a_end:] for t in seg], a  # sentence order swapped
             else:
-                is_random_next = False
+                label = 0
                 b = [t for seg in chunk[a_end:] for t in seg]
             truncate_pair(a, b, max_tokens, rng)
-            cls_id, sep_id, _ = masking["specials"]
-            tokens = [cls_id, *a, sep_id, *b, sep_id]
-            segment_ids = [0] * (len(a) + 2) + [1] * (len(b) + 1)
-            tokens, positions, labels = _mask(tokens, rng=rng, **masking)
-            out.append((tokens, segment_ids, positions, labels, int(is_random_next)))
+            yield a, b, label
             chunk, length = [], 0
         i += 1
+
+
+def _from_document(documents, d, max_seq_length, short_seq_prob, masking, rng):
+    """The original's create_instances_from_document: a list of instance tuples."""
+    cls_id, sep_id, _ = masking["specials"]
+    out = []
+    for a, b, is_random_next in pairs_from_document(
+        documents, d, max_seq_length, short_seq_prob, rng
+    ):
+        tokens = [cls_id, *a, sep_id, *b, sep_id]
+        segment_ids = [0] * (len(a) + 2) + [1] * (len(b) + 1)
+        tokens, positions, labels = _mask(tokens, rng=rng, **masking)
+        out.append((tokens, segment_ids, positions, labels, is_random_next))
     return out
 
 
