@@ -246,26 +246,14 @@ def read_params(prefix: str, config: BertConfig, config_path: str):
     """
     bundle = check_is_bert(prefix)
     _check_sizes(bundle, config, config_path)
-    names = name_map(config.num_layers)
-    flat, skipped = {}, []
-    for name in bundle.names:
-        if _UNUSED.search(name):
-            skipped.append(name)
-            continue
-        if name not in names:
-            raise ValueError(f"{bundle.index_path}: variable {name!r} is not a BERT parameter")
-        path, kind = names[name]
-        want, have = expected_shape(name, config), bundle.shape(name)
-        if len(have) != len(want) or any(
-            w not in (None, h) for w, h in zip(want, have, strict=True)
-        ):
-            want = ["labels" if w is None else w for w in want]
-            raise ValueError(
-                f"{bundle.index_path}: variable {name!r} has shape {list(have)} but "
-                f"{os.path.basename(config_path)} implies {want}"
-            )
-        flat[path] = to_jax(kind, bundle.read(name), config)
-    return flat, skipped
+    return read_mapped(
+        bundle,
+        name_map(config.num_layers),
+        lambda name: expected_shape(name, config),
+        lambda name, kind, array: to_jax(kind, array, config),
+        FAMILY,
+        os.path.basename(config_path),
+    )
 
 
 def expected_shape(name: str, config: BertConfig) -> tuple[int | None, ...]:
@@ -324,7 +312,8 @@ def read_mapped(
             skipped.append(name)
             continue
         if name not in names:
-            raise ValueError(f"{bundle.index_path}: variable {name!r} is not an {family} parameter")
+            article = "an" if family[0] in "AEIOU" else "a"
+            raise ValueError(f"{bundle.index_path}: variable {name!r} is not {article} {family} parameter")
         want, have = shape_of(name), bundle.shape(name)
         if len(have) != len(want) or any(
             w not in (None, h) for w, h in zip(want, have, strict=True)
