@@ -1,21 +1,27 @@
-r"""Throughput, MFU, peak memory and compile time of bert_jax beside transformers' PyTorch BERT, in one run.
+r"""Throughput, MFU, peak memory and compile time of bert_jax beside transformers' PyTorch model, in one run.
 
     python -m bert_jax.benchmark                       # bert_base, batch 8 x 128, float32, on a CPU
+    python -m bert_jax.benchmark --family=electra --model=small --steps=3     # any family's recipe
     python -m bert_jax.benchmark --batch_size=256 --dtype=bfloat16 --reference=torch,torch_compile --only=train
     python -m bert_jax.benchmark --batch_size=256 --seq_length=512 --max_predictions=80 --grad_accum_steps=4 \
         --dtype=bfloat16 --reference=torch --only=train              # phase 2
 
-Two measurements per implementation on identical inputs:
-  fwd+bwd   forward and backward of the pretraining loss (MLM at the masked positions + NSP);
-  train     a whole training step: the same plus gradient clipping and the AdamW update
+`--family` (bert, roberta, albert, electra) picks the family's pretraining recipe (configs/pretraining.py,
+roberta_base.py, albert_base.py, electra_small.py) and `--model` its size, at the flags' shape. Two measurements
+per implementation on identical inputs:
+  fwd+bwd   forward and backward of the recipe's pretraining loss (bert: MLM at the masked positions + NSP;
+            roberta: MLM; albert: MLM + sentence order; electra: generator MLM + 50 x replaced-token detection);
+  train     a whole training step: the same plus the recipe's gradient clipping and optimizer update
             (bert_jax: the trainer's own jitted step, built by `bert_jax.program` from the recipe at this
-            shape on one device; reference: `BertForPreTraining` + `torch.optim.AdamW`).
+            shape on one device; reference: transformers' model + `torch.optim.AdamW`, `bert_jax.benchmark_torch`
+            says which model per family and how ELECTRA's RTD loss is written in torch).
 The reference runs as a PyTorch user would run it: SDPA attention, on a GPU bf16 autocast (with --dtype=
-bfloat16) and the fused AdamW, and with `torch_compile` the model under `torch.compile`. Both apply dropout
-0.1 to hidden states and attention probabilities, as the paper.
+bfloat16) and the fused AdamW, and with `torch_compile` the model under `torch.compile`. Both apply the recipe's
+dropout (0.1 for bert, roberta, electra; none for albert, as its v2 recipe).
 
-MFU counts the same model FLOPs for both (`flops.model_flops_per_sequence`: the MLM head at the masked positions
-only, as in the paper's FLOP count; transformers computes it at every position, work not credited), divided
+MFU counts the same model FLOPs for both (`flops.model_flops_per_sequence`, the family's count: the MLM head at
+the masked positions only, as in the paper's FLOP count; transformers computes it at every position, work not
+credited; ALBERT's embedding projection and factorized head; ELECTRA's generator and discriminator), divided
 by the step time and the backend's peak (a CPU: the float32 matmul peak measured in this run; an accelerator:
 its bf16 table entry). `compile s` is bert_jax's lower + compile time, and for the reference the first
 step's time minus a steady step's (torch.compile's compilation, cuDNN/cuBLAS warm-up). Peak memory is the
@@ -24,7 +30,6 @@ device allocator's peak (none on a CPU). `--json_out` also writes the rows as JS
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import json
 import os
@@ -38,13 +43,22 @@ from absl import app, flags
 
 from bert_jax import flops, kernel_times, optim, run_setup, sharding, train_lib
 from bert_jax import program as program_lib
-from bert_jax.configs import pretraining
+from bert_jax.benchmark_torch import make_batch, time_steps, torch_timings
+from bert_jax.configs import albert_base, electra_small, pretraining, roberta_base
 from bert_jax.models import registry
 from bert_jax.models.attention import ATTENTION_IMPLS
 from bert_jax.models.bert import EMBEDDING_GRADIENTS
 
 REFERENCES = ("torch", "torch_compile", "none")
-_MODEL = flags.DEFINE_enum("model", "base", sorted(registry.presets()), "Model size preset.")
+# Each family's pretraining recipe, by size (the recipes the trainer runs).
+RECIPES = {
+    "bert": pretraining.get_config,
+    "roberta": roberta_base.get_config,
+    "albert": albert_base.get_config,
+    "electra": electra_small.get_config,
+}
+_FAMILY = flags.DEFINE_enum("family", "bert", list(RECIPES), "Model family (its recipe).")
+_MODEL = flags.DEFINE_string("model", "base", "The family's size preset (configs/sizes.py).")
 _BATCH = flags.DEFINE_integer("batch_size", 8, "Sequences per step.")
 _LENGTH = flags.DEFINE_integer("seq_length", 128, "Tokens per sequence.")
 _PREDICTIONS = flags.DEFINE_integer("max_predictions", 20, "Masked positions per sequence.")
@@ -58,8 +72,8 @@ _ATTENTION = flags.DEFINE_enum(
 )
 _ATTENTION_DROPOUT = flags.DEFINE_float(
     "attention_dropout_prob",
-    0.1,
-    "Dropout on attention probabilities, both implementations (0 is not the paper's recipe).",
+    None,
+    "Dropout on attention probabilities, both implementations (default: the recipe's).",
 )
 _REFERENCE = flags.DEFINE_list(
     "reference", ["torch"], f"Comma-separated references to time, from {REFERENCES}."
@@ -96,51 +110,23 @@ _PROFILE = flags.DEFINE_string(
 PROFILE_STEPS = 3
 
 
-def make_batch(cfg: registry.Config, batch: int, length: int, predictions: int, seed: int = 0):
-    """A random pretraining batch (NumPy) shaped like the data pipeline's."""
-    rng = np.random.default_rng(seed)
-    positions = np.sort(
-        np.stack(
-            [rng.choice(np.arange(1, length), predictions, replace=False) for _ in range(batch)]
-        ),
-        1,
-    )
-    types = (np.arange(length)[None] >= length // 2).astype(np.int32).repeat(batch, 0)
-    return {
-        "input_ids": rng.integers(5, cfg.vocab_size, (batch, length)).astype(np.int32),
-        "token_type_ids": types,
-        "attention_mask": np.ones((batch, length), np.int32),
-        "masked_lm_positions": positions.astype(np.int32),
-        "masked_lm_ids": rng.integers(5, cfg.vocab_size, (batch, predictions)).astype(np.int32),
-        "masked_lm_weights": np.ones((batch, predictions), np.float32),
-        "next_sentence_labels": rng.integers(0, 2, (batch,)).astype(np.int32),
-    }
-
-
-def corpus_batch(model: str, batch: int, length: int, predictions: int) -> dict[str, np.ndarray]:
-    """The trainer's first batch at this shape from the recipe's data (`configs/pretraining.py`)."""
+def corpus_batch(
+    model: str, batch: int, length: int, predictions: int, family: str = "bert"
+) -> dict[str, np.ndarray]:
+    """The trainer's first batch at this shape from the family recipe's data (its bundled corpus and vocab)."""
     from bert_jax.data.loader import make_pretraining_loader
 
-    data = pretraining.get_config(model).data
-    data.update(seq_length=length, max_predictions_per_seq=predictions, phase2_fraction=0.0)
-    loader = make_pretraining_loader(data, global_batch_size=batch, num_train_steps=1)
+    config = RECIPES[family](model)
+    config.data.update(seq_length=length, max_predictions_per_seq=predictions, phase2_fraction=0.0)
+    loader = make_pretraining_loader(
+        config.data,
+        global_batch_size=batch,
+        num_train_steps=1,
+        vocab_file=config.vocab_file,
+        do_lower_case=config.do_lower_case,
+        family=family,
+    )
     return loader.batch(0)
-
-
-def time_steps(step, state, steps: int, sync=jax.block_until_ready):
-    """(seconds of the first call, seconds per later call, last state) of `step(state) -> state`.
-
-    `sync(state)` waits for the device; it is called once after the first call and once after the rest.
-    """
-    start = time.perf_counter()
-    state = step(state)
-    sync(state)
-    first = time.perf_counter() - start
-    start = time.perf_counter()
-    for _ in range(steps):
-        state = step(state)
-    sync(state)
-    return first, (time.perf_counter() - start) / steps, state
 
 
 def _jax_peak_bytes() -> int | None:
@@ -157,22 +143,27 @@ def pretraining_config(
     dtype: str,
     grad_accum_steps: int = 1,
     attention_impl: str = "auto",
-    attention_dropout_prob: float = 0.1,
+    attention_dropout_prob: float | None = None,
     prng_impl: str = "threefry2x32",
     optimizer: str | None = None,
     embedding_gradient: str = "scatter",
+    family: str = "bert",
 ):
-    """The trainer's recipe (`configs/pretraining.py`) for bert_`model` at the benchmark's shape: one phase, one
-    device, and the paper's optimizer (clipping at 1.0, AdamW with its decay mask) past a short warmup."""
-    config = pretraining.get_config(model)
-    config.model.update(
-        attention_impl=attention_impl,
-        attention_dropout_prob=attention_dropout_prob,
-        embedding_gradient=embedding_gradient,
-    )
+    """The trainer's recipe for `family`'s size `model` (`RECIPES`) at the benchmark's shape: one phase, one
+    device, the recipe's optimizer and clipping past a short warmup. Raises SetupError naming `model` for a
+    size the family lacks."""
+    with run_setup.setup_error("model"):
+        sizes = sorted(registry.presets(family))
+        if model not in sizes:
+            raise ValueError(f"size {model!r} is not one of {family}'s {sizes}")
+    config = RECIPES[family](model)
+    config.model.update(attention_impl=attention_impl, embedding_gradient=embedding_gradient)
+    if attention_dropout_prob is not None:
+        config.model.attention_dropout_prob = attention_dropout_prob
     config.data.update(
         seq_length=seq_length, max_predictions_per_seq=predictions, phase2_fraction=0.0
     )
+    # A step, not the family's whole schedule: the flags' batch, on one device.
     config.update(
         dtype=dtype,
         global_batch_size=batch_size,
@@ -246,87 +237,6 @@ def bert_jax_timings(program: program_lib.Program, batch, steps: int, which: str
     return out
 
 
-def torch_timings(cfg, batch, steps: int, which: str, *, compile_model: bool, grad_accum_steps=1):
-    """{measure: {seconds, compile_seconds, peak_bytes}} for transformers' BertForPreTraining."""
-    import torch
-    import transformers
-
-    cuda = torch.cuda.is_available()
-    device = "cuda" if cuda else "cpu"
-    if not cuda:
-        torch.set_num_threads(os.cpu_count())
-    torch.manual_seed(0)
-    hf_config = transformers.BertConfig(
-        vocab_size=cfg.vocab_size,
-        hidden_size=cfg.hidden_size,
-        num_hidden_layers=cfg.num_layers,
-        num_attention_heads=cfg.num_heads,
-        intermediate_size=cfg.intermediate_size,
-        hidden_dropout_prob=cfg.hidden_dropout_prob,
-        attention_probs_dropout_prob=cfg.attention_dropout_prob,
-        attn_implementation="sdpa",
-    )
-    model = transformers.BertForPreTraining(hf_config).to(device).train()
-    forward = torch.compile(model) if compile_model else model
-    labels = np.full(batch["input_ids"].shape, -100, np.int64)
-    np.put_along_axis(labels, batch["masked_lm_positions"], batch["masked_lm_ids"], axis=1)
-    inputs = {
-        k: torch.from_numpy(batch[k].astype(np.int64)).to(device)
-        for k in ("input_ids", "token_type_ids", "attention_mask")
-    }
-    inputs |= {
-        "labels": torch.from_numpy(labels).to(device),
-        "next_sentence_label": torch.from_numpy(batch["next_sentence_labels"].astype(np.int64)).to(
-            device
-        ),
-    }
-    micro = [
-        {k: v[i::grad_accum_steps] for k, v in inputs.items()} for i in range(grad_accum_steps)
-    ]
-    # No weight decay on LayerNorm and biases, as the paper's optimizer (and bert_jax's).
-    decay = [p for n, p in model.named_parameters() if p.ndim > 1]
-    no_decay = [p for n, p in model.named_parameters() if p.ndim <= 1]
-    optimizer = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": 0.01}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=1e-4,
-        betas=(0.9, 0.999),
-        eps=1e-6,
-        fused=cuda,
-    )
-    autocast = (
-        functools.partial(torch.autocast, device, dtype=torch.bfloat16)
-        if cfg.dtype == "bfloat16"
-        else contextlib.nullcontext
-    )
-
-    def fwdbwd(_):
-        model.zero_grad(set_to_none=True)
-        for part in micro:
-            with autocast():
-                loss = forward(**part).loss / grad_accum_steps
-            loss.backward()
-
-    def train(_):
-        fwdbwd(None)
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-
-    sync = (lambda _: torch.cuda.synchronize()) if cuda else (lambda _: None)
-    out = {}
-    for name, fn in (("fwd+bwd", fwdbwd), ("train", train)):
-        if which not in ("both", "fwdbwd" if name == "fwd+bwd" else "train"):
-            continue
-        if cuda:
-            torch.cuda.reset_peak_memory_stats()
-        first, seconds, _ = time_steps(fn, None, steps, sync)
-        out[name] = {
-            "seconds": seconds,
-            "compile_seconds": max(first - seconds, 0.0),
-            "peak_bytes": torch.cuda.max_memory_allocated() if cuda else None,
-        }
-    return out
-
-
 def run(
     model: str,
     batch_size: int,
@@ -337,38 +247,25 @@ def run(
     references=("torch",),
     steps: int = 5,
     which: str = "both",
-    grad_accum_steps: int = 1,
-    attention_impl: str = "auto",
-    attention_dropout_prob: float = 0.1,
-    prng_impl: str = "threefry2x32",
     profile_dir: str | None = None,
-    optimizer: str | None = None,
     data: str = "random",
-    embedding_gradient: str = "scatter",
+    family: str = "bert",
+    **recipe,
 ) -> dict:
-    """Times every implementation; returns {"setup": {...}, "rows": [one dict per measurement]}."""
+    """Times every implementation; returns {"setup": {...}, "rows": [one dict per measurement]}. `recipe`:
+    `pretraining_config`'s other keyword arguments (grad_accum_steps, attention_impl, optimizer, ...)."""
     unknown = sorted(set(references) - set(REFERENCES))
     if unknown:
         raise app.UsageError(f"--reference {unknown} not among {REFERENCES}")
     config = pretraining_config(
-        model,
-        batch_size,
-        seq_length,
-        predictions,
-        dtype=dtype,
-        grad_accum_steps=grad_accum_steps,
-        attention_impl=attention_impl,
-        attention_dropout_prob=attention_dropout_prob,
-        prng_impl=prng_impl,
-        optimizer=optimizer,
-        embedding_gradient=embedding_gradient,
+        model, batch_size, seq_length, predictions, dtype=dtype, family=family, **recipe
     )
     # The program's model config, before any JAX device is touched (the references run first).
     cfg = program_lib.model_config(config, config.model.vocab_size)
     if data == "corpus":
-        batch = corpus_batch(model, batch_size, seq_length, predictions)
+        batch = corpus_batch(model, batch_size, seq_length, predictions, family)
         if int(batch["input_ids"].max()) >= cfg.vocab_size:
-            raise app.UsageError(f"--data=corpus: the recipe's vocab exceeds bert_{model}'s")
+            raise app.UsageError(f"--data=corpus: the recipe's vocab exceeds {family}_{model}'s")
     else:
         batch = make_batch(cfg, batch_size, seq_length, predictions)
     results = {}
@@ -380,12 +277,7 @@ def run(
 
         name = f"torch {torch.__version__}" + (" compile" if reference == "torch_compile" else "")
         results[name] = torch_timings(
-            cfg,
-            batch,
-            steps,
-            which,
-            compile_model=reference == "torch_compile",
-            grad_accum_steps=grad_accum_steps,
+            config, cfg, batch, steps, which, compile_model=reference == "torch_compile"
         )
         if torch.cuda.is_available():
             torch.cuda.empty_cache()  # hand the memory back before JAX's allocator takes its share
@@ -401,16 +293,20 @@ def run(
         "cpu_cores": os.cpu_count(),
         "jax": jax.__version__,
         "python": platform.python_version(),
+        "family": family,
         "model": model,
+        "objective": config.objective,
+        "optimizer": config.optimizer,
         "batch_size": batch_size,
         "seq_length": seq_length,
         "max_predictions": predictions,
-        "grad_accum_steps": grad_accum_steps,
+        "grad_accum_steps": config.grad_accum_steps,
         "dtype": dtype,
-        "attention_impl": attention_impl,
-        "attention_dropout_prob": attention_dropout_prob,
+        "attention_impl": cfg.attention_impl,
+        "attention_dropout_prob": cfg.attention_dropout_prob,
+        "hidden_dropout_prob": cfg.hidden_dropout_prob,
         "data": data,
-        "embedding_gradient": embedding_gradient,
+        "embedding_gradient": cfg.embedding_gradient,
         "padding_fraction": float(1.0 - np.mean(batch["attention_mask"])),
         "peak_flops": peak,
         "peak_source": peak_source,
@@ -471,13 +367,14 @@ def main(argv):
             optimizer=_OPTIMIZER.value,
             data=_DATA.value,
             embedding_gradient=_EMBEDDING_GRADIENT.value,
+            family=_FAMILY.value,
         )
     except run_setup.SetupError as error:
         sys.exit(f"error: {error}")
     s = result["setup"]
     print(
         f"backend {s['backend']} ({s['device']}), {s['device_count']} device(s), {s['cpu_cores']} CPU cores, "
-        f"jax {s['jax']}; bert_{s['model']} batch {s['batch_size']} x {s['seq_length']}, "
+        f"jax {s['jax']}; {s['family']}_{s['model']} ({s['objective']}, {s['optimizer']}) batch {s['batch_size']} x {s['seq_length']}, "
         f"{s['max_predictions']} predictions, {s['dtype']}, attention {s['attention_impl']}, "
         f"grad_accum_steps {s['grad_accum_steps']}; data {s['data']} "
         f"({s['padding_fraction']:.0%} padding); embedding gradient {s['embedding_gradient']}"

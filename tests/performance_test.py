@@ -12,7 +12,7 @@ import jax
 import numpy as np
 import pytest
 
-from bert_jax import benchmark, gpu_matrix, pretrain, run_setup, sharding
+from bert_jax import benchmark, benchmark_torch, flops, gpu_matrix, pretrain, run_setup, sharding
 from bert_jax.configs import bert_tiny
 from bert_jax.data.phases import Phase
 from bert_jax.models import registry
@@ -73,6 +73,108 @@ def test_benchmark_rows_on_a_tiny_model():
         assert r["peak_bytes"] is None  # a CPU has no device allocator statistics
     text = benchmark.format_rows(result["rows"])
     assert text.splitlines()[1].split()[:2] == ["bert_jax", "fwd+bwd"]
+
+
+# Each family's recipe as the benchmark builds it: (objective, optimizer, the reference's name in MODELS).
+FAMILY_RECIPES = {
+    "roberta": ("mlm", "adamw"),
+    "albert": ("mlm_sop", "albert_lamb"),
+    "electra": ("rtd", "bert_adam"),
+}
+
+
+def test_every_familys_row_beside_transformers_on_a_tiny_model():
+    # fwd+bwd only: the train step is the trainer's generic program (timed for BERT above), and its compile
+    # would triple this test's cost; the family's own parts are the loss on each side.
+    import torch
+
+    for family, (objective, optimizer) in FAMILY_RECIPES.items():
+        result = benchmark.run(
+            "tiny", 2, 16, 2, dtype="float32", steps=1, which="fwdbwd", family=family
+        )
+        print(f"{family}: {benchmark_torch.MODELS[family]}")
+        print(benchmark.format_rows(result["rows"]))
+        rows = [(r["implementation"], r["measure"]) for r in result["rows"]]
+        assert rows == [("bert_jax", "fwd+bwd"), (f"torch {torch.__version__}", "fwd+bwd")]
+        setup = result["setup"]
+        assert (setup["family"], setup["objective"], setup["optimizer"]) == (
+            family,
+            objective,
+            optimizer,
+        )
+        config = benchmark.pretraining_config("tiny", 2, 16, 2, dtype="float32", family=family)
+        cfg = benchmark.program_lib.model_config(config, config.model.vocab_size)
+        assert setup["model_flops_per_step"] == 2 * flops.model_flops_per_sequence(cfg, 16, 2)
+        # ALBERT's recipe drops dropout; the others keep the paper's 0.1 (both sides read the recipe).
+        assert setup["attention_dropout_prob"] == (0.0 if family == "albert" else 0.1)
+        for r in result["rows"]:
+            assert r["seconds"] > 0
+            assert r["mfu"] == pytest.approx(
+                setup["model_flops_per_step"] / r["seconds"] / setup["peak_flops"]
+            )
+
+
+def test_the_references_are_each_familys_transformers_model():
+    import torch
+
+    def reference(family):
+        config = benchmark.pretraining_config("tiny", 2, 16, 2, dtype="float32", family=family)
+        cfg = benchmark.program_lib.model_config(config, config.model.vocab_size)
+        batch = benchmark.make_batch(cfg, 2, 16, 2)
+        torch.manual_seed(0)
+        model, loss_of = benchmark_torch.reference_model(cfg)
+        inputs = benchmark_torch.reference_inputs(family, batch, "cpu")
+        return cfg, batch, model.train(), loss_of, inputs
+
+    # RoBERTa: one token type, MLM labels at the masked positions only, no pair label.
+    cfg, batch, model, _, inputs = reference("roberta")
+    assert type(model).__name__ == "RobertaForMaskedLM" and model.config.type_vocab_size == 1
+    assert (batch["token_type_ids"] == 0).all() and "next_sentence_label" not in inputs
+    labels = inputs["labels"].numpy()
+    assert (labels != -100).sum() == 4
+    assert (
+        np.take_along_axis(labels, batch["masked_lm_positions"], 1) == batch["masked_lm_ids"]
+    ).all()
+    # ALBERT: factorized at E = 64, one shared layer, the SOP label from next_sentence_labels.
+    cfg, batch, model, _, inputs = reference("albert")
+    assert type(model).__name__ == "AlbertForPreTraining"
+    assert (model.config.embedding_size, model.config.num_hidden_groups) == (64, 1)
+    assert (inputs["sentence_order_label"].numpy() == batch["next_sentence_labels"]).all()
+    # ELECTRA: generator (1/4 of 64) and discriminator on one embeddings module, the decoder tied to it.
+    cfg, batch, model, loss_of, inputs = reference("electra")
+    generator, discriminator = model.generator, model.discriminator
+    assert (generator.config.hidden_size, discriminator.config.hidden_size) == (16, 64)
+    assert generator.electra.embeddings is discriminator.electra.embeddings
+    shared = discriminator.electra.embeddings.word_embeddings.weight
+    assert generator.generator_lm_head.weight is shared
+    own = sum(p.numel() for p in generator.parameters()) + sum(
+        p.numel() for p in discriminator.parameters()
+    )
+    embeddings = sum(p.numel() for p in discriminator.electra.embeddings.parameters())
+    assert sum(p.numel() for p in model.parameters()) == own - embeddings
+    # At init every logit is ~0: MLM ~ln(vocab), each token's sigmoid cross entropy ~ln 2, weighed 50x.
+    with torch.no_grad():
+        loss = float(loss_of(model, inputs))
+    assert loss == pytest.approx(np.log(cfg.vocab_size) + 50 * np.log(2), abs=1.0)
+
+
+def test_electra_flops_count_the_generator_and_the_discriminator():
+    # ELECTRA-Tiny: discriminator L2/H64/I256 on E = 32 embeddings; generator H16/I64; vocab 30522; 16 tokens,
+    # 2 predictions. Forward multiply-adds, by hand:
+    config = benchmark.pretraining_config("tiny", 2, 16, 2, dtype="float32", family="electra")
+    cfg = benchmark.program_lib.model_config(config, config.model.vocab_size)
+    layer = lambda h, i: 16 * (4 * h * h + 2 * h * i) + 2 * 16 * 16 * h
+    generator = 2 * layer(16, 64) + 16 * 32 * 16 + 2 * (16 * 32 + 32 * 30522)
+    discriminator = 2 * layer(64, 256) + 16 * 32 * 64 + 16 * (64 * 64 + 64)
+    assert flops.model_flops_per_sequence(cfg, 16, 2) == 6.0 * (generator + discriminator)
+
+
+def test_a_size_the_family_lacks_is_one_line():
+    with pytest.raises(run_setup.SetupError) as error:
+        benchmark.pretraining_config("xxlarge", 2, 16, 2, dtype="float32", family="electra")
+    assert str(error.value) == (
+        "model: size 'xxlarge' is not one of electra's ['base', 'large', 'small', 'tiny']"
+    )
 
 
 def test_the_benchmark_times_the_trainers_program(monkeypatch):
