@@ -313,7 +313,9 @@ def read_mapped(
             continue
         if name not in names:
             article = "an" if family[0] in "AEIOU" else "a"
-            raise ValueError(f"{bundle.index_path}: variable {name!r} is not {article} {family} parameter")
+            raise ValueError(
+                f"{bundle.index_path}: variable {name!r} is not {article} {family} parameter"
+            )
         want, have = shape_of(name), bundle.shape(name)
         if len(have) != len(want) or any(
             w not in (None, h) for w, h in zip(want, have, strict=True)
