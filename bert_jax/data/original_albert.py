@@ -30,9 +30,8 @@ import random
 import unicodedata
 
 import numpy as np
-from etils import epath
 
-from bert_jax.data import albert_vocab, original_rng, tfrecord
+from bert_jax.data import albert_vocab, original_rng, tfrecord, tokenizer
 
 _UNDERLINE = "\u2581"
 # The feature names and order of the original's tf.train.Example.
@@ -59,16 +58,7 @@ class SentencePieces:
     """The original's FullTokenizer with `spm_model_file`: pieces (str) of a preprocessed line, ids."""
 
     def __init__(self, path):
-        import sentencepiece as spm
-
-        path = epath.Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"{path}: SentencePiece model not found")
-        self._sp = spm.SentencePieceProcessor()
-        try:
-            self._sp.LoadFromSerializedProto(path.read_bytes())
-        except RuntimeError as e:
-            raise ValueError(f"{path}: not a SentencePiece model ({e})") from None
+        self._sp = tokenizer.load_sentencepiece(path)
         # The original's `tokenizer.vocab` keys: every piece in id order (random replacements).
         self.vocab_words = [self._sp.IdToPiece(i) for i in range(self._sp.GetPieceSize())]
         self._ids: dict[str, int] = {}

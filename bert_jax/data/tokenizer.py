@@ -247,16 +247,8 @@ class SentencePieceTokenizer(_Tokenizer):
         """Loads a `.model` file; `do_lower_case` lower-cases text and strips its accents before encoding
         (ALBERT-style models need it). Unset, it follows the model: True when its normalizer case-folds
         (`*_cf` rules, as `bert_jax.data.vocab` writes for lower-cased training)."""
-        import sentencepiece as spm
-
         path = epath.Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"{path}: SentencePiece model not found")
-        self._sp = spm.SentencePieceProcessor()
-        try:
-            self._sp.LoadFromSerializedProto(path.read_bytes())
-        except RuntimeError as e:
-            raise ValueError(f"{path}: not a SentencePiece model ({e})") from None
+        self._sp = load_sentencepiece(path)
         self.path = str(path)
         if do_lower_case is None:
             do_lower_case = _normalizer_name(path.read_bytes()).endswith("_cf")
@@ -406,6 +398,21 @@ class ByteLevelBPETokenizer(_Tokenizer):
             flags[list(self.special_ids)] = False
             self._continuation = flags
         return self._continuation
+
+
+def load_sentencepiece(path):
+    """The `sentencepiece` processor of a `.model` file; one line naming the path when it is missing or not one."""
+    import sentencepiece as spm
+
+    path = epath.Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: SentencePiece model not found")
+    processor = spm.SentencePieceProcessor()
+    try:
+        processor.LoadFromSerializedProto(path.read_bytes())
+    except RuntimeError as e:
+        raise ValueError(f"{path}: not a SentencePiece model ({e})") from None
+    return processor
 
 
 def _normalizer_name(model_bytes: bytes) -> str:
