@@ -80,6 +80,13 @@ def cudnn_unsupported(
         return f"it needs 16-bit inputs ({' or '.join(CUDNN_DTYPES)}) and dtype is {dtype!r}"
     if head_dim % 8 or head_dim > 128:
         return f"it needs a head size that is a multiple of 8 up to 128, not {head_dim}"
+    if why := _fused_kernel_limits(dropout_rate, weights):
+        return why
+    return None
+
+
+def _fused_kernel_limits(dropout_rate: float, weights: bool) -> str | None:
+    """What no fused kernel here does (cuDNN's, Splash): dropout on the probabilities, returning them."""
     if dropout_rate > 0.0:
         return (
             f"it applies no dropout to the attention probabilities (attention_dropout_prob is "
@@ -104,13 +111,8 @@ def splash_unsupported(
     (anywhere but a GPU: interpreted off a TPU)."""
     if backend == "gpu":
         return "it is a TPU kernel; on a GPU use 'cudnn', 'pallas' or 'xla'"
-    if dropout_rate > 0.0:
-        return (
-            f"it applies no dropout to the attention probabilities (attention_dropout_prob is "
-            f"{dropout_rate}; set it to 0, which is not the paper's recipe, or use 'auto' or 'xla')"
-        )
-    if weights:
-        return "it cannot return attention weights (output_attentions=True); use 'auto' or 'xla'"
+    if why := _fused_kernel_limits(dropout_rate, weights):
+        return why
     if length is not None and length % LANES:
         return f"its blocks are multiples of {LANES} tokens and the length is {length}"
     return None
